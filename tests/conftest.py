@@ -1,0 +1,152 @@
+"""Shared fixtures: tiny random-weight models built from configs (no download), data paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AUTOLAYER_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+WORDS = (
+    "the",
+    "a",
+    "movie",
+    "film",
+    "was",
+    "is",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "fun",
+    "dull",
+    "plot",
+    "actors",
+    "story",
+    "not",
+    "very",
+    "really",
+    "boring",
+    "loved",
+    "hated",
+    "it",
+    "and",
+    "but",
+    "with",
+    "of",
+    "to",
+    "in",
+    "this",
+    "that",
+)
+
+
+def _tokenizer(kind: str, padding_side: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+    elif kind == "llama_bos":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", 4)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        bos_token="<s>",
+        padding_side=padding_side,
+    )
+
+
+def build_tiny_model(folder: Path, kind: str, padding_side: str = "right", seed: int = 0) -> Path:
+    """Save a random-weight BERT or Llama (4 layers, width 32) with a word-level tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    vocab_size = 5 + len(WORDS)
+    if kind == "bert":
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+        model = BertModel(config, add_pooling_layer=False)
+    else:
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            pad_token_id=0,
+        )
+        model = LlamaModel(config)
+    model.save_pretrained(folder)
+    _tokenizer(kind, padding_side).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Folders of tiny models: an encoder, a right-padded decoder, a left-padded BOS decoder."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "bert": build_tiny_model(root / "bert", "bert"),
+        "llama": build_tiny_model(root / "llama", "llama"),
+        "llama_left": build_tiny_model(root / "llama_left", "llama_bos", padding_side="left"),
+    }
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty AUTOLAYER_HOME so caches never leak between tests."""
+    monkeypatch.setenv("AUTOLAYER_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def tiny_dataset(tmp_path) -> Path:
+    """A small two-class dataset folder (train/test JSONL) of varied lengths."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(60):
+        label = "pos" if i % 2 else "neg"
+        words = ["good", "great", "fun"] if label == "pos" else ["bad", "awful", "dull"]
+        n = rng.randint(1, 12)
+        rows.append(
+            {"text": " ".join(rng.choice(words + WORDS[:8]) for _ in range(n)), "label": label}
+        )
+    folder = tmp_path / "tiny"
+    write_jsonl(folder / "train.jsonl", rows[:40])
+    write_jsonl(folder / "test.jsonl", rows[40:])
+    return folder
