@@ -473,7 +473,7 @@ def status() -> list[dict[str, str]]:
                 "width": str(entry.width),
                 "size_mb": str(entry.size_mb),
                 "license": entry.license,
-                "installed": str(folder) if folder else "no",
+                "installed": "yes" if folder else "no",
             }
         )
     return rows

@@ -1,0 +1,487 @@
+"""Load, validate, split and fingerprint labelled text datasets → texts, labels.
+
+Everything downstream (extraction, caching, probing, search) sees only a `LabelledDataset`: the
+source format is forgotten here, so a CSV and a JSONL with the same rows fingerprint the same and
+share cached embeddings. Bad input fails early with one-line `DataError`s naming the file, the
+line or row and what to change, because a bad row found after an hour of extraction is costly.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autolayer.errors import ConfigError, DataError
+
+__all__ = ["LabelledDataset", "Split", "demo_path", "load_dataset"]
+
+_log = logging.getLogger("autolayer")
+
+_SPLIT_ALIASES = {
+    "train": "train",
+    "test": "test",
+    "validation": "validation",
+    "valid": "validation",
+    "dev": "validation",
+}
+_SPLIT_ORDER = ("train", "validation", "test")
+_EMPTY_POLICIES = ("drop", "error")
+_SHOWN_POSITIONS = 5
+# `name`, `org/name`, optionally `:config`; anything else that does not exist is a missing path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?")
+_INTEGER = re.compile(r"-?\d+")
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One source split: texts in file order and their label indices.
+
+    `eq=False` because comparing arrays field by field is ambiguous; compare `fingerprint`
+    (texts and labels) or `text_fingerprint` (texts only, the embedding cache key) instead.
+    """
+
+    texts: tuple[str, ...]
+    labels: np.ndarray  # int64 [N], indices into LabelledDataset.label_names, read-only
+    fingerprint: str
+    text_fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledDataset:
+    """A validated dataset: the source splits plus the label vocabulary of its train split."""
+
+    name: str
+    splits: dict[str, Split]
+    label_names: tuple[str, ...]
+    fingerprint: str
+
+    def split(self, name: str) -> Split:
+        """Return a source split by name, with an error that lists what is there."""
+        if name not in self.splits:
+            available = ", ".join(repr(s) for s in self.splits)
+            raise DataError(f"dataset {self.name!r} has no split {name!r}; available: {available}")
+        return self.splits[name]
+
+    def train_validation(self, size: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Carve a stratified, seeded validation set out of the "train" split.
+
+        Returns sorted int64 index arrays (train_idx, val_idx) into `split("train")`. This
+        ignores any "validation" source split on purpose: callers that find one in `splits`
+        should use it instead. Classes with a single example cannot be stratified, so they
+        always go to train; a DataError is raised when too few examples remain to give every
+        other class a place on both sides.
+        """
+        if not 0.0 < size < 1.0:
+            raise ConfigError(f"train_validation size must be a fraction in (0, 1); got {size!r}")
+        labels = self.split("train").labels
+        counts = np.bincount(labels, minlength=len(self.label_names))
+        singles = np.flatnonzero(counts[labels] == 1)
+        rest = np.flatnonzero(counts[labels] > 1)
+        _check_stratifiable(self.name, len(rest), int((counts > 1).sum()), size)
+        from sklearn.model_selection import train_test_split
+
+        train_idx, val_idx = train_test_split(
+            rest, test_size=size, random_state=seed, stratify=labels[rest]
+        )
+        train_idx = np.concatenate([train_idx, singles])
+        return np.sort(train_idx).astype(np.int64), np.sort(val_idx).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """Column values as read from one source, before validation; positions locate rows."""
+
+    source: str
+    unit: str  # "line" (1-based, in a text file) or "row index" (0-based, in a table)
+    texts: list[Any]
+    labels: list[Any]
+    positions: list[int]
+
+    def where(self, indices: Sequence[int]) -> str:
+        """Name the first few offending rows so the user can find them in their file."""
+        shown = ", ".join(str(self.positions[i]) for i in indices[:_SHOWN_POSITIONS])
+        more = len(indices) - _SHOWN_POSITIONS
+        return f"{self.unit} {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def demo_path() -> Path:
+    """Folder of the bundled demo set (MR sentence polarity sample: train.jsonl, test.jsonl)."""
+    return Path(__file__).parent / "demo"
+
+
+def load_dataset(
+    spec: str | os.PathLike[str] = "demo",
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    empty: str = "drop",
+) -> LabelledDataset:
+    """Load a labelled text-classification dataset from any supported source.
+
+    `spec` is "demo"; a folder holding train.<ext> and optionally test.<ext> and
+    validation/valid/dev.<ext>; a single file (a "train" split only); or a Hugging Face dataset
+    id `name`, `org/name`, optionally `:config`. Extensions: jsonl, json, csv, tsv, parquet.
+    Empty or whitespace-only texts are dropped with a warning (`empty="drop"`) or rejected
+    (`empty="error"`): dropping is the default because a few blank rows are common in scraped
+    data and carry no signal.
+    """
+    if empty not in _EMPTY_POLICIES:
+        raise ConfigError(f"empty must be one of {_EMPTY_POLICIES}; got {empty!r}")
+    name, raws = _read_spec(spec, text_column, label_column)
+    return _assemble(name, raws, empty)
+
+
+def _read_spec(
+    spec: str | os.PathLike[str], text_column: str, label_column: str
+) -> tuple[str, dict[str, _Raw]]:
+    """Resolve `spec` to a name and raw splits: demo, folder, file, then hub id."""
+    if isinstance(spec, str) and spec == "demo":
+        return "demo", _read_folder(demo_path(), text_column, label_column)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path.resolve().name, _read_folder(path, text_column, label_column)
+    if path.is_file():
+        return path.stem, {"train": _read_file(path, text_column, label_column)}
+    if isinstance(spec, str) and _HUB_ID.fullmatch(spec) and path.suffix.lower() not in _READERS:
+        return spec, _read_hub(spec, text_column, label_column)
+    raise DataError(
+        f"dataset not found: {str(path)!r} is not an existing file or folder; give 'demo', "
+        f"a file or folder ({_formats()}) or a Hugging Face dataset id"
+    )
+
+
+def _read_folder(folder: Path, text_column: str, label_column: str) -> dict[str, _Raw]:
+    """Read train.<ext> and any test/validation file beside it."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        split = _SPLIT_ALIASES.get(path.stem.lower())
+        if split is None or path.suffix.lower() not in _READERS or not path.is_file():
+            continue
+        if split in files:
+            raise DataError(
+                f"{folder}: both {files[split].name} and {path.name} give the {split!r} split; "
+                "keep one"
+            )
+        files[split] = path
+    if "train" not in files:
+        found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise DataError(
+            f"{folder}: no train file; expected train.<ext> with ext in {_formats()}, "
+            f"found: {found}"
+        )
+    return {
+        split: _read_file(files[split], text_column, label_column)
+        for split in _SPLIT_ORDER
+        if split in files
+    }
+
+
+def _read_file(path: Path, text_column: str, label_column: str) -> _Raw:
+    """Dispatch on the extension to one reader."""
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(
+            f"{path}: unsupported file extension {path.suffix!r}; supported: {_formats()}"
+        )
+    return reader(path, text_column, label_column)
+
+
+def _decode(path: Path) -> str:
+    """Read a text file as strict UTF-8 (a BOM is allowed), locating any bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{path}: not valid UTF-8: byte 0x{data[err.start]:02x} at byte offset {err.start} "
+            f"(line {line}); re-save the file as UTF-8"
+        ) from None
+
+
+def _read_jsonl(path: Path, text_column: str, label_column: str) -> _Raw:
+    """JSON Lines: one object per line; blank lines are skipped."""
+    return _from_records(
+        str(path), "line", _jsonl_records(path, _decode(path)), text_column, label_column
+    )
+
+
+def _jsonl_records(path: Path, text: str) -> Iterable[tuple[int, Any]]:
+    """Parse line by line so errors name the line; split on "\\n" only, since JSON strings
+    may hold raw U+2028 characters that `str.splitlines` would break on."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{path} line {number}: malformed JSON ({err.msg} at column {err.colno})"
+            ) from None
+
+
+def _read_json(path: Path, text_column: str, label_column: str) -> _Raw:
+    """A .json file is either one array of objects or, as often in practice, JSON Lines."""
+    text = _decode(path)
+    if not text.lstrip().startswith("["):
+        return _from_records(
+            str(path), "line", _jsonl_records(path, text), text_column, label_column
+        )
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg})") from None
+    return _from_records(str(path), "row index", enumerate(rows), text_column, label_column)
+
+
+def _from_records(
+    source: str,
+    unit: str,
+    records: Iterable[tuple[int, Any]],
+    text_column: str,
+    label_column: str,
+) -> _Raw:
+    """Pick the two columns out of JSON objects, naming the record that lacks one."""
+    texts, labels, positions = [], [], []
+    for position, record in records:
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{source} {unit} {position}: expected a JSON object, got {type(record).__name__}"
+            )
+        if text_column not in record or label_column not in record:
+            _require_columns(f"{source} {unit} {position}", list(record), text_column, label_column)
+        texts.append(record[text_column])
+        labels.append(record[label_column])
+        positions.append(position)
+    return _Raw(source, unit, texts, labels, positions)
+
+
+def _read_csv(path: Path, text_column: str, label_column: str, *, delimiter: str) -> _Raw:
+    """CSV/TSV with a header row; quoting as written by `csv.writer`, pandas and Excel."""
+    reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return _Raw(str(path), "line", [], [], [])
+        _require_columns(str(path), header, text_column, label_column)
+        text_at, label_at = header.index(text_column), header.index(label_column)
+        texts, labels, positions = [], [], []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path} line {reader.line_num}: {len(row)} fields but the header has "
+                    f"{len(header)}; quote fields that contain {delimiter!r}"
+                )
+            texts.append(row[text_at])
+            labels.append(row[label_at])
+            positions.append(reader.line_num)
+    except csv.Error as err:
+        raise DataError(f"{path} line {reader.line_num}: malformed CSV ({err})") from None
+    return _Raw(str(path), "line", texts, labels, positions)
+
+
+def _read_parquet(path: Path, text_column: str, label_column: str) -> _Raw:
+    """Parquet through pyarrow (already a dependency of `datasets`), reading two columns only."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        _require_columns(str(path), parquet.schema_arrow.names, text_column, label_column)
+        table = parquet.read(columns=[text_column, label_column])
+    except pa.ArrowException as err:
+        raise DataError(f"{path}: cannot read as Parquet ({_first_line(err)})") from None
+    texts = table.column(text_column).to_pylist()
+    labels = table.column(label_column).to_pylist()
+    return _Raw(str(path), "row index", texts, labels, list(range(len(texts))))
+
+
+def _read_hub(spec: str, text_column: str, label_column: str) -> dict[str, _Raw]:
+    """Load `name[:config]` with `datasets`, keeping train/test/validation splits."""
+    import datasets
+
+    name, _, config = spec.partition(":")
+    try:
+        loaded = datasets.load_dataset(name, config or None)
+    except Exception as err:  # offline, not found, gated, bad config: all mean the same here
+        raise DataError(
+            f"{spec!r} is not a local file or folder and could not be loaded from the Hugging Face "
+            f"hub ({type(err).__name__}: {_first_line(err)}); "
+            f"local files ({_formats()}) are accepted"
+        ) from err
+    raws: dict[str, _Raw] = {}
+    for hub_split, table in loaded.items():
+        split = _SPLIT_ALIASES.get(hub_split.lower())
+        if split is None:
+            continue
+        if split in raws:
+            raise DataError(f"{spec!r}: several hub splits map to {split!r}; keep one")
+        raw = _hub_split(table, f"{spec!r} split {hub_split!r}", text_column, label_column)
+        if split != "train" and all(label is None for label in raw.labels):
+            _log.warning("%s has no labels (all -1); skipped", raw.source)
+            continue
+        raws[split] = raw
+    if "train" not in raws:
+        raise DataError(f"{spec!r} has no train split; hub splits: {', '.join(loaded)}")
+    return raws
+
+
+def _hub_split(table: Any, source: str, text_column: str, label_column: str) -> _Raw:
+    """Convert one `datasets.Dataset`; ClassLabel ids become their names, -1 (unlabelled) None."""
+    import datasets
+
+    _require_columns(source, table.column_names, text_column, label_column)
+    texts = list(table[text_column])
+    labels = list(table[label_column])
+    feature = table.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        labels = [None if label is None or label < 0 else feature.names[label] for label in labels]
+    return _Raw(source, "row index", texts, labels, list(range(len(texts))))
+
+
+def _require_columns(
+    source: str, found: Sequence[str], text_column: str, label_column: str
+) -> None:
+    """Fail with the columns that do exist, so a wrong column name is a one-step fix."""
+    for parameter, column in (("text_column", text_column), ("label_column", label_column)):
+        if column not in found:
+            listed = ", ".join(repr(c) for c in found) or "none"
+            raise DataError(
+                f"{source}: {parameter}={column!r} is not a column; columns found: {listed}"
+            )
+
+
+def _first_line(err: Exception) -> str:
+    """Third-party messages can span lines; ours must stay on one."""
+    return (str(err).strip().splitlines() or [""])[0][:200]
+
+
+def _formats() -> str:
+    return ", ".join(sorted(_READERS))
+
+
+_READERS: dict[str, Callable[[Path, str, str], _Raw]] = {
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".csv": partial(_read_csv, delimiter=","),
+    ".tsv": partial(_read_csv, delimiter="\t"),
+    ".parquet": _read_parquet,
+}
+
+
+def _clean(raw: _Raw, empty: str) -> tuple[list[str], list[str]]:
+    """Validate one split's values; labels become strings so CSV "1" and JSON 1 agree."""
+    if not raw.texts:
+        raise DataError(f"{raw.source}: no rows; a dataset needs labelled examples")
+    bad = [i for i, text in enumerate(raw.texts) if not isinstance(text, str)]
+    if bad:
+        raise DataError(
+            f"{raw.source}: text is null or not a string at {raw.where(bad)} "
+            f"(first value: {raw.texts[bad[0]]!r})"
+        )
+    bad = [i for i, label in enumerate(raw.labels) if not _is_label(label)]
+    if bad:
+        raise DataError(
+            f"{raw.source}: label is null, empty or not a string/integer at {raw.where(bad)} "
+            f"(first value: {raw.labels[bad[0]]!r})"
+        )
+    keep = _drop_empty(raw, empty)
+    return [raw.texts[i] for i in keep], [str(raw.labels[i]) for i in keep]
+
+
+def _is_label(label: Any) -> bool:
+    if isinstance(label, str):
+        return bool(label.strip())
+    return isinstance(label, int) and not isinstance(label, bool)
+
+
+def _drop_empty(raw: _Raw, empty: str) -> list[int]:
+    """Indices of rows to keep after the empty-text policy (see `load_dataset`)."""
+    blank = [i for i, text in enumerate(raw.texts) if not text.strip()]
+    if not blank:
+        return list(range(len(raw.texts)))
+    found = f"{len(blank)} empty or whitespace-only texts at {raw.where(blank)}"
+    if empty == "error":
+        raise DataError(f"{raw.source}: {found}; remove them or pass empty='drop'")
+    if len(blank) == len(raw.texts):
+        raise DataError(f"{raw.source}: every text is empty or whitespace-only")
+    _log.warning("%s: dropped %s; pass empty='error' to fail instead", raw.source, found)
+    blank_set = set(blank)
+    return [i for i in range(len(raw.texts)) if i not in blank_set]
+
+
+def _assemble(name: str, raws: dict[str, _Raw], empty: str) -> LabelledDataset:
+    """Validate every split against the train labels and fingerprint the result."""
+    cleaned = {split: _clean(raws[split], empty) for split in _SPLIT_ORDER if split in raws}
+    label_names = _label_names(raws["train"].source, cleaned["train"][1])
+    index = {label: i for i, label in enumerate(label_names)}
+    splits = {}
+    for split, (texts, labels) in cleaned.items():
+        _check_known(raws[split].source, labels, label_names)
+        splits[split] = _make_split(texts, labels, index)
+    summary = {"label_names": label_names, "splits": {s: v.fingerprint for s, v in splits.items()}}
+    return LabelledDataset(name, splits, label_names, _sha256(summary))
+
+
+def _check_known(source: str, labels: list[str], label_names: tuple[str, ...]) -> None:
+    """A label unseen in train can never be predicted, so it points to a mislabelled file."""
+    unknown = sorted(set(labels) - set(label_names))
+    if unknown:
+        shown = ", ".join(repr(label) for label in unknown[:_SHOWN_POSITIONS])
+        raise DataError(
+            f"{source}: labels not in the train split: {shown}; "
+            f"train labels: {', '.join(label_names)}"
+        )
+
+
+def _label_names(source: str, labels: list[str]) -> tuple[str, ...]:
+    """Sorted unique labels: numerically if all are integers (so "10" follows "9")."""
+    unique = set(labels)
+    if len(unique) < 2:
+        raise DataError(
+            f"{source}: only one class ({next(iter(unique))!r}) in the train split; "
+            "classification needs at least 2"
+        )
+    if all(_INTEGER.fullmatch(label) for label in unique):
+        return tuple(sorted(unique, key=lambda label: (int(label), label)))
+    return tuple(sorted(unique))
+
+
+def _make_split(texts: list[str], labels: list[str], index: dict[str, int]) -> Split:
+    ids = np.fromiter((index[label] for label in labels), dtype=np.int64, count=len(labels))
+    ids.flags.writeable = False
+    return Split(tuple(texts), ids, _sha256([texts, labels]), _sha256(texts))
+
+
+def _sha256(value: Any) -> str:
+    """Content hash of a JSON-serialisable value: stable across runs, machines and formats."""
+    return hashlib.sha256(json.dumps(value).encode("ascii")).hexdigest()
+
+
+def _check_stratifiable(name: str, n: int, n_classes: int, size: float) -> None:
+    """Pre-empt sklearn's stratification errors with one that says what to change."""
+    n_val = int(np.ceil(size * n))
+    if n_classes >= 1 and min(n_val, n - n_val) >= n_classes:
+        return
+    raise DataError(
+        f"dataset {name!r}: cannot carve a stratified validation split with size={size}: "
+        f"{n} train examples in {n_classes} classes with 2+ examples give {n_val} for validation "
+        f"and {n - n_val} for training, and each side needs one per class; change size or add data"
+    )
