@@ -1,0 +1,667 @@
+"""Projection + fusion operators + MLP head over frozen embeddings, after Gwak & Jung (2025).
+
+"Layer-Aware Embedding Fusion for LLMs in Text Classifications" (arXiv 2504.05764): each
+model's chosen-layer embedding ``[N, D_i]`` is standardised, projected to a common width ``d``
+by Linear+ReLU, the ``m`` projections are fused by one operator, and an MLP classifies the
+fused vector. Operators live in a name -> class registry (like Optuna's samplers) so the search
+can enumerate them, and each states its output size and parameter count as class methods so
+the search can price a configuration before building anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from autolayer.errors import ConfigError
+
+__all__ = [
+    "METRICS",
+    "OPERATORS",
+    "FusionClassifier",
+    "FusionOperator",
+    "FusionParams",
+    "TrainResult",
+    "count_parameters",
+    "fused_dim",
+    "load_classifier",
+    "make_operator",
+    "predict_proba",
+    "register",
+    "resolve_device",
+    "save_classifier",
+    "train_fusion",
+]
+
+METRICS = ("accuracy", "macro_f1")
+WEIGHTS_FILE = "head.safetensors"
+CONFIG_FILE = "head.json"
+_EVAL_BATCH = 4096
+
+
+# --------------------------------------------------------------------------- operators
+
+
+class FusionOperator(nn.Module):
+    """Fuse ``m`` projected embeddings, each ``[B, d]``, into one ``[B, out_dim(m, d)]``.
+
+    Subclasses give the formula in their docstring and override ``out_dim`` (when it is not
+    ``d``), ``n_parameters`` (when they learn something) and ``validate`` (when some ``m`` or
+    ``d`` is impossible). With ``m = 1`` every operator is the identity, so a single-model
+    configuration is valid under any operator name.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, n_inputs: int, width: int) -> None:
+        super().__init__()
+        self.n_inputs = n_inputs
+        self.width = width
+
+    @classmethod
+    def out_dim(cls, n_inputs: int, width: int) -> int:
+        """Width of the fused vector; most operators keep ``d``."""
+        return width
+
+    @classmethod
+    def n_parameters(cls, n_inputs: int, width: int) -> int:
+        """Learned scalars of the operator itself (projections and head not included)."""
+        return 0
+
+    @classmethod
+    def validate(cls, n_inputs: int, width: int) -> None:
+        """Raise ConfigError if this operator cannot fuse ``n_inputs`` vectors of ``width``."""
+
+    def forward(self, hs: list[Tensor]) -> Tensor:
+        """``m`` tensors ``[B, d]`` -> ``[B, out_dim(m, d)]``."""
+        raise NotImplementedError
+
+
+OPERATORS: dict[str, type[FusionOperator]] = {}
+_Op = TypeVar("_Op", bound=type[FusionOperator])
+
+
+def register(name: str) -> Callable[[_Op], _Op]:
+    """Class decorator adding a FusionOperator to OPERATORS under ``name``."""
+
+    def decorator(cls: _Op) -> _Op:
+        if name in OPERATORS:
+            raise ConfigError(f"operator {name!r} is already registered by {OPERATORS[name]}")
+        cls.name = name
+        OPERATORS[name] = cls
+        return cls
+
+    return decorator
+
+
+def _operator_class(name: str) -> type[FusionOperator]:
+    if name not in OPERATORS:
+        raise ConfigError(f"operator must be one of {sorted(OPERATORS)}, got {name!r}")
+    return OPERATORS[name]
+
+
+def _check_shape(operator: str, n_inputs: int, width: int) -> type[FusionOperator]:
+    """Resolve ``operator`` and reject impossible ``(n_inputs, width)`` before any building."""
+    cls = _operator_class(operator)
+    if n_inputs < 1:
+        raise ConfigError(f"n_inputs must be >= 1, got {n_inputs}")
+    if width < 1:
+        raise ConfigError(f"width must be >= 1, got {width}")
+    cls.validate(n_inputs, width)
+    return cls
+
+
+def make_operator(name: str, n_inputs: int, width: int) -> FusionOperator:
+    """Build the registered operator ``name`` for ``n_inputs`` vectors of ``width``."""
+    return _check_shape(name, n_inputs, width)(n_inputs, width)
+
+
+def fused_dim(n_inputs: int, width: int, operator: str) -> int:
+    """Width of the fused vector the head receives, without building anything."""
+    return _check_shape(operator, n_inputs, width).out_dim(n_inputs, width)
+
+
+@register("concat")
+class Concat(FusionOperator):
+    """``z = [h_1; ...; h_m]`` -> ``[B, m*d]``; keeps every model's features apart."""
+
+    @classmethod
+    def out_dim(cls, n_inputs: int, width: int) -> int:
+        return n_inputs * width
+
+    def forward(self, hs: list[Tensor]) -> Tensor:
+        return torch.cat(hs, dim=-1)
+
+
+@register("sum")
+class Sum(FusionOperator):
+    """``z = sum_i h_i`` -> ``[B, d]``; an additive, order-free mix."""
+
+    def forward(self, hs: list[Tensor]) -> Tensor:
+        return torch.stack(hs).sum(dim=0)
+
+
+@register("hadamard")
+class Hadamard(FusionOperator):
+    """``z = h_1 * ... * h_m`` (element-wise) -> ``[B, d]``; unit k fires only if all agree."""
+
+    def forward(self, hs: list[Tensor]) -> Tensor:
+        return torch.stack(hs).prod(dim=0)
+
+
+@register("multiplication")
+class Multiplication(FusionOperator):
+    """Learned low-rank bilinear interaction (MLB, Kim et al. 2017), folded left -> ``[B, d]``.
+
+    ``z_1 = h_1``; ``z_k = (U_k z_{k-1} + a_k) * (V_k h_k + b_k)`` for ``k = 2..m``; ``z = z_m``.
+    ``hadamard`` only multiplies unit j of one model by unit j of the other; here unit j is the
+    learned bilinear form ``x^T u_j v_j^T y`` of the whole vectors (plus the linear terms
+    ``b_j u_j.x + a_j v_j.y`` the biases add). The Linear that follows (the next ``U`` or the
+    head's first layer) mixes these rank-1 forms, which is MLB's ``P((U x) * (V y))`` with
+    ``P`` absorbed, so ``P`` is not built. Input order matters; ``m = 1`` is the identity.
+    """
+
+    def __init__(self, n_inputs: int, width: int) -> None:
+        super().__init__(n_inputs, width)
+        self.left = nn.ModuleList(nn.Linear(width, width) for _ in range(n_inputs - 1))
+        self.right = nn.ModuleList(nn.Linear(width, width) for _ in range(n_inputs - 1))
+
+    @classmethod
+    def n_parameters(cls, n_inputs: int, width: int) -> int:
+        return (n_inputs - 1) * 2 * (width * width + width)
+
+    def forward(self, hs: list[Tensor]) -> Tensor:
+        z = hs[0]
+        for u, v, h in zip(self.left, self.right, hs[1:], strict=True):
+            z = u(z) * v(h)
+        return z
+
+
+def _hamilton(p: Tensor, q: Tensor) -> Tensor:
+    """Hamilton product of ``[B, d]`` tensors read as ``d/4`` quaternions ``(r, i, j, k)``."""
+    a1, b1, c1, d1 = p.chunk(4, dim=-1)
+    a2, b2, c2, d2 = q.chunk(4, dim=-1)
+    return torch.cat(
+        [
+            a1 * a2 - b1 * b2 - c1 * c2 - d1 * d2,
+            a1 * b2 + b1 * a2 + c1 * d2 - d1 * c2,
+            a1 * c2 - b1 * d2 + c1 * a2 + d1 * b2,
+            a1 * d2 + b1 * c2 - c1 * b2 + d1 * a2,
+        ],
+        dim=-1,
+    )
+
+
+@register("quaternion")
+class Quaternion(FusionOperator):
+    """Hamilton product, folded left: ``z = ((h_1 x h_2) x h_3) ...`` -> ``[B, d]``.
+
+    Each ``h_i`` is split into four blocks ``(r, i, j, k)`` of ``d/4`` units, read as ``d/4``
+    quaternions, and multiplied per quaternion:
+    ``(a1 a2 - b1 b2 - c1 c2 - d1 d2, a1 b2 + b1 a2 + c1 d2 - d1 c2,
+    a1 c2 - b1 d2 + c1 a2 + d1 b2, a1 d2 + b1 c2 - c1 b2 + d1 a2)``.
+    Every output unit mixes all four blocks of both inputs, with signs, unlike ``hadamard``.
+    Needs ``d % 4 == 0``; the product is not commutative, so input order matters;
+    ``m = 1`` is the identity.
+    """
+
+    @classmethod
+    def validate(cls, n_inputs: int, width: int) -> None:
+        if width % 4:
+            raise ConfigError(
+                f"width must be divisible by 4 for operator 'quaternion', got {width}"
+            )
+
+    def forward(self, hs: list[Tensor]) -> Tensor:
+        z = hs[0]
+        for h in hs[1:]:
+            z = _hamilton(z, h)
+        return z
+
+
+@register("moe")
+class MixtureOfExperts(FusionOperator):
+    """Soft gate over models: ``g = softmax(W [h_1; ...; h_m] + b)`` in R^m, ``z = sum_i g_i h_i``.
+
+    Output ``[B, d]``; the gate lets each example lean on the model that suits it. With
+    ``m = 1`` the gate is identically 1, so no gate is built and the operator is the identity.
+    """
+
+    def __init__(self, n_inputs: int, width: int) -> None:
+        super().__init__(n_inputs, width)
+        self.gate = nn.Linear(n_inputs * width, n_inputs) if n_inputs > 1 else None
+
+    @classmethod
+    def n_parameters(cls, n_inputs: int, width: int) -> int:
+        return 0 if n_inputs == 1 else n_inputs * width * n_inputs + n_inputs
+
+    def forward(self, hs: list[Tensor]) -> Tensor:
+        if self.gate is None:
+            return hs[0]
+        g = torch.softmax(self.gate(torch.cat(hs, dim=-1)), dim=-1)  # [B, m]
+        return torch.einsum("bm,mbd->bd", g, torch.stack(hs))
+
+
+@register("residual_hadamard")
+class ResidualHadamard(FusionOperator):
+    """``z = h_1 * ... * h_m + sum_i h_i`` -> ``[B, d]``: interactions plus an additive path.
+
+    The sum keeps gradients and signal flowing where the product is zero (ReLU units that are
+    off in one model). With ``m = 1`` it is the identity ``z = h_1`` rather than ``2 h_1``: one
+    term has no interaction to add a residual to.
+    """
+
+    def forward(self, hs: list[Tensor]) -> Tensor:
+        if len(hs) == 1:
+            return hs[0]
+        stacked = torch.stack(hs)
+        return stacked.prod(dim=0) + stacked.sum(dim=0)
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+class _Projection(nn.Module):
+    """Standardise ``[B, D]`` with frozen training statistics, then Linear+ReLU to ``[B, d]``.
+
+    The statistics are buffers, not parameters: decoder embeddings have a few huge, uneven
+    dimensions ("massive activations") that would otherwise dominate the projection.
+    """
+
+    def __init__(self, in_dim: int, width: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.linear = nn.Linear(in_dim, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.linear((x - self.mean) / self.std))
+
+
+class FusionClassifier(nn.Module):
+    """Per-model standardise -> Linear(D_i, d)+ReLU -> operator -> MLP head -> logits ``[B, C]``.
+
+    The head is ``Linear(out_dim, hidden) -> ReLU -> Dropout(p) -> Linear(hidden, C)``. The
+    constructor takes only plain values, returned by ``config()``, so ``head.json`` can rebuild
+    the module before ``head.safetensors`` fills it.
+    """
+
+    def __init__(
+        self,
+        input_dims: Sequence[int],
+        width: int,
+        operator: str,
+        hidden: int,
+        dropout: float,
+        n_classes: int,
+    ) -> None:
+        super().__init__()
+        _check_head(input_dims, hidden, dropout, n_classes)
+        self.input_dims = [int(dim) for dim in input_dims]
+        self.width = width
+        self.operator = operator
+        self.hidden = hidden
+        self.dropout = dropout
+        self.n_classes = n_classes
+        self.projections = nn.ModuleList(_Projection(dim, width) for dim in self.input_dims)
+        self.fusion = make_operator(operator, len(self.input_dims), width)
+        self.head = nn.Sequential(
+            nn.Linear(self.fusion.out_dim(len(self.input_dims), width), hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
+
+    def config(self) -> dict:
+        """Constructor arguments as JSON-ready values."""
+        return {
+            "input_dims": list(self.input_dims),
+            "width": self.width,
+            "operator": self.operator,
+            "hidden": self.hidden,
+            "dropout": self.dropout,
+            "n_classes": self.n_classes,
+        }
+
+    @torch.no_grad()
+    def set_standardisation(self, inputs: Sequence[np.ndarray]) -> None:
+        """Store per-feature mean and std of each training array ``[N, D_i]`` as buffers.
+
+        Features whose std is below 1e-6 (constant in training) are only centred, not divided.
+        """
+        _check_inputs(self.input_dims, inputs, "inputs")
+        for projection, array in zip(self.projections, inputs, strict=True):
+            mean, std = _column_stats(array)
+            projection.mean.copy_(torch.from_numpy(mean))
+            projection.std.copy_(torch.from_numpy(np.where(std < 1e-6, 1.0, std)))
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        """Logits ``[B, C]`` from one ``[B, D_i]`` tensor per model, in ``input_dims`` order."""
+        hs = [projection(x) for projection, x in zip(self.projections, inputs, strict=True)]
+        return self.head(self.fusion(hs))
+
+
+def _column_stats(array: np.ndarray, rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std ``[D]`` of ``[N, D]``.
+
+    Float64, because decoder activations reach 1e4, but by row chunks, so no float64 copy of
+    the whole array is made.
+    """
+    mean = np.mean(array, axis=0, dtype=np.float64)
+    squares = sum(
+        np.square(array[i : i + rows] - mean).sum(axis=0) for i in range(0, len(array), rows)
+    )
+    return mean, np.sqrt(squares / len(array))
+
+
+def _check_head(input_dims: Sequence[int], hidden: int, dropout: float, n_classes: int) -> None:
+    if len(input_dims) == 0 or any(int(dim) < 1 for dim in input_dims):
+        raise ConfigError(f"input_dims must be a non-empty list of ints >= 1, got {input_dims}")
+    if hidden < 1:
+        raise ConfigError(f"hidden must be >= 1, got {hidden}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    if n_classes < 2:
+        raise ConfigError(f"n_classes must be >= 2, got {n_classes}")
+
+
+def count_parameters(
+    input_dims: Sequence[int], width: int, operator: str, hidden: int, n_classes: int
+) -> int:
+    """Learned scalars of a FusionClassifier, computed without building it (buffers excluded)."""
+    m = len(input_dims)
+    cls = _check_shape(operator, m, width)
+    projections = sum(dim * width + width for dim in input_dims)
+    head = cls.out_dim(m, width) * hidden + hidden + hidden * n_classes + n_classes
+    return projections + cls.n_parameters(m, width) + head
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class FusionParams:
+    """Hyper-parameters of one fusion head; defaults follow the paper where it gives them.
+
+    ``lr``, ``batch_size``, ``max_epochs`` and ``width`` are the paper's; ``hidden``,
+    ``dropout`` and ``patience`` are ours. Early stopping watches ``metric`` on validation.
+    """
+
+    operator: str
+    width: int = 1024
+    hidden: int = 256
+    dropout: float = 0.1
+    lr: float = 1e-4
+    batch_size: int = 100
+    max_epochs: int = 120
+    patience: int = 10
+    weight_decay: float = 0.0
+    metric: str = "accuracy"
+
+    def __post_init__(self) -> None:
+        _check_shape(self.operator, 1, self.width)
+        for name in ("hidden", "batch_size", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric must be one of {list(METRICS)}, got {self.metric!r}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of ``train_fusion``; ``best_epoch`` indexes ``history`` (0-based)."""
+
+    model: FusionClassifier
+    best_epoch: int
+    best_val_metric: float
+    history: tuple[float, ...]
+    train_seconds: float
+    n_parameters: int
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_fusion(
+    train: list[np.ndarray],
+    y_train: np.ndarray,
+    val: list[np.ndarray],
+    y_val: np.ndarray,
+    *,
+    params: FusionParams,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    on_epoch: Callable[[int, float], bool] | None = None,
+) -> TrainResult:
+    """Train a FusionClassifier on ``train`` (one ``[N, D_i]`` per model), select on ``val``.
+
+    AdamW on cross-entropy, shuffled mini-batches, early stopping after ``params.patience``
+    epochs without a strictly better validation metric; the best weights are restored.
+    ``on_epoch(epoch, val_metric)`` runs after every epoch and stops training by returning True
+    (an Optuna pruning hook: the caller raises TrialPruned). Labels are ints ``0..C-1``.
+    The global RNG is forked, so seeding here leaves the caller's random state untouched;
+    on CPU the same inputs and seed give identical results.
+    """
+    input_dims = _input_dims(train)
+    _check_inputs(input_dims, val, "val")
+    y_train_t = _labels(y_train, len(train[0]), "y_train")
+    y_val_t = _labels(y_val, len(val[0]), "y_val")
+    n_classes = max(2, int(max(y_train_t.max(), y_val_t.max())) + 1)
+    device = resolve_device(device)
+    forked = []
+    if device.type == "cuda":
+        forked = [device.index if device.index is not None else torch.cuda.current_device()]
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=forked):
+        torch.manual_seed(seed)
+        model = FusionClassifier(
+            input_dims, params.width, params.operator, params.hidden, params.dropout, n_classes
+        )
+        model.set_standardisation(train)
+        model.to(device)
+        best_epoch, history = _fit(
+            model,
+            [_tensor(array, device) for array in train],
+            y_train_t.to(device),
+            [_tensor(array, device) for array in val],
+            y_val_t.to(device),
+            params,
+            torch.Generator().manual_seed(seed),
+            on_epoch,
+        )
+    model.cpu().eval()
+    return TrainResult(
+        model=model,
+        best_epoch=best_epoch,
+        best_val_metric=history[best_epoch],
+        history=history,
+        train_seconds=time.perf_counter() - start,
+        n_parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def _fit(
+    model: FusionClassifier,
+    train: list[Tensor],
+    y_train: Tensor,
+    val: list[Tensor],
+    y_val: Tensor,
+    params: FusionParams,
+    generator: torch.Generator,
+    on_epoch: Callable[[int, float], bool] | None,
+) -> tuple[int, tuple[float, ...]]:
+    """Epoch loop; leaves the best state in ``model``. Returns (best epoch, val history)."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay
+    )
+    history: list[float] = []
+    best_epoch, best_state = 0, None
+    for epoch in range(params.max_epochs):
+        model.train()
+        order = torch.randperm(len(y_train), generator=generator).to(y_train.device)
+        for batch in order.split(params.batch_size):
+            loss = F.cross_entropy(model([x[batch] for x in train]), y_train[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        score = _score(_predict(model, val), y_val, params.metric)
+        history.append(score)
+        if best_state is None or score > history[best_epoch]:
+            best_epoch = epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None and on_epoch(epoch, score):
+            break
+        if epoch - best_epoch >= params.patience:
+            break
+    model.load_state_dict(best_state)
+    return best_epoch, tuple(history)
+
+
+def _predict(model: FusionClassifier, inputs: list[Tensor]) -> Tensor:
+    """Predicted class ``[N]``."""
+    return _logits(model, inputs, _EVAL_BATCH).argmax(dim=-1)
+
+
+def _logits(model: FusionClassifier, inputs: list[Tensor], batch_size: int) -> Tensor:
+    """Logits ``[N, C]`` in eval mode, in large batches, without autograd bookkeeping."""
+    model.eval()
+    with torch.inference_mode():
+        n = len(inputs[0])
+        return torch.cat(
+            [model([x[i : i + batch_size] for x in inputs]) for i in range(0, n, batch_size)]
+        )
+
+
+def _score(pred: Tensor, target: Tensor, metric: str) -> float:
+    """Accuracy, or macro F1 over the labels present in ``target`` or ``pred`` (as sklearn)."""
+    if metric == "accuracy":
+        return float((pred == target).double().mean())
+    n_classes = int(max(pred.max(), target.max())) + 1
+    hits = torch.bincount(target[pred == target], minlength=n_classes).double()
+    support = (
+        torch.bincount(pred, minlength=n_classes) + torch.bincount(target, minlength=n_classes)
+    ).double()
+    present = support > 0
+    return float((2 * hits[present] / support[present]).mean())
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> Tensor:
+    return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
+
+
+def _labels(y: np.ndarray, n: int, name: str) -> Tensor:
+    y = np.asarray(y)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise ConfigError(
+            f"{name} must be non-negative int labels of shape ({n},), "
+            f"got dtype {y.dtype} shape {y.shape}"
+        )
+    return torch.as_tensor(y, dtype=torch.long)
+
+
+def _input_dims(train: Sequence[np.ndarray]) -> list[int]:
+    """``D_i`` of each training array, after checking they are 2-D with one non-zero N."""
+    shapes = [tuple(np.shape(array)) for array in train]
+    if not shapes or any(len(shape) != 2 for shape in shapes):
+        raise ConfigError(
+            f"train must be a non-empty list of 2-D arrays [N, D_i], got shapes {shapes}"
+        )
+    dims = [shape[1] for shape in shapes]
+    _check_inputs(dims, train, "train")
+    return dims
+
+
+def _check_inputs(input_dims: Sequence[int], inputs: Sequence[np.ndarray], name: str) -> None:
+    """One ``[N, D_i]`` array per model, same N, ``D_i`` as expected."""
+    dims = [tuple(np.shape(array)) for array in inputs]
+    n_rows = {shape[0] for shape in dims if len(shape) == 2}
+    expected = [(dim,) for dim in input_dims]
+    if [shape[1:] for shape in dims] != expected or len(n_rows) != 1 or 0 in n_rows:
+        raise ConfigError(
+            f"{name} must be {len(input_dims)} non-empty arrays [N, D_i] with D = "
+            f"{list(input_dims)} and one N, got shapes {dims}"
+        )
+
+
+# --------------------------------------------------------------------------- inference and I/O
+
+
+def predict_proba(
+    model: FusionClassifier, inputs: list[np.ndarray], batch_size: int = _EVAL_BATCH
+) -> np.ndarray:
+    """Class probabilities ``[N, C]`` (float32) for one ``[N, D_i]`` array per model."""
+    _check_inputs(model.input_dims, inputs, "inputs")
+    device = next(model.parameters()).device
+    logits = _logits(model, [_tensor(array, device) for array in inputs], batch_size)
+    return torch.softmax(logits, dim=-1).cpu().numpy()
+
+
+def save_classifier(model: FusionClassifier, directory: str | os.PathLike) -> None:
+    """Write ``head.safetensors`` (state dict, buffers included) and ``head.json`` (config).
+
+    Each file is written to a temporary name in ``directory`` and moved into place with
+    ``os.replace``, so a crash never leaves a half-written head behind.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(state, path))
+    text = json.dumps(model.config(), indent=2) + "\n"
+    _atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text))
+
+
+def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_classifier(directory: str | os.PathLike) -> FusionClassifier:
+    """Rebuild a FusionClassifier from ``head.json`` and load ``head.safetensors`` strictly."""
+    directory = Path(directory)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise ConfigError(f"directory {str(directory)!r} has no {name}")
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        model = FusionClassifier(**config)
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ConfigError(
+            f"{directory / CONFIG_FILE} is not a valid head config: {error}"
+        ) from None
+    try:
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    except RuntimeError as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(
+            f"{directory / WEIGHTS_FILE} does not match head.json: {message}"
+        ) from None
+    return model.eval()

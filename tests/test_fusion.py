@@ -1,0 +1,284 @@
+"""Fusion operators, FusionClassifier, train_fusion, predict_proba and head save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from autolayer.errors import ConfigError
+from autolayer.fusion import (
+    OPERATORS,
+    FusionClassifier,
+    FusionParams,
+    count_parameters,
+    fused_dim,
+    load_classifier,
+    make_operator,
+    predict_proba,
+    save_classifier,
+    train_fusion,
+)
+from autolayer.fusion import _column_stats as column_stats
+from autolayer.fusion import _score as score
+
+ALL_OPERATORS = sorted(OPERATORS)
+DIMS = (5, 7, 3)
+FAST = {"width": 16, "hidden": 32, "lr": 1e-2, "batch_size": 50, "dropout": 0.0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are overhead-bound; extra threads only contend on a shared 2-core box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def sum_task(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Label = sign(x1[0] + x2[0]); either input alone gives only ~75% accuracy.
+
+    Input 1 has a huge, uneven scale like a decoder's massive activations.
+    """
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(size=(n, 8)) * np.array([1000.0] + [1.0] * 7)
+    x2 = rng.normal(size=(n, 6))
+    y = (x1[:, 0] / 1000 + x2[:, 0] > 0).astype(np.int64)
+    return [x1.astype(np.float32), x2.astype(np.float32)], y
+
+
+def random_inputs(n: int, dims: tuple[int, ...], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n, dim)).astype(np.float32) for dim in dims]
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("name", ALL_OPERATORS)
+def test_operator_output_has_out_dim_width(name: str, m: int) -> None:
+    operator = make_operator(name, m, 8)
+    z = operator([torch.rand(4, 8) for _ in range(m)])
+    assert z.shape == (4, OPERATORS[name].out_dim(m, 8)) == (4, fused_dim(m, 8, name))
+
+
+@pytest.mark.parametrize("name", ALL_OPERATORS)
+def test_single_input_operator_is_identity(name: str) -> None:
+    h = torch.rand(4, 8)
+    assert torch.equal(make_operator(name, 1, 8)([h]), h)
+
+
+@pytest.mark.parametrize("name", ALL_OPERATORS)
+def test_operator_n_parameters_matches_built_operator(name: str) -> None:
+    for m in (1, 2, 3):
+        built = sum(p.numel() for p in make_operator(name, m, 8).parameters())
+        assert built == OPERATORS[name].n_parameters(m, 8)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("name", ALL_OPERATORS)
+def test_classifier_logits_shape_for_uneven_input_dims(name: str, m: int) -> None:
+    model = FusionClassifier(DIMS[:m], 8, name, hidden=6, dropout=0.1, n_classes=3)
+    logits = model([torch.randn(4, dim) for dim in DIMS[:m]])
+    assert logits.shape == (4, 3)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("name", ALL_OPERATORS)
+def test_count_parameters_matches_built_classifier(name: str, m: int) -> None:
+    model = FusionClassifier(DIMS[:m], 8, name, hidden=6, dropout=0.1, n_classes=3)
+    built = sum(p.numel() for p in model.parameters())
+    assert count_parameters(DIMS[:m], 8, name, hidden=6, n_classes=3) == built
+
+
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("name", ALL_OPERATORS)
+def test_gradients_reach_every_projection(name: str, m: int) -> None:
+    torch.manual_seed(0)
+    model = FusionClassifier(DIMS[:m], 8, name, hidden=6, dropout=0.0, n_classes=2)
+    logits = model([torch.randn(32, dim) for dim in DIMS[:m]])
+    torch.nn.functional.cross_entropy(logits, torch.randint(0, 2, (32,))).backward()
+    for projection in model.projections:
+        assert projection.linear.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ALL_OPERATORS)
+def test_learns_label_that_needs_both_inputs(name: str) -> None:
+    train, y_train = sum_task(400, seed=1)
+    val, y_val = sum_task(200, seed=2)
+    params = FusionParams(name, max_epochs=40, patience=10, **FAST)
+    result = train_fusion(train, y_train, val, y_val, params=params)
+    assert result.best_val_metric >= 0.85
+
+
+def test_training_is_deterministic_on_cpu() -> None:
+    train, y_train = sum_task(200, seed=1)
+    val, y_val = sum_task(100, seed=2)
+    params = FusionParams("moe", max_epochs=5, **{**FAST, "dropout": 0.2})
+    first, second = (
+        train_fusion(train, y_train, val, y_val, params=params, seed=3, device="cpu")
+        for _ in range(2)
+    )
+    assert first.history == second.history
+    second_state = second.model.state_dict()
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second_state[key])
+
+
+def test_seed_changes_the_result() -> None:
+    train, y_train = sum_task(200, seed=1)
+    val, y_val = sum_task(100, seed=2)
+    params = FusionParams("sum", max_epochs=2, **FAST)
+    a, b = (train_fusion(train, y_train, val, y_val, params=params, seed=s) for s in (0, 1))
+    assert not torch.equal(a.model.head[0].weight, b.model.head[0].weight)
+
+
+def test_result_reports_restored_best_weights() -> None:
+    train, y_train = sum_task(300, seed=1)
+    val, y_val = sum_task(150, seed=2)
+    params = FusionParams("concat", max_epochs=15, **FAST)
+    result = train_fusion(train, y_train, val, y_val, params=params)
+    assert result.history[result.best_epoch] == max(result.history) == result.best_val_metric
+    accuracy = (predict_proba(result.model, val).argmax(axis=1) == y_val).mean()
+    assert accuracy == pytest.approx(result.best_val_metric)
+    assert result.n_parameters == count_parameters([8, 6], 16, "concat", 32, 2)
+    assert result.train_seconds > 0
+    assert next(result.model.parameters()).device.type == "cpu"
+
+
+def test_early_stopping_stops_on_a_plateau() -> None:
+    train, y_train = sum_task(100, seed=1)
+    val, y_val = sum_task(50, seed=2)
+    params = FusionParams("sum", max_epochs=50, patience=3, **{**FAST, "lr": 1e-12})
+    result = train_fusion(train, y_train, val, y_val, params=params)
+    assert result.best_epoch == 0
+    assert len(result.history) == 4
+
+
+def test_on_epoch_returning_true_stops_training() -> None:
+    train, y_train = sum_task(100, seed=1)
+    val, y_val = sum_task(50, seed=2)
+    calls: list[tuple[int, float]] = []
+
+    def prune_at_two(epoch: int, metric: float) -> bool:
+        calls.append((epoch, metric))
+        return epoch == 2
+
+    params = FusionParams("sum", max_epochs=50, patience=50, **FAST)
+    result = train_fusion(train, y_train, val, y_val, params=params, on_epoch=prune_at_two)
+    assert [epoch for epoch, _ in calls] == [0, 1, 2]
+    assert result.history == tuple(metric for _, metric in calls)
+
+
+def test_macro_f1_matches_sklearn() -> None:
+    target = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    pred = torch.tensor([0, 1, 1, 1, 2, 0, 3])
+    expected = f1_score(target.numpy(), pred.numpy(), average="macro")
+    assert score(pred, target, "macro_f1") == pytest.approx(expected)
+
+
+def test_training_with_macro_f1_metric() -> None:
+    train, y_train = sum_task(100, seed=1)
+    val, y_val = sum_task(50, seed=2)
+    params = FusionParams("sum", max_epochs=3, metric="macro_f1", **FAST)
+    result = train_fusion(train, y_train, val, y_val, params=params)
+    pred = predict_proba(result.model, val).argmax(axis=1)
+    assert result.best_val_metric == pytest.approx(f1_score(y_val, pred, average="macro"))
+
+
+def test_standardisation_uses_training_statistics() -> None:
+    inputs = random_inputs(50, (4,))
+    inputs[0][:, 1] *= 1e4
+    inputs[0][:, 2] = 7.0
+    model = FusionClassifier([4], 8, "sum", hidden=6, dropout=0.0, n_classes=2)
+    model.set_standardisation(inputs)
+    stats, exact = model.projections[0], inputs[0].astype(np.float64)
+    np.testing.assert_allclose(stats.mean.numpy(), exact.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        stats.std.numpy()[[0, 1, 3]], exact.std(axis=0)[[0, 1, 3]], rtol=1e-6
+    )
+    assert stats.std[2] == 1.0
+
+
+def test_column_stats_in_chunks_match_numpy_float64() -> None:
+    array = random_inputs(50, (6,))[0] * 1e4 + 3e4
+    mean, std = column_stats(array, rows=7)
+    np.testing.assert_allclose(mean, array.astype(np.float64).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, array.astype(np.float64).std(axis=0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ALL_OPERATORS)
+def test_save_load_round_trip_predicts_identically(name: str, tmp_path) -> None:
+    inputs = random_inputs(20, DIMS[:2])
+    model = FusionClassifier(DIMS[:2], 8, name, hidden=6, dropout=0.1, n_classes=3)
+    model.set_standardisation(inputs)
+    save_classifier(model, tmp_path / "head")
+    loaded = load_classifier(tmp_path / "head")
+    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == [
+        "head.json",
+        "head.safetensors",
+    ]
+    assert loaded.config() == model.config()
+    np.testing.assert_array_equal(predict_proba(loaded, inputs), predict_proba(model, inputs))
+
+
+def test_predict_proba_rows_sum_to_one_in_small_batches() -> None:
+    inputs = random_inputs(10, DIMS[:2])
+    model = FusionClassifier(DIMS[:2], 8, "concat", hidden=6, dropout=0.1, n_classes=4)
+    proba = predict_proba(model, inputs, batch_size=3)
+    assert proba.shape == (10, 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(proba, predict_proba(model, inputs), rtol=1e-5)
+
+
+def test_load_rejects_weights_that_do_not_match_config(tmp_path) -> None:
+    model = FusionClassifier([5], 8, "sum", hidden=6, dropout=0.1, n_classes=2)
+    save_classifier(model, tmp_path)
+    config = json.loads((tmp_path / "head.json").read_text())
+    (tmp_path / "head.json").write_text(json.dumps({**config, "hidden": 7}))
+    with pytest.raises(ConfigError, match="does not match"):
+        load_classifier(tmp_path)
+
+
+def test_load_from_empty_directory_raises(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="head.json"):
+        load_classifier(tmp_path)
+
+
+def test_unknown_operator_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"operator must be one of .*got 'outer'"):
+        make_operator("outer", 2, 8)
+    with pytest.raises(ConfigError, match="operator"):
+        FusionParams("outer")
+
+
+def test_quaternion_needs_width_divisible_by_four() -> None:
+    with pytest.raises(ConfigError, match="width must be divisible by 4.*got 10"):
+        make_operator("quaternion", 2, 10)
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        count_parameters([5, 6], 10, "quaternion", 6, 2)
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        FusionParams("quaternion", width=10)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("metric", "auc"), ("lr", 0.0), ("dropout", 1.0), ("batch_size", 0), ("patience", 0)],
+)
+def test_invalid_params_raise_config_error_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        FusionParams("sum", **{field: value})
+
+
+def test_mismatched_inputs_raise_config_error() -> None:
+    train, y_train = sum_task(50, seed=1)
+    val, y_val = sum_task(20, seed=2)
+    params = FusionParams("sum", max_epochs=1, **FAST)
+    with pytest.raises(ConfigError, match="val must be 2"):
+        train_fusion(train, y_train, [val[0], val[0]], y_val, params=params)
+    with pytest.raises(ConfigError, match="y_train"):
+        train_fusion(train, y_train[:-1], val, y_val, params=params)
+    with pytest.raises(ConfigError, match="y_train"):
+        train_fusion(train, y_train.astype(np.float32), val, y_val, params=params)
