@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,7 +27,11 @@ errors = Console(stderr=True)
 
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator:
-    """A rich bar with texts/s; yields the ``advance(n)`` callback the library calls."""
+    """A rich bar with texts/s; yields the ``advance(n)`` callback the library calls.
+
+    The bar appears at the first ``advance``, so work that fails before it starts (a bad
+    model spec, say) prints only its error line.
+    """
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -35,16 +40,21 @@ def progress_bar(description: str, total: int) -> Iterator:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=errors, transient=False) as bar:
-        task = bar.add_task(description, total=total, rate="")
+    bar = Progress(*columns, console=errors)
+    task = bar.add_task(escape(description), total=total, rate="")
 
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-            speed = bar.tasks[task].speed
-            if speed:
-                bar.update(task, rate=f"{speed:6.1f} texts/s")
+    def advance(n: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.advance(task, n)
+        speed = bar.tasks[task].speed
+        if speed:
+            bar.update(task, rate=f"{speed:6.1f} texts/s")
 
+    try:
         yield advance
+    finally:
+        bar.stop()
 
 
 def zoo_table(rows: list[dict[str, str]]) -> None:
@@ -93,4 +103,4 @@ def layer_summary(embeddings) -> None:
 
 
 def error(message: str) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -52,7 +52,7 @@ def _tokenizer(kind: str, padding_side: str):
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>"]
-    vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
+    vocab = {tok: i for i, tok in enumerate([*specials, *WORDS])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     if kind == "bert":
@@ -144,7 +144,7 @@ def tiny_dataset(tmp_path) -> Path:
         words = ["good", "great", "fun"] if label == "pos" else ["bad", "awful", "dull"]
         n = rng.randint(1, 12)
         rows.append(
-            {"text": " ".join(rng.choice(words + WORDS[:8]) for _ in range(n)), "label": label}
+            {"text": " ".join(rng.choice([*words, *WORDS[:8]]) for _ in range(n)), "label": label}
         )
     folder = tmp_path / "tiny"
     write_jsonl(folder / "train.jsonl", rows[:40])
