@@ -467,7 +467,12 @@ def _label_names(source: str, labels: list[str]) -> tuple[str, ...]:
 def _make_split(texts: list[str], labels: list[str], index: dict[str, int]) -> Split:
     ids = np.fromiter((index[label] for label in labels), dtype=np.int64, count=len(labels))
     ids.flags.writeable = False
-    return Split(tuple(texts), ids, _sha256([texts, labels]), _sha256(texts))
+    return Split(tuple(texts), ids, _sha256([texts, labels]), text_fingerprint(texts))
+
+
+def text_fingerprint(texts: Sequence[str]) -> str:
+    """Content hash of an ordered list of texts: the embedding cache's key for them."""
+    return _sha256(list(texts))
 
 
 def _sha256(value: Any) -> str:

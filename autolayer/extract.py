@@ -316,6 +316,22 @@ def extract(
     model: str,
     dataset: str | Path | LabelledDataset = "demo",
     split: str = "train",
+    **options,
+) -> Embeddings:
+    """Pooled embeddings of every (or the chosen) hidden layer of ``model`` over one split.
+
+    ``dataset`` is anything :func:`autolayer.data.load_dataset` takes, or a loaded dataset;
+    ``options`` are those of :func:`embed_texts`, which does the (cached) work.
+    """
+    from autolayer.data import load_dataset
+
+    data = dataset if not isinstance(dataset, str | Path) else load_dataset(dataset)
+    return embed_texts(model, data.split(split).texts, source=f"{data.name}/{split}", **options)
+
+
+def embed_texts(
+    model: str,
+    texts: Sequence[str],
     *,
     pooling: str = "mean",
     layers: Sequence[int] | None = None,
@@ -327,42 +343,42 @@ def extract(
     cache_dir: str | Path | None = None,
     trust_remote_code: bool = False,
     progress: Progress | None = None,
+    source: str = "texts",
 ) -> Embeddings:
-    """Pooled embeddings of every (or the chosen) hidden layer of ``model`` over one split.
+    """Pooled embeddings of the chosen (default: all) hidden layers of ``model`` for ``texts``.
 
     Results are cached under ``cache_dir`` (default ``$AUTOLAYER_HOME/embeddings``) keyed by
-    the model's identity, the split's texts, pooling, max_length and dtype; a repeated call
-    does no model work, an interrupted one resumes at its first unfinished chunk.
+    the model's identity, the texts' fingerprint, pooling, max_length and dtype; a repeated
+    call does no model work, an interrupted one resumes at its first unfinished chunk. A
+    layer subset is served from a cached all-layer entry when there is one.
     """
-    from autolayer.data import load_dataset
+    from autolayer.data import text_fingerprint
 
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
     if max_length < 2 or batch_size < 1 or chunk_size < 1:
-        raise ConfigError("max_length must be ≥ 2 and batch_size, chunk_size ≥ 1")
+        raise ConfigError("max_length must be >= 2 and batch_size, chunk_size >= 1")
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    data = dataset if not isinstance(dataset, str | Path) else load_dataset(dataset)
-    texts = data.split(split).texts
-    source = zoo.resolve(model)
-    n_states = count_hidden_states(source)
+    resolved = zoo.resolve(model)
+    n_states = count_hidden_states(resolved)
     wanted = normalise_layers(layers, n_states)
     root = Path(cache_dir) if cache_dir else zoo.home() / "embeddings"
     device = pick_device(device)
     fields = {
-        "model": source.identity,
-        "texts": data.split(split).text_fingerprint,
+        "model": resolved.identity,
+        "texts": text_fingerprint(texts),
         "pooling": pooling,
         "max_length": max_length,
         "dtype": "bfloat16" if device.startswith("cuda") else "float32",
     }
-    base = {"model": model, "dataset": data.name, "split": split, "n_hidden_states": n_states}
+    base = {"model": model, "source": source, "n_hidden_states": n_states}
     full = CacheEntry(root, {**fields, "layers": "all"})
-    entry = (
-        full if wanted == tuple(range(n_states)) else CacheEntry(root, {**fields, "layers": wanted})
-    )
+    entry = full
+    if wanted != tuple(range(n_states)):
+        entry = CacheEntry(root, {**fields, "layers": wanted})
     for candidate in dict.fromkeys((full, entry)):
         hit = candidate.load()
         if hit is not None:
@@ -371,7 +387,7 @@ def extract(
         hit = entry.load()
         if hit is not None:
             return _from_cache(hit, wanted, model, base)
-        backbone = Backbone(source, wanted, device=device, trust_remote_code=trust_remote_code)
+        backbone = Backbone(resolved, wanted, device=device, trust_remote_code=trust_remote_code)
         return _extract_into(
             entry, backbone, texts, pooling, max_length, batch_size, chunk_size, progress, base
         )

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -448,13 +448,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def train_fusion(
     train: list[np.ndarray],
     y_train: np.ndarray,
-    val: list[np.ndarray],
-    y_val: np.ndarray,
+    val: list[np.ndarray] | None,
+    y_val: np.ndarray | None,
     *,
     params: FusionParams,
     seed: int = 0,
     device: str | torch.device | None = None,
     on_epoch: Callable[[int, float], bool] | None = None,
+    n_classes: int | None = None,
 ) -> TrainResult:
     """Train a FusionClassifier on ``train`` (one ``[N, D_i]`` per model), select on ``val``.
 
@@ -466,10 +467,17 @@ def train_fusion(
     on CPU the same inputs and seed give identical results.
     """
     input_dims = _input_dims(train)
-    _check_inputs(input_dims, val, "val")
     y_train_t = _labels(y_train, len(train[0]), "y_train")
-    y_val_t = _labels(y_val, len(val[0]), "y_val")
-    n_classes = max(2, int(max(y_train_t.max(), y_val_t.max())) + 1)
+    restore_best = val is not None
+    if val is None:
+        # No validation data (the final fit on train + validation): train exactly
+        # ``max_epochs`` epochs and keep the last weights; the history is training accuracy.
+        val, y_val_t, params = train, y_train_t, replace(params, patience=params.max_epochs)
+    else:
+        _check_inputs(input_dims, val, "val")
+        y_val_t = _labels(y_val, len(val[0]), "y_val")
+    if n_classes is None:
+        n_classes = max(2, int(max(y_train_t.max(), y_val_t.max())) + 1)
     device = resolve_device(device)
     forked = []
     if device.type == "cuda":
@@ -491,6 +499,7 @@ def train_fusion(
             params,
             torch.Generator().manual_seed(seed),
             on_epoch,
+            restore_best,
         )
     model.cpu().eval()
     return TrainResult(
@@ -512,6 +521,7 @@ def _fit(
     params: FusionParams,
     generator: torch.Generator,
     on_epoch: Callable[[int, float], bool] | None,
+    restore_best: bool = True,
 ) -> tuple[int, tuple[float, ...]]:
     """Epoch loop; leaves the best state in ``model``. Returns (best epoch, val history)."""
     optimizer = torch.optim.AdamW(
@@ -536,7 +546,10 @@ def _fit(
             break
         if epoch - best_epoch >= params.patience:
             break
-    model.load_state_dict(best_state)
+    if restore_best:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history) - 1
     return best_epoch, tuple(history)
 
 

@@ -80,7 +80,7 @@ def layer_summary(embeddings) -> None:
     if not meta.get("cached") and meta.get("seconds"):
         speed = f", {meta['computed_rows'] / meta['seconds']:.1f} texts/s"
     console.print(
-        f"[bold]{embeddings.model}[/] on {meta.get('dataset')}/{meta.get('split')}: "
+        f"[bold]{embeddings.model}[/] on {meta.get('source')}: "
         f"array {list(embeddings.array.shape)} ({meta.get('pooling')} pooling), {source}{speed}"
     )
     table = Table(title="per-layer summary")

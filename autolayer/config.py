@@ -1,0 +1,192 @@
+"""The exported configuration: which models, layers and fusion head, and where it came from.
+
+A config is a small YAML file anyone can read and edit. It carries a schema version, each
+model with the identity hash of its weights, the head's hyper-parameters, the dataset's
+fingerprint, seeds and library versions, so a result can be reproduced and a config applied
+to the wrong data or weights is noticed. Loading validates every field and reports the first
+problem in one line.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from autolayer.cache import atomic_write_bytes
+from autolayer.errors import ConfigError
+
+SCHEMA_VERSION = 1
+POOLINGS = ("mean", "last", "cls")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One backbone of the configuration, cut at ``layer`` (a hidden-state index)."""
+
+    spec: str
+    identity: str
+    layer: int
+    n_hidden_states: int
+    pooling: str = "mean"
+    max_length: int = 256
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Everything needed to rebuild, retrain and judge a recommended classifier."""
+
+    models: tuple[ModelChoice, ...]
+    operator: str
+    width: int
+    hidden: int
+    dropout: float
+    lr: float
+    batch_size: int
+    epochs: int
+    label_names: tuple[str, ...]
+    dataset: dict = field(default_factory=dict)
+    metric: str = "accuracy"
+    seed: int = 0
+    validation: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["models"] = [asdict(m) for m in self.models]
+        data["label_names"] = list(self.label_names)
+        return {"schema_version": data.pop("schema_version"), **data}
+
+    def save(self, path: str | Path) -> Path:
+        """Write YAML atomically (a crash never leaves half a config)."""
+        path = Path(path)
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        atomic_write_bytes(path, text.encode())
+        return path
+
+
+def library_versions() -> dict:
+    """Versions that can change results, recorded in every exported config."""
+    out = {"python": platform.python_version()}
+    for name in ("autolayer", "torch", "transformers", "optuna", "scikit-learn", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def load_config(path: str | Path) -> FusionConfig:
+    """Read and validate a config file; every problem is a one-line ``ConfigError``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"config {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}"
+        ) from None
+    return from_dict(data, str(path))
+
+
+def from_dict(data: object, where: str = "config") -> FusionConfig:
+    """Validate a parsed config mapping and build the dataclass."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{where}: unsupported schema_version {version!r}; "
+            f"this autolayer reads {SCHEMA_VERSION}"
+        )
+    models = _require(data, "models", list, where)
+    if not models:
+        raise ConfigError(f"{where}: models must list at least one model")
+    choices = tuple(_model_choice(m, f"{where}: models[{i}]") for i, m in enumerate(models))
+    from autolayer.fusion import OPERATORS
+
+    operator = _require(data, "operator", str, where)
+    if operator not in OPERATORS:
+        raise ConfigError(
+            f"{where}: operator must be one of {', '.join(OPERATORS)}; got {operator!r}"
+        )
+    labels = _require(data, "label_names", list, where)
+    if len(labels) < 2:
+        raise ConfigError(f"{where}: label_names must list at least 2 classes")
+    config = FusionConfig(
+        models=choices,
+        operator=operator,
+        width=_positive(data, "width", where),
+        hidden=_positive(data, "hidden", where),
+        dropout=float(_require(data, "dropout", (int, float), where)),
+        lr=float(_require(data, "lr", (int, float), where)),
+        batch_size=_positive(data, "batch_size", where),
+        epochs=_positive(data, "epochs", where),
+        label_names=tuple(str(x) for x in labels),
+        dataset=dict(data.get("dataset") or {}),
+        metric=str(data.get("metric", "accuracy")),
+        seed=int(data.get("seed", 0)),
+        validation=dict(data.get("validation") or {}),
+        cost=dict(data.get("cost") or {}),
+        versions=dict(data.get("versions") or {}),
+    )
+    _check_head(config, where)
+    return config
+
+
+def _require(data: dict, key: str, kind, where: str):
+    if key not in data:
+        raise ConfigError(f"{where}: missing required field {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}: field {key!r} must be {names}; got {value!r}")
+    return value
+
+
+def _positive(data: dict, key: str, where: str) -> int:
+    value = _require(data, key, int, where)
+    if value < 1:
+        raise ConfigError(f"{where}: field {key!r} must be >= 1; got {value}")
+    return value
+
+
+def _model_choice(data: object, where: str) -> ModelChoice:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with spec, identity, layer")
+    choice = ModelChoice(
+        spec=_require(data, "spec", str, where),
+        identity=_require(data, "identity", str, where),
+        layer=_require(data, "layer", int, where),
+        n_hidden_states=_positive(data, "n_hidden_states", where),
+        pooling=str(data.get("pooling", "mean")),
+        max_length=int(data.get("max_length", 256)),
+    )
+    if not 0 <= choice.layer < choice.n_hidden_states:
+        raise ConfigError(f"{where}: layer {choice.layer} outside 0..{choice.n_hidden_states - 1}")
+    if choice.pooling not in POOLINGS:
+        raise ConfigError(f"{where}: pooling must be one of {', '.join(POOLINGS)}")
+    return choice
+
+
+def _check_head(config: FusionConfig, where: str) -> None:
+    from autolayer.fusion import FusionParams
+
+    try:
+        FusionParams(
+            operator=config.operator,
+            width=config.width,
+            hidden=config.hidden,
+            dropout=config.dropout,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            metric=config.metric,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

@@ -1,0 +1,387 @@
+"""The Optuna study: which models, which layer of each, which fusion operator, what head.
+
+The space is kept small on purpose: each model offers only its scorer's top-k layers, so a
+few dozen trials cover it. Each trial's costs (inference latency of the backbones up to the
+chosen layers, memory of weights and fused features, head parameters) are computed *before*
+training, and a configuration that breaks the budget is never trained: it is recorded as a
+pruned trial with the reason. Trials report their per-epoch validation metric so a median
+pruner stops hopeless ones early. Studies live in an Optuna storage (SQLite file by default),
+so re-running the same command resumes, and several workers can share one study.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+
+from autolayer.errors import ConfigError
+from autolayer.fusion import OPERATORS, FusionParams, count_parameters, fused_dim, train_fusion
+
+logger = logging.getLogger("autolayer")
+
+SEPARATOR = " + "
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on the search itself and on the configuration it may recommend."""
+
+    n_trials: int = 30
+    timeout: float | None = None
+    max_models: int = 2
+    max_memory_mb: float | None = None
+    max_latency_ms: float | None = None
+    max_params: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1 or self.max_models < 1:
+            raise ConfigError("n_trials and max_models must be >= 1")
+
+    def violations(self, cost: Cost) -> list[str]:
+        """Human-readable list of the limits ``cost`` exceeds (empty when feasible)."""
+        out = []
+        if self.max_latency_ms is not None and cost.latency_ms > self.max_latency_ms:
+            out.append(f"latency {cost.latency_ms:.2f} ms > max-latency-ms {self.max_latency_ms}")
+        if self.max_memory_mb is not None and cost.memory_mb > self.max_memory_mb:
+            out.append(f"memory {cost.memory_mb:.0f} MB > max-memory-mb {self.max_memory_mb}")
+        if self.max_params is not None and cost.params > self.max_params:
+            out.append(f"head parameters {cost.params:,} > max-params {self.max_params:,}")
+        return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model as the search sees it: candidate layers, their embeddings, and its costs.
+
+    ``train``/``val`` are ``[N, k, D]`` with ``k = len(layers)``. ``ms_per_text`` is the
+    measured full-depth inference time; running up to hidden state ``l`` costs about
+    ``l / L`` of it. ``base_params`` and ``layer_params`` give the weights up to a layer.
+    """
+
+    name: str
+    layers: tuple[int, ...]
+    n_hidden_states: int
+    train: np.ndarray
+    val: np.ndarray
+    ms_per_text: float
+    base_params: int
+    layer_params: tuple[int, ...]
+
+    @property
+    def width(self) -> int:
+        return int(self.train.shape[-1])
+
+    def latency_ms(self, layer: int) -> float:
+        return self.ms_per_text * max(layer, 1) / (self.n_hidden_states - 1)
+
+    def weights_mb(self, layer: int) -> float:
+        return 4 * (self.base_params + sum(self.layer_params[:layer])) / 2**20
+
+    def features(self, layer: int, split: str) -> np.ndarray:
+        array = self.train if split == "train" else self.val
+        return np.ascontiguousarray(array[:, self.layers.index(layer)])
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a configuration costs to run: per-text latency, memory, head size."""
+
+    latency_ms: float
+    memory_mb: float
+    params: int
+    fused_dim: int
+
+    def as_dict(self) -> dict:
+        return {
+            "latency_ms": round(self.latency_ms, 4),
+            "memory_mb": round(self.memory_mb, 2),
+            "params": self.params,
+            "fused_dim": self.fused_dim,
+        }
+
+
+def cost_of(
+    chosen: Sequence[Candidate],
+    layers: Sequence[int],
+    operator: str,
+    width: int,
+    hidden: int,
+    n_classes: int,
+    n_rows: int,
+) -> Cost:
+    """Latency (backbones up to their layers), memory (weights + the ``n_rows`` embeddings
+    the head trains on), and head parameters of one configuration."""
+    dims = [c.width for c in chosen]
+    params = count_parameters(dims, width, operator, hidden, n_classes)
+    features_mb = 4 * n_rows * sum(dims) / 2**20
+    weights_mb = sum(c.weights_mb(layer) for c, layer in zip(chosen, layers, strict=True))
+    return Cost(
+        latency_ms=sum(c.latency_ms(layer) for c, layer in zip(chosen, layers, strict=True)),
+        memory_mb=weights_mb + features_mb + 4 * params / 2**20,
+        params=params,
+        fused_dim=fused_dim(len(chosen), width, operator),
+    )
+
+
+@dataclass(frozen=True)
+class Space:
+    """Choices besides models and layers. The paper's width is 1024; smaller ones are cheaper."""
+
+    operators: tuple[str, ...] = tuple(OPERATORS)
+    widths: tuple[int, ...] = (256, 512, 1024)
+    lr: tuple[float, float] = (1e-4, 3e-3)
+    hidden: int = 256
+    dropout: float = 0.1
+    max_epochs: int = 60
+    patience: int = 8
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """A read-only view of one trial, enough to rank, report and export it."""
+
+    number: int
+    state: str
+    values: tuple[float, ...] | None
+    models: tuple[str, ...]
+    layers: tuple[int, ...]
+    operator: str
+    width: int
+    lr: float
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def value(self) -> float | None:
+        return self.values[0] if self.values else None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    study_name: str
+    storage: str
+    best: TrialSummary
+    trials: tuple[TrialSummary, ...]
+    pareto: tuple[TrialSummary, ...]
+
+
+def subsets(names: Sequence[str], max_models: int) -> list[str]:
+    """Every model subset of size 1..max_models, as stable strings (Optuna choices)."""
+    out = []
+    for size in range(1, min(max_models, len(names)) + 1):
+        out += [SEPARATOR.join(combo) for combo in itertools.combinations(names, size)]
+    return out
+
+
+def check_feasible(
+    candidates: Sequence[Candidate], budget: Budget, space: Space, n_classes: int, n_rows: int
+) -> None:
+    """Fail fast, naming the binding limit, when not even the cheapest configuration fits."""
+    cheapest = None
+    for cand in candidates:
+        layer = min(cand.layers)
+        cost = cost_of(
+            [cand], [layer], "concat", min(space.widths), space.hidden, n_classes, n_rows
+        )
+        if not budget.violations(cost):
+            return
+        if cheapest is None or cost.latency_ms < cheapest[1].latency_ms:
+            cheapest = (f"{cand.name} layer {layer}", cost)
+    where, cost = cheapest
+    raise ConfigError(
+        f"no configuration meets the budget; the cheapest ({where}) breaks: "
+        + "; ".join(budget.violations(cost))
+    )
+
+
+def _summary(trial: optuna.trial.FrozenTrial) -> TrialSummary:
+    params = trial.params
+    models = tuple(params["models"].split(SEPARATOR)) if "models" in params else ()
+    return TrialSummary(
+        number=trial.number,
+        state=trial.state.name,
+        values=tuple(trial.values) if trial.values else None,
+        models=models,
+        layers=tuple(int(params[f"layer:{m}"]) for m in models),
+        operator=params.get("operator", "concat"),
+        width=int(params.get("width", 0)),
+        lr=float(params.get("lr", 0.0)),
+        attrs=dict(trial.user_attrs),
+    )
+
+
+class _Objective:
+    """Callable objective over the fixed candidates; holds nothing Optuna has to pickle."""
+
+    def __init__(
+        self,
+        candidates: Sequence[Candidate],
+        y_train: np.ndarray,
+        y_val: np.ndarray,
+        budget: Budget,
+        space: Space,
+        metric: str,
+        seed: int,
+        multi_objective: bool,
+    ) -> None:
+        self.by_name = {c.name: c for c in candidates}
+        self.choices = subsets([c.name for c in candidates], budget.max_models)
+        self.y_train, self.y_val = y_train, y_val
+        self.n_classes = int(max(y_train.max(), y_val.max())) + 1
+        self.budget, self.space, self.metric = budget, space, metric
+        self.seed, self.multi_objective = seed, multi_objective
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        chosen = [
+            self.by_name[n]
+            for n in trial.suggest_categorical("models", self.choices).split(SEPARATOR)
+        ]
+        layers = [int(trial.suggest_categorical(f"layer:{c.name}", c.layers)) for c in chosen]
+        operator = "concat"
+        if len(chosen) > 1:
+            operator = trial.suggest_categorical("operator", self.space.operators)
+        width = int(trial.suggest_categorical("width", self.space.widths))
+        lr = trial.suggest_float("lr", *self.space.lr, log=True)
+        cost = cost_of(
+            chosen, layers, operator, width, self.space.hidden, self.n_classes, len(self.y_train)
+        )
+        for key, value in cost.as_dict().items():
+            trial.set_user_attr(key, value)
+        broken = self.budget.violations(cost)
+        if broken:
+            trial.set_user_attr("infeasible", "; ".join(broken))
+            raise optuna.TrialPruned("infeasible: " + "; ".join(broken))
+        params = FusionParams(
+            operator=operator,
+            width=width,
+            hidden=self.space.hidden,
+            dropout=self.space.dropout,
+            lr=lr,
+            max_epochs=self.space.max_epochs,
+            patience=self.space.patience,
+            metric=self.metric,
+        )
+        result = train_fusion(
+            [c.features(layer, "train") for c, layer in zip(chosen, layers, strict=True)],
+            self.y_train,
+            [c.features(layer, "val") for c, layer in zip(chosen, layers, strict=True)],
+            self.y_val,
+            params=params,
+            seed=self.seed,
+            on_epoch=None if self.multi_objective else _pruning_hook(trial),
+        )
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("epochs_run", len(result.history))
+        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+        if not self.multi_objective and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {len(result.history) - 1}")
+        if self.multi_objective:
+            return result.best_val_metric, cost.latency_ms
+        return result.best_val_metric
+
+
+def _pruning_hook(trial: optuna.Trial) -> Callable[[int, float], bool]:
+    def on_epoch(epoch: int, value: float) -> bool:
+        trial.report(value, epoch)
+        return trial.should_prune()
+
+    return on_epoch
+
+
+def trained_count(study: optuna.Study) -> tuple[int, int]:
+    """(trials trained, trials finished): infeasible trials finish untrained."""
+    done = study.get_trials(
+        deepcopy=False,
+        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED),
+    )
+    return sum("infeasible" not in t.user_attrs for t in done), len(done)
+
+
+def _stop_after(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Stop once ``n_trials`` trials were trained (finished or pruned by the pruner).
+
+    Infeasible trials cost nothing and do not count, but at most ``20 × n_trials`` trials
+    are drawn so a nearly infeasible space still ends. Counting in the shared storage makes
+    the limit global across workers and across resumed runs.
+    """
+
+    def callback(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        trained, done = trained_count(study)
+        if trained >= n_trials or done >= 20 * n_trials:
+            study.stop()
+
+    return callback
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats: a killed worker's trial is marked failed, not RUNNING."""
+    if url.startswith(("sqlite", "postgresql", "mysql")):
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=30,
+            grace_period=90,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        )
+    raise ConfigError(f"storage must be an sqlite://, postgresql:// or mysql:// URL; got {url!r}")
+
+
+def run_search(
+    candidates: Sequence[Candidate],
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    storage: str,
+    study_name: str,
+    budget: Budget | None = None,
+    space: Space | None = None,
+    metric: str = "accuracy",
+    seed: int = 0,
+    multi_objective: bool = False,
+    callbacks: Sequence[Callable] = (),
+) -> SearchResult:
+    """Run (or resume) the study and return its trials, best first by validation metric."""
+    budget, space = budget or Budget(), space or Space()
+    n_classes = int(max(y_train.max(), y_val.max())) + 1
+    check_feasible(candidates, budget, space, n_classes, len(y_train))
+    objective = _Objective(candidates, y_train, y_val, budget, space, metric, seed, multi_objective)
+    study = optuna.create_study(
+        storage=make_storage(storage),
+        study_name=study_name,
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5),
+        directions=["maximize", "minimize"] if multi_objective else ["maximize"],
+    )
+    study.set_user_attr("metric", metric)
+    if trained_count(study)[0] < budget.n_trials:
+        study.optimize(
+            objective,
+            timeout=budget.timeout,
+            callbacks=[_stop_after(budget.n_trials), *callbacks],
+        )
+    return collect(study, storage)
+
+
+def collect(study: optuna.Study, storage: str) -> SearchResult:
+    """Read-only summary of a study: completed trials best first, and its Pareto front."""
+    trials = [_summary(t) for t in study.get_trials(deepcopy=False)]
+    complete = sorted(
+        (t for t in trials if t.state == "COMPLETE"),
+        key=lambda t: (-t.values[0], t.attrs.get("latency_ms", 0)),
+    )
+    if not complete:
+        raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
+    front = (
+        {t.number for t in study.best_trials} if len(study.directions) > 1 else {complete[0].number}
+    )
+    return SearchResult(
+        study_name=study.study_name,
+        storage=storage,
+        best=complete[0],
+        trials=tuple(complete) + tuple(t for t in trials if t.state != "COMPLETE"),
+        pareto=tuple(t for t in complete if t.number in front),
+    )
