@@ -64,13 +64,19 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )
-    try:
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+
+def _quiet() -> None:
+    """Silence per-trial and per-shard logs of optuna/transformers unless --verbose: the
+    rich progress bars say the same more briefly. Called by commands that do model work
+    (not at startup, so ``--help`` stays free of heavy imports)."""
+    import optuna
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if not click.get_current_context().find_root().params.get("verbose"):
         hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a declared dependency
-        pass
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @cli.group()
@@ -102,6 +108,7 @@ def zoo_install(aliases: tuple[str, ...]) -> None:
     Example:
       autolayer zoo install minilm smollm2 mpnet gemma3
     """
+    _quiet()
     from autolayer import report
     from autolayer import zoo as zoo_module
 
@@ -146,6 +153,7 @@ def extract(
     """Embed a dataset split with every layer of a model in one pass, cached on disk."""
     import numpy as np
 
+    _quiet()
     from autolayer import report
     from autolayer.cache import atomic_save_npy
     from autolayer.data import load_dataset
@@ -172,6 +180,229 @@ def extract(
     if output:
         atomic_save_npy(output, np.asarray(embeddings.array))
         report.console.print(f"saved {output}")
+
+
+def _models(value: str | None) -> list[str] | None:
+    return [m.strip() for m in value.split(",") if m.strip()] if value else None
+
+
+def _search_options(func):
+    """Options shared by ``search`` and ``recommend``: models, budget, study storage."""
+    options = [
+        click.option(
+            "--models", help="Comma-separated model specs (default: installed minilm, smollm2)."
+        ),
+        click.option(
+            "--top-k", default=3, show_default=True, help="Layers per model offered to the search."
+        ),
+        click.option("--n-trials", default=30, show_default=True, help="Trials to train (budget)."),
+        click.option("--timeout", type=float, help="Stop the search after this many seconds."),
+        click.option("--max-models", default=2, show_default=True, help="Models fused at most."),
+        click.option("--max-memory-mb", type=float, help="Weights + features + head, in MB."),
+        click.option(
+            "--max-latency-ms", type=float, help="Backbone time per text, up to the chosen layers."
+        ),
+        click.option("--max-params", type=int, help="Fusion-head parameters at most."),
+        click.option(
+            "--metric",
+            type=click.Choice(["accuracy", "macro_f1"]),
+            default="accuracy",
+            show_default=True,
+        ),
+        click.option(
+            "--multi-objective", is_flag=True, help="Accuracy vs latency; report the Pareto front."
+        ),
+        click.option(
+            "--storage", help="Optuna storage URL (default: SQLite file in the output dir)."
+        ),
+        click.option("--study-name", help="Study name (default: derived from data and models)."),
+        click.option(
+            "--output-dir",
+            "-o",
+            default="autolayer-out",
+            show_default=True,
+            type=click.Path(path_type=Path),
+        ),
+        click.option("--seed", default=0, show_default=True),
+        click.option(
+            "--cache-dir",
+            type=click.Path(path_type=Path),
+            help="Default: $AUTOLAYER_HOME/embeddings.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return _dataset_options(func)
+
+
+def _run_search(kw: dict, *, full_report: bool):
+    _quiet()
+    from autolayer import recommend as pipeline
+    from autolayer import report
+    from autolayer.data import load_dataset
+    from autolayer.search import Budget
+
+    budget = Budget(
+        n_trials=kw["n_trials"],
+        timeout=kw["timeout"],
+        max_models=kw["max_models"],
+        max_memory_mb=kw["max_memory_mb"],
+        max_latency_ms=kw["max_latency_ms"],
+        max_params=kw["max_params"],
+    )
+    data = load_dataset(
+        kw["dataset"], text_column=kw["text_column"], label_column=kw["label_column"]
+    )
+    common = {
+        "metric": kw["metric"],
+        "seed": kw["seed"],
+    }
+    with report.trial_progress(kw["n_trials"]) as on_trial:
+        if full_report:
+            rec = pipeline.recommend(
+                data,
+                _models(kw["models"]),
+                output_dir=kw["output_dir"],
+                budget=budget,
+                top_k=kw["top_k"],
+                storage=kw["storage"],
+                study_name=kw["study_name"],
+                multi_objective=kw["multi_objective"],
+                cache_dir=kw["cache_dir"],
+                progress=report.progress_bar,
+                callbacks=[on_trial],
+                **common,
+            )
+        else:
+            prepared = pipeline.prepare(
+                data,
+                _models(kw["models"]),
+                top_k=kw["top_k"],
+                cache_dir=kw["cache_dir"],
+                progress=report.progress_bar,
+                **common,
+            )
+            result = pipeline.search(
+                prepared,
+                output_dir=kw["output_dir"],
+                storage=kw["storage"],
+                study_name=kw["study_name"],
+                budget=budget,
+                multi_objective=kw["multi_objective"],
+                callbacks=[on_trial],
+                **common,
+            )
+    if full_report:
+        report.recommendation(rec, kw["output_dir"])
+    else:
+        report.search_summary(result)
+        report.trials_table(result.trials, kw["metric"])
+        report.console.print(
+            f"export a trial: autolayer export --storage '{result.storage}' "
+            f"--study-name {result.study_name} --trial N -o config.yaml"
+        )
+
+
+@cli.command()
+@_search_options
+def recommend(**kw) -> None:
+    """Extract → score layers → CKA → search; print the report, write recommendation.yaml.
+
+    \b
+    Examples:
+      autolayer recommend                                   # demo set, installed zoo models
+      autolayer recommend -d ../shared/data/mr --models minilm,smollm2 --n-trials 40
+      autolayer recommend -d data.csv --max-latency-ms 20 --max-models 3 --multi-objective
+    """
+    _run_search(kw, full_report=True)
+
+
+@cli.command()
+@_search_options
+def search(**kw) -> None:
+    """Run (or resume) the Optuna study over models, layers and fusion operators.
+
+    \b
+    Examples:
+      autolayer search -d ../shared/data/mr --models minilm,smollm2 --n-trials 40
+      autolayer search -d mr --storage postgresql://me@db/autolayer --study-name mr-1
+    """
+    _run_search(kw, full_report=False)
+
+
+@cli.command()
+@click.option("--storage", required=True, help="Optuna storage URL of the study.")
+@click.option("--study-name", required=True)
+@click.option("--trial", "trial_number", type=int, help="Trial number (default: the best).")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path))
+def export(storage: str, study_name: str, trial_number: int | None, output: Path) -> None:
+    """Write any trial of a study as a config YAML.
+
+    \b
+    Example:
+      autolayer export --storage sqlite:///autolayer-out/study.db --study-name NAME -o config.yaml
+    """
+    from autolayer import report
+    from autolayer.recommend import export as run_export
+
+    run_export(storage, study_name, trial_number).save(output)
+    report.console.print(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@_dataset_options
+@click.option(
+    "--output", "-o", required=True, type=click.Path(path_type=Path), help="Model folder."
+)
+@click.option("--device", default=None, help="auto, cpu, cuda …")
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+def apply(
+    config: Path, dataset: str, text_column: str, label_column: str, output: Path, device, cache_dir
+) -> None:
+    """Train the configured classifier on train (+ validation), test it, save it.
+
+    \b
+    Example:
+      autolayer apply autolayer-out/recommendation.yaml -d ../shared/data/mr -o mr-model/
+    """
+    _quiet()
+    from autolayer import report
+    from autolayer.apply import apply as run_apply
+    from autolayer.data import load_dataset
+
+    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
+    report.apply_result(run_apply(config, data, output, device=device, cache_dir=cache_dir))
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--input",
+    "-i",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="TXT (one text per line), CSV/TSV/JSONL/Parquet.",
+)
+@click.option(
+    "--output", "-o", required=True, type=click.Path(path_type=Path), help="JSONL or CSV/TSV."
+)
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--device", default=None)
+def predict(model_dir: Path, input_path: Path, output: Path, text_column: str, device) -> None:
+    """Label new texts with a saved model (backbones run only up to their chosen layers).
+
+    \b
+    Example:
+      autolayer predict mr-model/ -i reviews.txt -o predictions.jsonl
+    """
+    _quiet()
+    from autolayer import report
+    from autolayer.apply import predict_file
+
+    n = predict_file(model_dir, input_path, output, text_column=text_column, device=device)
+    report.console.print(f"wrote {n} predictions to {output}")
 
 
 def main(args: list[str] | None = None) -> int:

@@ -490,3 +490,26 @@ def _check_stratifiable(name: str, n: int, n_classes: int, size: float) -> None:
         f"{n} train examples in {n_classes} classes with 2+ examples give {n_val} for validation "
         f"and {n - n_val} for training, and each side needs one per class; change size or add data"
     )
+
+
+def load_texts(path: str | os.PathLike, *, text_column: str = "text") -> list[str]:
+    """Unlabelled texts to predict on: a .txt file (one text per line) or any supported
+    table format (only ``text_column`` is read). Empty texts are dropped with a warning,
+    because there is nothing to embed; an input with no text at all is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input file not found: {str(path)!r}")
+    if path.suffix.lower() == ".txt":
+        lines = _decode(path).split("\n")
+        raw = _Raw(str(path), "line", lines, lines, list(range(1, len(lines) + 1)))
+    else:
+        raw = _read_file(path, text_column, text_column)
+    bad = [i for i, t in enumerate(raw.texts) if not isinstance(t, str)]
+    if bad:
+        raise DataError(f"{path}: texts must be strings ({raw.where(bad)})")
+    empty = [i for i, t in enumerate(raw.texts) if not t.strip()]
+    if len(empty) == len(raw.texts):
+        raise DataError(f"{path}: no texts to predict on (the input is empty)")
+    if empty and path.suffix.lower() != ".txt":
+        _log.warning("%s: dropped %d empty text(s) at %s", path, len(empty), raw.where(empty))
+    return [t for t in raw.texts if t.strip()]

@@ -582,7 +582,11 @@ def _score(pred: Tensor, target: Tensor, metric: str) -> float:
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> Tensor:
-    return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
+    """A float32 tensor; read-only inputs (memory-mapped cache arrays) are copied first."""
+    array = np.asarray(array, dtype=np.float32)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.as_tensor(array, device=device)
 
 
 def _labels(y: np.ndarray, n: int, name: str) -> Tensor:

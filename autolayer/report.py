@@ -104,3 +104,169 @@ def layer_summary(embeddings) -> None:
 
 def error(message: str) -> None:
     errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def layer_ranking(report) -> None:
+    """Probe accuracy per layer of one model, best and last layer marked."""
+    table = Table(title=f"{report.name}: linear-probe accuracy per layer (CV on search-train)")
+    for column in ("layer", "depth", "accuracy %", "± std", "macro-F1 %", "rank", ""):
+        table.add_column(column, justify="right")
+    order = np.argsort(-report.accuracy, kind="stable")
+    rank = {int(layer): i + 1 for i, layer in enumerate(order)}
+    last = report.n_hidden_states - 1
+    for layer in range(report.n_hidden_states):
+        marks = []
+        if layer == int(order[0]):
+            marks.append("best")
+        if layer == last:
+            marks.append("last")
+        if layer in report.candidates:
+            marks.append("searched")
+        table.add_row(
+            str(layer),
+            f"{layer / max(last, 1):.2f}",
+            f"{100 * report.accuracy[layer]:.1f}",
+            f"{100 * report.accuracy_std[layer]:.1f}",
+            f"{100 * report.macro_f1[layer]:.1f}",
+            str(rank[layer]),
+            ", ".join(marks),
+            style="bold green" if layer == int(order[0]) else None,
+        )
+    console.print(table)
+
+
+def cka_table(names, matrix: np.ndarray, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    for i, name in enumerate(names):
+        table.add_row(name, *[f"{matrix[i, j]:.2f}" for j in range(len(names))])
+    console.print(table)
+
+
+def trials_table(trials, metric: str, limit: int = 10, title: str = "best trials") -> None:
+    table = Table(title=title)
+    for column in (
+        "#",
+        "models",
+        "layers",
+        "operator",
+        "width",
+        f"val {metric} %",
+        "latency ms",
+        "memory MB",
+        "params",
+        "train s",
+    ):
+        table.add_column(column, justify="right")
+    for trial in [t for t in trials if t.state == "COMPLETE"][:limit]:
+        a = trial.attrs
+        table.add_row(
+            str(trial.number),
+            " + ".join(trial.models),
+            ",".join(map(str, trial.layers)),
+            trial.operator if len(trial.models) > 1 else "—",
+            str(trial.width),
+            _pct(trial.value),
+            f"{a.get('latency_ms', 0):.2f}",
+            f"{a.get('memory_mb', 0):.0f}",
+            f"{a.get('params', 0):,}",
+            f"{a.get('train_seconds', 0):.1f}",
+        )
+    console.print(table)
+
+
+def search_summary(result) -> None:
+    states: dict[str, int] = {}
+    infeasible = 0
+    for trial in result.trials:
+        states[trial.state] = states.get(trial.state, 0) + 1
+        infeasible += "infeasible" in trial.attrs
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+    console.print(
+        f"study [bold]{escape(result.study_name)}[/] ({escape(result.storage)}): {counts}"
+        + (f" ({infeasible} infeasible, never trained)" if infeasible else "")
+    )
+
+
+def recommendation(rec, output_dir) -> None:
+    """The full recommend report: rankings, CKA, trials, the choice and why."""
+    for model_report in rec.reports:
+        layer_ranking(model_report)
+    if len(rec.cka_names) > 1:
+        cka_table(
+            rec.cka_names, rec.cka, "linear CKA at each model's best layer (low = complementary)"
+        )
+    search_summary(rec.search)
+    trials_table(rec.search.trials, rec.config.metric)
+    if len(rec.search.pareto) > 1:
+        trials_table(
+            rec.search.pareto, rec.config.metric, title="Pareto front (accuracy vs latency)"
+        )
+    config = rec.config
+    chosen = " + ".join(f"{m.spec} layer {m.layer}/{m.n_hidden_states - 1}" for m in config.models)
+    operator = f", fused by {config.operator}" if len(config.models) > 1 else ""
+    console.print(
+        f"\n[bold green]recommended:[/] {escape(chosen)}{operator}, width {config.width}; "
+        f"validation {config.metric} {_pct(config.validation.get(config.metric))}%, "
+        f"{config.cost.get('latency_ms', 0):.2f} ms/text, {config.cost.get('memory_mb', 0):.0f} MB"
+    )
+    for reason in rec.reasons:
+        console.print(f"  • {escape(reason)}")
+    console.print(f"config: {escape(str(output_dir))}/recommendation.yaml")
+
+
+def apply_result(result) -> None:
+    console.print(
+        f"test accuracy [bold]{100 * result.accuracy:.2f}%[/], "
+        f"macro-F1 {100 * result.macro_f1:.2f}% ({result.n_test} test texts; "
+        f"trained on {result.n_train}); saved {escape(str(result.directory))}"
+    )
+    table = Table(title="per-class test metrics")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="right")
+    for name, metrics in result.per_class.items():
+        table.add_row(
+            escape(name),
+            f"{metrics['precision']:.3f}",
+            f"{metrics['recall']:.3f}",
+            f"{metrics['f1-score']:.3f}",
+            str(int(metrics["support"])),
+        )
+    console.print(table)
+
+
+@contextmanager
+def trial_progress(n_trials: int) -> Iterator:
+    """A bar over trained trials; yields an Optuna callback."""
+    bar = Progress(
+        TextColumn("[bold]search"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=errors,
+    )
+    task = bar.add_task("search", total=n_trials, best="")
+
+    def on_trial(study, trial) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        if trial.state.name in ("COMPLETE", "PRUNED") and "infeasible" not in trial.user_attrs:
+            bar.advance(task, 1)
+        try:
+            best = study.best_trials[0].values[0] if study.best_trials else None
+        except ValueError:
+            best = None
+        if best is not None:
+            bar.update(task, best=f"best {100 * best:.1f}%")
+
+    try:
+        yield on_trial
+    finally:
+        bar.stop()

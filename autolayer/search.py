@@ -352,7 +352,7 @@ def run_search(
         storage=make_storage(storage),
         study_name=study_name,
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5),
         directions=["maximize", "minimize"] if multi_objective else ["maximize"],
     )

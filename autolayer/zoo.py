@@ -477,3 +477,28 @@ def status() -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def parameter_counts(folder: Path, n_layers: int) -> tuple[int, tuple[int, ...]]:
+    """(parameters outside the layers, parameters of each layer), read from safetensors
+    headers without loading weights: a backbone cut at layer ``k`` keeps the first and
+    ``k`` of the second, which is what its memory budget counts."""
+    import re
+
+    from safetensors import safe_open
+
+    per_layer = [0] * n_layers
+    base = 0
+    pattern = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), "np") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a dict
+                size = 1
+                for dim in fh.get_slice(key).get_shape():
+                    size *= dim
+                match = pattern.search(key)
+                if match and int(match.group(1)) < n_layers:
+                    per_layer[int(match.group(1))] += size
+                else:
+                    base += size
+    return base, tuple(per_layer)
