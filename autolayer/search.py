@@ -318,15 +318,28 @@ def _stop_after(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTri
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats: a killed worker's trial is marked failed, not RUNNING."""
-    if url.startswith(("sqlite", "postgresql", "mysql")):
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=30,
-            grace_period=90,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+    """An RDB storage with heartbeats: a killed worker's trial is marked failed and retried
+    once, never left RUNNING forever."""
+    import warnings
+
+    if not url.startswith(("sqlite", "postgresql", "mysql")):
+        raise ConfigError(
+            f"storage must be an sqlite://, postgresql:// or mysql:// URL; got {url!r}"
         )
-    raise ConfigError(f"storage must be an sqlite://, postgresql:// or mysql:// URL; got {url!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=30,
+                grace_period=90,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1
+                ),
+            )
+        except Exception as exc:  # noqa: BLE001 - drivers raise many types; report one line
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(f"cannot open storage {url!r}: {reason}") from None
 
 
 def run_search(
