@@ -14,7 +14,15 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_dataset": "autolayer.data",
     "extract": "autolayer.extract",
+    "embed_texts": "autolayer.extract",
     "Embeddings": "autolayer.extract",
+    "score": "autolayer.probe",
+    "complementarity": "autolayer.cka",
+    "recommend": "autolayer.recommend",
+    "Budget": "autolayer.search",
+    "load_config": "autolayer.config",
+    "apply": "autolayer.apply",
+    "FusionTextClassifier": "autolayer.apply",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -186,6 +186,144 @@ def _models(value: str | None) -> list[str] | None:
     return [m.strip() for m in value.split(",") if m.strip()] if value else None
 
 
+def _extract_all(models: list[str], data, split: str, cache_dir) -> None:
+    """Embed (or find cached) every model's split with a progress bar, before analysis."""
+    from autolayer import report
+    from autolayer.extract import extract as run_extract
+
+    for model in models:
+        with report.progress_bar(f"{model} · {data.name}/{split}", len(data.split(split))) as bar:
+            run_extract(model, data, split, cache_dir=cache_dir, progress=bar)
+
+
+@cli.command()
+@click.option("--models", "--model", "-m", required=True, help="Comma-separated model specs.")
+@_dataset_options
+@click.option("--split", default="train", show_default=True)
+@click.option("--folds", default=5, show_default=True, help="Stratified CV folds.")
+@click.option("--max-examples", type=int, help="Probe a stratified subsample of this size.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write scores as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write the layer curves as PNG.")
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+def score(
+    models,
+    dataset,
+    text_column,
+    label_column,
+    split,
+    folds,
+    max_examples,
+    seed,
+    json_path,
+    plot,
+    cache_dir,
+) -> None:
+    """Rank every layer of each model by cross-validated linear-probe accuracy.
+
+    \b
+    Examples:
+      autolayer score -m smollm2 -d ../shared/data/mr --plot mr-layers.png
+      autolayer score -m minilm,smollm2 -d ../shared/data/r52 --max-examples 2000 --json r52.json
+    """
+    _quiet()
+    import json
+
+    from autolayer import report
+    from autolayer.data import load_dataset
+    from autolayer.probe import score as run_score
+
+    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
+    names = _models(models)
+    _extract_all(names, data, split, cache_dir)
+    results = run_score(
+        names,
+        data,
+        split=split,
+        n_folds=folds,
+        max_examples=max_examples,
+        seed=seed,
+        cache_dir=cache_dir,
+    )
+    report.score_tables(results)
+    if json_path:
+        json_path.write_text(json.dumps([r.to_dict() for r in results], indent=1))
+    if plot:
+        report.plot_layer_curves(results, plot)
+
+
+@cli.command()
+@click.option("--models", "-m", required=True, help="Comma-separated model specs (at least 2).")
+@_dataset_options
+@click.option("--split", default="train", show_default=True)
+@click.option(
+    "--layers", help="Layer per model, e.g. minilm:4,smollm2:20 (default: best by probe)."
+)
+@click.option("--max-examples", default=5000, show_default=True, help="Rows used (seeded sample).")
+@click.option("--debiased", is_flag=True, help="Unbiased HSIC estimator (small samples).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path))
+@click.option("--plot", type=click.Path(path_type=Path), help="Write heatmaps as PNG.")
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+def complementarity(
+    models,
+    dataset,
+    text_column,
+    label_column,
+    split,
+    layers,
+    max_examples,
+    debiased,
+    json_path,
+    plot,
+    cache_dir,
+) -> None:
+    """Linear CKA between models: a layer × layer grid per pair and a model × model matrix.
+
+    \b
+    Low CKA means the models see the data differently: candidates for fusion.
+    Examples:
+      autolayer complementarity -m minilm,mpnet,smollm2 -d ../shared/data/mr --plot cka.png
+      autolayer complementarity -m minilm,smollm2 --layers minilm:4,smollm2:20
+    """
+    _quiet()
+    import json
+
+    from autolayer import report
+    from autolayer.cka import complementarity as run_cka
+    from autolayer.data import load_dataset
+
+    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
+    names = _models(models)
+    chosen = None
+    if layers:
+        try:
+            chosen = {
+                k.strip(): int(v) for k, v in (item.rsplit(":", 1) for item in layers.split(","))
+            }
+        except ValueError:
+            raise click.BadParameter(
+                f"expected model:layer pairs such as minilm:4; got {layers!r}"
+            ) from None
+    _extract_all(names, data, split, cache_dir)
+    result = run_cka(
+        names,
+        data,
+        split=split,
+        layers=chosen,
+        max_examples=max_examples,
+        debiased=debiased,
+        cache_dir=cache_dir,
+    )
+    labels = [f"{m} L{layer}" for m, layer in zip(result.models, result.layers, strict=True)]
+    report.cka_table(
+        labels, result.matrix, f"linear CKA on {result.n_examples} texts (low = complementary)"
+    )
+    if json_path:
+        json_path.write_text(json.dumps(result.to_dict(), indent=1))
+    if plot:
+        report.plot_cka(result, plot)
+
+
 def _search_options(func):
     """Options shared by ``search`` and ``recommend``: models, budget, study storage."""
     options = [

@@ -110,31 +110,29 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def layer_ranking(report) -> None:
-    """Probe accuracy per layer of one model, best and last layer marked."""
-    table = Table(title=f"{report.name}: linear-probe accuracy per layer (CV on search-train)")
+def layer_table(title: str, accuracy, std, f1, searched=()) -> None:
+    """Probe accuracy per layer; the best and the last layer (and searched ones) marked."""
+    n = len(accuracy)
+    order = np.argsort(-np.asarray(accuracy), kind="stable")
+    rank = {int(layer): i + 1 for i, layer in enumerate(order)}
+    table = Table(title=title)
     for column in ("layer", "depth", "accuracy %", "± std", "macro-F1 %", "rank", ""):
         table.add_column(column, justify="right")
-    order = np.argsort(-report.accuracy, kind="stable")
-    rank = {int(layer): i + 1 for i, layer in enumerate(order)}
-    last = report.n_hidden_states - 1
-    for layer in range(report.n_hidden_states):
-        marks = []
-        if layer == int(order[0]):
-            marks.append("best")
-        if layer == last:
-            marks.append("last")
-        if layer in report.candidates:
-            marks.append("searched")
+    for layer in range(n):
+        marks = [
+            ("best", layer == order[0]),
+            ("last", layer == n - 1),
+            ("searched", layer in searched),
+        ]
         table.add_row(
             str(layer),
-            f"{layer / max(last, 1):.2f}",
-            f"{100 * report.accuracy[layer]:.1f}",
-            f"{100 * report.accuracy_std[layer]:.1f}",
-            f"{100 * report.macro_f1[layer]:.1f}",
+            f"{layer / max(n - 1, 1):.2f}",
+            f"{100 * accuracy[layer]:.1f}",
+            f"{100 * std[layer]:.1f}",
+            f"{100 * f1[layer]:.1f}",
             str(rank[layer]),
-            ", ".join(marks),
-            style="bold green" if layer == int(order[0]) else None,
+            ", ".join(m for m, on in marks if on),
+            style="bold green" if layer == order[0] else None,
         )
     console.print(table)
 
@@ -196,8 +194,14 @@ def search_summary(result) -> None:
 
 def recommendation(rec, output_dir) -> None:
     """The full recommend report: rankings, CKA, trials, the choice and why."""
-    for model_report in rec.reports:
-        layer_ranking(model_report)
+    for r in rec.reports:
+        layer_table(
+            f"{r.name}: linear-probe accuracy per layer (CV on search-train)",
+            r.accuracy,
+            r.accuracy_std,
+            r.macro_f1,
+            searched=r.candidates,
+        )
     if len(rec.cka_names) > 1:
         cka_table(
             rec.cka_names, rec.cka, "linear CKA at each model's best layer (low = complementary)"
@@ -270,3 +274,84 @@ def trial_progress(n_trials: int) -> Iterator:
         yield on_trial
     finally:
         bar.stop()
+
+
+def _pyplot():
+    """matplotlib with a file-only backend, or None when the `plots` extra is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        errors.print("matplotlib is not installed: skipping plots (pip install 'autolayer[plots]')")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_layer_curves(results, path) -> None:
+    """Probe accuracy vs relative depth, one line per model; best (★) and last (●) marked."""
+    plt = _pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for result in results:
+        acc = 100 * result.scores.accuracy
+        depth = np.arange(len(acc)) / max(result.last_layer, 1)
+        (line,) = ax.plot(depth, acc, marker=".", label=result.model)
+        best = result.best_layer
+        ax.plot(depth[best], acc[best], marker="*", markersize=14, color=line.get_color())
+        ax.plot(depth[-1], acc[-1], marker="o", markersize=8, mfc="none", color=line.get_color())
+        ax.annotate(f"{best}", (depth[best], acc[best]), textcoords="offset points", xytext=(4, 6))
+    ax.set_xlabel("relative depth (layer / last layer)")
+    ax.set_ylabel("linear-probe accuracy % (CV)")
+    ax.set_title("layer curves: ★ best layer, ○ last layer")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_cka(result, path) -> None:
+    """Model × model CKA heatmap plus one layer × layer heatmap per pair, in one figure."""
+    plt = _pyplot()
+    if plt is None:
+        return
+    pairs = list(result.grids.items())
+    fig, axes = plt.subplots(1, 1 + len(pairs), figsize=(4.2 * (1 + len(pairs)), 3.8))
+    axes = np.atleast_1d(axes)
+    names = [f"{m} L{layer}" for m, layer in zip(result.models, result.layers, strict=True)]
+    image = axes[0].imshow(result.matrix, vmin=0, vmax=1, cmap="viridis")
+    axes[0].set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes[0].set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            axes[0].text(j, i, f"{result.matrix[i, j]:.2f}", ha="center", va="center", color="w")
+    axes[0].set_title("CKA at chosen layers")
+    for ax, ((a, b), grid) in zip(axes[1:], pairs, strict=True):
+        ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+        ax.set_xlabel(f"{b} layer")
+        ax.set_ylabel(f"{a} layer")
+        ax.set_title(f"{a} × {b}")
+    fig.colorbar(image, ax=axes.tolist(), shrink=0.8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def score_tables(results) -> None:
+    for result in results:
+        s = result.scores
+        layer_table(
+            f"{result.model}: linear-probe accuracy per layer "
+            f"({s.n_folds}-fold CV, n={s.n_examples})",
+            s.accuracy,
+            s.accuracy_std,
+            s.macro_f1,
+        )
+        best, last = result.best_layer, result.last_layer
+        gap = 100 * (s.accuracy[best] - s.accuracy[last])
+        line = f"best layer {best}/{last} (depth {best / max(last, 1):.2f}), {gap:+.1f} pt vs last"
+        if result.rank_stability is not None:
+            line += f"; subsample rank stability (Spearman ρ) {result.rank_stability:.2f}"
+        console.print(line)

@@ -1,0 +1,418 @@
+"""Per-layer linear-probe scores over cached embeddings ``[N, L+1, D]``, all layers at once.
+
+The probe is multinomial logistic regression (sklearn's ``LogisticRegression`` objective), fitted
+for every layer in one batched tensor computation by an L-BFGS that keeps a separate history and
+step per layer. A one-vs-all ridge classifier was tried first and is ~10× cheaper again, but on
+real embeddings with many unbalanced classes (R52) it scored 4 points below logistic regression,
+which would misrank layers against the usual reference.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+
+from autolayer.errors import ConfigError, DataError
+
+DEFAULT_ALPHA = 1.0  # L2 penalty = 1/C; 1.0 is sklearn's default C
+# A layer stops when its largest gradient entry is below TOL. sklearn's lbfgs uses 1e-4, but
+# held-out accuracy has settled by 1e-3 (within 0.4 points of sklearn on R52 embeddings, 0.1 on
+# MR and R8) at a fifth of the iterations.
+TOL = 1e-3
+MAX_ITER = 1000
+HISTORY = 10  # L-BFGS curvature pairs kept per layer
+# The preconditioner's Gram matrix needs only a few rows per feature (a strided sample) to
+# capture the correlations that slow the solver; all rows would cost most of a fit.
+PRECONDITIONER_ROWS_PER_FEATURE = 1
+MAX_HALVINGS = 30
+METRICS = ("accuracy", "macro_f1")
+
+
+@dataclass(frozen=True)
+class LayerScores:
+    """Probe scores per layer (index 0 is the embedding output), read-only."""
+
+    accuracy: np.ndarray  # [L+1] mean over folds
+    accuracy_std: np.ndarray  # [L+1] std over folds (0 for a single split)
+    macro_f1: np.ndarray  # [L+1]
+    macro_f1_std: np.ndarray  # [L+1]
+    n_folds: int
+    n_examples: int
+
+    @property
+    def best_layer(self) -> int:
+        """Layer with the highest accuracy; ties go to the shallower layer (cheaper to run)."""
+        return int(self.ranking()[0])
+
+    def ranking(self, metric: str = "accuracy") -> np.ndarray:
+        """Layer indices best first by ``metric``; ties keep the shallower layer first."""
+        if metric not in METRICS:
+            raise ConfigError(f"metric must be one of {METRICS}; got {metric!r}")
+        return np.argsort(-getattr(self, metric), kind="stable")
+
+
+def probe_layers(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    alpha: float | None = None,
+    max_examples: int | None = None,
+    device: str | None = None,
+) -> LayerScores:
+    """Stratified k-fold probe accuracy and macro-F1 of every layer of ``X`` [N, L+1, D].
+
+    ``alpha`` is the L2 penalty 1/C of sklearn's ``LogisticRegression`` (None: 1.0, its
+    default).
+    ``max_examples`` first draws a seeded stratified subsample, to bound the cost on big
+    sets. Folds shrink (with a warning) when a class has fewer examples than ``n_folds``.
+    """
+    _check_arrays(X, y, "X", "y")
+    if n_folds < 2:
+        raise ConfigError(f"n_folds must be at least 2; got {n_folds}")
+    if max_examples is not None and max_examples < len(y):
+        keep = _stratified_subsample(np.asarray(y), max_examples, seed)
+        X, y = X[keep], np.asarray(y)[keep]
+    labels = _encode(y)
+    n_folds = _feasible_folds(labels, n_folds)
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    data = _layers_first(X, _device(device))
+    runs = [
+        _fit_score(data[:, tr], labels[tr], data[:, te], labels[te], alpha)
+        for tr, te in folds.split(np.zeros(len(labels)), labels)
+    ]
+    return _summarise(runs, len(labels))
+
+
+def probe_layers_holdout(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    alpha: float | None = None,
+    device: str | None = None,
+) -> LayerScores:
+    """Fit on the train arrays, score on the test arrays, every layer at once.
+
+    Shapes: ``X_train`` [N, L+1, D], ``X_test`` [M, L+1, D]. Returns one split's scores
+    (``n_folds`` 1, std 0), e.g. the test accuracy per layer reported next to CV scores.
+    """
+    _check_arrays(X_train, y_train, "X_train", "y_train")
+    _check_arrays(X_test, y_test, "X_test", "y_test")
+    if X_train.shape[1:] != X_test.shape[1:]:
+        raise DataError(f"X_train {X_train.shape} and X_test {X_test.shape} differ in layers/width")
+    classes, y_tr = np.unique(np.asarray(y_train), return_inverse=True)
+    if len(classes) < 2:
+        raise DataError("y_train has one class; a probe needs at least 2")
+    y_te = _encode_like(np.asarray(y_test), classes)
+    dev = _device(device)
+    run = _fit_score(_layers_first(X_train, dev), y_tr, _layers_first(X_test, dev), y_te, alpha)
+    return _summarise([run], len(y_tr))
+
+
+def _fit_score(
+    x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, y_te: np.ndarray, alpha: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accuracy [L], macro-F1 [L]) of one train/test split."""
+    pred = _fit_predict(x_tr, y_tr, x_te, alpha)
+    truth = torch.as_tensor(y_te, device=pred.device)
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    accuracy = (pred == truth).double().mean(1)
+    return accuracy, macro_f1(pred, truth, n_classes)
+
+
+def _fit_predict(
+    x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, alpha: float | None
+) -> torch.Tensor:
+    """Logistic probes per layer: class indices [L, M] for ``x_te`` [L, M, D]."""
+    x_tr, x_te = _standardise(x_tr, x_te)
+    weights = fit_logistic(x_tr, torch.as_tensor(y_tr, device=x_tr.device), alpha)
+    return (x_te @ weights.to(x_te.dtype).transpose(1, 2)).argmax(-1)
+
+
+def _standardise(x_tr: torch.Tensor, x_te: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets scaled with training statistics (as sklearn's ``StandardScaler``) plus a
+    constant last column for the intercept: [L, n, D] → [L, n, D+1], each in one buffer."""
+    mean = x_tr.mean(1, keepdim=True)
+    x_tr, x_te = _shifted_with_bias(x_tr, mean), _shifted_with_bias(x_te, mean)
+    std = torch.linalg.vector_norm(x_tr[..., :-1], dim=1, keepdim=True) / x_tr.shape[1] ** 0.5
+    std = torch.where(std > 1e-6 * mean.abs().clamp_min(1.0), std, 1.0)  # constant: as is
+    x_tr[..., :-1] /= std
+    x_te[..., :-1] /= std
+    return x_tr, x_te
+
+
+def _shifted_with_bias(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """x − mean with a constant-1 column appended: [L, n, D] → [L, n, D+1]."""
+    out = torch.ones(*x.shape[:2], x.shape[2] + 1, dtype=x.dtype, device=x.device)
+    torch.sub(x, mean, out=out[..., :-1])
+    return out
+
+
+def fit_logistic(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float | None = None,
+    *,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+) -> torch.Tensor:
+    """Multinomial logistic regression for every layer at once → weights [L, K, D+1] float64.
+
+    ``x`` [L, n, D+1] holds standardised features plus a last constant column (the intercept,
+    unpenalised); ``y`` [n] class indices. Minimises, per layer, the mean cross-entropy plus
+    alpha/(2n)·‖W‖²: sklearn's ``LogisticRegression(C=1/alpha)`` objective, so the probe
+    agrees with the usual reference. With two classes the penalty is doubled, because softmax
+    weights [w/2, −w/2] carry half the squared norm of sklearn's single binary vector w.
+
+    Solver: L-BFGS run independently per layer but vectorised over layers, preconditioned by
+    the inverse ridge matrix (XᵀX/n + alpha/n·I)⁻¹. Embedding features are strongly
+    correlated, and this preconditioner makes the problem close to isotropic, so it converges
+    in tens of iterations where plain L-BFGS needs hundreds.
+    """
+    penalty = (DEFAULT_ALPHA if alpha is None else _positive(alpha)) / x.shape[1]
+    onehot = torch.nn.functional.one_hot(y, int(y.max()) + 1).to(x.dtype)
+    penalty = penalty * (2.0 if onehot.shape[1] == 2 else 1.0)
+    mask = torch.ones(x.shape[2], dtype=torch.float64, device=x.device)
+    mask[-1] = 0.0  # the intercept is not penalised
+    objective = _Objective(x, onehot, penalty * mask)
+    weights = torch.zeros(x.shape[0], onehot.shape[1], x.shape[2], dtype=torch.float64)
+    return _lbfgs(objective, weights.to(x.device), tol, max_iter)
+
+
+class _Objective:
+    """Penalised mean cross-entropy of every layer, its gradient and preconditioner.
+
+    ``x`` [L, n, P] features, ``onehot`` [n, K] targets, ``penalty`` [P] per-feature L2
+    strength (already divided by n). Weights are class-major, [L, K, P], so both products
+    with ``x`` read it in its stored order (several times faster on CPU than [L, P, K]).
+    The preconditioner is the inverse [L, P, P] of
+    XᵀX/n + diag(penalty), formed once from its Cholesky factor (positive definite: every
+    penalty but the intercept's is > 0 and the intercept column is constant) because one
+    batched matrix product per use is much cheaper here than triangular solves.
+    """
+
+    def __init__(self, x: torch.Tensor, onehot: torch.Tensor, penalty: torch.Tensor) -> None:
+        self.x, self.onehot, self.penalty = x, onehot, penalty
+        sample = x[:, :: max(1, x.shape[1] // (PRECONDITIONER_ROWS_PER_FEATURE * x.shape[2]))]
+        gram = (sample.transpose(1, 2) @ sample).double() / sample.shape[1]
+        factor = torch.linalg.cholesky(gram + torch.diag(penalty))
+        self.inverse = torch.cholesky_inverse(factor)
+
+    def __call__(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss [L] and gradient [L, K, P] (float64) at ``weights`` [L, K, P]."""
+        n = self.x.shape[1]
+        log_prob = (self.x @ weights.to(self.x.dtype).transpose(1, 2)).log_softmax(-1)
+        nll = -(log_prob.double() * self.onehot).sum((1, 2)) / n
+        loss = nll + 0.5 * (self.penalty * weights.square()).sum((1, 2))
+        resid = (log_prob.exp() - self.onehot) / n
+        grad = (resid.transpose(1, 2) @ self.x).double() + self.penalty * weights
+        return loss, grad
+
+    def precondition(self, grad: torch.Tensor) -> torch.Tensor:
+        """(XᵀX/n + diag(penalty))⁻¹ applied to each class row of ``grad`` [L, K, P]."""
+        return grad @ self.inverse
+
+
+def _lbfgs(objective: _Objective, weights: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+    """Preconditioned L-BFGS with Armijo backtracking, each layer with its own history and
+    step; a layer stops when its largest gradient entry is below ``tol`` or when no step
+    decreases its loss any more (float32 round-off)."""
+    loss, grad = objective(weights)
+    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    scale = torch.full_like(loss, float(weights.shape[1]))  # K: Newton step at W = 0
+    stalled = torch.zeros_like(loss, dtype=torch.bool)
+    for _ in range(max_iter):
+        active = (grad.abs().amax((1, 2)) > tol) & ~stalled
+        if not active.any():
+            break
+        step = -_two_loop(grad, history, scale, objective.precondition) * _col(active)
+        new_weights, new_loss, new_grad, stalled_now = _backtrack(
+            objective, weights, loss, grad, step
+        )
+        stalled |= stalled_now & active
+        s, y = new_weights - weights, new_grad - grad
+        sy = (s * y).sum((1, 2))
+        curved = sy > 1e-12
+        rho = torch.where(curved, 1.0 / sy.clamp_min(1e-12), 0.0)
+        history = [*history, (s, y, rho)][-HISTORY:]
+        y_py = (y * objective.precondition(y)).sum((1, 2))
+        scale = torch.where(curved & (y_py > 0), sy / y_py.clamp_min(1e-300), scale)
+        weights, loss, grad = new_weights, new_loss, new_grad
+    return weights
+
+
+def _two_loop(
+    grad: torch.Tensor,
+    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    scale: torch.Tensor,
+    precondition: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """L-BFGS inverse-Hessian estimate times ``grad`` [L, K, P], per layer; the initial
+    estimate is ``scale`` [L] times the preconditioner. Pairs with rho = 0 are skipped."""
+    q = grad.clone()
+    coefs = []
+    for s, y, rho in reversed(history):
+        a = rho * (s * q).sum((1, 2))
+        q -= _col(a) * y
+        coefs.append(a)
+    r = _col(scale) * precondition(q)
+    for (s, y, rho), a in zip(history, reversed(coefs), strict=True):
+        r += _col(a - rho * (y * r).sum((1, 2))) * s
+    return r
+
+
+def _backtrack(
+    objective: _Objective,
+    weights: torch.Tensor,
+    loss: torch.Tensor,
+    grad: torch.Tensor,
+    step: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Halve each layer's step until its loss drops enough (Armijo); returns the new
+    weights, loss, gradient and a [L] mask of layers that found no such step (kept still)."""
+    slope = (grad * step).sum((1, 2))
+    size = torch.ones_like(loss)
+    for _ in range(MAX_HALVINGS):
+        trial = weights + _col(size) * step
+        new_loss, new_grad = objective(trial)
+        ok = new_loss <= loss + 1e-4 * size * slope
+        if ok.all():
+            break
+        size = torch.where(ok, size, size / 2)
+    keep = _col(ok)
+    return (
+        torch.where(keep, trial, weights),
+        torch.where(ok, new_loss, loss),
+        torch.where(keep, new_grad, grad),
+        ~ok,
+    )
+
+
+def _col(v: torch.Tensor) -> torch.Tensor:
+    """[L] → [L, 1, 1], to scale each layer's block."""
+    return v[:, None, None]
+
+
+def _positive(alpha: float) -> float:
+    """``alpha`` if it is a usable penalty."""
+    if not alpha > 0:
+        raise ConfigError(f"alpha must be a positive number; got {alpha}")
+    return float(alpha)
+
+
+def macro_f1(pred: torch.Tensor, truth: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Macro-F1 per row of ``pred`` [L, M] against ``truth`` [M] → [L].
+
+    Averages over the classes present in truth or predictions, as sklearn's ``f1_score``
+    does; a class never predicted scores 0.
+    """
+    pred_hot = torch.nn.functional.one_hot(pred, n_classes).double()  # [L, M, K]
+    true_hot = torch.nn.functional.one_hot(truth, n_classes).double()  # [M, K]
+    tp = (pred_hot * true_hot).sum(1)
+    fp = pred_hot.sum(1) - tp
+    fn = true_hot.sum(0) - tp
+    present = (tp + fp + fn) > 0
+    f1 = 2 * tp / (2 * tp + fp + fn).clamp_min(1)
+    return (f1 * present).sum(1) / present.sum(1)
+
+
+def _summarise(runs: list[tuple[torch.Tensor, ...]], n_examples: int) -> LayerScores:
+    """Mean and std over folds of per-fold (accuracy [L], macro-F1 [L]) tensors."""
+    acc, f1 = (torch.stack(parts).cpu().numpy() for parts in zip(*runs, strict=True))
+    return LayerScores(
+        accuracy=acc.mean(0),
+        accuracy_std=acc.std(0),
+        macro_f1=f1.mean(0),
+        macro_f1_std=f1.std(0),
+        n_folds=len(runs),
+        n_examples=n_examples,
+    )
+
+
+def _layers_first(X: np.ndarray, device: torch.device) -> torch.Tensor:
+    """[N, L, D] array → float32 tensor [L, N, D] on ``device``, so layers form the batch."""
+    return torch.as_tensor(np.asarray(X), dtype=torch.float32).to(device).transpose(0, 1)
+
+
+def _device(device: str | None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _encode(y: np.ndarray) -> np.ndarray:
+    """Class indices [N] for labels of any type, with the class checks CV needs."""
+    classes, labels = np.unique(np.asarray(y), return_inverse=True)
+    if len(classes) < 2:
+        raise DataError("y has one class; a probe needs at least 2")
+    if len(labels) < 2 * len(classes):
+        raise DataError(
+            f"{len(labels)} examples for {len(classes)} classes; a probe needs at least "
+            f"2 per class ({2 * len(classes)})"
+        )
+    return labels
+
+
+def _encode_like(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Class indices of ``y`` in the training ``classes``; unseen labels are an error."""
+    unseen = np.setdiff1d(y, classes)
+    if len(unseen):
+        raise DataError(f"y_test has labels absent from y_train: {unseen[:5].tolist()}")
+    return np.searchsorted(classes, y)
+
+
+def _feasible_folds(labels: np.ndarray, n_folds: int) -> int:
+    """``n_folds``, or fewer (warned) when the rarest class cannot fill every fold."""
+    if len(labels) < n_folds:
+        raise DataError(f"{len(labels)} examples is fewer than n_folds={n_folds}")
+    rarest = int(np.bincount(labels).min())
+    if rarest >= n_folds:
+        return n_folds
+    if rarest < 2:
+        raise DataError(
+            "a class has 1 example; stratified CV needs at least 2 per class "
+            "(drop or merge it, or use probe_layers_holdout)"
+        )
+    warnings.warn(
+        f"rarest class has {rarest} examples < n_folds={n_folds}; using {rarest} folds",
+        stacklevel=3,
+    )
+    return rarest
+
+
+def _stratified_subsample(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``size`` rows keeping class proportions (largest remainders)."""
+    if size < 1:
+        raise ConfigError(f"max_examples must be positive; got {size}")
+    rng = np.random.default_rng(seed)
+    _, labels, counts = np.unique(y, return_inverse=True, return_counts=True)
+    quota = counts * size / len(y)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(take - quota, kind="stable")[: size - take.sum()]] += 1
+    picks = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in enumerate(take)]
+    return np.sort(np.concatenate(picks))
+
+
+def _check_arrays(X: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
+    """Shape and finiteness checks with one-line messages naming the offending part."""
+    if np.ndim(X) != 3:
+        raise DataError(f"{x_name} must be 3-D [N, L+1, D]; got shape {np.shape(X)}")
+    if np.ndim(y) != 1 or len(y) != len(X):
+        raise DataError(f"{y_name} must be 1-D with {len(X)} labels; got shape {np.shape(y)}")
+    _check_finite(X, x_name)
+
+
+def _check_finite(X: np.ndarray, name: str) -> None:
+    """Raise naming the layers of ``X`` [N, L+1, D] that hold NaN or inf."""
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=(0, 2)))
+    if len(bad):
+        raise DataError(f"{name} has NaN/inf in layer(s) {bad.tolist()}")

@@ -1,0 +1,163 @@
+"""Batched logistic probes: ranking, agreement with sklearn, metrics and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from autolayer.errors import ConfigError, DataError
+from autolayer.probe import (
+    LayerScores,
+    fit_logistic,
+    macro_f1,
+    probe_layers,
+    probe_layers_holdout,
+)
+
+
+def _layered(
+    n: int = 300, layers: int = 6, width: int = 20, classes: int = 3, signal: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """X [n, layers, width] of correlated noise; layer l adds class means times signal[l]."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(classes, size=n)
+    mix = rng.normal(size=(width, width))
+    X = rng.normal(size=(n, layers, width)) @ mix + 3.0
+    means = rng.normal(size=(classes, width))
+    for layer, strength in (signal or {3: 1.5}).items():
+        X[:, layer] += strength * means[y]
+    return X.astype(np.float32), y
+
+
+def test_layer_carrying_the_signal_ranks_first() -> None:
+    X, y = _layered()
+    scores = probe_layers(X, y)
+    assert scores.best_layer == 3
+    assert scores.ranking()[0] == 3
+    assert scores.ranking("macro_f1")[0] == 3
+    assert scores.accuracy[3] > 0.9
+    assert np.delete(scores.accuracy, 3).max() < 0.6
+    assert (scores.n_folds, scores.n_examples) == (5, 300)
+
+
+def test_agrees_with_sklearn_logistic_regression_on_the_same_folds() -> None:
+    X, y = _layered(n=400, layers=4, width=30, signal={0: 0.2, 1: 0.4, 2: 0.7, 3: 1.0})
+    scores = probe_layers(X, y, n_folds=5, seed=0)
+    reference = np.zeros(X.shape[1])
+    for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(X[:, 0], y):
+        for layer in range(X.shape[1]):
+            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+            model.fit(X[train, layer], y[train])
+            reference[layer] += model.score(X[test, layer], y[test]) / 5
+    assert np.abs(scores.accuracy - reference).mean() <= 0.02
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_fit_logistic_matches_sklearn_probabilities(classes: int) -> None:
+    # Two classes exercise the doubled penalty that maps softmax onto sklearn's binary model.
+    X, y = _layered(n=200, layers=1, width=8, classes=classes, signal={0: 0.8})
+    x = StandardScaler().fit_transform(X[:, 0].astype(np.float64))
+    reference = LogisticRegression(C=0.5, tol=1e-8, max_iter=10000).fit(x, y)
+    features = torch.as_tensor(np.c_[x, np.ones(len(x))], dtype=torch.float32)[None]
+    weights = fit_logistic(features, torch.as_tensor(y), alpha=2.0, tol=1e-6)
+    probs = torch.softmax(features.double() @ weights.mT, -1)[0].numpy()
+    np.testing.assert_allclose(probs, reference.predict_proba(x), atol=1e-4)
+
+
+def test_same_seed_same_scores() -> None:
+    X, y = _layered()
+    first, again = probe_layers(X, y, seed=3), probe_layers(X, y, seed=3)
+    np.testing.assert_array_equal(first.accuracy, again.accuracy)
+    np.testing.assert_array_equal(first.macro_f1_std, again.macro_f1_std)
+
+
+def test_macro_f1_matches_sklearn() -> None:
+    truth = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    pred = np.array(
+        [
+            [0, 1, 1, 1, 2, 0, 2, 0],  # every class predicted
+            [0, 0, 0, 0, 0, 2, 2, 0],  # class 1 never predicted
+            [3, 0, 1, 1, 2, 2, 3, 0],  # class 3 predicted, absent from truth
+        ]
+    )
+    got = macro_f1(torch.as_tensor(pred), torch.as_tensor(truth), n_classes=4).numpy()
+    expected = [f1_score(truth, row, average="macro") for row in pred]
+    np.testing.assert_allclose(got, expected)
+
+
+def test_holdout_scores_one_split() -> None:
+    X, y = _layered(n=400)
+    scores = probe_layers_holdout(X[:300], y[:300], X[300:], y[300:])
+    assert scores.n_folds == 1 and scores.n_examples == 300
+    assert scores.best_layer == 3
+    np.testing.assert_array_equal(scores.accuracy_std, 0.0)
+
+
+def test_string_labels_and_stratified_subsample() -> None:
+    X, y = _layered(n=300, classes=2)
+    names = np.array(["neg", "pos"])[y]
+    scores = probe_layers(X, names, max_examples=120)
+    assert scores.n_examples == 120
+    assert scores.best_layer == 3
+
+
+def test_ties_rank_the_shallower_layer_first() -> None:
+    flat = np.array([0.5, 0.8, 0.8, 0.1])
+    scores = LayerScores(flat, flat * 0, flat, flat * 0, n_folds=5, n_examples=10)
+    assert scores.ranking().tolist() == [1, 2, 0, 3]
+    assert scores.best_layer == 1
+    with pytest.raises(ConfigError, match="metric"):
+        scores.ranking("auc")
+
+
+def test_rare_class_shrinks_the_folds_with_a_warning() -> None:
+    X, y = _layered(n=60, classes=2)
+    y[:] = 0
+    y[:3] = 1
+    with pytest.warns(UserWarning, match="using 3 folds"):
+        scores = probe_layers(X, y, n_folds=5)
+    assert scores.n_folds == 3
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "kwargs", "match"),
+    [
+        (np.zeros((10, 4)), np.zeros(10), {}, "3-D"),
+        (np.zeros((10, 2, 4)), np.zeros(9), {}, "10 labels"),
+        (np.zeros((10, 2, 4)), np.zeros(10), {}, "one class"),
+        (np.zeros((5, 2, 4)), np.array([0, 1, 2, 3, 3]), {}, "at least 2 per class"),
+        (np.zeros((6, 2, 4)), np.array([0, 0, 0, 1, 1, 1]), {"n_folds": 10}, "fewer than n_folds"),
+        (np.zeros((7, 2, 4)), np.array([0, 0, 0, 1, 1, 1, 2]), {"n_folds": 2}, "1 example"),
+    ],
+)
+def test_bad_input_is_a_data_error(X: np.ndarray, y: np.ndarray, kwargs: dict, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        probe_layers(X, y, **kwargs)
+
+
+def test_nan_names_the_layer() -> None:
+    X, y = _layered()
+    X[5, 2, 1] = np.nan
+    X[7, 4, 0] = np.inf
+    with pytest.raises(DataError, match=r"layer\(s\) \[2, 4\]"):
+        probe_layers(X, y)
+
+
+def test_bad_parameters_are_config_errors() -> None:
+    X, y = _layered()
+    with pytest.raises(ConfigError, match="n_folds"):
+        probe_layers(X, y, n_folds=1)
+    with pytest.raises(ConfigError, match="alpha"):
+        probe_layers(X, y, alpha=0.0)
+
+
+def test_holdout_rejects_unseen_test_labels() -> None:
+    X, y = _layered(n=100)
+    with pytest.raises(DataError, match="absent from y_train"):
+        probe_layers_holdout(X[:50], y[:50], X[50:], y[50:] + 10)
