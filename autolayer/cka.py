@@ -210,3 +210,83 @@ def _device(device: str | None) -> torch.device:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Complementarity of models on a dataset (the `autolayer complementarity` command)
+
+
+@dataclass(frozen=True)
+class Complementarity:
+    """Linear CKA between models on the same rows: low CKA = complementary views."""
+
+    models: tuple[str, ...]
+    layers: tuple[int, ...]  # the layer of each model used in ``matrix``
+    matrix: np.ndarray  # [M, M] CKA at those layers
+    grids: dict  # (model_a, model_b) -> [La, Lb] CKA of every layer pair
+    n_examples: int
+    debiased: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "models": list(self.models),
+            "layers": list(self.layers),
+            "matrix": self.matrix.round(6).tolist(),
+            "grids": {f"{a}|{b}": g.round(6).tolist() for (a, b), g in self.grids.items()},
+            "n_examples": self.n_examples,
+            "debiased": self.debiased,
+        }
+
+
+def complementarity(
+    models: list[str],
+    dataset="demo",
+    *,
+    split: str = "train",
+    layers: dict[str, int] | None = None,
+    max_examples: int = 5000,
+    debiased: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+    **extract_options,
+) -> Complementarity:
+    """CKA between models: the full layer × layer grid for each pair, and a model × model
+    matrix at each model's chosen layer (default: its best layer by linear probe).
+
+    All models are embedded on the same split, so rows align by construction; at most
+    ``max_examples`` rows (a seeded sample) are used.
+    """
+    from autolayer.data import load_dataset
+    from autolayer.extract import extract
+    from autolayer.probe import probe_layers
+
+    if len(models) < 2:
+        raise ConfigError("complementarity needs at least 2 models")
+    data = dataset if not isinstance(dataset, str) else load_dataset(dataset)
+    labels = data.split(split).labels
+    rows = np.arange(len(labels))
+    if len(rows) > max_examples:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), max_examples, replace=False))
+    arrays = {m: np.asarray(extract(m, data, split, **extract_options).array[rows]) for m in models}
+    chosen = []
+    for model in models:
+        if layers and model in layers:
+            n_states = arrays[model].shape[1]
+            if not -n_states <= layers[model] < n_states:
+                raise ConfigError(f"layer {layers[model]} of {model} is outside 0..{n_states - 1}")
+            chosen.append(layers[model] % n_states)
+        else:
+            chosen.append(
+                probe_layers(
+                    arrays[model], labels[rows], seed=seed, max_examples=4000, device=device
+                ).best_layer
+            )
+    matrix = cka_matrix(
+        {m: arrays[m][:, layer] for m, layer in zip(models, chosen, strict=True)}, debiased=debiased
+    )
+    grids = {
+        (a, b): cka_grid(arrays[a], arrays[b], debiased=debiased, device=device)
+        for i, a in enumerate(models)
+        for b in models[i + 1 :]
+    }
+    return Complementarity(tuple(models), tuple(chosen), matrix, grids, len(rows), debiased)

@@ -416,3 +416,96 @@ def _check_finite(X: np.ndarray, name: str) -> None:
     bad = np.flatnonzero(~np.isfinite(X).all(axis=(0, 2)))
     if len(bad):
         raise DataError(f"{name} has NaN/inf in layer(s) {bad.tolist()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring models on a dataset (the `autolayer score` command)
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """Probe scores of every layer of one model on one dataset split."""
+
+    model: str
+    n_hidden_states: int
+    scores: LayerScores
+    rank_stability: float | None = None  # Spearman ρ of two subsample rankings, if subsampled
+
+    @property
+    def best_layer(self) -> int:
+        return self.scores.best_layer
+
+    @property
+    def last_layer(self) -> int:
+        return self.n_hidden_states - 1
+
+    def to_dict(self) -> dict:
+        s = self.scores
+        return {
+            "model": self.model,
+            "best_layer": self.best_layer,
+            "last_layer": self.last_layer,
+            "n_folds": s.n_folds,
+            "n_examples": s.n_examples,
+            "rank_stability": self.rank_stability,
+            "layers": [
+                {
+                    "layer": i,
+                    "depth": i / max(self.last_layer, 1),
+                    "accuracy": float(s.accuracy[i]),
+                    "accuracy_std": float(s.accuracy_std[i]),
+                    "macro_f1": float(s.macro_f1[i]),
+                    "rank": int(np.flatnonzero(s.ranking() == i)[0]) + 1,
+                }
+                for i in range(self.n_hidden_states)
+            ],
+        }
+
+
+def score(
+    models: str | list[str],
+    dataset="demo",
+    *,
+    split: str = "train",
+    n_folds: int = 5,
+    max_examples: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    **extract_options,
+) -> list[ModelScores]:
+    """Rank every layer of each model by cross-validated linear-probe accuracy.
+
+    Embeddings come from the extraction cache (computed once). With ``max_examples`` the
+    probe runs on a stratified subsample; a second subsample (next seed) is probed too and
+    the Spearman correlation of the two layer rankings is reported as the stability that
+    subsampling costs.
+    """
+    from autolayer.data import load_dataset
+    from autolayer.extract import extract
+
+    data = dataset if not isinstance(dataset, str) else load_dataset(dataset)
+    labels = data.split(split).labels
+    out = []
+    for model in [models] if isinstance(models, str) else models:
+        emb = extract(model, data, split, **extract_options)
+        X = np.asarray(emb.array)
+        run = probe_layers(
+            X, labels, n_folds=n_folds, seed=seed, max_examples=max_examples, device=device
+        )
+        stability = None
+        if max_examples is not None and max_examples < len(labels):
+            other = probe_layers(
+                X, labels, n_folds=n_folds, seed=seed + 1, max_examples=max_examples, device=device
+            )
+            stability = _rank_agreement(run.accuracy, other.accuracy)
+        out.append(ModelScores(model, emb.meta["n_hidden_states"], run, stability))
+    return out
+
+
+def _rank_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman ρ of two layer-score vectors; 1.0 when both are constant (same ranking)."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float(np.ptp(a) == np.ptp(b) == 0)
+    return float(spearmanr(a, b).statistic)
