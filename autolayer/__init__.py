@@ -13,16 +13,16 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_dataset": "autolayer.data",
-    "extract": "autolayer.extract",
-    "embed_texts": "autolayer.extract",
-    "Embeddings": "autolayer.extract",
+    "extract": "autolayer.extraction",
+    "embed_texts": "autolayer.extraction",
+    "Embeddings": "autolayer.extraction",
     "score": "autolayer.probe",
     "complementarity": "autolayer.cka",
-    "recommend": "autolayer.recommend",
+    "recommend": "autolayer.pipeline",
     "Budget": "autolayer.search",
     "load_config": "autolayer.config",
-    "apply": "autolayer.apply",
-    "FusionTextClassifier": "autolayer.apply",
+    "apply": "autolayer.classifier",
+    "FusionTextClassifier": "autolayer.classifier",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -257,7 +257,7 @@ def complementarity(
     ``max_examples`` rows (a seeded sample) are used.
     """
     from autolayer.data import load_dataset
-    from autolayer.extract import extract
+    from autolayer.extraction import extract
     from autolayer.probe import probe_layers
 
     if len(models) < 2:

@@ -157,7 +157,7 @@ def extract(
     from autolayer import report
     from autolayer.cache import atomic_save_npy
     from autolayer.data import load_dataset
-    from autolayer.extract import extract as run_extract
+    from autolayer.extraction import extract as run_extract
 
     data = load_dataset(dataset, text_column=text_column, label_column=label_column)
     total = len(data.split(split))
@@ -189,7 +189,7 @@ def _models(value: str | None) -> list[str] | None:
 def _extract_all(models: list[str], data, split: str, cache_dir) -> None:
     """Embed (or find cached) every model's split with a progress bar, before analysis."""
     from autolayer import report
-    from autolayer.extract import extract as run_extract
+    from autolayer.extraction import extract as run_extract
 
     for model in models:
         with report.progress_bar(f"{model} · {data.name}/{split}", len(data.split(split))) as bar:
@@ -375,8 +375,7 @@ def _search_options(func):
 
 def _run_search(kw: dict, *, full_report: bool):
     _quiet()
-    from autolayer import recommend as pipeline
-    from autolayer import report
+    from autolayer import pipeline, report
     from autolayer.data import load_dataset
     from autolayer.search import Budget
 
@@ -481,7 +480,7 @@ def export(storage: str, study_name: str, trial_number: int | None, output: Path
       autolayer export --storage sqlite:///autolayer-out/study.db --study-name NAME -o config.yaml
     """
     from autolayer import report
-    from autolayer.recommend import export as run_export
+    from autolayer.pipeline import export as run_export
 
     run_export(storage, study_name, trial_number).save(output)
     report.console.print(f"wrote {output}")
@@ -506,7 +505,7 @@ def apply(
     """
     _quiet()
     from autolayer import report
-    from autolayer.apply import apply as run_apply
+    from autolayer.classifier import apply as run_apply
     from autolayer.data import load_dataset
 
     data = load_dataset(dataset, text_column=text_column, label_column=label_column)
@@ -537,7 +536,7 @@ def predict(model_dir: Path, input_path: Path, output: Path, text_column: str, d
     """
     _quiet()
     from autolayer import report
-    from autolayer.apply import predict_file
+    from autolayer.classifier import predict_file
 
     n = predict_file(model_dir, input_path, output, text_column=text_column, device=device)
     report.console.print(f"wrote {n} predictions to {output}")

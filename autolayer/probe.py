@@ -28,7 +28,7 @@ MAX_ITER = 1000
 HISTORY = 10  # L-BFGS curvature pairs kept per layer
 # The preconditioner's Gram matrix needs only a few rows per feature (a strided sample) to
 # capture the correlations that slow the solver; all rows would cost most of a fit.
-PRECONDITIONER_ROWS_PER_FEATURE = 1
+PRECONDITIONER_ROWS_PER_FEATURE = 4
 MAX_HALVINGS = 30
 METRICS = ("accuracy", "macro_f1")
 
@@ -481,7 +481,7 @@ def score(
     subsampling costs.
     """
     from autolayer.data import load_dataset
-    from autolayer.extract import extract
+    from autolayer.extraction import extract
 
     data = dataset if not isinstance(dataset, str) else load_dataset(dataset)
     labels = data.split(split).labels

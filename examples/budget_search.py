@@ -8,7 +8,7 @@ Configurations that break the budget are never trained; the report says which li
 import argparse
 
 import autolayer
-from autolayer import recommend as pipeline
+from autolayer import pipeline
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dataset", default="demo")

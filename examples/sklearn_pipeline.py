@@ -13,7 +13,7 @@ from sklearn.preprocessing import FunctionTransformer
 import autolayer
 from autolayer import zoo
 from autolayer.config import FusionConfig, ModelChoice
-from autolayer.extract import count_hidden_states
+from autolayer.extraction import count_hidden_states
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dataset", default="demo")

@@ -9,8 +9,8 @@ import numpy as np
 import optuna
 import pytest
 
-from autolayer import recommend as pipeline
-from autolayer.apply import FusionTextClassifier
+from autolayer import pipeline
+from autolayer.classifier import FusionTextClassifier
 from autolayer.cli import main
 from autolayer.config import FusionConfig, ModelChoice, load_config
 from autolayer.errors import ConfigError
@@ -204,7 +204,7 @@ def test_saved_model_round_trips_without_pickle(home, tmp_path, tiny_models, tin
 def test_apply_warns_when_config_comes_from_other_data(
     home, tmp_path, tiny_models, tiny_dataset, caplog
 ):
-    from autolayer.apply import apply
+    from autolayer.classifier import apply
 
     config = _tiny_config(str(tiny_models["bert"]))
     config = FusionConfig(**{**config.__dict__, "dataset": {"name": "x", "fingerprint": "0" * 64}})
@@ -213,7 +213,7 @@ def test_apply_warns_when_config_comes_from_other_data(
 
 
 def test_predict_on_empty_input_is_an_error(capsys, home, tmp_path, tiny_models, tiny_dataset):
-    from autolayer.apply import apply
+    from autolayer.classifier import apply
 
     apply(_tiny_config(str(tiny_models["bert"])), str(tiny_dataset), tmp_path / "m")
     (tmp_path / "empty.txt").write_text("\n \n")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from autolayer import extract as ex
+from autolayer import extraction as ex
 from autolayer import zoo
 from tests.conftest import SHARED_DATA, write_jsonl
 

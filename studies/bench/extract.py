@@ -21,7 +21,7 @@ import torch
 
 from autolayer import zoo
 from autolayer.data import load_dataset
-from autolayer.extract import Backbone, extract
+from autolayer.extraction import Backbone, extract
 
 REPO = Path(__file__).resolve().parents[2]
 

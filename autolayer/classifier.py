@@ -58,7 +58,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
 
     def embed(self, texts) -> list[np.ndarray]:
         """One ``[N, D_i]`` array per configured model, at its chosen layer."""
-        from autolayer.extract import embed_texts
+        from autolayer.extraction import embed_texts
 
         texts = _as_texts(texts)
         out = []

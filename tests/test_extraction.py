@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from autolayer import extract as ex
+from autolayer import extraction as ex
 from autolayer import zoo
 from autolayer.errors import ConfigError
 

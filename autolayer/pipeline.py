@@ -20,7 +20,7 @@ from autolayer import zoo
 from autolayer.config import FusionConfig, ModelChoice, library_versions
 from autolayer.data import LabelledDataset, load_dataset
 from autolayer.errors import ConfigError
-from autolayer.extract import Embeddings, extract
+from autolayer.extraction import Embeddings, extract
 from autolayer.search import Budget, Candidate, SearchResult, Space, TrialSummary, run_search
 
 logger = logging.getLogger("autolayer")
