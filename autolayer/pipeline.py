@@ -197,6 +197,7 @@ def search(
     metric: str = "accuracy",
     seed: int = 0,
     multi_objective: bool = False,
+    prune: bool = True,
     pooling: str = "mean",
     max_length: int = 256,
     callbacks: Sequence[Callable] = (),
@@ -220,6 +221,7 @@ def search(
         metric=metric,
         seed=seed,
         multi_objective=multi_objective,
+        prune=prune,
         callbacks=callbacks,
     )
     study = optuna.load_study(study_name=study_name, storage=storage)

@@ -354,9 +354,13 @@ def run_search(
     metric: str = "accuracy",
     seed: int = 0,
     multi_objective: bool = False,
+    prune: bool = True,
     callbacks: Sequence[Callable] = (),
 ) -> SearchResult:
-    """Run (or resume) the study and return its trials, best first by validation metric."""
+    """Run (or resume) the study and return its trials, best first by validation metric.
+
+    ``prune`` stops unpromising trials early (median of earlier trials' epoch curves).
+    """
     budget, space = budget or Budget(), space or Space()
     n_classes = int(max(y_train.max(), y_val.max())) + 1
     check_feasible(candidates, budget, space, n_classes, len(y_train))
@@ -366,7 +370,11 @@ def run_search(
         study_name=study_name,
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5),
+        pruner=(
+            optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
+            if prune
+            else optuna.pruners.NopPruner()
+        ),
         directions=["maximize", "minimize"] if multi_objective else ["maximize"],
     )
     study.set_user_attr("metric", metric)
