@@ -41,7 +41,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         config: FusionConfig | str | Path,
         *,
         device: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = 256,
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
     ) -> None:

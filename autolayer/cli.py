@@ -126,7 +126,10 @@ def zoo_install(aliases: tuple[str, ...]) -> None:
 )
 @click.option("--layers", help="Hidden states to keep, e.g. 0,6,-1 (default: all).")
 @click.option("--max-length", default=256, show_default=True, help="Tokens per text (truncated).")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", default=256, show_default=True, help="Texts per batch at most.")
+@click.option(
+    "--max-tokens", default=8192, show_default=True, help="Padded tokens per batch at most."
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …")
 @click.option("--threads", type=int, help="CPU threads for torch.")
 @click.option(
@@ -144,6 +147,7 @@ def extract(
     layers: str | None,
     max_length: int,
     batch_size: int,
+    max_tokens: int,
     device: str,
     threads: int | None,
     cache_dir: Path | None,
@@ -170,6 +174,7 @@ def extract(
             layers=_parse_layers(layers),
             max_length=max_length,
             batch_size=batch_size,
+            max_tokens=max_tokens,
             device=device,
             threads=threads,
             cache_dir=cache_dir,

@@ -281,24 +281,51 @@ class Backbone:
                 handle.remove()
         return torch.stack([pooled[i] for i in self.layers], dim=1).cpu().numpy()
 
+    def pooled_rows(
+        self,
+        ids: Sequence[Sequence[int]],
+        rows: np.ndarray,
+        pooling: str,
+        *,
+        batch_size: int = 256,
+        max_tokens: int = 8192,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """Pooled states of ``ids[rows]`` (rows longest first) → ``[len(rows), layers, D]``.
+
+        Batches hold at most ``batch_size`` texts and ``max_tokens`` padded tokens: short
+        texts go in large batches (big matrix products run near the CPU's peak), long ones
+        in small batches (bounded memory).
+        """
+        out = np.empty((len(rows), len(self.layers), self.width), dtype=np.float32)
+        start = 0
+        while start < len(rows):
+            longest = len(ids[rows[start]])
+            size = max(1, min(batch_size, max_tokens // max(longest, 1), len(rows) - start))
+            batch = rows[start : start + size]
+            out[start : start + size] = self.forward_pooled([ids[r] for r in batch], pooling)
+            if progress:
+                progress(size)
+            start += size
+        return out
+
     def encode(
         self,
         texts: Sequence[str],
         *,
         pooling: str = "mean",
         max_length: int = 256,
-        batch_size: int = 32,
+        batch_size: int = 256,
+        max_tokens: int = 8192,
         progress: Progress | None = None,
     ) -> np.ndarray:
-        """Texts → ``[N, len(layers), D]`` in input order (batches sorted by length inside)."""
+        """Texts → ``[N, len(layers), D]`` in input order (batched longest first inside)."""
         ids = self.tokenize(texts, max_length)
         order = length_order(ids)
         out = np.empty((len(ids), len(self.layers), self.width), dtype=np.float32)
-        for start in range(0, len(ids), batch_size):
-            rows = order[start : start + batch_size]
-            out[rows] = self.forward_pooled([ids[r] for r in rows], pooling)
-            if progress:
-                progress(len(rows))
+        out[order] = self.pooled_rows(
+            ids, order, pooling, batch_size=batch_size, max_tokens=max_tokens, progress=progress
+        )
         return out
 
 
@@ -336,7 +363,8 @@ def embed_texts(
     pooling: str = "mean",
     layers: Sequence[int] | None = None,
     max_length: int = 256,
-    batch_size: int = 32,
+    batch_size: int = 256,
+    max_tokens: int = 8192,
     chunk_size: int = 512,
     device: str | None = None,
     threads: int | None = None,
@@ -356,8 +384,8 @@ def embed_texts(
 
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
-    if max_length < 2 or batch_size < 1 or chunk_size < 1:
-        raise ConfigError("max_length must be >= 2 and batch_size, chunk_size >= 1")
+    if max_length < 2 or min(batch_size, max_tokens, chunk_size) < 1:
+        raise ConfigError("max_length must be >= 2 and batch_size, max_tokens, chunk_size >= 1")
     if threads:
         import torch
 
@@ -389,7 +417,16 @@ def embed_texts(
             return _from_cache(hit, wanted, model, base)
         backbone = Backbone(resolved, wanted, device=device, trust_remote_code=trust_remote_code)
         return _extract_into(
-            entry, backbone, texts, pooling, max_length, batch_size, chunk_size, progress, base
+            entry,
+            backbone,
+            texts,
+            pooling,
+            max_length,
+            batch_size,
+            max_tokens,
+            chunk_size,
+            progress,
+            base,
         )
 
 
@@ -412,6 +449,7 @@ def _extract_into(
     pooling: str,
     max_length: int,
     batch_size: int,
+    max_tokens: int,
     chunk_size: int,
     progress: Progress | None,
     base: dict,
@@ -427,14 +465,9 @@ def _extract_into(
             if progress:
                 progress(len(rows))
             continue
-        chunk = np.empty((len(rows), n_layers, width), dtype=np.float32)
-        for offset in range(0, len(rows), batch_size):
-            batch = rows[offset : offset + batch_size]
-            chunk[offset : offset + len(batch)] = backbone.forward_pooled(
-                [ids[r] for r in batch], pooling
-            )
-            if progress:
-                progress(len(batch))
+        chunk = backbone.pooled_rows(
+            ids, rows, pooling, batch_size=batch_size, max_tokens=max_tokens, progress=progress
+        )
         entry.write_chunk(index, chunk)
         computed += len(rows)
     seconds = time.perf_counter() - started

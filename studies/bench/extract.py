@@ -51,7 +51,7 @@ def model_flops(backbone: Backbone, lengths: list[int]) -> float:
 def time_autolayer(model: str, texts_dir: Path, split: str) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        emb = extract(model, str(texts_dir), split, cache_dir=cache, batch_size=32)
+        emb = extract(model, str(texts_dir), split, cache_dir=cache)
         seconds = time.perf_counter() - start
     return seconds, emb.meta
 
