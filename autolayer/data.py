@@ -435,9 +435,28 @@ def _assemble(name: str, raws: dict[str, _Raw], empty: str) -> LabelledDataset:
     splits = {}
     for split, (texts, labels) in cleaned.items():
         _check_known(raws[split].source, labels, label_names)
+        _warn_conflicts(raws[split].source, texts, labels)
         splits[split] = _make_split(texts, labels, index)
     summary = {"label_names": label_names, "splits": {s: v.fingerprint for s, v in splits.items()}}
     return LabelledDataset(name, splits, label_names, _sha256(summary))
+
+
+def _warn_conflicts(source: str, texts: list[str], labels: list[str]) -> None:
+    """Warn about identical texts carrying different labels: no classifier can get both
+    right, so they cap accuracy; they are kept because dropping data silently is worse."""
+    seen: dict[str, str] = {}
+    conflicts = set()
+    for text, label in zip(texts, labels, strict=True):
+        if seen.setdefault(text, label) != label:
+            conflicts.add(text)
+    if conflicts:
+        example = next(iter(sorted(conflicts)))[:60]
+        _log.warning(
+            "%s: %d text(s) appear with conflicting labels (e.g. %r); they are kept",
+            source,
+            len(conflicts),
+            example,
+        )
 
 
 def _check_known(source: str, labels: list[str], label_names: tuple[str, ...]) -> None:

@@ -40,7 +40,7 @@ def progress_bar(description: str, total: int) -> Iterator:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    bar = Progress(*columns, console=errors)
+    bar = Progress(*columns, console=errors, transient=True)
     task = bar.add_task(escape(description), total=total, rate="")
 
     def advance(n: int) -> None:
@@ -255,6 +255,7 @@ def trial_progress(n_trials: int) -> Iterator:
         TextColumn("{task.fields[best]}"),
         TimeElapsedColumn(),
         console=errors,
+        transient=True,
     )
     task = bar.add_task("search", total=n_trials, best="")
 
