@@ -191,6 +191,32 @@ class ApplyResult:
     warnings: tuple[str, ...]
 
 
+def split_features(
+    config: FusionConfig, data, splits, cache_dir=None, device=None
+) -> list[np.ndarray]:
+    """Per model, its chosen layer over the given dataset splits (concatenated), taken from
+    the extraction cache: the all-layer arrays that ``recommend`` computed are reused."""
+    from autolayer.extraction import extract
+
+    features = []
+    for choice in config.models:
+        parts = [
+            extract(
+                choice.spec,
+                data,
+                split,
+                layers=[choice.layer],
+                pooling=choice.pooling,
+                max_length=choice.max_length,
+                cache_dir=cache_dir,
+                device=device,
+            ).array[:, 0]
+            for split in splits
+        ]
+        features.append(np.concatenate(parts).astype(np.float32))
+    return features
+
+
 def check_provenance(config: FusionConfig, fingerprint: str | None) -> list[str]:
     """Warnings when the data or the weights differ from those the config was made on.
 
@@ -235,20 +261,22 @@ def apply(
     for note in notes:
         logger.warning(note)
     names = [s for s in ("train", "validation") if s in data.splits]
-    texts = [t for s in names for t in data.split(s).texts]
     labels = [data.label_names[i] for s in names for i in data.split(s).labels]
     estimator = FusionTextClassifier(config, device=device, cache_dir=cache_dir)
-    estimator.fit(texts, labels)
+    estimator.fit_embedded(split_features(config, data, names, cache_dir, device), labels)
     test = data.split("test")
     truth = np.asarray([data.label_names[i] for i in test.labels])
-    predicted = estimator.predict(test.texts)
+    proba = estimator.predict_proba_embedded(
+        split_features(config, data, ["test"], cache_dir, device)
+    )
+    predicted = estimator.classes_[proba.argmax(axis=1)]
     directory = estimator.save(output)
     report = classification_report(truth, predicted, output_dict=True, zero_division=0)
     metrics = {
         "accuracy": float((predicted == truth).mean()),
         "macro_f1": float(f1_score(truth, predicted, average="macro")),
         "per_class": {k: v for k, v in report.items() if k in set(truth) | set(predicted)},
-        "n_train": len(texts),
+        "n_train": len(labels),
         "n_test": len(truth),
     }
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=1))
