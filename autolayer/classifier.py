@@ -82,7 +82,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
 
     def fit_embedded(self, features: list[np.ndarray], y) -> FusionTextClassifier:
         """Train the head on precomputed features (one ``[N, D_i]`` per model)."""
-        from autolayer.fusion import FusionParams, train_fusion
+        from autolayer.fusion import train_fusion
 
         config = self._config()
         labels = np.asarray([str(v) for v in y])
@@ -90,16 +90,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         unknown = sorted(set(labels) - set(known))
         self.classes_ = np.asarray(known if not unknown else sorted(set(labels)))
         index = {c: i for i, c in enumerate(self.classes_)}
-        params = FusionParams(
-            operator=config.operator,
-            width=config.width,
-            hidden=config.hidden,
-            dropout=config.dropout,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            max_epochs=config.epochs,
-            metric=config.metric,
-        )
+        params = config.fusion_params()
         result = train_fusion(
             features,
             np.asarray([index[v] for v in labels]),

@@ -62,6 +62,21 @@ class FusionConfig:
         data["label_names"] = list(self.label_names)
         return {"schema_version": data.pop("schema_version"), **data}
 
+    def fusion_params(self):
+        """The head's training parameters (validated): ``epochs`` fixed, no early stopping."""
+        from autolayer.fusion import FusionParams
+
+        return FusionParams(
+            operator=self.operator,
+            width=self.width,
+            hidden=self.hidden,
+            dropout=self.dropout,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            max_epochs=self.epochs,
+            metric=self.metric,
+        )
+
     def save(self, path: str | Path) -> Path:
         """Write YAML atomically (a crash never leaves half a config)."""
         path = Path(path)
@@ -176,17 +191,7 @@ def _model_choice(data: object, where: str) -> ModelChoice:
 
 
 def _check_head(config: FusionConfig, where: str) -> None:
-    from autolayer.fusion import FusionParams
-
     try:
-        FusionParams(
-            operator=config.operator,
-            width=config.width,
-            hidden=config.hidden,
-            dropout=config.dropout,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            metric=config.metric,
-        )
+        config.fusion_params()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
