@@ -254,7 +254,7 @@ def score(
     if json_path:
         json_path.write_text(json.dumps([r.to_dict() for r in results], indent=1))
     if plot:
-        report.plot_layer_curves(results, plot)
+        report.plot_layer_curves({r.model: r.scores.accuracy for r in results}, plot)
 
 
 @cli.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -222,7 +223,12 @@ def recommendation(rec, output_dir) -> None:
     )
     for reason in rec.reasons:
         console.print(f"  • {escape(reason)}")
-    console.print(f"config: {escape(str(output_dir))}/recommendation.yaml")
+    plot_layer_curves({r.name: r.accuracy for r in rec.reports}, Path(output_dir) / "layers.png")
+    files = ["recommendation.yaml", "layers.png"]
+    if len(rec.cka_names) > 1:
+        plot_cka_matrix(rec.cka_names, rec.cka, Path(output_dir) / "cka.png")
+        files.append("cka.png")
+    console.print(f"wrote {', '.join(files)} in {escape(str(output_dir))}")
 
 
 def apply_result(result) -> None:
@@ -290,17 +296,18 @@ def _pyplot():
     return plt
 
 
-def plot_layer_curves(results, path) -> None:
-    """Probe accuracy vs relative depth, one line per model; best (★) and last (●) marked."""
+def plot_layer_curves(curves: dict[str, np.ndarray], path) -> None:
+    """Probe accuracy vs relative depth, one line per model (name → accuracy per layer);
+    the best (★) and the last (○) layer marked."""
     plt = _pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for result in results:
-        acc = 100 * result.scores.accuracy
-        depth = np.arange(len(acc)) / max(result.last_layer, 1)
-        (line,) = ax.plot(depth, acc, marker=".", label=result.model)
-        best = result.best_layer
+    for name, accuracy in curves.items():
+        acc = 100 * np.asarray(accuracy)
+        depth = np.arange(len(acc)) / max(len(acc) - 1, 1)
+        (line,) = ax.plot(depth, acc, marker=".", label=name)
+        best = int(np.argmax(acc))
         ax.plot(depth[best], acc[best], marker="*", markersize=14, color=line.get_color())
         ax.plot(depth[-1], acc[-1], marker="o", markersize=8, mfc="none", color=line.get_color())
         ax.annotate(f"{best}", (depth[best], acc[best]), textcoords="offset points", xytext=(4, 6))
@@ -314,6 +321,29 @@ def plot_layer_curves(results, path) -> None:
     plt.close(fig)
 
 
+def _heatmap(ax, names, matrix: np.ndarray):
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w")
+    return image
+
+
+def plot_cka_matrix(names, matrix: np.ndarray, path) -> None:
+    """Model × model CKA heatmap (the recommend report's complementarity picture)."""
+    plt = _pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(4.5, 3.8))
+    image = _heatmap(ax, names, matrix)
+    ax.set_title("linear CKA at best layers")
+    fig.colorbar(image, ax=ax)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_cka(result, path) -> None:
     """Model × model CKA heatmap plus one layer × layer heatmap per pair, in one figure."""
     plt = _pyplot()
@@ -323,12 +353,7 @@ def plot_cka(result, path) -> None:
     fig, axes = plt.subplots(1, 1 + len(pairs), figsize=(4.2 * (1 + len(pairs)), 3.8))
     axes = np.atleast_1d(axes)
     names = [f"{m} L{layer}" for m, layer in zip(result.models, result.layers, strict=True)]
-    image = axes[0].imshow(result.matrix, vmin=0, vmax=1, cmap="viridis")
-    axes[0].set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axes[0].set_yticks(range(len(names)), names)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            axes[0].text(j, i, f"{result.matrix[i, j]:.2f}", ha="center", va="center", color="w")
+    image = _heatmap(axes[0], names, result.matrix)
     axes[0].set_title("CKA at chosen layers")
     for ax, ((a, b), grid) in zip(axes[1:], pairs, strict=True):
         ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")

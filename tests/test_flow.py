@@ -35,6 +35,8 @@ def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_da
     )
     assert code == 0, err
     assert "recommended:" in out and "linear-probe accuracy per layer" in out
+    assert (out_dir / "layers.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out_dir / "cka.png").exists()
     config = load_config(out_dir / "recommendation.yaml")
     assert config.dataset["fingerprint"] and config.versions["torch"]
     storage = f"sqlite:///{out_dir / 'study.db'}"
