@@ -26,9 +26,7 @@ DEFAULT_ALPHA = 1.0  # L2 penalty = 1/C; 1.0 is sklearn's default C
 TOL = 3e-4
 MAX_ITER = 1000
 HISTORY = 10  # L-BFGS curvature pairs kept per layer
-# The preconditioner's Gram matrix needs only a few rows per feature (a strided sample) to
-# capture the correlations that slow the solver; all rows would cost most of a fit.
-PRECONDITIONER_ROWS_PER_FEATURE = 4
+PRECONDITIONER_ROWS_PER_FEATURE = 4  # rows sampled (see ridge_preconditioner)
 MAX_HALVINGS = 30  # backtracking steps before a layer counts as converged
 METRICS = ("accuracy", "macro_f1")
 
@@ -83,8 +81,11 @@ def probe_layers(
     n_folds = _feasible_folds(labels, n_folds)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     data = _layers_first(X, _device(device))
+    n_train = len(labels) - len(labels) // n_folds  # about the same in every fold
+    penalty = _penalty(alpha, n_train, int(labels.max()) + 1, data.shape[2] + 1, data.device)
+    shared = ridge_preconditioner(_standardise(_row_sample(data))[0], penalty)
     runs = [
-        _fit_score(data[:, tr], labels[tr], data[:, te], labels[te], alpha)
+        _fit_score(data[:, tr], labels[tr], data[:, te], labels[te], alpha, shared)
         for tr, te in folds.split(np.zeros(len(labels)), labels)
     ]
     return _summarise(runs, len(labels))
@@ -118,10 +119,15 @@ def probe_layers_holdout(
 
 
 def _fit_score(
-    x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, y_te: np.ndarray, alpha: float | None
+    x_tr: torch.Tensor,
+    y_tr: np.ndarray,
+    x_te: torch.Tensor,
+    y_te: np.ndarray,
+    alpha: float | None,
+    inverse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(accuracy [L], macro-F1 [L]) of one train/test split."""
-    pred = _fit_predict(x_tr, y_tr, x_te, alpha)
+    """(accuracy [L], macro-F1 [L]) of one train/test split; ``inverse`` a preconditioner."""
+    pred = _fit_predict(x_tr, y_tr, x_te, alpha, inverse)
     truth = torch.as_tensor(y_te, device=pred.device)
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     accuracy = (pred == truth).double().mean(1)
@@ -129,31 +135,72 @@ def _fit_score(
 
 
 def _fit_predict(
-    x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, alpha: float | None
+    x_tr: torch.Tensor,
+    y_tr: np.ndarray,
+    x_te: torch.Tensor,
+    alpha: float | None,
+    inverse: torch.Tensor | None,
 ) -> torch.Tensor:
     """Logistic probes per layer: class indices [L, M] for ``x_te`` [L, M, D]."""
     x_tr, x_te = _standardise(x_tr, x_te)
-    weights = fit_logistic(x_tr, torch.as_tensor(y_tr, device=x_tr.device), alpha)
+    labels = torch.as_tensor(y_tr, device=x_tr.device)
+    weights = fit_logistic(x_tr, labels, alpha, preconditioner=inverse)
     return (x_te @ weights.to(x_te.dtype).transpose(1, 2)).argmax(-1)
 
 
-def _standardise(x_tr: torch.Tensor, x_te: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both sets scaled with training statistics (as sklearn's ``StandardScaler``) plus a
-    constant last column for the intercept: [L, n, D] → [L, n, D+1], each in one buffer."""
+def _standardise(x_tr: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """``x_tr`` and ``others`` scaled with ``x_tr``'s statistics (as sklearn's
+    ``StandardScaler``) plus a constant last column for the intercept: [L, n, D] →
+    [L, n, D+1], each in one new buffer."""
     mean = x_tr.mean(1, keepdim=True)
-    x_tr, x_te = _shifted_with_bias(x_tr, mean), _shifted_with_bias(x_te, mean)
-    std = torch.linalg.vector_norm(x_tr[..., :-1], dim=1, keepdim=True) / x_tr.shape[1] ** 0.5
+    out = [_shifted_with_bias(x, mean) for x in (x_tr, *others)]
+    std = (out[0][..., :-1].square().sum(1, keepdim=True) / x_tr.shape[1]).sqrt()
     std = torch.where(std > 1e-6 * mean.abs().clamp_min(1.0), std, 1.0)  # constant: as is
-    x_tr[..., :-1] /= std
-    x_te[..., :-1] /= std
-    return x_tr, x_te
+    for x in out:
+        x[..., :-1] /= std
+    return out
 
 
 def _shifted_with_bias(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """x − mean with a constant-1 column appended: [L, n, D] → [L, n, D+1]."""
-    out = torch.ones(*x.shape[:2], x.shape[2] + 1, dtype=x.dtype, device=x.device)
+    out = torch.empty(*x.shape[:2], x.shape[2] + 1, dtype=x.dtype, device=x.device)
     torch.sub(x, mean, out=out[..., :-1])
+    out[..., -1] = 1.0
     return out
+
+
+def ridge_preconditioner(x: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """(XᵀX/n + diag(penalty))⁻¹ [L, P, P] float64 for prepared features x [L, n, P].
+
+    It only speeds up ``fit_logistic``, so XᵀX/n comes from a strided sample of a few rows
+    per feature, and one computed from all rows serves every CV fold. The matrix is positive
+    definite (every penalty but the intercept's is > 0, the intercept column is constant).
+    The inverse is L⁻ᵀL⁻¹ with L⁻¹ from a triangular solve of the Cholesky factor: on this
+    machine's MKL ``cholesky_inverse`` took 6-40 s instead of 0.5 s whenever the CPU was
+    shared.
+    """
+    sample = _row_sample(x)
+    gram = (sample.transpose(1, 2) @ sample).double() / sample.shape[1]
+    factor = torch.linalg.cholesky(gram + torch.diag(penalty))
+    eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
+    root = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
+    return root.mT @ root
+
+
+def _penalty(
+    alpha: float | None, n: int, n_classes: int, n_features: int, device: torch.device
+) -> torch.Tensor:
+    """Per-feature L2 strength [P] of the mean-loss objective: alpha/n, doubled for two
+    classes (see fit_logistic), 0 for the last (intercept) feature."""
+    strength = (DEFAULT_ALPHA if alpha is None else _positive(alpha)) / n
+    penalty = torch.full((n_features,), strength * (2.0 if n_classes == 2 else 1.0))
+    penalty[-1] = 0.0
+    return penalty.to(device, torch.float64)
+
+
+def _row_sample(x: torch.Tensor) -> torch.Tensor:
+    """Every k-th row of x [L, n, D], about PRECONDITIONER_ROWS_PER_FEATURE·D rows in all."""
+    return x[:, :: max(1, x.shape[1] // (PRECONDITIONER_ROWS_PER_FEATURE * (x.shape[2] + 1)))]
 
 
 def fit_logistic(
@@ -161,28 +208,31 @@ def fit_logistic(
     y: torch.Tensor,
     alpha: float | None = None,
     *,
+    preconditioner: torch.Tensor | None = None,
     tol: float = TOL,
     max_iter: int = MAX_ITER,
 ) -> torch.Tensor:
     """Multinomial logistic regression for every layer at once → weights [L, K, D+1] float64.
 
     ``x`` [L, n, D+1] holds standardised features plus a last constant column (the intercept,
-    unpenalised); ``y`` [n] class indices. Minimises, per layer, the mean cross-entropy plus
-    alpha/(2n)·‖W‖²: sklearn's ``LogisticRegression(C=1/alpha)`` objective, so the probe
-    agrees with the usual reference. With two classes the penalty is doubled, because softmax
-    weights [w/2, −w/2] carry half the squared norm of sklearn's single binary vector w.
+    unpenalised); ``y`` [n] class indices; ``preconditioner`` [L, D+1, D+1] is
+    ``ridge_preconditioner`` of these or similar features (computed here when None).
+    Minimises, per layer, the
+    mean cross-entropy plus alpha/(2n)·‖W‖²: sklearn's ``LogisticRegression(C=1/alpha)``
+    objective, so the probe agrees with the usual reference. With two classes the penalty is
+    doubled, because softmax weights [w/2, −w/2] carry half the squared norm of sklearn's
+    single binary vector w.
 
     Solver: L-BFGS run independently per layer but vectorised over layers, preconditioned by
     the inverse ridge matrix (XᵀX/n + alpha/n·I)⁻¹. Embedding features are strongly
     correlated, and this preconditioner makes the problem close to isotropic, so it converges
     in tens of iterations where plain L-BFGS needs hundreds.
     """
-    penalty = (DEFAULT_ALPHA if alpha is None else _positive(alpha)) / x.shape[1]
     onehot = torch.nn.functional.one_hot(y, int(y.max()) + 1).to(x.dtype)
-    penalty = penalty * (2.0 if onehot.shape[1] == 2 else 1.0)
-    mask = torch.ones(x.shape[2], dtype=torch.float64, device=x.device)
-    mask[-1] = 0.0  # the intercept is not penalised
-    objective = _Objective(x, onehot, penalty * mask)
+    penalty = _penalty(alpha, x.shape[1], onehot.shape[1], x.shape[2], x.device)
+    if preconditioner is None:
+        preconditioner = ridge_preconditioner(x, penalty)
+    objective = _Objective(x, onehot, penalty, preconditioner)
     weights = torch.zeros(x.shape[0], onehot.shape[1], x.shape[2], dtype=torch.float64)
     return _lbfgs(objective, weights.to(x.device), tol, max_iter)
 
@@ -191,20 +241,16 @@ class _Objective:
     """Penalised mean cross-entropy of every layer, its gradient and preconditioner.
 
     ``x`` [L, n, P] features, ``onehot`` [n, K] targets, ``penalty`` [P] per-feature L2
-    strength (already divided by n). Weights are class-major, [L, K, P], so both products
-    with ``x`` read it in its stored order (several times faster on CPU than [L, P, K]).
-    The preconditioner is the inverse [L, P, P] of
-    XᵀX/n + diag(penalty), formed once from its Cholesky factor (positive definite: every
-    penalty but the intercept's is > 0 and the intercept column is constant) because one
-    batched matrix product per use is much cheaper here than triangular solves.
+    strength (already divided by n), ``inverse`` [L, P, P] ≈ (XᵀX/n + diag(penalty))⁻¹,
+    applied as one batched matrix product (much cheaper than triangular solves). Weights are
+    class-major, [L, K, P], so both products with ``x`` read it in its stored order (several
+    times faster on CPU than [L, P, K]).
     """
 
-    def __init__(self, x: torch.Tensor, onehot: torch.Tensor, penalty: torch.Tensor) -> None:
-        self.x, self.onehot, self.penalty = x, onehot, penalty
-        sample = x[:, :: max(1, x.shape[1] // (PRECONDITIONER_ROWS_PER_FEATURE * x.shape[2]))]
-        gram = (sample.transpose(1, 2) @ sample).double() / sample.shape[1]
-        factor = torch.linalg.cholesky(gram + torch.diag(penalty))
-        self.inverse = torch.cholesky_inverse(factor)
+    def __init__(
+        self, x: torch.Tensor, onehot: torch.Tensor, penalty: torch.Tensor, inverse: torch.Tensor
+    ) -> None:
+        self.x, self.onehot, self.penalty, self.inverse = x, onehot, penalty, inverse
 
     def __call__(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss [L] and gradient [L, K, P] (float64) at ``weights`` [L, K, P]."""
@@ -239,11 +285,11 @@ def _lbfgs(objective: _Objective, weights: torch.Tensor, tol: float, max_iter: i
         )
         stalled |= stalled_now & active
         s, y = new_weights - weights, new_grad - grad
-        sy = (s * y).sum((1, 2))
+        sy = _dot(s, y)
         curved = sy > 1e-12
         rho = torch.where(curved, 1.0 / sy.clamp_min(1e-12), 0.0)
         history = [*history, (s, y, rho)][-HISTORY:]
-        y_py = (y * objective.precondition(y)).sum((1, 2))
+        y_py = _dot(y, objective.precondition(y))
         scale = torch.where(curved & (y_py > 0), sy / y_py.clamp_min(1e-300), scale)
         weights, loss, grad = new_weights, new_loss, new_grad
     return weights
@@ -260,12 +306,12 @@ def _two_loop(
     q = grad.clone()
     coefs = []
     for s, y, rho in reversed(history):
-        a = rho * (s * q).sum((1, 2))
-        q -= _col(a) * y
+        a = rho * _dot(s, q)
+        q.addcmul_(_col(a), y, value=-1.0)
         coefs.append(a)
     r = _col(scale) * precondition(q)
     for (s, y, rho), a in zip(history, reversed(coefs), strict=True):
-        r += _col(a - rho * (y * r).sum((1, 2))) * s
+        r.addcmul_(_col(a - rho * _dot(y, r)), s)
     return r
 
 
@@ -278,7 +324,7 @@ def _backtrack(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Halve each layer's step until its loss drops enough (Armijo); returns the new
     weights, loss, gradient and a [L] mask of layers that found no such step (kept still)."""
-    slope = (grad * step).sum((1, 2))
+    slope = _dot(grad, step)
     size = torch.ones_like(loss)
     for _ in range(MAX_HALVINGS):
         trial = weights + _col(size) * step
@@ -294,6 +340,12 @@ def _backtrack(
         torch.where(keep, new_grad, grad),
         ~ok,
     )
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-layer inner product of [L, K, P] blocks → [L] in one op (each small op is a thread
+    synchronisation, which gets slow when the CPU is shared)."""
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
 
 
 def _col(v: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from autolayer.cka import cka_grid
 
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         source = " x ".join(map(str, args.embeddings))
     pairs = A.shape[1] * B.shape[1]
     print(f"data: {source}, A {list(A.shape)} {A.dtype}, B {list(B.shape)} {B.dtype}")
+    if args.threads:  # the same limit for torch and for sklearn/numpy's BLAS and OpenMP pools
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     print(f"torch threads: {torch.get_num_threads()}, CUDA: {torch.cuda.is_available()}")
 
     grids, took = {}, {}
@@ -127,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=1000, help="rows per minibatch run")
     parser.add_argument("--naive-pairs", type=int, default=6, help="pairs timed naively")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for every library (default: torch's)"
+    )
     return parser
 
 

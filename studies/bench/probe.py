@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from autolayer.probe import probe_layers
 
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         X, y = load_arrays(args.embeddings, args.labels)
         source = str(args.embeddings)
     print(f"data: {source}, X {list(X.shape)} {X.dtype}, {len(np.unique(y))} classes")
+    if args.threads:  # the same limit for torch and for sklearn/numpy's BLAS and OpenMP pools
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     print(f"torch threads: {torch.get_num_threads()}, CUDA: {torch.cuda.is_available()}")
 
     start = time.perf_counter()
@@ -120,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=576, help="synthetic width D")
     parser.add_argument("--classes", type=int, default=2, help="synthetic classes")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for every library (default: torch's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
