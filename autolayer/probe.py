@@ -67,8 +67,7 @@ def probe_layers(
     """Stratified k-fold probe accuracy and macro-F1 of every layer of ``X`` [N, L+1, D].
 
     ``alpha`` is the L2 penalty 1/C of sklearn's ``LogisticRegression`` (None: 1.0, its
-    default).
-    ``max_examples`` first draws a seeded stratified subsample, to bound the cost on big
+    default). ``max_examples`` first draws a seeded stratified subsample, to bound the cost on big
     sets. Folds shrink (with a warning) when a class has fewer examples than ``n_folds``.
     """
     _check_arrays(X, y, "X", "y")
@@ -217,11 +216,10 @@ def fit_logistic(
     ``x`` [L, n, D+1] holds standardised features plus a last constant column (the intercept,
     unpenalised); ``y`` [n] class indices; ``preconditioner`` [L, D+1, D+1] is
     ``ridge_preconditioner`` of these or similar features (computed here when None).
-    Minimises, per layer, the
-    mean cross-entropy plus alpha/(2n)·‖W‖²: sklearn's ``LogisticRegression(C=1/alpha)``
-    objective, so the probe agrees with the usual reference. With two classes the penalty is
-    doubled, because softmax weights [w/2, −w/2] carry half the squared norm of sklearn's
-    single binary vector w.
+    Minimises, per layer, the mean cross-entropy plus alpha/(2n)·‖W‖²: the objective of
+    sklearn's ``LogisticRegression(C=1/alpha)``, so the probe agrees with the usual
+    reference. With two classes the penalty is doubled, because softmax weights [w/2, −w/2]
+    carry half the squared norm of sklearn's single binary vector w.
 
     Solver: L-BFGS run independently per layer but vectorised over layers, preconditioned by
     the inverse ridge matrix (XᵀX/n + alpha/n·I)⁻¹. Embedding features are strongly
