@@ -378,11 +378,7 @@ def recommend(
         multi_objective=multi_objective,
         callbacks=callbacks,
     )
-    import optuna
-
-    context = optuna.load_study(study_name=result.study_name, storage=result.storage).user_attrs[
-        "context"
-    ]
+    context = study_context(prepared, space or Space(), metric, seed, "mean", 256)
     config = trial_config(result.best, context, result.study_name, result.storage)
     config.save(Path(output_dir) / "recommendation.yaml")
     cka = cka_at_best(prepared)
