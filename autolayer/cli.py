@@ -358,6 +358,12 @@ def _search_options(func):
         click.option(
             "--storage", help="Optuna storage URL (default: SQLite file in the output dir)."
         ),
+        click.option(
+            "--heartbeat",
+            default=30.0,
+            show_default=True,
+            help="Seconds between a worker's signs of life; a trial silent for 3 is retried.",
+        ),
         click.option("--study-name", help="Study name (default: derived from data and models)."),
         click.option(
             "--output-dir",
@@ -395,10 +401,7 @@ def _run_search(kw: dict, *, full_report: bool):
     data = load_dataset(
         kw["dataset"], text_column=kw["text_column"], label_column=kw["label_column"]
     )
-    common = {
-        "metric": kw["metric"],
-        "seed": kw["seed"],
-    }
+    common = {"metric": kw["metric"], "seed": kw["seed"]}
     with report.trial_progress(kw["n_trials"]) as on_trial:
         if full_report:
             rec = pipeline.recommend(
@@ -413,6 +416,7 @@ def _run_search(kw: dict, *, full_report: bool):
                 cache_dir=kw["cache_dir"],
                 progress=report.progress_bar,
                 callbacks=[on_trial],
+                heartbeat=kw["heartbeat"],
                 **common,
             )
         else:
@@ -432,6 +436,7 @@ def _run_search(kw: dict, *, full_report: bool):
                 budget=budget,
                 multi_objective=kw["multi_objective"],
                 callbacks=[on_trial],
+                heartbeat=kw["heartbeat"],
                 **common,
             )
     if full_report:

@@ -101,6 +101,45 @@ class LabelledDataset:
         train_idx = np.concatenate([train_idx, singles])
         return np.sort(train_idx).astype(np.int64), np.sort(val_idx).astype(np.int64)
 
+    def subsample(self, size: int, *, split: str = "train", seed: int = 0) -> LabelledDataset:
+        """A copy whose ``split`` keeps ``size`` rows, stratified and seeded.
+
+        For sets too large to embed on a CPU (SST-2 has 67k training sentences): every class
+        keeps at least one row and the rest follow class proportions, so the label
+        vocabulary is unchanged; the same seed always picks the same rows, hence the same
+        embedding cache entry. Rows stay in file order.
+        """
+        source = self.split(split)
+        n_classes = len(self.label_names)
+        if not n_classes <= size:
+            raise ConfigError(f"subsample size must be >= {n_classes} (one per class); got {size}")
+        if size >= len(source):
+            return self
+        rows = _stratified_rows(source.labels, size, seed)
+        texts = [source.texts[i] for i in rows]
+        labels = [self.label_names[source.labels[i]] for i in rows]
+        index = {label: i for i, label in enumerate(self.label_names)}
+        splits = {**self.splits, split: _make_split(texts, labels, index)}
+        summary = {
+            "label_names": self.label_names,
+            "splits": {s: v.fingerprint for s, v in splits.items()},
+        }
+        return LabelledDataset(self.name, splits, self.label_names, _sha256(summary))
+
+
+def _stratified_rows(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted row indices: one per present class, the rest by largest-remainder quotas."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = 1 + (counts - 1) * (size - len(classes)) / (len(labels) - len(classes))
+    take = np.floor(quota).astype(int)
+    take[np.argsort(take - quota, kind="stable")[: size - take.sum()]] += 1
+    picks = [
+        rng.choice(np.flatnonzero(labels == c), k, replace=False)
+        for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(picks))
+
 
 @dataclass(frozen=True)
 class _Raw:

@@ -201,6 +201,7 @@ def search(
     pooling: str = "mean",
     max_length: int = 256,
     callbacks: Sequence[Callable] = (),
+    heartbeat: float = 30.0,
 ) -> SearchResult:
     """Run or resume the Optuna study over the prepared candidates."""
     import optuna
@@ -223,6 +224,7 @@ def search(
         multi_objective=multi_objective,
         prune=prune,
         callbacks=callbacks,
+        heartbeat=heartbeat,
     )
     study = optuna.load_study(study_name=study_name, storage=storage)
     study.set_user_attr(
@@ -355,6 +357,7 @@ def recommend(
     cache_dir: str | Path | None = None,
     progress: ProgressFactory | None = None,
     callbacks: Sequence[Callable] = (),
+    heartbeat: float = 30.0,
 ) -> Recommendation:
     """extract → score → CKA → search; writes ``recommendation.yaml`` in ``output_dir``."""
     prepared = prepare(
@@ -377,6 +380,7 @@ def recommend(
         seed=seed,
         multi_objective=multi_objective,
         callbacks=callbacks,
+        heartbeat=heartbeat,
     )
     context = study_context(prepared, space or Space(), metric, seed, "mean", 256)
     config = trial_config(result.best, context, result.study_name, result.storage)

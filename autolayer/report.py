@@ -182,15 +182,17 @@ def trials_table(trials, metric: str, limit: int = 10, title: str = "best trials
 
 def search_summary(result) -> None:
     states: dict[str, int] = {}
-    infeasible = 0
+    untrained = 0
     for trial in result.trials:
         states[trial.state] = states.get(trial.state, 0) + 1
-        infeasible += "infeasible" in trial.attrs
+        untrained += "infeasible" in trial.attrs or "surplus" in trial.attrs
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     console.print(
         f"study [bold]{escape(result.study_name)}[/] ({escape(result.storage)}): {counts}"
-        + (f" ({infeasible} infeasible, never trained)" if infeasible else "")
+        + (f" ({untrained} infeasible or surplus, never trained)" if untrained else "")
     )
+    best = result.best
+    console.print(f"best trial #{best.number}: {best.values[0]:.4f}")
 
 
 def recommendation(rec, output_dir) -> None:

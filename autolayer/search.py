@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -227,7 +230,9 @@ class _Objective:
         metric: str,
         seed: int,
         multi_objective: bool,
+        wait: float = 30.0,
     ) -> None:
+        self.wait = wait
         self.by_name = {c.name: c for c in candidates}
         self.choices = subsets([c.name for c in candidates], budget.max_models)
         self.y_train, self.y_val = y_train, y_val
@@ -251,10 +256,17 @@ class _Objective:
         )
         for key, value in cost.as_dict().items():
             trial.set_user_attr(key, value)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         broken = self.budget.violations(cost)
         if broken:
             trial.set_user_attr("infeasible", "; ".join(broken))
             raise optuna.TrialPruned("infeasible: " + "; ".join(broken))
+        if slots_taken(trial.study, trial.number) >= self.budget.n_trials:
+            # Other workers' running trials fill the budget: wait for them instead of
+            # training one too many. If one of them died, its retry will need a worker.
+            trial.set_user_attr("surplus", True)
+            time.sleep(self.wait)
+            raise optuna.TrialPruned("surplus: running trials of other workers fill the budget")
         params = FusionParams(
             operator=operator,
             width=width,
@@ -292,13 +304,37 @@ def _pruning_hook(trial: optuna.Trial) -> Callable[[int, float], bool]:
     return on_epoch
 
 
+def _counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial uses the budget: infeasible and surplus trials are never trained."""
+    return "infeasible" not in trial.user_attrs and "surplus" not in trial.user_attrs
+
+
 def trained_count(study: optuna.Study) -> tuple[int, int]:
-    """(trials trained, trials finished): infeasible trials finish untrained."""
+    """(trials trained, trials finished): infeasible and surplus trials finish untrained."""
     done = study.get_trials(
         deepcopy=False,
         states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED),
     )
-    return sum("infeasible" not in t.user_attrs for t in done), len(done)
+    counted = [t for t in done if _counts(t)]
+    return len(counted), len(done) - sum("surplus" in t.user_attrs for t in done)
+
+
+def slots_taken(study: optuna.Study, number: int) -> int:
+    """Trials trained, plus trials still running that started before trial ``number``.
+
+    Two workers that start together both see the other running; counting only earlier
+    trials gives the budget's last slot to exactly one of them, so a shared study trains
+    exactly ``n_trials`` however many workers it has.
+    """
+    states = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.RUNNING,
+    )
+    return sum(
+        _counts(t) and (t.state != optuna.trial.TrialState.RUNNING or t.number < number)
+        for t in study.get_trials(deepcopy=False, states=states)
+    )
 
 
 def _stop_after(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -317,9 +353,13 @@ def _stop_after(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTri
     return callback
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
+def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats: a killed worker's trial is marked failed and retried
-    once, never left RUNNING forever."""
+    once, never left RUNNING forever.
+
+    A running trial's worker beats every ``heartbeat`` seconds; after three missed beats
+    the next worker to start a trial fails it and queues its retry.
+    """
     import warnings
 
     if not url.startswith(("sqlite", "postgresql", "mysql")):
@@ -329,17 +369,38 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=30,
-                grace_period=90,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=1
-                ),
-            )
+            return _rdb_storage(url, heartbeat)
+        except ImportError:  # Optuna re-raises a missing driver as a bare ImportError
+            raise ConfigError(
+                f"cannot open storage {url!r}: its database driver is not installed "
+                "(PostgreSQL: pip install 'autolayer[postgres]')"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - drivers raise many types; report one line
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ConfigError(f"cannot open storage {url!r}: {reason}") from None
+
+
+def _rdb_storage(url: str, heartbeat: float, attempts: int = 3) -> optuna.storages.RDBStorage:
+    """Open the storage; retry when workers starting together race to create its tables."""
+
+    def open_storage() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=max(1, round(heartbeat)),
+            grace_period=max(2, round(3 * heartbeat)),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
+        )
+
+    for attempt in range(attempts - 1):
+        try:
+            return open_storage()
+        except Exception as exc:
+            if "already exists" not in str(exc) and "duplicate key" not in str(exc):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    return open_storage()
 
 
 def run_search(
@@ -356,17 +417,21 @@ def run_search(
     multi_objective: bool = False,
     prune: bool = True,
     callbacks: Sequence[Callable] = (),
+    heartbeat: float = 30.0,
 ) -> SearchResult:
     """Run (or resume) the study and return its trials, best first by validation metric.
 
-    ``prune`` stops unpromising trials early (median of earlier trials' epoch curves).
+    ``prune`` stops unpromising trials early (median of earlier trials' epoch curves);
+    ``heartbeat`` is the seconds between a worker's signs of life (see :func:`make_storage`).
     """
     budget, space = budget or Budget(), space or Space()
     n_classes = int(max(y_train.max(), y_val.max())) + 1
     check_feasible(candidates, budget, space, n_classes, len(y_train))
-    objective = _Objective(candidates, y_train, y_val, budget, space, metric, seed, multi_objective)
+    objective = _Objective(
+        candidates, y_train, y_val, budget, space, metric, seed, multi_objective, heartbeat
+    )
     study = optuna.create_study(
-        storage=make_storage(storage),
+        storage=make_storage(storage, heartbeat),
         study_name=study_name,
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
@@ -384,6 +449,7 @@ def run_search(
             timeout=budget.timeout,
             callbacks=[_stop_after(budget.n_trials), *callbacks],
         )
+    optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not left RUNNING
     return collect(study, storage)
 
 

@@ -448,3 +448,27 @@ def test_corrupt_parquet_is_a_data_error(tmp_path: Path) -> None:
 def test_csv_field_over_the_size_limit_is_a_data_error(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "d.csv", [*ROWS, {"text": "x" * 200_000, "label": "pos"}])
     assert "line 6: malformed CSV" in data_error(path)
+
+
+def test_subsample_is_stratified_seeded_and_keeps_every_class(tmp_path: Path) -> None:
+    rows = [{"text": f"t{i}", "label": "big"} for i in range(90)]
+    rows += [{"text": f"s{i}", "label": "small"} for i in range(9)]
+    rows += [{"text": "only one", "label": "rare"}]
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "test.jsonl").write_text(json.dumps({"text": "x", "label": "big"}) + "\n")
+    data = load_dataset(folder)
+    small = data.subsample(21, seed=3)
+    train = small.split("train")
+    counts = dict(zip(data.label_names, np.bincount(train.labels, minlength=3), strict=True))
+    assert counts == {"big": 18, "rare": 1, "small": 2}
+    assert list(train.texts) == sorted(train.texts, key=data.split("train").texts.index)
+    assert small.split("test").fingerprint == data.split("test").fingerprint
+    assert small.fingerprint != data.fingerprint
+    again = data.subsample(21, seed=3).split("train")
+    assert again.text_fingerprint == train.text_fingerprint
+    assert data.subsample(21, seed=4).split("train").text_fingerprint != train.text_fingerprint
+    assert data.subsample(1000) is data
+    with pytest.raises(ConfigError, match="one per class"):
+        data.subsample(2)

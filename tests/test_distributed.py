@@ -1,0 +1,185 @@
+"""Several workers on one study in a real PostgreSQL server, and crash safety of `search`.
+
+The PostgreSQL URL comes from $AUTOLAYER_TEST_POSTGRES, else `scripts/postgres.sh` starts a
+throwaway server on loopback. CI sets AUTOLAYER_REQUIRE_POSTGRES=1 so that a missing server
+fails the run instead of skipping these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import REPO, WORDS, write_jsonl
+
+N_TRIALS = 10
+HEARTBEAT = "1"  # seconds; a killed worker's trial is failed after 3 missed beats
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    url = os.environ.get("AUTOLAYER_TEST_POSTGRES")
+    if url:
+        return url
+    started = subprocess.run(
+        ["bash", str(REPO / "scripts" / "postgres.sh")], capture_output=True, text=True
+    )
+    if started.returncode == 0:
+        return started.stdout.strip().splitlines()[-1]
+    reason = f"no PostgreSQL server could be started: {started.stderr.strip()[-300:]}"
+    if os.environ.get("AUTOLAYER_REQUIRE_POSTGRES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory, tiny_models) -> dict:
+    """A dataset big enough that one trial trains for about a second, and a shared cache."""
+    rng = random.Random(1)
+    rows = []
+    for i in range(2400):
+        label = ("neg", "pos", "meh")[i % 3]
+        cue = {"pos": ["good", "great"], "neg": ["bad", "awful"], "meh": ["dull", "boring"]}[label]
+        words = [rng.choice([*cue, *WORDS[:12]]) for _ in range(rng.randint(2, 10))]
+        rows.append({"text": " ".join(words), "label": label})
+    root = tmp_path_factory.mktemp("distributed")
+    write_jsonl(root / "data" / "train.jsonl", rows[:2000])
+    write_jsonl(root / "data" / "test.jsonl", rows[2000:])
+    models = f"{tiny_models['bert']},{tiny_models['llama']}"
+    return {"data": root / "data", "cache": root / "cache", "models": models, "root": root}
+
+
+def _worker(workload: dict, storage: str, study: str, out: Path) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "autolayer.cli",
+        "search",
+        "-d",
+        str(workload["data"]),
+        "--models",
+        workload["models"],
+        "--top-k",
+        "2",
+        "--n-trials",
+        str(N_TRIALS),
+        "--storage",
+        storage,
+        "--study-name",
+        study,
+        "--heartbeat",
+        HEARTBEAT,
+        "--cache-dir",
+        str(workload["cache"]),
+        "-o",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finish(worker: subprocess.Popen) -> str:
+    stdout, stderr = worker.communicate(timeout=TIMEOUT)
+    assert worker.returncode == 0, stderr[-2000:]
+    return stdout
+
+
+def _load(storage: str, study: str) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=storage)
+
+
+def _trained(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return [
+        t
+        for t in study.get_trials(states=done)
+        if "infeasible" not in t.user_attrs and "surplus" not in t.user_attrs
+    ]
+
+
+def _best_seen(stdout: str) -> int:
+    return int(re.search(r"best trial #(\d+)", stdout).group(1))
+
+
+def _assert_consistent(study: optuna.Study) -> None:
+    trials = study.get_trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert not [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(_trained(study)) == N_TRIALS
+
+
+def test_two_workers_share_one_study(postgres_url, workload, tmp_path):
+    study_name = f"two-workers-{uuid.uuid4().hex[:8]}"
+    workers = [_worker(workload, postgres_url, study_name, tmp_path / f"w{i}") for i in range(2)]
+    outputs = [_finish(w) for w in workers]
+    study = _load(postgres_url, study_name)
+    _assert_consistent(study)
+    by_worker = {t.user_attrs["worker"].split(":")[-1] for t in _trained(study)}
+    assert by_worker == {str(w.pid) for w in workers}, "both workers trained trials"
+    assert _best_seen(outputs[0]) == _best_seen(outputs[1]) == study.best_trial.number
+
+
+def _wait_for_running_trial(storage: str, study: str, pid: int) -> int:
+    """Number of a trial that worker ``pid`` is training, once one has finished before it."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            trials = _load(storage, study).get_trials(deepcopy=False)
+        except KeyError:  # the study does not exist yet
+            trials = []
+        mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{pid}")]
+        finished = [t for t in mine if t.state.is_finished()]
+        running = [
+            t
+            for t in mine
+            if t.state == optuna.trial.TrialState.RUNNING and "surplus" not in t.user_attrs
+        ]
+        if finished and running:
+            return running[0].number
+        time.sleep(0.05)
+    raise AssertionError(f"worker {pid} never trained a second trial")
+
+
+def test_a_worker_killed_mid_trial_leaves_the_study_consistent(postgres_url, workload, tmp_path):
+    study_name = f"kill-{uuid.uuid4().hex[:8]}"
+    doomed, survivor = (_worker(workload, postgres_url, study_name, tmp_path / w) for w in "ab")
+    killed = _wait_for_running_trial(postgres_url, study_name, doomed.pid)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=30)
+    _finish(survivor)
+    study = _load(postgres_url, study_name)
+    _assert_consistent(study)
+    assert study.trials[killed].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1 and retries[0].state.is_finished()
+    assert retries[0].params == study.trials[killed].params
+
+
+def test_a_killed_search_resumes_and_keeps_its_finished_trials(workload, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = _worker(workload, storage, "resume", tmp_path / "out")
+    killed = _wait_for_running_trial(storage, "resume", first.pid)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    before = {t.number: t.values for t in _trained(_load(storage, "resume"))}
+    assert before, "trials finished before the kill"
+    _finish(_worker(workload, storage, "resume", tmp_path / "out"))
+    study = _load(storage, "resume")
+    _assert_consistent(study)
+    after = {t.number: t.values for t in _trained(study)}
+    assert after.items() >= before.items(), "finished trials are kept as they were"
+    assert study.trials[killed].state == optuna.trial.TrialState.FAIL
