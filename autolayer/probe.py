@@ -76,6 +76,7 @@ def probe_layers(
     if max_examples is not None and max_examples < len(y):
         keep = _stratified_subsample(np.asarray(y), max_examples, seed)
         X, y = X[keep], np.asarray(y)[keep]
+    X, y = _without_singletons(X, np.asarray(y))
     labels = _encode(y)
     n_folds = _feasible_folds(labels, n_folds)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -426,6 +427,24 @@ def _encode_like(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.searchsorted(classes, y)
 
 
+def _without_singletons(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leave out classes with one example (warned): no stratified fold can test them, and
+    they move a layer's score by at most one example."""
+    classes, counts = np.unique(y, return_counts=True)
+    single = classes[counts == 1]
+    if len(single) == 0:
+        return X, y
+    if len(classes) - len(single) < 2:
+        raise DataError("fewer than 2 classes have 2+ examples; a probe needs at least 2")
+    shown = ", ".join(str(c) for c in single[:5]) + (" …" if len(single) > 5 else "")
+    warnings.warn(
+        f"{len(single)} class(es) with a single example left out of the probe: {shown}",
+        stacklevel=3,
+    )
+    keep = np.flatnonzero(~np.isin(y, single))
+    return X[keep], y[keep]
+
+
 def _feasible_folds(labels: np.ndarray, n_folds: int) -> int:
     """``n_folds``, or fewer (warned) when the rarest class cannot fill every fold."""
     if len(labels) < n_folds:
@@ -433,11 +452,6 @@ def _feasible_folds(labels: np.ndarray, n_folds: int) -> int:
     rarest = int(np.bincount(labels).min())
     if rarest >= n_folds:
         return n_folds
-    if rarest < 2:
-        raise DataError(
-            "a class has 1 example; stratified CV needs at least 2 per class "
-            "(drop or merge it, or use probe_layers_holdout)"
-        )
     warnings.warn(
         f"rarest class has {rarest} examples < n_folds={n_folds}; using {rarest} folds",
         stacklevel=3,

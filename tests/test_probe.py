@@ -125,15 +125,23 @@ def test_rare_class_shrinks_the_folds_with_a_warning() -> None:
     assert scores.n_folds == 3
 
 
+def test_a_class_with_one_example_is_left_out_with_a_warning() -> None:
+    X, y = _layered(n=60, classes=2)
+    y = np.append(y, 2)
+    X = np.concatenate([X, X[:1]])
+    with pytest.warns(UserWarning, match="1 class\\(es\\) with a single example left out"):
+        scores = probe_layers(X, y, n_folds=5)
+    assert scores.n_folds == 5 and scores.n_examples == 60
+
+
 @pytest.mark.parametrize(
     ("X", "y", "kwargs", "match"),
     [
         (np.zeros((10, 4)), np.zeros(10), {}, "3-D"),
         (np.zeros((10, 2, 4)), np.zeros(9), {}, "10 labels"),
         (np.zeros((10, 2, 4)), np.zeros(10), {}, "one class"),
-        (np.zeros((5, 2, 4)), np.array([0, 1, 2, 3, 3]), {}, "at least 2 per class"),
+        (np.zeros((5, 2, 4)), np.array([0, 1, 2, 3, 3]), {}, "fewer than 2 classes have 2"),
         (np.zeros((6, 2, 4)), np.array([0, 0, 0, 1, 1, 1]), {"n_folds": 10}, "fewer than n_folds"),
-        (np.zeros((7, 2, 4)), np.array([0, 0, 0, 1, 1, 1, 2]), {"n_folds": 2}, "1 example"),
     ],
 )
 def test_bad_input_is_a_data_error(X: np.ndarray, y: np.ndarray, kwargs: dict, match: str) -> None:
