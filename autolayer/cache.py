@@ -135,6 +135,31 @@ class CacheEntry:
             return None
         return chunk if chunk.shape == shape else None
 
+    def start_chunks(self, layout: dict) -> None:
+        """Keep an unfinished run's chunks only if they were cut the same way (hold the lock):
+        chunks of another chunk size have the same shape but other rows."""
+        folder = self.directory / "chunks"
+        wanted = json.dumps(layout, sort_keys=True)
+        try:
+            same = (folder / "layout.json").read_text() == wanted
+        except OSError:
+            same = False
+        if not same:
+            shutil.rmtree(folder, ignore_errors=True)
+            atomic_write_bytes(folder / "layout.json", wanted.encode())
+
+    def remove_stale_temps(self) -> None:
+        """Temp files of a writer killed mid-write (call while holding the lock)."""
+        for pattern in (f".{ARRAY}.*", f".{META}.*"):
+            for path in self.directory.glob(pattern):
+                path.unlink(missing_ok=True)
+
+    def remove_chunks(self) -> None:
+        """Chunks of a finished entry, left behind if its writer died right after meta.json."""
+        if (self.directory / "chunks").exists():
+            with self.lock():
+                shutil.rmtree(self.directory / "chunks", ignore_errors=True)
+
     def write_chunk(self, index: int, chunk: np.ndarray) -> None:
         atomic_save_npy(self.chunk_path(index), chunk)
 
@@ -145,6 +170,7 @@ class CacheEntry:
         rows ``[i*chunk_size, (i+1)*chunk_size)``.
         """
         n = shape[0]
+        self.remove_stale_temps()
         fd, tmp = tempfile.mkstemp(prefix=f".{ARRAY}.", suffix=".npy", dir=self.directory)
         os.close(fd)
         try:

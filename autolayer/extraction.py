@@ -410,6 +410,7 @@ def embed_texts(
     for candidate in dict.fromkeys((full, entry)):
         hit = candidate.load()
         if hit is not None:
+            candidate.remove_chunks()
             return _from_cache(hit, wanted, model, base)
     with entry.lock():
         hit = entry.load()
@@ -459,6 +460,7 @@ def _extract_into(
     order = length_order(ids)
     n, width, n_layers = len(ids), backbone.width, len(backbone.layers)
     computed = 0
+    entry.start_chunks({"chunk_size": chunk_size, "rows": n})
     for index, start in enumerate(range(0, n, chunk_size)):
         rows = order[start : start + chunk_size]
         if entry.read_chunk(index, (len(rows), n_layers, width)) is not None:

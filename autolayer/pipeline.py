@@ -354,6 +354,8 @@ def recommend(
     storage: str | None = None,
     study_name: str | None = None,
     multi_objective: bool = False,
+    pooling: str = "mean",
+    max_length: int = 256,
     cache_dir: str | Path | None = None,
     progress: ProgressFactory | None = None,
     callbacks: Sequence[Callable] = (),
@@ -366,6 +368,8 @@ def recommend(
         top_k=top_k,
         metric=metric,
         seed=seed,
+        pooling=pooling,
+        max_length=max_length,
         cache_dir=cache_dir,
         progress=progress,
     )
@@ -379,10 +383,12 @@ def recommend(
         metric=metric,
         seed=seed,
         multi_objective=multi_objective,
+        pooling=pooling,
+        max_length=max_length,
         callbacks=callbacks,
         heartbeat=heartbeat,
     )
-    context = study_context(prepared, space or Space(), metric, seed, "mean", 256)
+    context = study_context(prepared, space or Space(), metric, seed, pooling, max_length)
     config = trial_config(result.best, context, result.study_name, result.storage)
     config.save(Path(output_dir) / "recommendation.yaml")
     cka = cka_at_best(prepared)
