@@ -100,8 +100,8 @@ def write_report(results: dict, spec: dict, out: Path) -> None:
         "",
         table(FUSION_HEADER, fusion_rows(list(r["singles"].values()))),
         "",
-        f"All seven operators on the best pair by validation ({' + '.join(r['operators']['pair'])}), "
-        "at the last layers and at the best layers:",
+        "All seven operators on the best pair by validation "
+        f"({' + '.join(r['operators']['pair'])}), at the last layers and at the best layers:",
         "",
         table(FUSION_HEADER, fusion_rows(r["operators"]["runs"])),
         "",
@@ -180,7 +180,8 @@ def recommend_section(r: dict, spec: dict) -> list[str]:
                 rows,
             ),
             "",
-            f"Gap to brute force on test: {100 * (same['test_accuracy'] - best['test_accuracy']):+.2f} pt "
+            "Gap to brute force on test: "
+            f"{100 * (same['test_accuracy'] - best['test_accuracy']):+.2f} pt "
             f"(best test accuracy of any brute-force configuration, an oracle: "
             f"{pct(bf['test_oracle'])}%). Compute: model forward passes {forward:.0f} s "
             f"(both need every layer of every model), probes {probe:.0f} s, head training "
