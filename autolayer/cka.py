@@ -168,7 +168,7 @@ def _layer_means(X: np.ndarray, name: str, step: int, dev: torch.device) -> torc
     """Column means [L, D] in float64; a non-finite sum means NaN/inf in that layer."""
     total = torch.zeros(X.shape[1], X.shape[2], dtype=torch.float64, device=dev)
     for rows in _row_batches(len(X), step):
-        total += torch.as_tensor(X[rows]).to(dev).sum(0, dtype=torch.float64)
+        total += _tensor(X[rows]).to(dev).sum(0, dtype=torch.float64)
     bad = torch.nonzero(~total.isfinite().all(1)).flatten().tolist()
     if bad:
         raise DataError(f"{name} has NaN/inf in layer(s) {bad}")
@@ -180,7 +180,13 @@ def _centred(x: np.ndarray, mean: torch.Tensor, dev: torch.device) -> torch.Tens
     for float64 input, else float32 (rounding the mean costs less than the input's own
     float32 rounding)."""
     dtype = torch.float64 if x.dtype == np.float64 else torch.float32
-    return torch.as_tensor(x).to(dev, dtype) - mean.to(dtype)
+    return _tensor(x).to(dev, dtype) - mean.to(dtype)
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    """A CPU tensor of ``x``; read-only arrays (memory-mapped caches) are copied first, since
+    torch tensors assume writable memory."""
+    return torch.from_numpy(x if x.flags.writeable else np.array(x))
 
 
 def _row_batches(n: int, step: int) -> Iterator[slice]:

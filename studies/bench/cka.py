@@ -5,6 +5,7 @@ extrapolated to all of them (the output says so); the values of those pairs give
 
     .venv/bin/python studies/bench/cka.py --synthetic
     .venv/bin/python studies/bench/cka.py --embeddings A.npy B.npy
+    .venv/bin/python studies/bench/cka.py --models smollm2,mpnet --dataset ../shared/data/mr
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ from autolayer.cka import cka_grid
 def load_pair(a: Path, b: Path) -> tuple[np.ndarray, np.ndarray]:
     """Two cached embedding arrays [N, La, Da], [N, Lb, Db] of the same texts from .npy files."""
     return np.load(a), np.load(b)
+
+
+def cached_pair(models: str, dataset: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` train rows of two models, every layer, from autolayer's cache."""
+    import autolayer
+
+    data = autolayer.load_dataset(dataset)
+    a, b = (autolayer.extract(m, data, "train").array[:n] for m in models.split(","))
+    return np.ascontiguousarray(a), np.ascontiguousarray(b)
 
 
 def synthetic_pair(n: int = 5000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.synthetic:
         A, B = synthetic_pair(args.n, args.seed)
         source = "synthetic"
+    elif args.models:
+        A, B = cached_pair(args.models, args.dataset, args.n)
+        source = f"{args.models.replace(',', ' x ')} on {args.dataset} (first {args.n} train rows)"
     else:
         A, B = load_pair(*args.embeddings)
         source = " x ".join(map(str, args.embeddings))
@@ -127,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--embeddings", type=Path, nargs=2, metavar=("A.npy", "B.npy"))
     source.add_argument("--synthetic", action="store_true", help="generate two related models")
-    parser.add_argument("--n", type=int, default=5000, help="synthetic rows")
+    source.add_argument("--models", help="two zoo models A,B whose cached train rows to compare")
+    parser.add_argument("--dataset", default="../shared/data/mr", help="with --models")
+    parser.add_argument("--n", type=int, default=5000, help="rows (synthetic or cached)")
     parser.add_argument("--batch-size", type=int, default=1000, help="rows per minibatch run")
     parser.add_argument("--naive-pairs", type=int, default=6, help="pairs timed naively")
     parser.add_argument("--seed", type=int, default=0)

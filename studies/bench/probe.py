@@ -5,6 +5,7 @@ each wall time, their ratio and the accuracy gap, all measured in this one run.
 
     .venv/bin/python studies/bench/probe.py --synthetic
     .venv/bin/python studies/bench/probe.py --embeddings X.npy --labels y.npy
+    .venv/bin/python studies/bench/probe.py --model smollm2 --dataset ../shared/data/mr
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ from autolayer.probe import probe_layers
 def load_arrays(embeddings: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
     """Cached embeddings [N, L+1, D] and labels [N] from two .npy files."""
     return np.load(embeddings), np.load(labels, allow_pickle=False)
+
+
+def cached(model: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every layer of ``model`` on the dataset's train split, from autolayer's cache."""
+    import autolayer
+
+    data = autolayer.load_dataset(dataset)
+    return np.asarray(autolayer.extract(model, data, "train").array), data.split("train").labels
 
 
 def synthetic(
@@ -81,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.synthetic:
         X, y = synthetic(args.n, args.layers, args.width, args.classes, args.seed)
         source = "synthetic"
+    elif args.model:
+        X, y = cached(args.model, args.dataset)
+        source = f"{args.model} on {args.dataset} (train)"
     else:
         X, y = load_arrays(args.embeddings, args.labels)
         source = str(args.embeddings)
@@ -118,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--embeddings", type=Path, help=".npy array [N, L+1, D]")
     source.add_argument("--synthetic", action="store_true", help="generate embedding-like data")
+    source.add_argument("--model", help="zoo model whose cached train embeddings to probe")
+    parser.add_argument("--dataset", default="../shared/data/mr", help="with --model")
     parser.add_argument("--labels", type=Path, help=".npy labels [N] (with --embeddings)")
     parser.add_argument("--n", type=int, default=5000, help="synthetic rows")
     parser.add_argument("--layers", type=int, default=31, help="synthetic hidden states (L+1)")
