@@ -29,6 +29,7 @@ HISTORY = 10  # L-BFGS curvature pairs kept per layer
 PRECONDITIONER_ROWS_PER_FEATURE = 4  # rows sampled (see ridge_preconditioner)
 MAX_HALVINGS = 30  # backtracking steps before a layer counts as converged
 METRICS = ("accuracy", "macro_f1")
+CACHE_BYTES = 16 * 2**20  # features of one group of layers: about a CPU's last-level cache
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ def probe_layers(
     ``alpha`` is the L2 penalty 1/C of sklearn's ``LogisticRegression`` (None: 1.0, its
     default). ``max_examples`` first draws a seeded stratified subsample, to bound the cost on big
     sets. Folds shrink (with a warning) when a class has fewer examples than ``n_folds``.
+
+    All folds are fitted at once on one feature matrix (held-out rows weigh 0), a few layers
+    at a time: on a CPU the solver is bound by reading the features, and one layer's rows fit
+    in the cache where the whole ``[L+1, N, D]`` stack does not.
     """
     _check_arrays(X, y, "X", "y")
     if n_folds < 2:
@@ -80,15 +85,23 @@ def probe_layers(
     labels = _encode(y)
     n_folds = _feasible_folds(labels, n_folds)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    data = _layers_first(X, _device(device))
-    n_train = len(labels) - len(labels) // n_folds  # about the same in every fold
-    penalty = _penalty(alpha, n_train, int(labels.max()) + 1, data.shape[2] + 1, data.device)
-    shared = ridge_preconditioner(_standardise(_row_sample(data))[0], penalty)
-    runs = [
-        _fit_score(data[:, tr], labels[tr], data[:, te], labels[te], alpha, shared)
-        for tr, te in folds.split(np.zeros(len(labels)), labels)
-    ]
-    return _summarise(runs, len(labels))
+    tests = [te for _, te in folds.split(np.zeros(len(labels)), labels)]
+    dev = _device(device)
+    train = torch.ones(len(labels), n_folds, dtype=torch.bool, device=dev)
+    for f, te in enumerate(tests):
+        train[te, f] = False
+    truth = torch.as_tensor(labels, device=dev)
+    n_classes = int(labels.max()) + 1
+    accuracy, f1 = [], []  # one [g, F] per group of layers
+    for group in _layer_groups(X.shape, dev):
+        x = _standardise(_layers_first(X[:, group], dev))[0]
+        weights = _fit_folds(x, truth, train, alpha, _fold_scales(x, train), n_classes)
+        pred = _predict(x, weights)  # [g, N, F]
+        held_out = [(pred[:, te, f], truth[te]) for f, te in enumerate(tests)]
+        accuracy.append(torch.stack([(p == t).double().mean(1) for p, t in held_out], 1))
+        f1.append(torch.stack([macro_f1(p, t, n_classes) for p, t in held_out], 1))
+    runs = zip(torch.cat(accuracy).T, torch.cat(f1).T, strict=True)  # per fold: [L+1] each
+    return _summarise(list(runs), len(labels))
 
 
 def probe_layers_holdout(
@@ -114,38 +127,20 @@ def probe_layers_holdout(
         raise DataError("y_train has one class; a probe needs at least 2")
     y_te = _encode_like(np.asarray(y_test), classes)
     dev = _device(device)
-    run = _fit_score(_layers_first(X_train, dev), y_tr, _layers_first(X_test, dev), y_te, alpha)
+    x_tr, x_te = _standardise(_layers_first(X_train, dev), _layers_first(X_test, dev))
+    weights = fit_logistic(x_tr, torch.as_tensor(y_tr, device=dev), alpha)
+    pred = (x_te @ weights.to(x_te.dtype).mT).argmax(-1)  # [L, M]
+    truth = torch.as_tensor(y_te, device=dev)
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    run = ((pred == truth).double().mean(1), macro_f1(pred, truth, n_classes))
     return _summarise([run], len(y_tr))
 
 
-def _fit_score(
-    x_tr: torch.Tensor,
-    y_tr: np.ndarray,
-    x_te: torch.Tensor,
-    y_te: np.ndarray,
-    alpha: float | None,
-    inverse: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(accuracy [L], macro-F1 [L]) of one train/test split; ``inverse`` a preconditioner."""
-    pred = _fit_predict(x_tr, y_tr, x_te, alpha, inverse)
-    truth = torch.as_tensor(y_te, device=pred.device)
-    n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    accuracy = (pred == truth).double().mean(1)
-    return accuracy, macro_f1(pred, truth, n_classes)
-
-
-def _fit_predict(
-    x_tr: torch.Tensor,
-    y_tr: np.ndarray,
-    x_te: torch.Tensor,
-    alpha: float | None,
-    inverse: torch.Tensor | None,
-) -> torch.Tensor:
-    """Logistic probes per layer: class indices [L, M] for ``x_te`` [L, M, D]."""
-    x_tr, x_te = _standardise(x_tr, x_te)
-    labels = torch.as_tensor(y_tr, device=x_tr.device)
-    weights = fit_logistic(x_tr, labels, alpha, preconditioner=inverse)
-    return (x_te @ weights.to(x_te.dtype).transpose(1, 2)).argmax(-1)
+def _layer_groups(shape: tuple[int, ...], device: torch.device) -> list[slice]:
+    """Consecutive layers whose features fit in about CACHE_BYTES (all of them on a GPU)."""
+    n, n_layers, width = shape
+    size = n_layers if device.type == "cuda" else max(1, CACHE_BYTES // (4 * n * (width + 1)))
+    return [slice(i, min(i + size, n_layers)) for i in range(0, n_layers, size)]
 
 
 def _standardise(x_tr: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -169,33 +164,72 @@ def _shifted_with_bias(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def ridge_preconditioner(x: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
-    """(XᵀX/n + diag(penalty))⁻¹ [L, P, P] float64 for prepared features x [L, n, P].
+def _fold_scales(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """Each fold's own standard deviation [L, F, P] of the (all-row standardised) features.
 
-    It only speeds up ``fit_logistic``, so XᵀX/n comes from a strided sample of a few rows
-    per feature, and one computed from all rows serves every CV fold. The matrix is positive
-    definite (every penalty but the intercept's is > 0, the intercept column is constant).
-    The inverse is L⁻ᵀL⁻¹ with L⁻¹ from a triangular solve of the Cholesky factor: on this
-    machine's MKL ``cholesky_inverse`` took 6-40 s instead of 0.5 s whenever the CPU was
-    shared.
+    Standardising with a fold's training statistics, as sklearn's ``StandardScaler`` in a CV
+    pipeline does, is an affine map of the features; the fitted model is then the same as
+    on the shared features with the fold's penalty scaled by its variance (the shift goes
+    into the unpenalised intercept). So all folds share one matrix and differ in penalty.
+    """
+    weight = train.to(x.dtype) / train.sum(0)  # [N, F]
+    mean = torch.einsum("nf,lnp->lfp", weight, x)
+    square = torch.einsum("nf,lnp->lfp", weight, x.square())
+    std = (square - mean.square()).clamp_min(0).sqrt().double()
+    return torch.where(std > 1e-6, std, 1.0)
+
+
+def _fit_folds(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train: torch.Tensor,
+    alpha: float | None,
+    scale: torch.Tensor,
+    n_classes: int,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+) -> torch.Tensor:
+    """Logistic regression of every layer on every fold's training rows → weights
+    [L, F, K, P] float64, for prepared ``x`` [L, N, P], ``train`` [N, F] row masks and the
+    folds' feature ``scale`` [L, F, P] (see ``_fold_scales``)."""
+    n_layers, _, n_features = x.shape
+    n_train = train.sum(0).double()  # [F]
+    strength = (DEFAULT_ALPHA if alpha is None else _positive(alpha)) / n_train
+    strength = strength * (2.0 if n_classes == 2 else 1.0)  # see fit_logistic
+    penalty = strength[None, :, None] * scale.square()  # [L, F, P]
+    penalty[..., -1] = 0.0  # the intercept
+    inverse = ridge_preconditioner(x, penalty.mean(1))
+    onehot = torch.nn.functional.one_hot(y, n_classes).to(x.dtype)
+    weight = (train / n_train).to(x.dtype)  # [N, F]: each fold's mean over its own rows
+    objective = _Objective(x, onehot, weight, penalty.reshape(-1, 1, n_features), inverse)
+    start = torch.zeros(n_layers * train.shape[1], n_classes, n_features, dtype=torch.float64)
+    weights = _lbfgs(objective, start.to(x.device), tol, max_iter)
+    return weights.view(n_layers, -1, n_classes, n_features)
+
+
+def _predict(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Class indices [L, N, F] of every row under every fold's weights [L, F, K, P]."""
+    n_layers, n, _ = x.shape
+    logits = x @ weights.flatten(1, 2).to(x.dtype).mT  # [L, N, F*K]
+    return logits.view(n_layers, n, weights.shape[1], weights.shape[2]).argmax(-1)
+
+
+def ridge_preconditioner(x: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """(XᵀX/n + diag(penalty))⁻¹ [L, P, P] float64 for prepared features x [L, n, P] and a
+    penalty [L, P] per layer (or one [P] for all).
+
+    It only speeds up the solver, so XᵀX/n comes from a strided sample of a few rows per
+    feature, and one matrix serves every CV fold. The matrix is positive definite (every
+    penalty but the intercept's is > 0, the intercept column is constant). The inverse is
+    L⁻ᵀL⁻¹ with L⁻¹ from a triangular solve of the Cholesky factor: on this machine's MKL
+    ``cholesky_inverse`` took 6-40 s instead of 0.5 s whenever the CPU was shared.
     """
     sample = _row_sample(x)
     gram = (sample.transpose(1, 2) @ sample).double() / sample.shape[1]
-    factor = torch.linalg.cholesky(gram + torch.diag(penalty))
+    factor = torch.linalg.cholesky(gram + torch.diag_embed(penalty.expand(len(x), -1)))
     eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
     root = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
     return root.mT @ root
-
-
-def _penalty(
-    alpha: float | None, n: int, n_classes: int, n_features: int, device: torch.device
-) -> torch.Tensor:
-    """Per-feature L2 strength [P] of the mean-loss objective: alpha/n, doubled for two
-    classes (see fit_logistic), 0 for the last (intercept) feature."""
-    strength = (DEFAULT_ALPHA if alpha is None else _positive(alpha)) / n
-    penalty = torch.full((n_features,), strength * (2.0 if n_classes == 2 else 1.0))
-    penalty[-1] = 0.0
-    return penalty.to(device, torch.float64)
 
 
 def _row_sample(x: torch.Tensor) -> torch.Tensor:
@@ -208,62 +242,67 @@ def fit_logistic(
     y: torch.Tensor,
     alpha: float | None = None,
     *,
-    preconditioner: torch.Tensor | None = None,
     tol: float = TOL,
     max_iter: int = MAX_ITER,
 ) -> torch.Tensor:
     """Multinomial logistic regression for every layer at once → weights [L, K, D+1] float64.
 
     ``x`` [L, n, D+1] holds standardised features plus a last constant column (the intercept,
-    unpenalised); ``y`` [n] class indices; ``preconditioner`` [L, D+1, D+1] is
-    ``ridge_preconditioner`` of these or similar features (computed here when None).
-    Minimises, per layer, the mean cross-entropy plus alpha/(2n)·‖W‖²: the objective of
-    sklearn's ``LogisticRegression(C=1/alpha)``, so the probe agrees with the usual
-    reference. With two classes the penalty is doubled, because softmax weights [w/2, −w/2]
-    carry half the squared norm of sklearn's single binary vector w.
+    unpenalised); ``y`` [n] class indices. Minimises, per layer, the mean cross-entropy plus
+    alpha/(2n)·‖W‖²: the objective of sklearn's ``LogisticRegression(C=1/alpha)``, so the
+    probe agrees with the usual reference. With two classes the penalty is doubled, because
+    softmax weights [w/2, −w/2] carry half the squared norm of sklearn's single binary
+    vector w.
 
-    Solver: L-BFGS run independently per layer but vectorised over layers, preconditioned by
-    the inverse ridge matrix (XᵀX/n + alpha/n·I)⁻¹. Embedding features are strongly
-    correlated, and this preconditioner makes the problem close to isotropic, so it converges
-    in tens of iterations where plain L-BFGS needs hundreds.
+    Solver: L-BFGS run independently per layer (and per CV fold) but vectorised over them,
+    preconditioned by the inverse ridge matrix (XᵀX/n + alpha/n·I)⁻¹. Embedding features
+    are strongly correlated, and this preconditioner makes the problem close to isotropic,
+    so it converges in tens of iterations where plain L-BFGS needs hundreds.
     """
-    onehot = torch.nn.functional.one_hot(y, int(y.max()) + 1).to(x.dtype)
-    penalty = _penalty(alpha, x.shape[1], onehot.shape[1], x.shape[2], x.device)
-    if preconditioner is None:
-        preconditioner = ridge_preconditioner(x, penalty)
-    objective = _Objective(x, onehot, penalty, preconditioner)
-    weights = torch.zeros(x.shape[0], onehot.shape[1], x.shape[2], dtype=torch.float64)
-    return _lbfgs(objective, weights.to(x.device), tol, max_iter)
+    train = torch.ones(x.shape[1], 1, dtype=torch.bool, device=x.device)
+    scale = torch.ones(x.shape[0], 1, x.shape[2], dtype=torch.float64, device=x.device)
+    return _fit_folds(x, y, train, alpha, scale, int(y.max()) + 1, tol, max_iter)[:, 0]
 
 
 class _Objective:
-    """Penalised mean cross-entropy of every layer, its gradient and preconditioner.
+    """Penalised mean cross-entropy of every (layer, fold), its gradient and preconditioner.
 
-    ``x`` [L, n, P] features, ``onehot`` [n, K] targets, ``penalty`` [P] per-feature L2
-    strength (already divided by n), ``inverse`` [L, P, P] ≈ (XᵀX/n + diag(penalty))⁻¹,
-    applied as one batched matrix product (much cheaper than triangular solves). Weights are
-    class-major, [L, K, P], so both products with ``x`` read it in its stored order (several
-    times faster on CPU than [L, P, K]).
+    ``x`` [L, N, P] features, ``onehot`` [N, K] targets, ``weight`` [N, F] each row's weight
+    in each fold's mean (0 when held out), ``penalty`` [L·F, 1, P] per-feature L2 strength,
+    ``inverse`` [L, P, P] ≈ (XᵀX/n + diag(penalty))⁻¹, applied as one batched matrix
+    product (much cheaper than triangular solves). Weights are [L·F, K, P], class-major, so
+    both products with ``x`` read it in its stored order (several times faster on CPU than
+    [L, P, K]), and all folds of a layer share one pass over its features.
     """
 
     def __init__(
-        self, x: torch.Tensor, onehot: torch.Tensor, penalty: torch.Tensor, inverse: torch.Tensor
+        self,
+        x: torch.Tensor,
+        onehot: torch.Tensor,
+        weight: torch.Tensor,
+        penalty: torch.Tensor,
+        inverse: torch.Tensor,
     ) -> None:
-        self.x, self.onehot, self.penalty, self.inverse = x, onehot, penalty, inverse
+        self.x, self.onehot, self.weight = x, onehot, weight
+        self.penalty, self.inverse = penalty, inverse
 
     def __call__(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss [L] and gradient [L, K, P] (float64) at ``weights`` [L, K, P]."""
-        n = self.x.shape[1]
-        log_prob = (self.x @ weights.to(self.x.dtype).transpose(1, 2)).log_softmax(-1)
-        nll = -(log_prob.double() * self.onehot).sum((1, 2)) / n
-        loss = nll + 0.5 * (self.penalty * weights.square()).sum((1, 2))
-        resid = (log_prob.exp() - self.onehot) / n
-        grad = (resid.transpose(1, 2) @ self.x).double() + self.penalty * weights
-        return loss, grad
+        """Loss [L·F] and gradient [L·F, K, P] (float64) at ``weights`` [L·F, K, P]."""
+        n_layers, n, n_features = self.x.shape
+        n_folds, n_classes = self.weight.shape[1], self.onehot.shape[1]
+        blocks = weights.view(n_layers, n_folds * n_classes, n_features).to(self.x.dtype)
+        log_prob = (self.x @ blocks.mT).view(n_layers, n, n_folds, n_classes).log_softmax(-1)
+        target = self.onehot[:, None, :]
+        nll = -((log_prob * target).sum(-1).double() * self.weight).sum(1)  # [L, F]
+        loss = nll.flatten() + 0.5 * (self.penalty * weights.square()).sum((1, 2))
+        resid = (log_prob.exp() - target) * self.weight[..., None]
+        grad = resid.view(n_layers, n, n_folds * n_classes).mT @ self.x
+        return loss, grad.double().view_as(weights) + self.penalty * weights
 
     def precondition(self, grad: torch.Tensor) -> torch.Tensor:
-        """(XᵀX/n + diag(penalty))⁻¹ applied to each class row of ``grad`` [L, K, P]."""
-        return grad @ self.inverse
+        """(XᵀX/n + diag(penalty))⁻¹ applied to each class row of ``grad`` [L·F, K, P]."""
+        n_layers, n_features = self.inverse.shape[0], self.inverse.shape[1]
+        return (grad.view(n_layers, -1, n_features) @ self.inverse).view_as(grad)
 
 
 def _lbfgs(objective: _Objective, weights: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
