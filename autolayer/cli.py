@@ -374,6 +374,15 @@ def _search_options(func):
         ),
         click.option("--seed", default=0, show_default=True),
         click.option(
+            "--pooling",
+            type=click.Choice(["mean", "last", "cls"]),
+            default="mean",
+            show_default=True,
+        ),
+        click.option(
+            "--max-length", default=256, show_default=True, help="Tokens per text (truncated)."
+        ),
+        click.option(
             "--cache-dir",
             type=click.Path(path_type=Path),
             help="Default: $AUTOLAYER_HOME/embeddings.",
@@ -401,7 +410,12 @@ def _run_search(kw: dict, *, full_report: bool):
     data = load_dataset(
         kw["dataset"], text_column=kw["text_column"], label_column=kw["label_column"]
     )
-    common = {"metric": kw["metric"], "seed": kw["seed"]}
+    common = {
+        "metric": kw["metric"],
+        "seed": kw["seed"],
+        "pooling": kw["pooling"],
+        "max_length": kw["max_length"],
+    }
     with report.trial_progress(kw["n_trials"]) as on_trial:
         if full_report:
             rec = pipeline.recommend(

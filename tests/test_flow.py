@@ -31,7 +31,18 @@ def models(tiny_models) -> str:
 def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_dataset, models):
     out_dir = tmp_path / "out"
     code, out, err = run(
-        capsys, "recommend", "-d", tiny_dataset, "--models", models, "--n-trials", 4, "-o", out_dir
+        capsys,
+        "recommend",
+        "-d",
+        tiny_dataset,
+        "--models",
+        models,
+        "--n-trials",
+        4,
+        "--max-length",
+        12,
+        "-o",
+        out_dir,
     )
     assert code == 0, err
     assert "recommended:" in out and "linear-probe accuracy per layer" in out
@@ -39,6 +50,7 @@ def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_da
     assert (out_dir / "cka.png").exists()
     config = load_config(out_dir / "recommendation.yaml")
     assert config.dataset["fingerprint"] and config.versions["torch"]
+    assert {m.max_length for m in config.models} == {12}
     storage = f"sqlite:///{out_dir / 'study.db'}"
     study_name = config.validation["study"]
     code, _, err = run(
