@@ -126,6 +126,18 @@ def write_report(results: dict, spec: dict, out: Path) -> None:
         ]
     if "recommend" in r:
         sections += recommend_section(r, spec)
+    extract = sum(v["extract_seconds"] for v in r["extract"].values())
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in r.get("stage_seconds", {}).items())
+    per_model = ", ".join(f"{m} {v['extract_seconds']} s" for m, v in r["extract"].items())
+    sections += [
+        "## CPU time (2 cores)",
+        "",
+        f"Extraction of every layer of every model, train + test: {extract:.0f} s "
+        f"({per_model}; "
+        "from the cache metadata, measured while other jobs shared the CPU). "
+        f"Study stages on cached embeddings: {stages}.",
+        "",
+    ]
     out.joinpath("README.md").write_text("\n".join(sections) + "\n")
 
 

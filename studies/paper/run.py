@@ -114,6 +114,9 @@ class Study:
                 "rows": [len(self.data.split(s)) for s in ("train", "test")],
                 "tokens": sum(m["tokens"] for m in metas),
                 "forward_seconds_per_text": metas[0]["seconds"] / max(metas[0]["computed_rows"], 1),
+                "extract_seconds": round(
+                    sum(m["seconds"] * m["shape"][0] / max(m["computed_rows"], 1) for m in metas)
+                ),
             }
         return out
 
@@ -193,7 +196,7 @@ class Study:
 
     def cost(self, choice: list[tuple[str, int]]) -> dict:
         """Inference cost of the backbones cut at their layers: ms per text and weights MB."""
-        latency = self.stage("latency", self.latency)
+        latency = self.results["latency"]
         ms = mb = 0.0
         for model, layer in choice:
             n_layers = self.results["layers"][model]["last_layer"]
@@ -345,7 +348,14 @@ def main() -> None:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--stage", default="all", choices=["extract", "all"])
     parser.add_argument("--models", help="comma-separated subset to extract (default: all)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and BLAS")
     args = parser.parse_args()
+    if args.threads:  # sklearn's BLAS threads and torch's pool slow each other down otherwise
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     spec, data = load(args.spec)
     study = Study(spec, data, ROOT / "studies" / "results" / spec["name"])
     if args.stage == "extract":
@@ -354,7 +364,16 @@ def main() -> None:
                 study.embeddings(model, split)
                 print(f"{model} {data.name}/{split} cached", flush=True)
         return
-    for name in ("extract", "layers", "baselines", "singles", "pairs", "operators", "scaling"):
+    for name in (
+        "extract",
+        "layers",
+        "latency",
+        "baselines",
+        "singles",
+        "pairs",
+        "operators",
+        "scaling",
+    ):
         study.stage(name, getattr(study, name))
     if "search" in spec:
         study.stage("recommend", study.recommend)
