@@ -218,6 +218,17 @@ class Study:
             out[model] = round(1000 * emb.meta["seconds"] / len(texts), 3)
         return out
 
+    def remeasure_latency(self) -> None:
+        """Time the backbones again (e.g. on a quiet CPU) and re-cost every stored run."""
+        self.results["latency"] = self.latency()
+        log = self.out / "brute_force.jsonl"
+        logged = [json.loads(line) for line in log.open()] if log.exists() else []
+        for run in [*_runs(self.results), *logged]:
+            run.update(self.cost(list(zip(run["models"], run["layers"], strict=True))))
+        if logged:
+            log.write_text("".join(json.dumps(run) + "\n" for run in logged))
+        self.save()
+
     def best(self, model: str) -> int:
         return self.results["layers"][model]["best_layer"]
 
@@ -343,12 +354,28 @@ class Study:
         }
 
 
+def _runs(results: dict) -> list[dict]:
+    """Every evaluated configuration stored in a study's results."""
+    runs = list(results.get("singles", {}).values())
+    runs += results.get("pairs", {}).get("pairs", [])
+    runs += results.get("operators", {}).get("runs", [])
+    runs += results.get("scaling", {}).get("runs", [])
+    if "recommend" in results:
+        runs.append(results["recommend"]["same_protocol"])
+    if "brute_force" in results:
+        runs.append(results["brute_force"]["best"])
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", type=Path)
     parser.add_argument("--stage", default="all", choices=["extract", "all"])
     parser.add_argument("--models", help="comma-separated subset to extract (default: all)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch and BLAS")
+    parser.add_argument(
+        "--remeasure-latency", action="store_true", help="time the backbones again, re-cost runs"
+    )
     args = parser.parse_args()
     if args.threads:  # sklearn's BLAS threads and torch's pool slow each other down otherwise
         import torch
@@ -364,6 +391,8 @@ def main() -> None:
                 study.embeddings(model, split)
                 print(f"{model} {data.name}/{split} cached", flush=True)
         return
+    if args.remeasure_latency:
+        study.remeasure_latency()
     for name in (
         "extract",
         "layers",
