@@ -115,7 +115,10 @@ class Study:
                 "tokens": sum(m["tokens"] for m in metas),
                 "forward_seconds_per_text": metas[0]["seconds"] / max(metas[0]["computed_rows"], 1),
                 "extract_seconds": round(
-                    sum(m["seconds"] * m["shape"][0] / max(m["computed_rows"], 1) for m in metas)
+                    sum(
+                        m["seconds"] * len(self.data.split(s)) / max(m["computed_rows"], 1)
+                        for m, s in zip(metas, ("train", "test"), strict=True)
+                    )
                 ),
             }
         return out
@@ -374,6 +377,9 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated subset to extract (default: all)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch and BLAS")
     parser.add_argument(
+        "--output-dir", type=Path, help="default: studies/results/<spec name>", default=None
+    )
+    parser.add_argument(
         "--remeasure-latency", action="store_true", help="time the backbones again, re-cost runs"
     )
     args = parser.parse_args()
@@ -384,7 +390,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
     spec, data = load(args.spec)
-    study = Study(spec, data, ROOT / "studies" / "results" / spec["name"])
+    study = Study(spec, data, args.output_dir or ROOT / "studies" / "results" / spec["name"])
     if args.stage == "extract":
         for model in args.models.split(",") if args.models else spec["models"]:
             for split in ("train", "test"):
