@@ -113,6 +113,8 @@ def write_report(results: dict, spec: dict, out: Path) -> None:
         "## 4. CKA vs fusion gain (pairs at best layers, concat)",
         "",
     ]
+    _plot_cka(r, spec, out)
+    sections += ["![cka](cka.png)", ""]
     rows = [
         [config_name(p), p["cka"], f"{p['val_gain_pt']:+.2f}", f"{p['test_gain_pt']:+.2f}"]
         for p in r["pairs"]["pairs"]
@@ -139,6 +141,15 @@ def write_report(results: dict, spec: dict, out: Path) -> None:
         "",
     ]
     out.joinpath("README.md").write_text("\n".join(sections) + "\n")
+
+
+def _plot_cka(r: dict, spec: dict, out: Path) -> None:
+    """Model × model CKA at best layers, next to the README."""
+    import numpy as np
+
+    from autolayer import report
+
+    report.plot_cka_matrix(spec["models"], np.array(r["pairs"]["cka"]), out / "cka.png")
 
 
 def recommend_section(r: dict, spec: dict) -> list[str]:
