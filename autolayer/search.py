@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -360,8 +361,6 @@ def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStora
     A running trial's worker beats every ``heartbeat`` seconds; after three missed beats
     the next worker to start a trial fails it and queues its retry.
     """
-    import warnings
-
     if not url.startswith(("sqlite", "postgresql", "mysql")):
         raise ConfigError(
             f"storage must be an sqlite://, postgresql:// or mysql:// URL; got {url!r}"
@@ -449,7 +448,9 @@ def run_search(
             timeout=budget.timeout,
             callbacks=[_stop_after(budget.n_trials), *callbacks],
         )
-    optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not left RUNNING
+    with warnings.catch_warnings():  # experimental since Optuna 2.9, stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not left RUNNING
     return collect(study, storage)
 
 
