@@ -188,6 +188,7 @@ def recommend_section(r: dict, spec: dict) -> list[str]:
         f"{pct(rec['apply_test_macro_f1'])}%.",
         "",
     ]
+    gap = []
     if "brute_force" in r:
         bf = r["brute_force"]
         best = bf["best"]
@@ -203,12 +204,7 @@ def recommend_section(r: dict, spec: dict) -> list[str]:
         )
         total_rec = forward + probe + rec["train_seconds"]
         total_bf = forward + probe + bf["train_seconds"]
-        lines += [
-            table(
-                ["method", "chosen on validation", "val acc %", "test acc %", "heads", "train s"],
-                rows,
-            ),
-            "",
+        gap = [
             "Gap to brute force on test: "
             f"{100 * (same['test_accuracy'] - best['test_accuracy']):+.2f} pt "
             f"(best test accuracy of any brute-force configuration, an oracle: "
@@ -219,14 +215,8 @@ def recommend_section(r: dict, spec: dict) -> list[str]:
             f"{total_rec:.0f} s vs {total_bf:.0f} s ({100 * total_rec / total_bf:.0f} %).",
             "",
         ]
-    else:
-        lines += [
-            table(
-                ["method", "chosen on validation", "val acc %", "test acc %", "heads", "train s"],
-                rows,
-            ),
-            "",
-        ]
+    header = ["method", "chosen on validation", "val acc %", "test acc %", "heads", "train s"]
+    lines += [table(header, rows), "", *gap]
     return lines
 
 
