@@ -132,6 +132,18 @@ def write_report(results: dict, spec: dict, out: Path) -> None:
             "so few pairs this is a hint at most).",
             "",
         ]
+    std = r.get("cka_standardised", {})
+    if "spearman_vs_test_gain" in std:
+        index = {m: i for i, m in enumerate(spec["models"])}
+        values = ", ".join(
+            f"{' + '.join(p['models'])} {std['cka'][index[p['models'][0]]][index[p['models'][1]]]}"
+            for p in r["pairs"]["pairs"]
+        )
+        sections += [
+            f"CKA on standardised features instead ({values}): Spearman ρ with the gain "
+            f"{std['spearman_vs_val_gain']} (validation), {std['spearman_vs_test_gain']} (test).",
+            "",
+        ]
     if "recommend" in r:
         sections += recommend_section(r, spec)
     extract = sum(v["extract_seconds"] for v in r["extract"].values())

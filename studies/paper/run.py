@@ -272,6 +272,29 @@ class Study:
             )
         return out
 
+    def cka_standardised(self) -> dict:
+        """CKA on per-feature standardised embeddings, against the same fusion gains.
+
+        A decoder's few huge dimensions dominate raw linear CKA (near 0 against anything);
+        standardising gives every feature a say, as the probes and heads do."""
+        rows = self.tr[:CKA_ROWS]
+        feats = {}
+        for m in self.models:
+            x = self.embeddings(m, "train").layer(self.best(m))[rows].astype(np.float64)
+            feats[m] = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+        cka = cka_matrix(feats)
+        pairs = self.results["pairs"]["pairs"]
+        index = {m: i for i, m in enumerate(self.models)}
+        values = [float(cka[index[p["models"][0]], index[p["models"][1]]]) for p in pairs]
+        out = {"cka": cka.round(4).tolist()}
+        if len(pairs) > 2:
+            for split in ("val", "test"):
+                gains = [p[f"{split}_gain_pt"] for p in pairs]
+                out[f"spearman_vs_{split}_gain"] = round(
+                    float(spearmanr(values, gains).statistic), 3
+                )
+        return out
+
     def best_pair(self) -> list[str]:
         return max(self.results["pairs"]["pairs"], key=lambda p: p["val_accuracy"])["models"]
 
@@ -406,6 +429,7 @@ def main() -> None:
         "baselines",
         "singles",
         "pairs",
+        "cka_standardised",
         "operators",
         "scaling",
     ):
