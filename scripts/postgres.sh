@@ -9,6 +9,7 @@ URL="postgresql://autolayer@127.0.0.1:$PORT/autolayer"
 
 bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 if [ -z "$(bindir)" ]; then
+  export DEBIAN_FRONTEND=noninteractive
   (apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; }) >&2
 fi
 BIN=$(bindir)
