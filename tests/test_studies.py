@@ -51,4 +51,4 @@ def test_study_runner_writes_every_stage_and_resumes(tmp_path, tiny_models):
     again = subprocess.run(
         [*command, "--output-dir", str(out)], env=env, capture_output=True, text=True
     )
-    assert again.returncode == 0 and " … " not in again.stdout  # every stage was kept
+    assert again.returncode == 0 and "…" not in again.stdout  # every stage was kept

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 from scipy.stats import spearmanr
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 
 import autolayer
 from autolayer import zoo
@@ -37,13 +41,26 @@ from autolayer.probe import probe_layers
 from autolayer.search import Budget, Space
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "studies"))
-from baselines import logistic_accuracy, tfidf_svm_accuracy  # noqa: E402
 
 WIDTH, LR = 512, 1e-3
 VALIDATION = 0.2
 CKA_ROWS = 5000
 LATENCY_TEXTS = 64
+
+
+def logistic_accuracy(x_train, y_train, x_test, y_test) -> float:
+    """Standardised features + sklearn's LogisticRegression (C=1): the usual probe baseline."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    model.fit(x_train, y_train)
+    return float((model.predict(x_test) == y_test).mean())
+
+
+def tfidf_svm_accuracy(data) -> float:
+    """Word 1-2-gram TF-IDF + linear SVM, fitted on train, scored on test."""
+    train, test = data.split("train"), data.split("test")
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LinearSVC())
+    model.fit(list(train.texts), train.labels)
+    return float((model.predict(list(test.texts)) == test.labels).mean())
 
 
 def load(spec_path: Path) -> tuple[dict, autolayer.data.LabelledDataset]:
@@ -209,16 +226,17 @@ class Study:
         return {"latency_ms": round(ms, 3), "weights_mb": round(mb, 1)}
 
     def latency(self) -> dict:
-        """Full-depth ms per test text, each model timed alone on the same texts."""
+        """Full-depth ms per test text, each model loaded once, warmed up, then timed alone."""
+        from autolayer.extraction import Backbone
+
         texts = list(self.data.split("test").texts[:LATENCY_TEXTS])
         out = {}
         for model in self.models:
-            with tempfile.TemporaryDirectory() as cache:
-                autolayer.embed_texts(model, texts[:8], cache_dir=cache, layers=[-1])  # warm up
-                emb = autolayer.embed_texts(
-                    model, texts, cache_dir=cache, max_length=self.spec["max_length"]
-                )
-            out[model] = round(1000 * emb.meta["seconds"] / len(texts), 3)
+            backbone = Backbone(zoo.resolve(model))
+            backbone.encode(texts[:8], max_length=self.spec["max_length"])  # warm-up
+            start = time.perf_counter()
+            backbone.encode(texts, max_length=self.spec["max_length"])
+            out[model] = round(1000 * (time.perf_counter() - start) / len(texts), 3)
         return out
 
     def remeasure_latency(self) -> None:
