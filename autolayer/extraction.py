@@ -482,7 +482,7 @@ def _extract_into(
         "pooling": pooling,
         "max_length": max_length,
         "tokens": int(sum(len(seq) for seq in ids)),
-        "seconds": round(seconds, 3),
+        "seconds": seconds,
         "computed_rows": computed,
     }
     array = entry.finalize(order, chunk_size, (n, n_layers, width), meta)

@@ -101,11 +101,12 @@ class Cost:
     fused_dim: int
 
     def as_dict(self) -> dict:
+        """Raw values: the budget compares these exactly; only the report rounds them."""
         return {
-            "latency_ms": round(self.latency_ms, 4),
-            "memory_mb": round(self.memory_mb, 2),
-            "params": self.params,
-            "fused_dim": self.fused_dim,
+            "latency_ms": float(self.latency_ms),
+            "memory_mb": float(self.memory_mb),
+            "params": int(self.params),
+            "fused_dim": int(self.fused_dim),
         }
 
 
@@ -289,7 +290,7 @@ class _Objective:
         )
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", len(result.history))
-        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+        trial.set_user_attr("train_seconds", result.train_seconds)
         if not self.multi_objective and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history) - 1}")
         if self.multi_objective:

@@ -120,7 +120,9 @@ def test_search_resumes_and_counts_trials_across_runs(home, tmp_path, tiny_datas
 def test_infeasible_configurations_are_never_trained(home, tmp_path, tiny_dataset, models):
     prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
     cheapest = min(c.latency_ms(min(c.layers)) for c in prepared.candidates)
-    budget = Budget(n_trials=4, max_latency_ms=cheapest * 1.0001)
+    # Exactly at the budget: a stored value that differs from the compared one (rounded,
+    # say) would put a feasible configuration above it by chance.
+    budget = Budget(n_trials=4, max_latency_ms=cheapest)
     result = pipeline.search(prepared, output_dir=tmp_path, budget=budget, study_name="b")
     for trial in result.trials:
         if trial.state == "COMPLETE":

@@ -209,7 +209,7 @@ class Study:
             "val_accuracy": round(result.best_val_metric, 5),
             "test_accuracy": round(float((pred == self.y_te).mean()), 5),
             "test_macro_f1": round(float(f1_score(self.y_te, pred, average="macro")), 5),
-            "train_seconds": round(result.train_seconds, 2),
+            "train_seconds": result.train_seconds,
             "head_params": count_parameters(dims, WIDTH, operator, space.hidden, self.n_classes),
             **self.cost(choice),
         }
