@@ -1,5 +1,8 @@
 """Load, validate, split and fingerprint labelled text datasets → texts, labels.
 
+Also reads texts without labels: `split_texts` (one split, for embedding) and `read_inputs`
+(texts to predict on, with their rows and ids so outputs can be matched back to inputs).
+
 Everything downstream (extraction, caching, probing, search) sees only a `LabelledDataset`: the
 source format is forgotten here, so a CSV and a JSONL with the same rows fingerprint the same and
 share cached embeddings. Bad input fails early with one-line `DataError`s naming the file, the
@@ -25,7 +28,15 @@ import numpy as np
 
 from autolayer.errors import ConfigError, DataError
 
-__all__ = ["LabelledDataset", "Split", "demo_path", "load_dataset"]
+__all__ = [
+    "InputTexts",
+    "LabelledDataset",
+    "Split",
+    "demo_path",
+    "load_dataset",
+    "read_inputs",
+    "split_texts",
+]
 
 _log = logging.getLogger("autolayer")
 
@@ -73,8 +84,7 @@ class LabelledDataset:
     def split(self, name: str) -> Split:
         """Return a source split by name, with an error that lists what is there."""
         if name not in self.splits:
-            available = ", ".join(repr(s) for s in self.splits)
-            raise DataError(f"dataset {self.name!r} has no split {name!r}; available: {available}")
+            raise _missing_split(self.name, name, self.splits)
         return self.splits[name]
 
     def train_validation(self, size: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +137,26 @@ class LabelledDataset:
         return LabelledDataset(self.name, splits, self.label_names, _sha256(summary))
 
 
+def _missing_split(dataset: str, split: str, available: Iterable[str]) -> DataError:
+    """The same error for labelled datasets and `split_texts`: it lists what is there."""
+    listed = ", ".join(repr(s) for s in available)
+    return DataError(f"dataset {dataset!r} has no split {split!r}; available: {listed}")
+
+
+@dataclass(frozen=True)
+class InputTexts:
+    """Unlabelled texts to predict on, and where each came from.
+
+    Empty texts are skipped, so `rows` (0-based positions among the input's records) and `ids`
+    (the `id_column` values, unchanged) are what lets a caller match outputs to inputs.
+    """
+
+    texts: tuple[str, ...]
+    rows: tuple[int, ...]
+    ids: tuple[Any, ...] | None
+    source: str
+
+
 def _stratified_rows(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Sorted row indices: one per present class, the rest by largest-remainder quotas."""
     rng = np.random.default_rng(seed)
@@ -142,13 +172,35 @@ def _stratified_rows(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class _Columns:
+    """The columns a reader picks: the texts and optionally one more, read into `_Raw.labels`
+    (the labels, or the ids of `read_inputs`). Errors cite each column by the option that
+    names it, so a wrong name is a one-step fix."""
+
+    text: str
+    other: str | None = None
+    other_option: str = "label_column"
+
+    def options(self) -> dict[str, str]:
+        """Option name → column name, texts first."""
+        named = {"text_column": self.text}
+        if self.other is not None:
+            named[self.other_option] = self.other
+        return named
+
+
+@dataclass(frozen=True)
 class _Raw:
-    """Column values as read from one source, before validation; positions locate rows."""
+    """Column values as read from one source, before validation; positions locate rows.
+
+    Index i is the i-th record (blank CSV rows and JSONL lines are skipped, not records), which
+    `read_inputs` reports as `rows`; `positions[i]` is where to find it in the file.
+    """
 
     source: str
     unit: str  # "line" (1-based, in a text file) or "row index" (0-based, in a table)
     texts: list[Any]
-    labels: list[Any]
+    labels: list[Any]  # or ids; None each when `_Columns.other` is None
     positions: list[int]
 
     def where(self, indices: Sequence[int]) -> str:
@@ -185,18 +237,83 @@ def load_dataset(
     return _assemble(name, raws, empty)
 
 
+def split_texts(
+    spec: str | os.PathLike[str], split: str = "train", *, text_column: str = "text"
+) -> tuple[str, tuple[str, ...]]:
+    """The texts of one split and a display source ("mr/train"), without needing labels.
+
+    Embedding needs no labels, so a local file is not required to have a label column or two
+    classes, and a .txt file (one text per line) is accepted; a single file is the "train"
+    split. "demo" and Hugging Face ids go through `load_dataset`. Empty texts are dropped as
+    `load_dataset` drops them, so a labelled file gives the same texts, hence the same
+    embedding cache key (`text_fingerprint`).
+    """
+    path = Path(spec).expanduser()
+    if spec == "demo" or not (path.is_dir() or path.is_file()):
+        data = load_dataset(spec, text_column=text_column)
+        return f"{data.name}/{split}", data.split(split).texts
+    if path.is_dir():
+        name, files = path.resolve().name, _split_files(path)
+    else:
+        name, files = path.stem, {"train": path}
+    if split not in files:
+        raise _missing_split(name, split, files)
+    raw = _read_file(files[split], _Columns(text_column), _TEXT_READERS)
+    _check_texts(raw)
+    return f"{name}/{split}", tuple(raw.texts[i] for i in _drop_empty(raw, "drop"))
+
+
+def read_inputs(
+    path: str | os.PathLike[str], *, text_column: str = "text", id_column: str | None = None
+) -> InputTexts:
+    """Unlabelled texts to predict on: a .txt file (one text per line) or any table format.
+
+    Empty or whitespace-only texts are skipped with a warning, since there is nothing to
+    embed; the result keeps each text's row and, with `id_column`, its id, so every output
+    can be matched to its input. The empty string after a .txt file's final newline is not a
+    line. An input with no text at all is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input file not found: {str(path)!r}")
+    raw = _read_file(path, _Columns(text_column, id_column, "id_column"), _TEXT_READERS)
+    _require_strings(raw)
+    rows = tuple(i for i, text in enumerate(raw.texts) if text.strip())
+    if not rows:
+        raise DataError(f"{path}: no texts to predict on (the input is empty or all blank)")
+    blank = [i for i, text in enumerate(raw.texts) if not text.strip()]
+    if blank:
+        _log.warning(
+            "%s: skipped %d empty or whitespace-only text(s) at %s; they get no prediction",
+            path,
+            len(blank),
+            raw.where(blank),
+        )
+    return InputTexts(
+        texts=tuple(raw.texts[i] for i in rows),
+        rows=rows,
+        ids=None if id_column is None else tuple(raw.labels[i] for i in rows),
+        source=str(path),
+    )
+
+
 def _read_spec(
     spec: str | os.PathLike[str], text_column: str, label_column: str
 ) -> tuple[str, dict[str, _Raw]]:
     """Resolve `spec` to a name and raw splits: demo, folder, file, then hub id."""
+    columns = _Columns(text_column, label_column)
     if isinstance(spec, str) and spec == "demo":
-        return "demo", _read_folder(demo_path(), text_column, label_column)
+        return "demo", _read_folder(demo_path(), columns)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return path.resolve().name, _read_folder(path, text_column, label_column)
+        return path.resolve().name, _read_folder(path, columns)
     if path.is_file():
-        return path.stem, {"train": _read_file(path, text_column, label_column)}
-    if isinstance(spec, str) and _HUB_ID.fullmatch(spec) and path.suffix.lower() not in _READERS:
+        return path.stem, {"train": _read_file(path, columns)}
+    if (
+        isinstance(spec, str)
+        and _HUB_ID.fullmatch(spec)
+        and path.suffix.lower() not in _TEXT_READERS
+    ):
         return spec, _read_hub(spec, text_column, label_column)
     raise DataError(
         f"dataset not found: {str(path)!r} is not an existing file or folder; give 'demo', "
@@ -204,8 +321,13 @@ def _read_spec(
     )
 
 
-def _read_folder(folder: Path, text_column: str, label_column: str) -> dict[str, _Raw]:
-    """Read train.<ext> and any test/validation file beside it."""
+def _read_folder(folder: Path, columns: _Columns) -> dict[str, _Raw]:
+    """Read train.<ext> and any test/validation file beside it, train first."""
+    return {split: _read_file(path, columns) for split, path in _split_files(folder).items()}
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    """Each split's file in `folder`, in `_SPLIT_ORDER`; a train file is required."""
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         split = _SPLIT_ALIASES.get(path.stem.lower())
@@ -223,21 +345,19 @@ def _read_folder(folder: Path, text_column: str, label_column: str) -> dict[str,
             f"{folder}: no train file; expected train.<ext> with ext in {_formats()}, "
             f"found: {found}"
         )
-    return {
-        split: _read_file(files[split], text_column, label_column)
-        for split in _SPLIT_ORDER
-        if split in files
-    }
+    return {split: files[split] for split in _SPLIT_ORDER if split in files}
 
 
-def _read_file(path: Path, text_column: str, label_column: str) -> _Raw:
-    """Dispatch on the extension to one reader."""
-    reader = _READERS.get(path.suffix.lower())
+def _read_file(path: Path, columns: _Columns, readers: dict[str, _Reader] | None = None) -> _Raw:
+    """Dispatch on the extension to one of `readers` (default: the labelled formats)."""
+    readers = _READERS if readers is None else readers
+    reader = readers.get(path.suffix.lower())
     if reader is None:
         raise DataError(
-            f"{path}: unsupported file extension {path.suffix!r}; supported: {_formats()}"
+            f"{path}: unsupported file extension {path.suffix!r}; "
+            f"supported: {', '.join(sorted(readers))}"
         )
-    return reader(path, text_column, label_column)
+    return reader(path, columns)
 
 
 def _decode(path: Path) -> str:
@@ -253,11 +373,24 @@ def _decode(path: Path) -> str:
         ) from None
 
 
-def _read_jsonl(path: Path, text_column: str, label_column: str) -> _Raw:
+def _read_lines(path: Path, columns: _Columns) -> _Raw:
+    """A .txt file of unlabelled texts, one per line ("\n" or "\r\n"). The empty string after
+    the final newline is not a line; other blank lines are kept, so indices are line indices."""
+    if columns.other is not None:
+        raise DataError(
+            f"{path}: {columns.other_option}={columns.other!r} needs a table with columns "
+            f"({_formats()}); a .txt file holds only texts, one per line"
+        )
+    text = _decode(path)
+    lines = re.split(r"\r?\n", text)
+    if text.endswith("\n"):
+        lines.pop()
+    return _Raw(str(path), "line", lines, [None] * len(lines), list(range(1, len(lines) + 1)))
+
+
+def _read_jsonl(path: Path, columns: _Columns) -> _Raw:
     """JSON Lines: one object per line; blank lines are skipped."""
-    return _from_records(
-        str(path), "line", _jsonl_records(path, _decode(path)), text_column, label_column
-    )
+    return _from_records(str(path), "line", _jsonl_records(path, _decode(path)), columns)
 
 
 def _jsonl_records(path: Path, text: str) -> Iterable[tuple[int, Any]]:
@@ -274,51 +407,47 @@ def _jsonl_records(path: Path, text: str) -> Iterable[tuple[int, Any]]:
             ) from None
 
 
-def _read_json(path: Path, text_column: str, label_column: str) -> _Raw:
+def _read_json(path: Path, columns: _Columns) -> _Raw:
     """A .json file is either one array of objects or, as often in practice, JSON Lines."""
     text = _decode(path)
     if not text.lstrip().startswith("["):
-        return _from_records(
-            str(path), "line", _jsonl_records(path, text), text_column, label_column
-        )
+        return _from_records(str(path), "line", _jsonl_records(path, text), columns)
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg})") from None
-    return _from_records(str(path), "row index", enumerate(rows), text_column, label_column)
+    return _from_records(str(path), "row index", enumerate(rows), columns)
 
 
 def _from_records(
-    source: str,
-    unit: str,
-    records: Iterable[tuple[int, Any]],
-    text_column: str,
-    label_column: str,
+    source: str, unit: str, records: Iterable[tuple[int, Any]], columns: _Columns
 ) -> _Raw:
-    """Pick the two columns out of JSON objects, naming the record that lacks one."""
+    """Pick the columns out of JSON objects, naming the record that lacks one."""
+    wanted = columns.options().values()
     texts, labels, positions = [], [], []
     for position, record in records:
         if not isinstance(record, dict):
             raise DataError(
                 f"{source} {unit} {position}: expected a JSON object, got {type(record).__name__}"
             )
-        if text_column not in record or label_column not in record:
-            _require_columns(f"{source} {unit} {position}", list(record), text_column, label_column)
-        texts.append(record[text_column])
-        labels.append(record[label_column])
+        if not all(column in record for column in wanted):
+            _require_columns(f"{source} {unit} {position}", list(record), columns)
+        texts.append(record[columns.text])
+        labels.append(None if columns.other is None else record[columns.other])
         positions.append(position)
     return _Raw(source, unit, texts, labels, positions)
 
 
-def _read_csv(path: Path, text_column: str, label_column: str, *, delimiter: str) -> _Raw:
+def _read_csv(path: Path, columns: _Columns, *, delimiter: str) -> _Raw:
     """CSV/TSV with a header row; quoting as written by `csv.writer`, pandas and Excel."""
     reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)
         if header is None:
             return _Raw(str(path), "line", [], [], [])
-        _require_columns(str(path), header, text_column, label_column)
-        text_at, label_at = header.index(text_column), header.index(label_column)
+        _require_columns(str(path), header, columns)
+        text_at = header.index(columns.text)
+        other_at = None if columns.other is None else header.index(columns.other)
         texts, labels, positions = [], [], []
         for row in reader:
             if not row:
@@ -329,26 +458,29 @@ def _read_csv(path: Path, text_column: str, label_column: str, *, delimiter: str
                     f"{len(header)}; quote fields that contain {delimiter!r}"
                 )
             texts.append(row[text_at])
-            labels.append(row[label_at])
+            labels.append(None if other_at is None else row[other_at])
             positions.append(reader.line_num)
     except csv.Error as err:
         raise DataError(f"{path} line {reader.line_num}: malformed CSV ({err})") from None
     return _Raw(str(path), "line", texts, labels, positions)
 
 
-def _read_parquet(path: Path, text_column: str, label_column: str) -> _Raw:
-    """Parquet through pyarrow (already a dependency of `datasets`), reading two columns only."""
+def _read_parquet(path: Path, columns: _Columns) -> _Raw:
+    """Parquet through pyarrow (already a dependency of `datasets`), reading the wanted columns
+    only."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
-        _require_columns(str(path), parquet.schema_arrow.names, text_column, label_column)
-        table = parquet.read(columns=[text_column, label_column])
+        _require_columns(str(path), parquet.schema_arrow.names, columns)
+        table = parquet.read(columns=list(columns.options().values()))
     except pa.ArrowException as err:
         raise DataError(f"{path}: cannot read as Parquet ({_first_line(err)})") from None
-    texts = table.column(text_column).to_pylist()
-    labels = table.column(label_column).to_pylist()
+    texts = table.column(columns.text).to_pylist()
+    labels = (
+        [None] * len(texts) if columns.other is None else table.column(columns.other).to_pylist()
+    )
     return _Raw(str(path), "row index", texts, labels, list(range(len(texts))))
 
 
@@ -386,7 +518,7 @@ def _hub_split(table: Any, source: str, text_column: str, label_column: str) -> 
     """Convert one `datasets.Dataset`; ClassLabel ids become their names, -1 (unlabelled) None."""
     import datasets
 
-    _require_columns(source, table.column_names, text_column, label_column)
+    _require_columns(source, table.column_names, _Columns(text_column, label_column))
     texts = list(table[text_column])
     labels = list(table[label_column])
     feature = table.features[label_column]
@@ -395,11 +527,9 @@ def _hub_split(table: Any, source: str, text_column: str, label_column: str) -> 
     return _Raw(source, "row index", texts, labels, list(range(len(texts))))
 
 
-def _require_columns(
-    source: str, found: Sequence[str], text_column: str, label_column: str
-) -> None:
+def _require_columns(source: str, found: Sequence[str], columns: _Columns) -> None:
     """Fail with the columns that do exist, so a wrong column name is a one-step fix."""
-    for parameter, column in (("text_column", text_column), ("label_column", label_column)):
+    for parameter, column in columns.options().items():
         if column not in found:
             listed = ", ".join(repr(c) for c in found) or "none"
             raise DataError(
@@ -416,33 +546,63 @@ def _formats() -> str:
     return ", ".join(sorted(_READERS))
 
 
-_READERS: dict[str, Callable[[Path, str, str], _Raw]] = {
+_Reader = Callable[[Path, _Columns], _Raw]
+_READERS: dict[str, _Reader] = {
     ".jsonl": _read_jsonl,
     ".json": _read_json,
     ".csv": partial(_read_csv, delimiter=","),
     ".tsv": partial(_read_csv, delimiter="\t"),
     ".parquet": _read_parquet,
 }
+# Unlabelled texts (`split_texts`, `read_inputs`) may also come one per line.
+_TEXT_READERS: dict[str, _Reader] = {**_READERS, ".txt": _read_lines}
 
 
 def _clean(raw: _Raw, empty: str) -> tuple[list[str], list[str]]:
     """Validate one split's values; labels become strings so CSV "1" and JSON 1 agree."""
-    if not raw.texts:
-        raise DataError(f"{raw.source}: no rows; a dataset needs labelled examples")
-    bad = [i for i, text in enumerate(raw.texts) if not isinstance(text, str)]
-    if bad:
-        raise DataError(
-            f"{raw.source}: text is null or not a string at {raw.where(bad)} "
-            f"(first value: {raw.texts[bad[0]]!r})"
-        )
+    _check_texts(raw)
     bad = [i for i, label in enumerate(raw.labels) if not _is_label(label)]
     if bad:
         raise DataError(
             f"{raw.source}: label is null, empty or not a string/integer at {raw.where(bad)} "
             f"(first value: {raw.labels[bad[0]]!r})"
         )
+    labels = _strip_labels(raw)
     keep = _drop_empty(raw, empty)
-    return [raw.texts[i] for i in keep], [str(raw.labels[i]) for i in keep]
+    return [raw.texts[i] for i in keep], [str(labels[i]) for i in keep]
+
+
+def _check_texts(raw: _Raw) -> None:
+    """A split must have rows, and every text must be a string."""
+    if not raw.texts:
+        raise DataError(f"{raw.source}: no rows; a dataset needs examples")
+    _require_strings(raw)
+
+
+def _require_strings(raw: _Raw) -> None:
+    """Null or numeric texts mean a wrong column or a broken export: fail, naming the rows."""
+    bad = [i for i, text in enumerate(raw.texts) if not isinstance(text, str)]
+    if bad:
+        raise DataError(
+            f"{raw.source}: text is null or not a string at {raw.where(bad)} "
+            f"(first value: {raw.texts[bad[0]]!r}); fix those rows or choose another text_column"
+        )
+
+
+def _strip_labels(raw: _Raw) -> list[Any]:
+    """Labels without surrounding whitespace: "pos " (common in hand-edited files) must not
+    become a class apart from "pos". Warned about, once per source, since it changes data."""
+    padded = [
+        i for i, label in enumerate(raw.labels) if isinstance(label, str) and label != label.strip()
+    ]
+    if padded:
+        _log.warning(
+            "%s: stripped surrounding whitespace from %d label(s) at %s",
+            raw.source,
+            len(padded),
+            raw.where(padded),
+        )
+    return [label.strip() if isinstance(label, str) else label for label in raw.labels]
 
 
 def _is_label(label: Any) -> bool:
@@ -551,23 +711,5 @@ def _check_stratifiable(name: str, n: int, n_classes: int, size: float) -> None:
 
 
 def load_texts(path: str | os.PathLike, *, text_column: str = "text") -> list[str]:
-    """Unlabelled texts to predict on: a .txt file (one text per line) or any supported
-    table format (only ``text_column`` is read). Empty texts are dropped with a warning,
-    because there is nothing to embed; an input with no text at all is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"input file not found: {str(path)!r}")
-    if path.suffix.lower() == ".txt":
-        lines = _decode(path).split("\n")
-        raw = _Raw(str(path), "line", lines, lines, list(range(1, len(lines) + 1)))
-    else:
-        raw = _read_file(path, text_column, text_column)
-    bad = [i for i, t in enumerate(raw.texts) if not isinstance(t, str)]
-    if bad:
-        raise DataError(f"{path}: texts must be strings ({raw.where(bad)})")
-    empty = [i for i, t in enumerate(raw.texts) if not t.strip()]
-    if len(empty) == len(raw.texts):
-        raise DataError(f"{path}: no texts to predict on (the input is empty)")
-    if empty and path.suffix.lower() != ".txt":
-        _log.warning("%s: dropped %d empty text(s) at %s", path, len(empty), raw.where(empty))
-    return [t for t in raw.texts if t.strip()]
+    """The texts of `read_inputs`, for `predict_file` until it switches to `read_inputs`."""
+    return list(read_inputs(path, text_column=text_column).texts)
