@@ -5,12 +5,14 @@ Library modules return data; only this module (called by the CLI) prints.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -22,13 +24,52 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console()
-errors = Console(stderr=True)
+LOG_WIDTH = 100_000
+"""Columns of output to a file or pipe: a log has no right edge, so nothing is cut."""
+LINE_EVERY_S = 30.0
+"""Plain progress lines (logs) are at least this many seconds apart..."""
+LINE_EVERY_PART = 10
+"""...and at least this part (1/10) of the total apart: whichever is rarer wins."""
+
+Clock = Callable[[], float]
+
+
+class _Console(Console):
+    """A rich console as wide as its content when it does not write to a terminal.
+
+    Without a terminal rich lays tables out for 80 columns, so ``recommend > log`` showed
+    "mini…" and "164,8…" for good. Decided at every print from the console's own stream,
+    not at import: the stream can change (tests swap it). Terminals keep their width.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(LOG_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+console = _Console()
+errors = _Console(stderr=True)
+
+
+def progress_bar(
+    description: str, total: int, *, clock: Clock = time.monotonic
+) -> AbstractContextManager[Callable[[int], None]]:
+    """Progress over ``total`` texts; the context yields the ``advance(n)`` callback the
+    library calls. A terminal gets a live rich bar; a file or pipe gets plain lines, since a
+    live bar writes nothing there until it ends (a 15-minute run logged nothing)."""
+    if errors.is_terminal:
+        return _texts_bar(description, total)
+    return _texts_lines(description, total, clock)
 
 
 @contextmanager
-def progress_bar(description: str, total: int) -> Iterator:
-    """A rich bar with texts/s; yields the ``advance(n)`` callback the library calls.
+def _texts_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich bar with texts/s.
 
     The bar appears at the first ``advance``, so work that fails before it starts (a bad
     model spec, say) prints only its error line.
@@ -56,6 +97,62 @@ def progress_bar(description: str, total: int) -> Iterator:
         yield advance
     finally:
         bar.stop()
+
+
+class _Lines:
+    """Rate-limited plain progress lines for logs.
+
+    The first line comes with the first progress (work that fails before it prints only its
+    error), then one only when both ``LINE_EVERY_S`` seconds and a tenth of the total have
+    passed since the last, so a long run logs about a dozen lines and a short one two;
+    ``finish`` adds the final count (not after an error, whose own line says what happened).
+    ``clock`` is injectable so tests need not sleep.
+    """
+
+    def __init__(self, describe: Callable[[int, float], str], total: int, clock: Clock):
+        self.describe, self.clock = describe, clock
+        self.step = max(1, math.ceil(total / LINE_EVERY_PART))
+        self.start = clock()
+        self.done = 0
+        self.last: tuple[int, float] | None = None  # (done, time) at the last line
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = self.clock()
+        if self.last is None or (
+            now - self.last[1] >= LINE_EVERY_S and self.done - self.last[0] >= self.step
+        ):
+            self._print(now)
+
+    def finish(self) -> None:
+        """The final count, unless the last line said it already or work never started."""
+        if self.last is not None and self.last[0] != self.done:
+            self._print(self.clock())
+
+    def _print(self, now: float) -> None:
+        self.last = (self.done, now)
+        line = self.describe(self.done, now - self.start)
+        errors.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _percent(done: int, total: int) -> str:
+    return f"{100 * done / max(total, 1):.0f} %"
+
+
+@contextmanager
+def _texts_lines(description: str, total: int, clock: Clock) -> Iterator[Callable[[int], None]]:
+    """Plain lines like ``minilm · demo/train: 400/1000 texts (40 %), 12.3 texts/s, ...``."""
+
+    def describe(done: int, elapsed: float) -> str:
+        rate = f"{done / elapsed:.1f}" if elapsed > 0 else "—"
+        return (
+            f"{description}: {done}/{total} texts ({_percent(done, total)}), "
+            f"{rate} texts/s, {elapsed:.0f} s elapsed"
+        )
+
+    lines = _Lines(describe, total, clock)
+    yield lines.advance
+    lines.finish()
 
 
 def zoo_table(rows: list[dict[str, str]]) -> None:
@@ -180,7 +277,9 @@ def trials_table(trials, metric: str, limit: int = 10, title: str = "best trials
     console.print(table)
 
 
-def search_summary(result) -> None:
+def search_summary(result, metric: str = "metric") -> None:
+    """Trial counts by state and the best trial; the Pareto front too when the study is
+    multi-objective (its trials have two values: metric and latency)."""
     states: dict[str, int] = {}
     untrained = 0
     for trial in result.trials:
@@ -193,6 +292,26 @@ def search_summary(result) -> None:
     )
     best = result.best
     console.print(f"best trial #{best.number}: {best.values[0]:.4f}")
+    if len(best.values) > 1:
+        pareto_table(result.pareto, metric)
+
+
+def pareto_table(trials, metric: str) -> None:
+    """The metric-vs-latency trade-off: every trial no other beats on both, best metric
+    first, so the fastest one that is accurate enough is easy to pick."""
+    table = Table(title=f"Pareto front ({metric} vs latency)")
+    for column in ("trial", "models", "layers", "operator", f"val {metric} %", "latency ms"):
+        table.add_column(column, justify="right")
+    for trial in trials:
+        table.add_row(
+            str(trial.number),
+            " + ".join(trial.models),
+            ",".join(map(str, trial.layers)),
+            trial.operator if len(trial.models) > 1 else "—",
+            _pct(trial.values[0]),
+            f"{trial.values[1]:.2f}",
+        )
+    console.print(table)
 
 
 def recommendation(rec, output_dir) -> None:
@@ -209,12 +328,8 @@ def recommendation(rec, output_dir) -> None:
         cka_table(
             rec.cka_names, rec.cka, "linear CKA at each model's best layer (low = complementary)"
         )
-    search_summary(rec.search)
+    search_summary(rec.search, rec.config.metric)
     trials_table(rec.search.trials, rec.config.metric)
-    if len(rec.search.pareto) > 1:
-        trials_table(
-            rec.search.pareto, rec.config.metric, title="Pareto front (accuracy vs latency)"
-        )
     config = rec.config
     chosen = " + ".join(f"{m.spec} layer {m.layer}/{m.n_hidden_states - 1}" for m in config.models)
     operator = f", fused by {config.operator}" if len(config.models) > 1 else ""
@@ -253,9 +368,37 @@ def apply_result(result) -> None:
     console.print(table)
 
 
+def trial_progress(
+    n_trials: int, *, clock: Clock = time.monotonic
+) -> AbstractContextManager[Callable]:
+    """Progress over trained trials; the context yields an Optuna callback. A rich bar on a
+    terminal, rate-limited plain lines in a file or pipe (see ``progress_bar``)."""
+    if errors.is_terminal:
+        return _trials_bar(n_trials)
+    return _trial_lines(n_trials, clock)
+
+
+def _trained(trial) -> bool:
+    """Whether a finished trial used the budget: infeasible and surplus ones never train."""
+    return (
+        trial.state.name in ("COMPLETE", "PRUNED")
+        and "infeasible" not in trial.user_attrs
+        and "surplus" not in trial.user_attrs
+    )
+
+
+def _best_value(study) -> float | None:
+    """The best metric so far: the highest first value on the front (a multi-objective
+    study's ``best_trials`` is its whole Pareto front, in no useful order)."""
+    try:
+        return max((t.values[0] for t in study.best_trials), default=None)
+    except ValueError:  # a single-objective study with no completed trial yet
+        return None
+
+
 @contextmanager
-def trial_progress(n_trials: int) -> Iterator:
-    """A bar over trained trials; yields an Optuna callback."""
+def _trials_bar(n_trials: int) -> Iterator[Callable]:
+    """A rich bar over trained trials with the best metric so far."""
     bar = Progress(
         TextColumn("[bold]search"),
         BarColumn(),
@@ -270,12 +413,9 @@ def trial_progress(n_trials: int) -> Iterator:
     def on_trial(study, trial) -> None:
         if not bar.live.is_started:
             bar.start()
-        if trial.state.name in ("COMPLETE", "PRUNED") and "infeasible" not in trial.user_attrs:
+        if _trained(trial):
             bar.advance(task, 1)
-        try:
-            best = study.best_trials[0].values[0] if study.best_trials else None
-        except ValueError:
-            best = None
+        best = _best_value(study)
         if best is not None:
             bar.update(task, best=f"best {100 * best:.1f}%")
 
@@ -283,6 +423,29 @@ def trial_progress(n_trials: int) -> Iterator:
         yield on_trial
     finally:
         bar.stop()
+
+
+@contextmanager
+def _trial_lines(n_trials: int, clock: Clock) -> Iterator[Callable]:
+    """Plain lines like ``search: 3/30 trials (10 %), best 81.5 %, 95 s elapsed``."""
+    best: float | None = None
+
+    def describe(done: int, elapsed: float) -> str:
+        shown = "" if best is None else f", best {100 * best:.1f} %"
+        return (
+            f"search: {done}/{n_trials} trials ({_percent(done, n_trials)}){shown}, "
+            f"{elapsed:.0f} s elapsed"
+        )
+
+    lines = _Lines(describe, n_trials, clock)
+
+    def on_trial(study, trial) -> None:
+        nonlocal best
+        best = _best_value(study)
+        lines.advance(int(_trained(trial)))
+
+    yield on_trial
+    lines.finish()
 
 
 def _pyplot():
