@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from autolayer.errors import CacheError
+from autolayer.files import atomic_save_npy, atomic_write_bytes, user_mode
 
 logger = logging.getLogger("autolayer")
 
@@ -38,35 +39,6 @@ def entry_key(fields: dict) -> str:
     """Stable hash of the fields an array depends on (JSON, sorted keys)."""
     blob = json.dumps({"format": FORMAT_VERSION, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the new, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def file_sha256(path: Path) -> str:
@@ -183,6 +155,7 @@ class CacheEntry:
                 out[rows] = chunk
             out.flush()
             del out
+            user_mode(Path(tmp))
             os.replace(tmp, self.directory / ARRAY)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from autolayer.device import resolve_device
 from autolayer.errors import ConfigError, DataError
 
 Num = float | np.ndarray | torch.Tensor  # scalars or broadcasting arrays of HSIC terms
@@ -79,7 +80,7 @@ def cka_grid(
     accurate); every sum is accumulated in float64.
     """
     _check_pair(np.shape(A), np.shape(B), 3, debiased)
-    dev = _device(device)
+    dev = resolve_device(device)
     step = len(A) if batch_size is None else batch_size
     terms_a = _layer_terms(A, "A", step, dev, debiased)
     terms_b = _layer_terms(B, "B", step, dev, debiased)
@@ -211,13 +212,6 @@ def _check_pair(shape_x: tuple, shape_y: tuple, ndim: int, debiased: bool) -> No
         raise DataError(f"CKA needs at least {least} rows here; got {shape_x[0]}")
 
 
-def _device(device: str | None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
 # ---------------------------------------------------------------------------------------------
 # Complementarity of models on a dataset (the `autolayer complementarity` command)
 
@@ -268,6 +262,8 @@ def complementarity(
 
     if len(models) < 2:
         raise ConfigError("complementarity needs at least 2 models")
+    if len(set(models)) != len(models):
+        raise ConfigError(f"models must be distinct; got {', '.join(models)}")
     data = dataset if not isinstance(dataset, str) else load_dataset(dataset)
     labels = data.split(split).labels
     rows = np.arange(len(labels))

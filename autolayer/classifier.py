@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,10 +21,23 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from autolayer import zoo
 from autolayer.config import FusionConfig, load_config
 from autolayer.errors import ConfigError, DataError
+from autolayer.files import (
+    atomic_write,
+    atomic_write_bytes,
+    check_owned_folder,
+    check_writable,
+    replace_folder,
+    same_file,
+    temp_dir,
+)
 
 logger = logging.getLogger("autolayer")
 
 CONFIG_FILE = "config.yaml"
+FEATURES_FILE = "features.json"
+METRICS_FILE = "metrics.json"
+# Everything a saved model folder may hold: such a folder is autolayer's to replace.
+MODEL_FILES = (CONFIG_FILE, FEATURES_FILE, METRICS_FILE, "head.safetensors", "head.json")
 
 
 class FusionTextClassifier(ClassifierMixin, BaseEstimator):
@@ -118,18 +129,22 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
-    def save(self, directory: str | Path) -> Path:
-        """Write config + head into ``directory`` atomically (all or nothing)."""
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write config + head into ``directory`` atomically (all or nothing).
+
+        ``directory`` may be missing or empty; an existing saved model is replaced only with
+        ``overwrite``; a folder holding anything else is never touched (see
+        :func:`check_model_folder`).
+        """
         from autolayer.fusion import save_classifier
 
         if not hasattr(self, "model_"):
             raise ConfigError("this classifier is not fitted yet: call fit first")
-        directory = Path(directory)
+        directory = Path(directory).absolute()
+        check_model_folder(directory, overwrite=overwrite)
         config = replace(self._config(), label_names=tuple(str(c) for c in self.classes_))
-        parent = directory.resolve().parent
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
+            tmp = temp_dir(directory)
         except OSError as exc:
             raise ConfigError(
                 f"cannot write model folder {str(directory)!r}: {exc.strerror}"
@@ -137,9 +152,11 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         try:
             config.save(tmp / CONFIG_FILE)
             save_classifier(self.model_, tmp)
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
+            features = [_feature_record(m, int(d)) for m, d in zip(
+                config.models, self.model_.input_dims, strict=True
+            )]
+            atomic_write_bytes(tmp / FEATURES_FILE, json.dumps(features, indent=1).encode())
+            replace_folder(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -147,7 +164,11 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def load(cls, directory: str | Path, **kwargs) -> FusionTextClassifier:
-        """Rebuild a saved classifier (safetensors + YAML; nothing is unpickled)."""
+        """Rebuild a saved classifier (safetensors + YAML; nothing is unpickled).
+
+        The head only makes sense on the features it was trained on: a ``config.yaml``
+        edited to name another layer, pooling or model is refused, not silently used.
+        """
         from autolayer.fusion import load_classifier
 
         directory = Path(directory)
@@ -156,10 +177,66 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
                 f"{str(directory)!r} is not a saved autolayer model (no {CONFIG_FILE})"
             )
         config = load_config(directory / CONFIG_FILE)
+        model = load_classifier(directory)
+        _check_trained_on(directory, config, model)
         estimator = cls(config, **kwargs)
-        estimator.model_ = load_classifier(directory)
+        estimator.model_ = model
         estimator.classes_ = np.asarray(config.label_names)
         return estimator
+
+
+def _feature_record(choice, dim: int) -> dict:
+    """What one input of the head was: the backbone, its layer and pooling, and the width."""
+    return {
+        "spec": choice.spec,
+        "identity": choice.identity,
+        "layer": choice.layer,
+        "pooling": choice.pooling,
+        "max_length": choice.max_length,
+        "dim": dim,
+    }
+
+
+def _check_trained_on(directory: Path, config: FusionConfig, model) -> None:
+    """Refuse a config.yaml that no longer describes the features the head was trained on."""
+    where = directory / CONFIG_FILE
+    if model.n_classes != len(config.label_names):
+        raise ConfigError(
+            f"{where}: {len(config.label_names)} label_names, but the head was trained on "
+            f"{model.n_classes} classes; restore the file or re-run apply"
+        )
+    path = directory / FEATURES_FILE
+    if not path.is_file():  # saved before features.json existed: nothing to compare
+        return
+    try:
+        trained = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is unreadable: {exc}") from None
+    keys = ("spec", "identity", "layer", "pooling", "max_length")
+    now = [{k: getattr(m, k) for k in keys} for m in config.models]
+    then = [{k: t.get(k) for k in keys} for t in trained]
+    if now != then:
+        changed = next(
+            (f"{k} {a.get(k)!r} (trained on {b.get(k)!r})"
+             for a, b in zip(now, then, strict=False) for k in keys if a.get(k) != b.get(k)),
+            f"{len(now)} models (trained on {len(then)})",
+        )
+        raise ConfigError(
+            f"{where} no longer matches the features the head was trained on: {changed}; "
+            "restore the file or re-run apply"
+        )
+
+
+def check_model_folder(directory: Path, *, overwrite: bool = False) -> None:
+    """Where a model may be saved: a new or empty folder, or (with ``overwrite``) a saved
+    model's folder. Never a folder of other files (``-o .`` must not empty the cwd)."""
+    check_owned_folder(
+        Path(directory),
+        CONFIG_FILE,
+        MODEL_FILES,
+        overwrite=overwrite,
+        what="model folder",
+    )
 
 
 def _as_texts(texts) -> list[str]:
@@ -174,8 +251,8 @@ class ApplyResult:
     """Test metrics of the final classifier and where it was saved."""
 
     directory: Path
-    accuracy: float
-    macro_f1: float
+    accuracy: float | None  # None: the dataset had no test split
+    macro_f1: float | None
     per_class: dict
     n_train: int
     n_test: int
@@ -238,85 +315,173 @@ def apply(
     *,
     device: str | None = None,
     cache_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ApplyResult:
-    """Train on train (+ validation), evaluate on test, save to ``output``."""
-    from sklearn.metrics import classification_report, f1_score
+    """Train on train (+ validation), evaluate on test, save to ``output``.
 
+    ``output`` is checked before any work (see :meth:`FusionTextClassifier.save`). A
+    dataset without a test split is trained on in full and the result says that nothing
+    was held out (its metrics are ``None``).
+    """
     from autolayer.data import load_dataset
+    from autolayer.device import resolve_device
 
+    output = Path(output)
+    check_model_folder(output.absolute(), overwrite=overwrite)
+    check_writable(output, "model folder")
+    resolve_device(device)
     config = config if isinstance(config, FusionConfig) else load_config(config)
     data = dataset if not isinstance(dataset, str | Path) else load_dataset(dataset)
-    if "test" not in data.splits:
-        raise DataError(f"dataset {data.name!r} has no test split to evaluate on")
+    check_labels(config, data)
     notes = check_provenance(config, data.fingerprint)
-    for note in notes:
-        logger.warning(note)
     names = [s for s in ("train", "validation") if s in data.splits]
     labels = [data.label_names[i] for s in names for i in data.split(s).labels]
+    if "test" not in data.splits:
+        notes.append(
+            f"dataset {data.name!r} has no test split: trained on all {len(labels)} rows, "
+            "none held out to test on"
+        )
+    for note in notes:
+        logger.warning(note)
     estimator = FusionTextClassifier(config, device=device, cache_dir=cache_dir)
     estimator.fit_embedded(split_features(config, data, names, cache_dir, device), labels)
-    test = data.split("test")
-    truth = np.asarray([data.label_names[i] for i in test.labels])
+    metrics = _test_metrics(estimator, config, data, cache_dir, device)
+    directory = estimator.save(output, overwrite=overwrite)
+    metrics["n_train"] = len(labels)
+    atomic_write_bytes(directory / METRICS_FILE, json.dumps(metrics, indent=1).encode())
+    return ApplyResult(directory=directory, warnings=tuple(notes), **metrics)
+
+
+def _test_metrics(estimator, config, data, cache_dir, device) -> dict:
+    """Accuracy, macro-F1 and per-class metrics on the test split (``None`` without one)."""
+    from sklearn.metrics import classification_report, f1_score
+
+    if "test" not in data.splits:
+        return {"accuracy": None, "macro_f1": None, "per_class": {}, "n_test": 0}
+    truth = np.asarray([data.label_names[i] for i in data.split("test").labels])
     proba = estimator.predict_proba_embedded(
         split_features(config, data, ["test"], cache_dir, device)
     )
     predicted = estimator.classes_[proba.argmax(axis=1)]
-    directory = estimator.save(output)
     report = classification_report(truth, predicted, output_dict=True, zero_division=0)
-    metrics = {
+    return {
         "accuracy": float((predicted == truth).mean()),
         "macro_f1": float(f1_score(truth, predicted, average="macro")),
         "per_class": {k: v for k, v in report.items() if k in set(truth) | set(predicted)},
-        "n_train": len(labels),
         "n_test": len(truth),
     }
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    return ApplyResult(directory=directory, warnings=tuple(notes), **metrics)
+
+
+def check_labels(config: FusionConfig, data) -> None:
+    """Refuse a config whose classes the data cannot train: a label the config names but the
+    data lacks, while the data brings no labels of its own, would give the head a class
+    with no examples (a 3-class head for 2-class data). Data with another label set
+    (a recommendation transferred to another task) trains on its own labels."""
+    ours, theirs = set(config.label_names), set(data.label_names)
+    missing = sorted(ours - theirs)
+    if missing and theirs <= ours:
+        shown = ", ".join(repr(m) for m in missing[:5])
+        raise ConfigError(
+            f"the config's label_names include {shown}, absent from dataset {data.name!r} "
+            f"(labels: {', '.join(data.label_names)}); remove it from the config"
+        )
+
+
+PREDICTION_FORMATS = (".jsonl", ".csv", ".tsv", ".parquet")
+
+
+def check_prediction_output(output: Path, input_path: Path) -> None:
+    """Before any model work: the output names a format we write, is writable, and is not
+    the input (writing predictions over the texts they came from would lose them)."""
+    if same_file(output, input_path) or output.absolute() == Path(input_path).absolute():
+        raise ConfigError(
+            f"output {str(output)!r} is the input file: predictions would overwrite the texts; "
+            "choose another output"
+        )
+    if output.suffix.lower() not in PREDICTION_FORMATS:
+        raise ConfigError(
+            f"cannot write predictions as {output.suffix or 'a file without extension'!r}: "
+            f"name the output {', '.join('*' + f for f in PREDICTION_FORMATS)}"
+        )
+    check_writable(output, "predictions")
 
 
 def predict_file(
     model_dir: str | Path,
     input_path: str | Path,
-    output: str | Path,
+    output: str | Path | None = None,
     *,
     text_column: str = "text",
+    id_column: str | None = None,
     device: str | None = None,
-) -> int:
-    """Label every text of ``input_path``; write JSONL or CSV (by extension) with probabilities."""
-    from autolayer.data import load_texts
+) -> list[dict]:
+    """Label every text of ``input_path``; write them to ``output`` (format by extension)
+    when given, and return the rows.
 
+    Each row keeps ``row``, the text's 0-based position in the input (and the value of
+    ``id_column`` when given), so outputs match inputs even where empty texts were skipped.
+    """
+    from autolayer.data import read_inputs
+    from autolayer.device import resolve_device
+
+    if output is not None:
+        output = Path(output)
+        check_prediction_output(output, Path(input_path))
+    resolve_device(device)
     estimator = FusionTextClassifier.load(model_dir, device=device, use_cache=False)
-    texts = load_texts(input_path, text_column=text_column)
-    proba = estimator.predict_proba(texts)
-    labels = estimator.classes_[proba.argmax(axis=1)]
-    output = Path(output)
-    rows = [
-        {
-            "text": t,
-            "label": str(lab),
-            "probabilities": {
-                str(c): round(float(p), 6) for c, p in zip(estimator.classes_, ps, strict=True)
-            },
-        }
-        for t, lab, ps in zip(texts, labels, proba, strict=True)
-    ]
-    _write_predictions(rows, output, estimator.classes_)
-    return len(rows)
+    inputs = read_inputs(input_path, text_column=text_column, id_column=id_column)
+    proba = estimator.predict_proba(list(inputs.texts))
+    classes = [str(c) for c in estimator.classes_]
+    rows = []
+    for i, (text, ps) in enumerate(zip(inputs.texts, proba, strict=True)):
+        row = {"row": inputs.rows[i]}
+        if id_column is not None:
+            row[id_column] = inputs.ids[i]
+        row.update(
+            text=text,
+            label=classes[int(ps.argmax())],
+            probabilities={c: float(p) for c, p in zip(classes, ps, strict=True)},
+        )
+        rows.append(row)
+    if output is not None:
+        write_predictions(rows, output)
+    return rows
 
 
-def _write_predictions(rows: list[dict], output: Path, classes) -> None:
-    import csv
-    import io
+def _flat(row: dict) -> dict:
+    """A prediction row with one ``p_<class>`` column per class, for tables."""
+    out = {k: v for k, v in row.items() if k != "probabilities"}
+    out.update({f"p_{c}": p for c, p in row["probabilities"].items()})
+    return out
 
-    from autolayer.cache import atomic_write_bytes
 
-    if output.suffix.lower() in (".csv", ".tsv"):
+def prediction_lines(rows: list[dict]) -> str:
+    """JSON Lines, one prediction per line (what ``predict`` prints without ``-o``)."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def write_predictions(rows: list[dict], output: Path) -> None:
+    """Write in the format the extension names: JSONL, CSV, TSV or Parquet (atomically)."""
+    suffix = output.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([_flat(r) for r in rows])
+        atomic_write(output, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
+        return
+    if suffix in (".csv", ".tsv"):
+        import csv
+        import io
+
         buffer = io.StringIO()
-        writer = csv.writer(buffer, delimiter="\t" if output.suffix.lower() == ".tsv" else ",")
-        writer.writerow(["text", "label", *[f"p_{c}" for c in classes]])
-        for row in rows:
-            writer.writerow([row["text"], row["label"], *row["probabilities"].values()])
+        flat = [_flat(r) for r in rows]
+        writer = csv.DictWriter(
+            buffer, fieldnames=list(flat[0]), delimiter="\t" if suffix == ".tsv" else ","
+        )
+        writer.writeheader()
+        writer.writerows(flat)
         data = buffer.getvalue()
     else:
-        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        data = prediction_lines(rows)
     atomic_write_bytes(output, data.encode("utf-8"))

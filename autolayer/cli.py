@@ -50,6 +50,45 @@ def _parse_layers(value: str | None) -> list[int] | None:
         ) from None
 
 
+def _check_device(_ctx, _param, value: str | None) -> str | None:
+    """Validate ``--device`` while parsing, before any work (see autolayer.device)."""
+    if value is not None:
+        from autolayer.device import resolve_device
+
+        resolve_device(value)
+    return value
+
+
+def _device_option(default: str | None = "auto"):
+    from autolayer.device import HELP
+
+    return click.option(
+        "--device", default=default, show_default=True, callback=_check_device, help=HELP
+    )
+
+
+def _pooling_options(func):
+    """``--pooling`` and ``--max-length``: how texts become features (and the cache key)."""
+    func = click.option(
+        "--max-length",
+        default=256,
+        show_default=True,
+        type=click.IntRange(min=2),
+        help="Tokens per text (truncated; at most what the model takes).",
+    )(func)
+    return click.option(
+        "--pooling", type=click.Choice(["mean", "last", "cls"]), default="mean", show_default=True
+    )(func)
+
+
+def _writable(path: Path | None, what: str) -> None:
+    """Find an unwritable output before the work that would fill it, not after."""
+    if path is not None:
+        from autolayer.files import check_writable
+
+        check_writable(path, what)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Show progress messages of the library.")
 @click.version_option(package_name="autolayer")
@@ -77,6 +116,28 @@ def _quiet() -> None:
     if not click.get_current_context().find_root().params.get("verbose"):
         hf_logging.set_verbosity_error()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        for handler in optuna.logging.get_logger("optuna").handlers:
+            handler.addFilter(_OPTUNA_ONE_LINE)
+
+
+class _OneLineTrials(logging.Filter):
+    """On Optuna's handlers: a failed trial is logged with its traceback; keep the one-line
+    message (the error itself reaches ``main``), and drop a Ctrl-C's records altogether
+    (``main`` says what an interruption keeps)."""
+
+    interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted = True
+            return False
+        if self.interrupted and "failed with value None" in record.getMessage():
+            return False
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_OPTUNA_ONE_LINE = _OneLineTrials()
 
 
 @cli.group()
@@ -119,19 +180,28 @@ def zoo_install(aliases: tuple[str, ...]) -> None:
 
 @cli.command(epilog=EPILOG_EXTRACT)
 @click.option("--model", "-m", required=True, help="Zoo alias, local folder, .gguf file or hub id.")
-@_dataset_options
+@click.option(
+    "--dataset",
+    "-d",
+    default="demo",
+    show_default=True,
+    help="Folder with train/test files, a CSV/TSV/JSONL/Parquet/TXT file (labels not needed), "
+    "a Hugging Face dataset name, or 'demo' (bundled).",
+)
+@click.option("--text-column", default="text", show_default=True, help="Text column name.")
 @click.option("--split", default="train", show_default=True, help="Split to embed.")
-@click.option(
-    "--pooling", type=click.Choice(["mean", "last", "cls"]), default="mean", show_default=True
-)
+@_pooling_options
 @click.option("--layers", help="Hidden states to keep, e.g. 0,6,-1 (default: all).")
-@click.option("--max-length", default=256, show_default=True, help="Tokens per text (truncated).")
-@click.option("--batch-size", default=256, show_default=True, help="Texts per batch at most.")
 @click.option(
-    "--max-tokens", default=8192, show_default=True, help="Padded tokens per batch at most."
+    "--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
+    help="Texts per batch at most.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …")
-@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option(
+    "--max-tokens", default=8192, show_default=True, type=click.IntRange(min=1),
+    help="Padded tokens per batch at most.",
+)
+@_device_option()
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
 @click.option(
     "--cache-dir", type=click.Path(path_type=Path), help="Default: $AUTOLAYER_HOME/embeddings."
 )
@@ -141,11 +211,10 @@ def extract(
     model: str,
     dataset: str,
     text_column: str,
-    label_column: str,
     split: str,
     pooling: str,
-    layers: str | None,
     max_length: int,
+    layers: str | None,
     batch_size: int,
     max_tokens: int,
     device: str,
@@ -154,22 +223,26 @@ def extract(
     output: Path | None,
     trust_remote_code: bool,
 ) -> None:
-    """Embed a dataset split with every layer of a model in one pass, cached on disk."""
+    """Embed a dataset split with every layer of a model in one pass, cached on disk.
+
+    Embedding needs no labels: a file of texts alone (a .txt with one per line, or a table
+    with only a text column) is embedded as its "train" split.
+    """
     import numpy as np
 
     _quiet()
     from autolayer import report
-    from autolayer.cache import atomic_save_npy
-    from autolayer.data import load_dataset
-    from autolayer.extraction import extract as run_extract
+    from autolayer.data import split_texts
+    from autolayer.extraction import embed_texts
+    from autolayer.files import atomic_save_npy
 
-    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
-    total = len(data.split(split))
-    with report.progress_bar(f"{model} · {data.name}/{split}", total) as advance:
-        embeddings = run_extract(
+    _writable(output, "array")
+    source, texts = split_texts(dataset, split, text_column=text_column)
+    with report.progress_bar(f"{model} · {source}", len(texts)) as advance:
+        embeddings = embed_texts(
             model,
-            data,
-            split,
+            texts,
+            source=source,
             pooling=pooling,
             layers=_parse_layers(layers),
             max_length=max_length,
@@ -188,17 +261,29 @@ def extract(
 
 
 def _models(value: str | None) -> list[str] | None:
-    return [m.strip() for m in value.split(",") if m.strip()] if value else None
+    """Comma-separated model specs; ``None`` (option not given) means the default pool, but
+    a list that names nothing (``--models ,``) or a model twice is an error."""
+    if value is None:
+        return None
+    names = [m.strip() for m in value.split(",") if m.strip()]
+    if not names:
+        raise click.BadParameter(f"no model named in {value!r}", param_hint="'--models'")
+    twice = sorted({m for m in names if names.count(m) > 1})
+    if twice:
+        raise click.BadParameter(
+            f"{', '.join(twice)} named twice; give each model once", param_hint="'--models'"
+        )
+    return names
 
 
-def _extract_all(models: list[str], data, split: str, cache_dir) -> None:
+def _extract_all(models: list[str], data, split: str, **options) -> None:
     """Embed (or find cached) every model's split with a progress bar, before analysis."""
     from autolayer import report
     from autolayer.extraction import extract as run_extract
 
     for model in models:
         with report.progress_bar(f"{model} · {data.name}/{split}", len(data.split(split))) as bar:
-            run_extract(model, data, split, cache_dir=cache_dir, progress=bar)
+            run_extract(model, data, split, progress=bar, **options)
 
 
 @cli.command()
@@ -208,6 +293,7 @@ def _extract_all(models: list[str], data, split: str, cache_dir) -> None:
 @click.option("--folds", default=5, show_default=True, help="Stratified CV folds.")
 @click.option("--max-examples", type=int, help="Probe a stratified subsample of this size.")
 @click.option("--seed", default=0, show_default=True)
+@_pooling_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write scores as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Write the layer curves as PNG.")
 @click.option("--cache-dir", type=click.Path(path_type=Path))
@@ -220,6 +306,8 @@ def score(
     folds,
     max_examples,
     seed,
+    pooling,
+    max_length,
     json_path,
     plot,
     cache_dir,
@@ -236,23 +324,24 @@ def score(
 
     from autolayer import report
     from autolayer.data import load_dataset
+    from autolayer.files import atomic_write_bytes
+    from autolayer.probe import check_folds
     from autolayer.probe import score as run_score
 
-    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
     names = _models(models)
-    _extract_all(names, data, split, cache_dir)
+    _writable(json_path, "JSON")
+    _writable(plot, "plot")
+    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
+    check_folds(len(data.split(split)), folds)
+    options = {"pooling": pooling, "max_length": max_length, "cache_dir": cache_dir}
+    _extract_all(names, data, split, **options)
     results = run_score(
-        names,
-        data,
-        split=split,
-        n_folds=folds,
-        max_examples=max_examples,
-        seed=seed,
-        cache_dir=cache_dir,
+        names, data, split=split, n_folds=folds, max_examples=max_examples, seed=seed, **options
     )
     report.score_tables(results)
     if json_path:
-        json_path.write_text(json.dumps([r.to_dict() for r in results], indent=1))
+        text = json.dumps([r.to_dict() for r in results], indent=1)
+        atomic_write_bytes(json_path, text.encode())
     if plot:
         report.plot_layer_curves({r.model: r.scores.accuracy for r in results}, plot)
 
@@ -266,6 +355,7 @@ def score(
 )
 @click.option("--max-examples", default=5000, show_default=True, help="Rows used (seeded sample).")
 @click.option("--debiased", is_flag=True, help="Unbiased HSIC estimator (small samples).")
+@_pooling_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
 @click.option("--plot", type=click.Path(path_type=Path), help="Write heatmaps as PNG.")
 @click.option("--cache-dir", type=click.Path(path_type=Path))
@@ -278,6 +368,8 @@ def complementarity(
     layers,
     max_examples,
     debiased,
+    pooling,
+    max_length,
     json_path,
     plot,
     cache_dir,
@@ -296,9 +388,14 @@ def complementarity(
     from autolayer import report
     from autolayer.cka import complementarity as run_cka
     from autolayer.data import load_dataset
+    from autolayer.files import atomic_write_bytes
 
-    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
     names = _models(models)
+    if len(names) < 2:
+        raise click.BadParameter("complementarity needs at least 2 models", param_hint="'-m'")
+    _writable(json_path, "JSON")
+    _writable(plot, "plot")
+    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
     chosen = None
     if layers:
         try:
@@ -309,7 +406,8 @@ def complementarity(
             raise click.BadParameter(
                 f"expected model:layer pairs such as minilm:4; got {layers!r}"
             ) from None
-    _extract_all(names, data, split, cache_dir)
+    options = {"pooling": pooling, "max_length": max_length, "cache_dir": cache_dir}
+    _extract_all(names, data, split, **options)
     result = run_cka(
         names,
         data,
@@ -317,14 +415,14 @@ def complementarity(
         layers=chosen,
         max_examples=max_examples,
         debiased=debiased,
-        cache_dir=cache_dir,
+        **options,
     )
     labels = [f"{m} L{layer}" for m, layer in zip(result.models, result.layers, strict=True)]
     report.cka_table(
         labels, result.matrix, f"linear CKA on {result.n_examples} texts (low = complementary)"
     )
     if json_path:
-        json_path.write_text(json.dumps(result.to_dict(), indent=1))
+        atomic_write_bytes(json_path, json.dumps(result.to_dict(), indent=1).encode())
     if plot:
         report.plot_cka(result, plot)
 
@@ -336,11 +434,31 @@ def _search_options(func):
             "--models", help="Comma-separated model specs (default: installed minilm, smollm2)."
         ),
         click.option(
-            "--top-k", default=3, show_default=True, help="Layers per model offered to the search."
+            "--top-k",
+            default=3,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Layers per model offered to the search.",
         ),
-        click.option("--n-trials", default=30, show_default=True, help="Trials to train (budget)."),
-        click.option("--timeout", type=float, help="Stop the search after this many seconds."),
-        click.option("--max-models", default=2, show_default=True, help="Models fused at most."),
+        click.option(
+            "--n-trials",
+            default=30,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Trials to train (budget).",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Stop the search after this many seconds.",
+        ),
+        click.option(
+            "--max-models",
+            default=2,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Models fused at most.",
+        ),
         click.option("--max-memory-mb", type=float, help="Weights + features + head, in MB."),
         click.option(
             "--max-latency-ms", type=float, help="Backbone time per text, up to the chosen layers."
@@ -362,6 +480,7 @@ def _search_options(func):
             "--heartbeat",
             default=30.0,
             show_default=True,
+            type=click.FloatRange(min=0, min_open=True),
             help="Seconds between a worker's signs of life; a trial silent for 3 is retried.",
         ),
         click.option("--study-name", help="Study name (default: derived from data and models)."),
@@ -374,15 +493,6 @@ def _search_options(func):
         ),
         click.option("--seed", default=0, show_default=True),
         click.option(
-            "--pooling",
-            type=click.Choice(["mean", "last", "cls"]),
-            default="mean",
-            show_default=True,
-        ),
-        click.option(
-            "--max-length", default=256, show_default=True, help="Tokens per text (truncated)."
-        ),
-        click.option(
             "--cache-dir",
             type=click.Path(path_type=Path),
             help="Default: $AUTOLAYER_HOME/embeddings.",
@@ -390,7 +500,7 @@ def _search_options(func):
     ]
     for option in reversed(options):
         func = option(func)
-    return _dataset_options(func)
+    return _dataset_options(_pooling_options(func))
 
 
 def _run_search(kw: dict, *, full_report: bool):
@@ -407,65 +517,69 @@ def _run_search(kw: dict, *, full_report: bool):
         max_latency_ms=kw["max_latency_ms"],
         max_params=kw["max_params"],
     )
+    models = _models(kw["models"])
+    _writable(kw["output_dir"], "output folder")
     data = load_dataset(
         kw["dataset"], text_column=kw["text_column"], label_column=kw["label_column"]
     )
-    common = {
+    if full_report:
+        pipeline.check_output_dir(kw["output_dir"], data, overwrite=kw["overwrite"])
+    features = {"pooling": kw["pooling"], "max_length": kw["max_length"]}
+    study = {
+        "output_dir": kw["output_dir"],
+        "storage": kw["storage"],
+        "study_name": kw["study_name"],
+        "budget": budget,
         "metric": kw["metric"],
         "seed": kw["seed"],
-        "pooling": kw["pooling"],
-        "max_length": kw["max_length"],
+        "multi_objective": kw["multi_objective"],
+        "heartbeat": kw["heartbeat"],
     }
     with report.trial_progress(kw["n_trials"]) as on_trial:
         if full_report:
             rec = pipeline.recommend(
                 data,
-                _models(kw["models"]),
-                output_dir=kw["output_dir"],
-                budget=budget,
+                models,
                 top_k=kw["top_k"],
-                storage=kw["storage"],
-                study_name=kw["study_name"],
-                multi_objective=kw["multi_objective"],
                 cache_dir=kw["cache_dir"],
                 progress=report.progress_bar,
                 callbacks=[on_trial],
-                heartbeat=kw["heartbeat"],
-                **common,
+                overwrite=kw["overwrite"],
+                **features,
+                **study,
             )
         else:
             prepared = pipeline.prepare(
                 data,
-                _models(kw["models"]),
+                models,
                 top_k=kw["top_k"],
+                metric=kw["metric"],
+                seed=kw["seed"],
                 cache_dir=kw["cache_dir"],
                 progress=report.progress_bar,
-                **common,
+                **features,
             )
-            result = pipeline.search(
-                prepared,
-                output_dir=kw["output_dir"],
-                storage=kw["storage"],
-                study_name=kw["study_name"],
-                budget=budget,
-                multi_objective=kw["multi_objective"],
-                callbacks=[on_trial],
-                heartbeat=kw["heartbeat"],
-                **common,
-            )
+            result = pipeline.search(prepared, callbacks=[on_trial], **study)
     if full_report:
         report.recommendation(rec, kw["output_dir"])
     else:
-        report.search_summary(result)
+        report.search_summary(result, kw["metric"])
         report.trials_table(result.trials, kw["metric"])
-        report.console.print(
-            f"export a trial: autolayer export --storage '{result.storage}' "
-            f"--study-name {result.study_name} --trial N -o config.yaml"
+        where = (
+            str(kw["output_dir"])
+            if kw["storage"] is None
+            else f"--storage '{result.storage}' --study-name {result.study_name}"
         )
+        report.console.print(f"export a trial: autolayer export {where} --trial N -o config.yaml")
 
 
 @cli.command()
 @_search_options
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a recommendation.yaml made for other data in the output folder.",
+)
 def recommend(**kw) -> None:
     """Extract → score layers → CKA → search; print the report, write recommendation.yaml.
 
@@ -492,21 +606,32 @@ def search(**kw) -> None:
 
 
 @cli.command()
-@click.option("--storage", required=True, help="Optuna storage URL of the study.")
-@click.option("--study-name", required=True)
+@click.argument("output_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--storage", help="Optuna storage URL (default: OUTPUT_DIR/study.db).")
+@click.option("--study-name", help="Default: the only study in the storage.")
 @click.option("--trial", "trial_number", type=int, help="Trial number (default: the best).")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path))
-def export(storage: str, study_name: str, trial_number: int | None, output: Path) -> None:
+def export(
+    output_dir: Path | None,
+    storage: str | None,
+    study_name: str | None,
+    trial_number: int | None,
+    output: Path,
+) -> None:
     """Write any trial of a study as a config YAML.
 
     \b
-    Example:
-      autolayer export --storage sqlite:///autolayer-out/study.db --study-name NAME -o config.yaml
+    Examples:
+      autolayer export autolayer-out -o config.yaml                  # best trial of its study
+      autolayer export autolayer-out --trial 7 -o config.yaml
+      autolayer export --storage postgresql://me@db/autolayer --study-name mr-1 -o config.yaml
     """
     from autolayer import report
     from autolayer.pipeline import export as run_export
 
-    run_export(storage, study_name, trial_number).save(output)
+    _writable(output, "config")
+    config = run_export(storage, study_name, trial_number, output_dir=output_dir)
+    config.save(output)
     report.console.print(f"wrote {output}")
 
 
@@ -516,12 +641,24 @@ def export(storage: str, study_name: str, trial_number: int | None, output: Path
 @click.option(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="Model folder."
 )
-@click.option("--device", default=None, help="auto, cpu, cuda …")
+@click.option("--overwrite", is_flag=True, help="Replace an autolayer model already in --output.")
+@_device_option(default=None)
 @click.option("--cache-dir", type=click.Path(path_type=Path))
 def apply(
-    config: Path, dataset: str, text_column: str, label_column: str, output: Path, device, cache_dir
+    config: Path,
+    dataset: str,
+    text_column: str,
+    label_column: str,
+    output: Path,
+    overwrite: bool,
+    device,
+    cache_dir,
 ) -> None:
     """Train the configured classifier on train (+ validation), test it, save it.
+
+    The model folder must be new or empty; an existing autolayer model is replaced only with
+    --overwrite, and a folder holding other files is never touched. A dataset without a
+    test split is trained on in full (nothing is held out, so no test metrics).
 
     \b
     Example:
@@ -533,7 +670,10 @@ def apply(
     from autolayer.data import load_dataset
 
     data = load_dataset(dataset, text_column=text_column, label_column=label_column)
-    report.apply_result(run_apply(config, data, output, device=device, cache_dir=cache_dir))
+    result = run_apply(
+        config, data, output, device=device, cache_dir=cache_dir, overwrite=overwrite
+    )
+    report.apply_result(result)
 
 
 @cli.command()
@@ -547,27 +687,57 @@ def apply(
     help="TXT (one text per line), CSV/TSV/JSONL/Parquet.",
 )
 @click.option(
-    "--output", "-o", required=True, type=click.Path(path_type=Path), help="JSONL or CSV/TSV."
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="JSONL, CSV, TSV or Parquet, by extension (default: JSONL on standard output).",
 )
 @click.option("--text-column", default="text", show_default=True)
-@click.option("--device", default=None)
-def predict(model_dir: Path, input_path: Path, output: Path, text_column: str, device) -> None:
+@click.option("--id-column", help="Column copied to each prediction (e.g. a row id).")
+@_device_option(default=None)
+def predict(
+    model_dir: Path,
+    input_path: Path,
+    output: Path | None,
+    text_column: str,
+    id_column: str | None,
+    device,
+) -> None:
     """Label new texts with a saved model (backbones run only up to their chosen layers).
 
+    Each prediction keeps "row", the text's 0-based position in the input, so outputs
+    match inputs even where empty texts were skipped (with a warning).
+
     \b
-    Example:
+    Examples:
       autolayer predict mr-model/ -i reviews.txt -o predictions.jsonl
+      autolayer predict mr-model/ -i reviews.csv --id-column review_id -o predictions.parquet
+      autolayer predict mr-model/ -i reviews.txt | jq .label
     """
     _quiet()
     from autolayer import report
-    from autolayer.classifier import predict_file
+    from autolayer.classifier import predict_file, prediction_lines
 
-    n = predict_file(model_dir, input_path, output, text_column=text_column, device=device)
-    report.console.print(f"wrote {n} predictions to {output}")
+    rows = predict_file(
+        model_dir,
+        input_path,
+        output,
+        text_column=text_column,
+        id_column=id_column,
+        device=device,
+    )
+    if output is None:
+        click.echo(prediction_lines(rows), nl=False)
+    else:
+        report.console.print(f"wrote {len(rows)} predictions to {output}")
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point; returns the exit code so tests can drive the CLI in-process."""
+    """Entry point; returns the exit code so tests can drive the CLI in-process.
+
+    Whatever goes wrong ends in one ``error:`` line: autolayer's own errors, click's usage
+    errors, Ctrl-C, OS errors, and (as a last resort) bugs, whose traceback ``-v`` shows.
+    """
     from autolayer import report
 
     try:
@@ -577,18 +747,30 @@ def main(args: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except click.UsageError as exc:
+        hint = f" (see: autolayer {exc.ctx.info_name} --help)" if exc.ctx else ""
+        report.error(exc.format_message().replace("\n", " ") + hint)
         return exc.exit_code
-    except click.exceptions.Abort:
-        report.error("aborted")
-        return 130
-    except KeyboardInterrupt:
-        report.error("interrupted: finished chunks are kept, run the same command to resume")
+    except click.ClickException as exc:
+        report.error(exc.format_message())
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        report.error(
+            "interrupted: finished work is kept (cached embeddings, finished trials); "
+            "run the same command to resume"
+        )
         return 130
     except OSError as exc:
         report.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
         return 1
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on -v
+        logging.getLogger("autolayer").info("traceback of the error below", exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        report.error(
+            f"unexpected {type(exc).__name__}: {first} (a bug in autolayer; "
+            "run with -v for the traceback and please report it)"
+        )
+        return 70
     return 0
 
 

@@ -10,14 +10,14 @@ problem in one line.
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
-from autolayer.cache import atomic_write_bytes
 from autolayer.errors import ConfigError
+from autolayer.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 POOLINGS = ("mean", "last", "cls")
@@ -120,6 +120,7 @@ def from_dict(data: object, where: str = "config") -> FusionConfig:
             f"{where}: unsupported schema_version {version!r}; "
             f"this autolayer reads {SCHEMA_VERSION}"
         )
+    _no_unknown_keys(data, FusionConfig, where)
     models = _require(data, "models", list, where)
     if not models:
         raise ConfigError(f"{where}: models must list at least one model")
@@ -155,6 +156,17 @@ def from_dict(data: object, where: str = "config") -> FusionConfig:
     return config
 
 
+def _no_unknown_keys(data: dict, kind: type, where: str) -> None:
+    """A misspelt or foreign key would otherwise be ignored silently."""
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
 def _require(data: dict, key: str, kind, where: str):
     if key not in data:
         raise ConfigError(f"{where}: missing required field {key!r}")
@@ -175,6 +187,7 @@ def _positive(data: dict, key: str, where: str) -> int:
 def _model_choice(data: object, where: str) -> ModelChoice:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with spec, identity, layer")
+    _no_unknown_keys(data, ModelChoice, where)
     choice = ModelChoice(
         spec=_require(data, "spec", str, where),
         identity=_require(data, "identity", str, where),

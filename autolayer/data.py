@@ -708,8 +708,3 @@ def _check_stratifiable(name: str, n: int, n_classes: int, size: float) -> None:
         f"{n} train examples in {n_classes} classes with 2+ examples give {n_val} for validation "
         f"and {n - n_val} for training, and each side needs one per class; change size or add data"
     )
-
-
-def load_texts(path: str | os.PathLike, *, text_column: str = "text") -> list[str]:
-    """The texts of `read_inputs`, for `predict_file` until it switches to `read_inputs`."""
-    return list(read_inputs(path, text_column=text_column).texts)

@@ -25,6 +25,7 @@ import numpy as np
 
 from autolayer import zoo
 from autolayer.cache import CacheEntry
+from autolayer.device import resolve_device, set_threads
 from autolayer.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -95,14 +96,6 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str, skip_first: bool
 # Backbone: a loaded model that returns pooled hidden states
 
 
-def pick_device(device: str | None = None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def is_decoder(config) -> bool:
     """Causal-LM architectures without a masked-LM head: their first token is an attention sink."""
     from transformers.models.auto.modeling_auto import (
@@ -122,6 +115,37 @@ def count_hidden_states(source: zoo.ModelSource) -> int:
 
     config = AutoConfig.from_pretrained(str(source.folder))
     return config.get_text_config().num_hidden_layers + 1
+
+
+# Models whose position ids start after the padding index (RoBERTa style): two fewer usable.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer"}
+_CLAMPED: set[tuple[str, int]] = set()
+
+
+def clamp_max_length(source: zoo.ModelSource, max_length: int) -> int:
+    """``max_length`` cut to the positions the model has, with a note when it is cut.
+
+    Asking for more tokens than a model has position embeddings would crash its forward
+    pass (an index error deep in torch) on the first long text.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(source.folder)).get_text_config()
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return max_length
+    limit = positions - (2 if config.model_type in _OFFSET_POSITIONS else 0)
+    if max_length <= limit:
+        return max_length
+    if (source.identity, max_length) not in _CLAMPED:  # once per process, not per split
+        _CLAMPED.add((source.identity, max_length))
+        logger.warning(
+            "max_length %d is more than %s takes: texts are cut at %d tokens",
+            max_length,
+            source.name,
+            limit,
+        )
+    return limit
 
 
 def normalise_layers(layers: Sequence[int] | None, n_states: int) -> tuple[int, ...]:
@@ -163,7 +187,7 @@ class Backbone:
         from transformers import AutoModel, AutoTokenizer
 
         self.source = source
-        self.device = pick_device(device)
+        self.device = str(resolve_device(device))
         self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         folder = str(source.folder)
         try:
@@ -347,13 +371,17 @@ def extract(
 ) -> Embeddings:
     """Pooled embeddings of every (or the chosen) hidden layer of ``model`` over one split.
 
-    ``dataset`` is anything :func:`autolayer.data.load_dataset` takes, or a loaded dataset;
-    ``options`` are those of :func:`embed_texts`, which does the (cached) work.
+    ``dataset`` is anything :func:`autolayer.data.split_texts` takes (labels not needed), or
+    a loaded dataset; ``options`` are those of :func:`embed_texts`, which does the (cached)
+    work.
     """
-    from autolayer.data import load_dataset
+    from autolayer.data import split_texts
 
-    data = dataset if not isinstance(dataset, str | Path) else load_dataset(dataset)
-    return embed_texts(model, data.split(split).texts, source=f"{data.name}/{split}", **options)
+    if isinstance(dataset, str | Path):
+        source, texts = split_texts(dataset, split)
+    else:
+        source, texts = f"{dataset.name}/{split}", dataset.split(split).texts
+    return embed_texts(model, texts, source=source, **options)
 
 
 def embed_texts(
@@ -386,15 +414,13 @@ def embed_texts(
         raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
     if max_length < 2 or min(batch_size, max_tokens, chunk_size) < 1:
         raise ConfigError("max_length must be >= 2 and batch_size, max_tokens, chunk_size >= 1")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     resolved = zoo.resolve(model)
     n_states = count_hidden_states(resolved)
     wanted = normalise_layers(layers, n_states)
+    max_length = clamp_max_length(resolved, max_length)
     root = Path(cache_dir) if cache_dir else zoo.home() / "embeddings"
-    device = pick_device(device)
+    device = str(resolve_device(device))
     fields = {
         "model": resolved.identity,
         "texts": text_fingerprint(texts),

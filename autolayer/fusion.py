@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -26,7 +25,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from autolayer.device import resolve_device
 from autolayer.errors import ConfigError
+from autolayer.files import atomic_write
 
 __all__ = [
     "METRICS",
@@ -41,7 +42,6 @@ __all__ = [
     "make_operator",
     "predict_proba",
     "register",
-    "resolve_device",
     "save_classifier",
     "train_fusion",
 ]
@@ -438,13 +438,6 @@ class TrainResult:
     n_parameters: int
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` -> CUDA when present, else CPU; anything else is passed to ``torch.device``."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def train_fusion(
     train: list[np.ndarray],
     y_train: np.ndarray,
@@ -645,20 +638,9 @@ def save_classifier(model: FusionClassifier, directory: str | os.PathLike) -> No
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(state, path))
+    atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(state, path))
     text = json.dumps(model.config(), indent=2) + "\n"
-    _atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text))
-
-
-def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text))
 
 
 def load_classifier(directory: str | os.PathLike) -> FusionClassifier:

@@ -61,6 +61,8 @@ class Prepared:
     candidates: tuple[Candidate, ...]
     reports: tuple[ModelReport, ...]
     validation: dict
+    pooling: str = "mean"  # how the candidates' features were made: export must say the same
+    max_length: int = 256
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,9 @@ def prepare(
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1; got {top_k}")
     data = dataset if isinstance(dataset, LabelledDataset) else load_dataset(dataset)
-    models = list(models or default_models())
+    models = default_models() if models is None else list(models)
+    if not models:
+        raise ConfigError("models must name at least one model (None: the default pool)")
     if len(set(models)) != len(models):
         raise ConfigError(f"models must be distinct; got {', '.join(models)}")
     train_rows, val_rows = _split_rows(data, validation_size, seed)
@@ -143,7 +147,9 @@ def prepare(
         "n_train": len(y_train),
         "n_val": len(y_val),
     }
-    return Prepared(data, y_train, y_val, tuple(candidates), tuple(reports), validation)
+    return Prepared(
+        data, y_train, y_val, tuple(candidates), tuple(reports), validation, pooling, max_length
+    )
 
 
 def _embed(name, data, split, pooling, max_length, cache_dir, progress) -> Embeddings:
@@ -154,17 +160,16 @@ def _embed(name, data, split, pooling, max_length, cache_dir, progress) -> Embed
         return extract(name, data, split, progress=advance, **options)
 
 
-def study_context(
-    prepared: Prepared, space: Space, metric: str, seed: int, pooling: str, max_length: int
-) -> dict:
-    """What export needs besides a trial's parameters, stored as a study attribute."""
+def study_context(prepared: Prepared, space: Space, metric: str, seed: int) -> dict:
+    """What export needs besides a trial's parameters, stored as a study attribute before
+    the first trial (so an interrupted first run can be exported too)."""
     models = {}
     for cand in prepared.candidates:
         models[cand.name] = {
             "identity": zoo.resolve(cand.name).identity,
             "n_hidden_states": cand.n_hidden_states,
-            "pooling": pooling,
-            "max_length": max_length,
+            "pooling": prepared.pooling,
+            "max_length": prepared.max_length,
         }
     return {
         "models": models,
@@ -177,6 +182,21 @@ def study_context(
         "head": {"hidden": space.hidden, "dropout": space.dropout, "batch_size": 100},
         "metric": metric,
         "seed": seed,
+    }
+
+
+def study_identity(context: dict) -> dict:
+    """What makes two runs the same study: trials of another dataset, validation split,
+    model pool or feature settings are not comparable, so such a study is refused."""
+    return {
+        "dataset fingerprint": context["dataset"]["fingerprint"],
+        "validation split": {
+            k: context["dataset"]["validation"][k] for k in ("size", "seed", "n_train", "n_val")
+        },
+        "model pool": {name: info["identity"] for name, info in context["models"].items()},
+        "features (pooling, max_length)": sorted(
+            {(info["pooling"], info["max_length"]) for info in context["models"].values()}
+        ),
     }
 
 
@@ -198,20 +218,21 @@ def search(
     seed: int = 0,
     multi_objective: bool = False,
     prune: bool = True,
-    pooling: str = "mean",
-    max_length: int = 256,
     callbacks: Sequence[Callable] = (),
     heartbeat: float = 30.0,
 ) -> SearchResult:
-    """Run or resume the Optuna study over the prepared candidates."""
-    import optuna
+    """Run or resume the Optuna study over the prepared candidates.
 
+    A stored study of the same name made for other data, models, metric or objectives is
+    refused before any training (see :func:`autolayer.search.run_search`).
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(output_dir / 'study.db').resolve()}"
     study_name = study_name or default_study_name(prepared)
     space = space or Space()
-    result = run_search(
+    context = study_context(prepared, space, metric, seed)
+    return run_search(
         prepared.candidates,
         prepared.y_train,
         prepared.y_val,
@@ -225,12 +246,9 @@ def search(
         prune=prune,
         callbacks=callbacks,
         heartbeat=heartbeat,
+        context=context,
+        identity=study_identity(context),
     )
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    study.set_user_attr(
-        "context", study_context(prepared, space, metric, seed, pooling, max_length)
-    )
-    return result
 
 
 def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: str) -> FusionConfig:
@@ -277,16 +295,37 @@ def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: s
     )
 
 
-def export(storage: str, study_name: str, trial_number: int | None = None) -> FusionConfig:
-    """Any trial of a stored study (default: the best) as a config."""
+def export(
+    storage: str | None = None,
+    study_name: str | None = None,
+    trial_number: int | None = None,
+    *,
+    output_dir: str | Path | None = None,
+) -> FusionConfig:
+    """Any trial of a stored study (default: the best) as a config.
+
+    The study is found by ``storage`` (default: the SQLite file that ``search`` or
+    ``recommend`` wrote in ``output_dir``) and ``study_name`` (default: the only study
+    there). Reading never creates a storage or a study.
+    """
     import optuna
 
-    from autolayer.search import collect, make_storage
+    from autolayer.search import collect, open_existing_storage
 
-    try:
-        study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
-    except KeyError:
-        raise ConfigError(f"no study named {study_name!r} in {storage}") from None
+    if storage is None:
+        if output_dir is None:
+            raise ConfigError(
+                "give the output folder of search/recommend, or --storage and --study-name"
+            )
+        storage = f"sqlite:///{(Path(output_dir) / 'study.db').resolve()}"
+    opened = open_existing_storage(storage, study_name)
+    names = sorted(s.study_name for s in opened.get_all_studies())
+    if study_name is None and len(names) == 1:
+        study_name = names[0]
+    if study_name not in names:
+        asked = "pass --study-name" if study_name is None else f"no study named {study_name!r}"
+        raise ConfigError(f"{asked}; studies in {storage}: {', '.join(names) or 'none'}")
+    study = optuna.load_study(study_name=study_name, storage=opened)
     context = study.user_attrs.get("context")
     if context is None:
         raise ConfigError(f"study {study_name!r} was not made by autolayer (no context attribute)")
@@ -341,6 +380,36 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
     return out
 
 
+RECOMMENDATION = "recommendation.yaml"
+
+
+def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool) -> None:
+    """Refuse to overwrite a recommendation made for other data (or a file autolayer did
+    not write) in ``output_dir``; found before extraction, not after an hour of it."""
+    import yaml
+
+    from autolayer.files import check_writable
+
+    check_writable(output_dir, "output folder")
+    path = output_dir / RECOMMENDATION
+    if not path.exists():
+        return
+    try:
+        previous = yaml.safe_load(path.read_text(encoding="utf-8"))
+        fingerprint = previous["dataset"]["fingerprint"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
+        raise ConfigError(
+            f"{path} exists and is not an autolayer recommendation; move it or choose another "
+            "output folder"
+        ) from None
+    if fingerprint != data.fingerprint and not overwrite:
+        raise ConfigError(
+            f"{path} was made for other data ({previous['dataset'].get('name', '?')}, "
+            f"fingerprint {str(fingerprint)[:12]}); choose another output folder, or pass "
+            "--overwrite to replace it"
+        )
+
+
 def recommend(
     dataset: str | Path | LabelledDataset = "demo",
     models: Sequence[str] | None = None,
@@ -360,10 +429,18 @@ def recommend(
     progress: ProgressFactory | None = None,
     callbacks: Sequence[Callable] = (),
     heartbeat: float = 30.0,
+    overwrite: bool = False,
 ) -> Recommendation:
-    """extract → score → CKA → search; writes ``recommendation.yaml`` in ``output_dir``."""
+    """extract → score → CKA → search; writes ``recommendation.yaml`` in ``output_dir``.
+
+    An ``output_dir`` whose recommendation was made for other data is refused before any
+    work unless ``overwrite`` (its study database is kept either way: studies are keyed by
+    data and models, so several live side by side in one file).
+    """
+    data = dataset if isinstance(dataset, LabelledDataset) else load_dataset(dataset)
+    check_output_dir(Path(output_dir), data, overwrite=overwrite)
     prepared = prepare(
-        dataset,
+        data,
         models,
         top_k=top_k,
         metric=metric,
@@ -383,14 +460,12 @@ def recommend(
         metric=metric,
         seed=seed,
         multi_objective=multi_objective,
-        pooling=pooling,
-        max_length=max_length,
         callbacks=callbacks,
         heartbeat=heartbeat,
     )
-    context = study_context(prepared, space or Space(), metric, seed, pooling, max_length)
+    context = study_context(prepared, space or Space(), metric, seed)
     config = trial_config(result.best, context, result.study_name, result.storage)
-    config.save(Path(output_dir) / "recommendation.yaml")
+    config.save(Path(output_dir) / RECOMMENDATION)
     cka = cka_at_best(prepared)
     return Recommendation(
         config=config,

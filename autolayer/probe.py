@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
+from autolayer.device import resolve_device
 from autolayer.errors import ConfigError, DataError
 
 DEFAULT_ALPHA = 1.0  # L2 penalty = 1/C; 1.0 is sklearn's default C
@@ -86,7 +87,7 @@ def probe_layers(
     n_folds = _feasible_folds(labels, n_folds)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     tests = [te for _, te in folds.split(np.zeros(len(labels)), labels)]
-    dev = _device(device)
+    dev = resolve_device(device)
     train = torch.ones(len(labels), n_folds, dtype=torch.bool, device=dev)
     for f, te in enumerate(tests):
         train[te, f] = False
@@ -126,7 +127,7 @@ def probe_layers_holdout(
     if len(classes) < 2:
         raise DataError("y_train has one class; a probe needs at least 2")
     y_te = _encode_like(np.asarray(y_test), classes)
-    dev = _device(device)
+    dev = resolve_device(device)
     x_tr, x_te = _standardise(_layers_first(X_train, dev), _layers_first(X_test, dev))
     weights = fit_logistic(x_tr, torch.as_tensor(y_tr, device=dev), alpha)
     pred = (x_te @ weights.to(x_te.dtype).mT).argmax(-1)  # [L, M]
@@ -438,13 +439,6 @@ def _layers_first(X: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(X).to(device).transpose(0, 1)
 
 
-def _device(device: str | None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
 def _encode(y: np.ndarray) -> np.ndarray:
     """Class indices [N] for labels of any type, with the class checks CV needs."""
     classes, labels = np.unique(np.asarray(y), return_inverse=True)
@@ -484,10 +478,17 @@ def _without_singletons(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
     return X[keep], y[keep]
 
 
+def check_folds(n_examples: int, n_folds: int) -> None:
+    """Fail before extraction (not after it) when cross-validation cannot run at all."""
+    if n_folds < 2:
+        raise ConfigError(f"n_folds must be >= 2; got {n_folds}")
+    if n_examples < n_folds:
+        raise DataError(f"{n_examples} examples is fewer than n_folds={n_folds}")
+
+
 def _feasible_folds(labels: np.ndarray, n_folds: int) -> int:
     """``n_folds``, or fewer (warned) when the rarest class cannot fill every fold."""
-    if len(labels) < n_folds:
-        raise DataError(f"{len(labels)} examples is fewer than n_folds={n_folds}")
+    check_folds(len(labels), n_folds)
     rarest = int(np.bincount(labels).min())
     if rarest >= n_folds:
         return n_folds

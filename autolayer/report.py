@@ -349,6 +349,12 @@ def recommendation(rec, output_dir) -> None:
 
 
 def apply_result(result) -> None:
+    if result.accuracy is None:
+        console.print(
+            f"trained on all {result.n_train} texts (no test split: nothing held out, no test "
+            f"metrics); saved {escape(str(result.directory))}"
+        )
+        return
     console.print(
         f"test accuracy [bold]{100 * result.accuracy:.2f}%[/], "
         f"macro-F1 {100 * result.macro_f1:.2f}% ({result.n_test} test texts; "

@@ -12,6 +12,7 @@ so re-running the same command resumes, and several workers can share one study.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -380,6 +382,17 @@ def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStora
             raise ConfigError(f"cannot open storage {url!r}: {reason}") from None
 
 
+def open_existing_storage(url: str, study_name: str | None = None) -> optuna.storages.BaseStorage:
+    """A storage to read from: a SQLite file that does not exist is an error, not a new
+    empty database left behind by a mistyped path."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            named = f"no study named {study_name!r}: " if study_name else ""
+            raise ConfigError(f"{named}storage file {str(path)!r} does not exist")
+    return make_storage(url)
+
+
 def _rdb_storage(url: str, heartbeat: float, attempts: int = 3) -> optuna.storages.RDBStorage:
     """Open the storage; retry when workers starting together race to create its tables."""
 
@@ -418,11 +431,17 @@ def run_search(
     prune: bool = True,
     callbacks: Sequence[Callable] = (),
     heartbeat: float = 30.0,
+    context: dict | None = None,
+    identity: dict | None = None,
 ) -> SearchResult:
     """Run (or resume) the study and return its trials, best first by validation metric.
 
     ``prune`` stops unpromising trials early (median of earlier trials' epoch curves);
     ``heartbeat`` is the seconds between a worker's signs of life (see :func:`make_storage`).
+    ``context`` (what export needs) is stored in the study before its first trial.
+    ``identity`` (data, models, features) joins the objectives, metric and search space in
+    the study's signature: resuming a study whose signature differs is refused before any
+    training, because its trials would not be comparable with the new ones.
     """
     budget, space = budget or Budget(), space or Space()
     n_classes = int(max(y_train.max(), y_val.max())) + 1
@@ -430,8 +449,17 @@ def run_search(
     objective = _Objective(
         candidates, y_train, y_val, budget, space, metric, seed, multi_objective, heartbeat
     )
+    directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
+    signature = {
+        "objectives": directions,
+        "metric": metric,
+        **(identity or {}),
+        "search space": space_signature(candidates, objective.choices, space),
+    }
+    opened = make_storage(storage, heartbeat)
+    check_same_study(opened, storage, study_name, signature)
     study = optuna.create_study(
-        storage=make_storage(storage, heartbeat),
+        storage=opened,
         study_name=study_name,
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
@@ -440,9 +468,13 @@ def run_search(
             if prune
             else optuna.pruners.NopPruner()
         ),
-        directions=["maximize", "minimize"] if multi_objective else ["maximize"],
+        directions=directions,
     )
-    study.set_user_attr("metric", metric)
+    if "signature" not in study.user_attrs:
+        study.set_user_attr("signature", signature)
+        study.set_user_attr("metric", metric)
+        if context is not None:
+            study.set_user_attr("context", context)
     if trained_count(study)[0] < budget.n_trials:
         study.optimize(
             objective,
@@ -453,6 +485,50 @@ def run_search(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not left RUNNING
     return collect(study, storage)
+
+
+def space_signature(candidates: Sequence[Candidate], choices: Sequence[str], space: Space) -> dict:
+    """The choices Optuna is offered: a stored study must have been offered the same ones
+    (Optuna refuses a categorical whose choices change, mid-study, with a traceback)."""
+    return {
+        "models": list(choices),
+        "layers": {c.name: list(c.layers) for c in candidates},
+        "operators": list(space.operators),
+        "widths": list(space.widths),
+        "lr": list(space.lr),
+    }
+
+
+def check_same_study(
+    storage: optuna.storages.BaseStorage, url: str, study_name: str, signature: dict
+) -> None:
+    """Refuse to resume a stored study whose signature differs, naming the first difference."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return  # a new study
+    stored = json_safe(storage.get_study_user_attrs(study_id).get("signature"))
+    if stored is None:  # made before signatures: compare what it recorded
+        directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
+        attrs = storage.get_study_user_attrs(study_id)
+        stored = {"objectives": directions, "metric": attrs.get("metric", signature["metric"])}
+    for key, value in json_safe(signature).items():
+        if key in stored and stored[key] != value:
+            raise ConfigError(
+                f"study {study_name!r} in {url} was made with another {key} "
+                f"({_short(stored[key])}; this command: {_short(value)}); "
+                "pass another --study-name (or output folder) to start a new study"
+            )
+
+
+def json_safe(value):
+    """As stored by Optuna (a JSON round trip), so tuples compare equal to lists."""
+    return None if value is None else json.loads(json.dumps(value))
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 60 else text[:57] + "…"
 
 
 def collect(study: optuna.Study, storage: str) -> SearchResult:

@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from autolayer.errors import ModelError
+from autolayer.files import temp_dir
 
 logger = logging.getLogger("autolayer")
 
@@ -317,7 +318,7 @@ class _staging:
 
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        self.tmp = temp_dir(self.target)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -1,5 +1,11 @@
 """The bad-input table: every row is one command given one bad input, which must end with a
-single `error:` line naming the problem and a non-zero exit code, never a traceback."""
+single `error:` line naming the problem and a non-zero exit code, never a traceback. Rows
+with a check also assert what must *not* have happened (a file lost, work done first).
+
+Issue #10's behaviour tests (what happens to existing files and studies, Ctrl-C, unlabelled
+extraction, prediction formats, …) are in tests/test_trust.py; together the two files cover
+every input of that issue.
+"""
 
 from __future__ import annotations
 
@@ -84,14 +90,7 @@ def _rows(tmp: Path, model: Path, dataset: Path) -> dict[str, tuple[list, str]]:
         tmp / "only" / "train.jsonl", [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(8)]
     )
     write_jsonl(tmp / "only" / "test.jsonl", [{"text": "t", "label": "c"}])
-    rows["label only in test"] = (["extract", "-m", model, "-d", tmp / "only"], "'c'")
-    write_jsonl(
-        tmp / "notest" / "train.jsonl", [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(8)]
-    )
-    rows["apply on data without a test split"] = (
-        ["apply", config, "-d", tmp / "notest", "-o", tmp / "m"],
-        "no test split",
-    )
+    rows["label only in test"] = (["score", "-m", model, "-d", tmp / "only"], "'c'")
     rows["unreachable storage URL"] = (
         [
             "export",
@@ -137,7 +136,164 @@ def _rows(tmp: Path, model: Path, dataset: Path) -> dict[str, tuple[list, str]]:
         "at least 2 models",
     )
     rows["unknown zoo alias to install"] = (["zoo", "install", "bert-huge"], "unknown zoo alias")
+    rows.update(_trust_rows(tmp, model, dataset))
     return rows
+
+
+def _user_files(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "data.csv").write_text("text,label\n")
+    return folder
+
+
+def _trust_rows(tmp: Path, model: Path, dataset: Path) -> dict[str, tuple[list, str]]:
+    """Issue #10's rows: lost files, wrong output paths, devices and threads, model lists."""
+    rows: dict[str, tuple[list, str]] = {}
+    (tmp / "t").mkdir()
+    config = _config(tmp / "t", model)
+    rows["apply into a folder of the user's files"] = (
+        ["apply", config, "-d", dataset, "-o", _user_files(tmp / "mine")],
+        "did not write",
+    )
+    rows["apply --overwrite into a folder of the user's files"] = (
+        ["apply", config, "-d", dataset, "-o", _user_files(tmp / "mine2"), "--overwrite"],
+        "did not write",
+    )
+    (tmp / "in.txt").write_text("good film\nbad plot\n")
+    rows["predict output is the input"] = (
+        ["predict", tmp / "nomodel", "-i", tmp / "in.txt", "-o", tmp / "in.txt"],
+        "is the input",
+    )
+    rows["predict output in an unknown format"] = (
+        ["predict", tmp / "nomodel", "-i", tmp / "in.txt", "-o", tmp / "out.txt"],
+        "cannot write predictions",
+    )
+    other = tmp / "other-out"
+    other.mkdir()
+    (other / "recommendation.yaml").write_text(
+        yaml.safe_dump({"dataset": {"name": "mr", "fingerprint": "0" * 64}})
+    )
+    rows["recommend into a folder made for other data"] = (
+        ["recommend", "-d", dataset, "--models", model, "-o", other],
+        "made for other data",
+    )
+    foreign = tmp / "foreign-out"
+    foreign.mkdir()
+    (foreign / "recommendation.yaml").write_text("my own notes\n")
+    rows["recommend into a folder with someone else's recommendation.yaml"] = (
+        ["recommend", "-d", dataset, "--models", model, "-o", foreign, "--overwrite"],
+        "not an autolayer recommendation",
+    )
+    rows["export from a SQLite file that does not exist"] = (
+        ["export", "--storage", f"sqlite:///{tmp / 'missing.db'}", "-o", tmp / "c.yaml"],
+        "does not exist",
+    )
+    rows["export from a folder with no study"] = (
+        ["export", tmp / "t", "-o", tmp / "c.yaml"],
+        "does not exist",
+    )
+    rows["unknown device"] = (
+        ["extract", "-m", model, "-d", dataset, "--device", "bogus"],
+        "device",
+    )
+    rows["apply with an unknown device"] = (
+        ["apply", config, "-d", dataset, "-o", tmp / "m", "--device", "gpu0"],
+        "device",
+    )
+    rows["zero threads"] = (["extract", "-m", model, "-d", dataset, "--threads", "0"], "--threads")
+    rows["negative threads"] = (
+        ["extract", "-m", model, "-d", dataset, "--threads", "-3"],
+        "--threads",
+    )
+    rows["max-length below 2"] = (
+        ["extract", "-m", model, "-d", dataset, "--max-length", "1"],
+        "--max-length",
+    )
+    rows["zero trials"] = (
+        ["search", "-d", dataset, "--models", model, "--n-trials", "0", "-o", tmp / "s0"],
+        "--n-trials",
+    )
+    rows["complementarity of one model named twice"] = (
+        ["complementarity", "-m", f"{model},{model}", "-d", dataset],
+        "named twice",
+    )
+    rows["an empty model list"] = (
+        ["search", "-d", dataset, "--models", ",", "-o", tmp / "s1"],
+        "no model named",
+    )
+    (tmp / "k").mkdir()
+    rows["unknown key in a config"] = (
+        ["apply", _config(tmp / "k", model, colour="blue"), "-d", dataset, "-o", tmp / "m"],
+        "unknown field(s) 'colour'",
+    )
+    (tmp / "k2").mkdir()
+    bad_model = {
+        "spec": str(model),
+        "identity": "x",
+        "layer": 1,
+        "n_hidden_states": 5,
+        "pooling_mode": "max",
+    }
+    rows["unknown key in a config's model"] = (
+        ["apply", _config(tmp / "k2", model, models=[bad_model]), "-d", dataset, "-o", tmp / "m"],
+        "'pooling_mode'",
+    )
+    (tmp / "l").mkdir()
+    rows["config label absent from the data"] = (
+        [
+            "apply",
+            _config(tmp / "l", model, label_names=["neg", "neutral", "pos"]),
+            "-d",
+            dataset,
+            "-o",
+            tmp / "m",
+        ],
+        "'neutral', absent from dataset",
+    )
+    (tmp / "afile2").write_text("x")
+    rows["score --json under a file: found before extraction"] = (
+        ["score", "-m", model, "-d", dataset, "--json", tmp / "afile2" / "s.json"],
+        "cannot write",
+    )
+    rows["extract -o under a file: found before extraction"] = (
+        ["extract", "-m", model, "-d", dataset, "-o", tmp / "afile2" / "x.npy"],
+        "cannot write",
+    )
+    return rows
+
+
+def _intact(folder: Path) -> None:
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == ["data.csv", "notes.txt"]
+
+
+# What must not have happened, per row (tmp, home) -> None.
+CHECKS = {
+    "apply into a folder of the user's files": lambda tmp, home: _intact(tmp / "mine"),
+    "apply --overwrite into a folder of the user's files": lambda tmp, home: _intact(tmp / "mine2"),
+    "predict output is the input": lambda tmp, home: (
+        (tmp / "in.txt").read_text() == "good film\nbad plot\n" or pytest.fail("input lost")
+    ),
+    "recommend into a folder made for other data": lambda tmp, home: (
+        not (home / "embeddings").exists() or pytest.fail("extracted before refusing")
+    ),
+    "export from a SQLite file that does not exist": lambda tmp, home: (
+        not (tmp / "missing.db").exists() or pytest.fail("created a storage")
+    ),
+    "export from a folder with no study": lambda tmp, home: (
+        not (tmp / "t" / "study.db").exists() or pytest.fail("created a storage")
+    ),
+    "score --json under a file: found before extraction": lambda tmp, home: (
+        not (home / "embeddings").exists() or pytest.fail("extracted before refusing")
+    ),
+    "extract -o under a file: found before extraction": lambda tmp, home: (
+        not (home / "embeddings").exists() or pytest.fail("extracted before refusing")
+    ),
+    "output folder not writable": lambda tmp, home: (
+        not (home / "embeddings").exists() or pytest.fail("extracted before refusing")
+    ),
+}
 
 
 NAMES = [
@@ -148,7 +304,6 @@ NAMES = [
     "config names a model that is not available",
     "output folder not writable",
     "label only in test",
-    "apply on data without a test split",
     "unreachable storage URL",
     "unsupported storage URL",
     "unknown study name",
@@ -156,6 +311,27 @@ NAMES = [
     "fewer examples than folds",
     "complementarity of one model",
     "unknown zoo alias to install",
+    "apply into a folder of the user's files",
+    "apply --overwrite into a folder of the user's files",
+    "predict output is the input",
+    "predict output in an unknown format",
+    "recommend into a folder made for other data",
+    "recommend into a folder with someone else's recommendation.yaml",
+    "export from a SQLite file that does not exist",
+    "export from a folder with no study",
+    "unknown device",
+    "apply with an unknown device",
+    "zero threads",
+    "negative threads",
+    "max-length below 2",
+    "zero trials",
+    "complementarity of one model named twice",
+    "an empty model list",
+    "unknown key in a config",
+    "unknown key in a config's model",
+    "config label absent from the data",
+    "score --json under a file: found before extraction",
+    "extract -o under a file: found before extraction",
 ]
 
 
@@ -171,6 +347,8 @@ def test_bad_input_table(name, capsys, tmp_path, home, tiny_models, tiny_dataset
     ]
     assert len(lines) == 1, err
     assert lines[0].startswith("error:") and expected in lines[0], lines[0]
+    if name in CHECKS:
+        CHECKS[name](tmp_path, home)
 
 
 def test_a_one_megabyte_text_is_truncated_not_a_crash(capsys, tmp_path, home, tiny_models):

@@ -94,7 +94,7 @@ def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_da
     )
     assert code == 0, err
     lines = (tmp_path / "pred.csv").read_text().strip().splitlines()
-    assert lines[0].startswith("text,label,p_neg,p_pos") and len(lines) == 3
+    assert lines[0].startswith("row,text,label,p_neg,p_pos") and len(lines) == 3
 
 
 def test_search_resumes_and_counts_trials_across_runs(home, tmp_path, tiny_dataset, models):
