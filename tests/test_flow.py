@@ -208,6 +208,7 @@ def test_saved_model_round_trips_without_pickle(home, tmp_path, tiny_models, tin
     estimator.save(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "config.yaml",
+        "features.json",
         "head.json",
         "head.safetensors",
     ]
