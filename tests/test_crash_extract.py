@@ -4,10 +4,11 @@ finished before the kill reused, not recomputed.
 
 The killed runs are real `autolayer extract` processes started by a small driver script. It
 only lowers the chunk size (the CLI has no option for it: 512 rows would need thousands of
-texts to give several chunks), can slow each batch down so that timed kills land mid-run, and
-can SIGKILL its own process at one exact point of the on-disk protocol (just before or after
-a given file is renamed into place), for the points too brief to hit by timing. The reruns go
-through the CLI in-process, counting the rows the model really computes.
+texts to give several chunks), can pause at a named point (model loaded, a chunk renamed
+into place) until the test SIGKILLs it, so that no kill depends on timing, can slow each
+batch down for the one deliberately timed kill, and can SIGKILL its own process at one exact
+point of the on-disk protocol (just before or after a given file is renamed into place). The
+reruns go through the CLI in-process, counting the rows the model really computes.
 """
 
 from __future__ import annotations
@@ -61,6 +62,33 @@ if delay:
         return forward(self, *args, **kwargs)
 
     extraction.Backbone.forward_pooled = slow_forward
+
+pause_at = os.environ.get("CRASH_PAUSE_AT")  # "model" or a file name: wait there for the kill
+
+
+def pause(point):
+    if point == pause_at:
+        open(os.environ["CRASH_PAUSED"], "w").close()
+        while True:
+            signal.pause()
+
+
+if pause_at == "model":
+    init = extraction.Backbone.__init__
+
+    def init_then_pause(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        pause("model")
+
+    extraction.Backbone.__init__ = init_then_pause
+elif pause_at:
+    replace_file = os.replace
+
+    def replace_then_pause(src, dst, *args, **kwargs):
+        replace_file(src, dst, *args, **kwargs)
+        pause(os.path.basename(dst))
+
+    os.replace = replace_then_pause
 
 kill_at = os.environ.get("CRASH_KILL_AT")  # "<file name>:before" or "<file name>:after"
 if kill_at:
@@ -254,45 +282,44 @@ def _check_nothing_left_behind(entries: list[Path]) -> None:
 
 
 KILLS = {
-    # name: (finished chunks to wait for, extra seconds to wait after that)
-    "while loading the model": (0, 0.0),
-    "after the first chunk": (1, 0.0),
-    "after half the chunks": (N_CHUNKS // 2, 0.0),
-    f"at a random time (seed {SEED})": (1, random.Random(SEED).uniform(0.0, 1.6)),
+    # name: (where the child pauses for the kill, or None for a timed kill after one chunk)
+    "while loading the model": "model",
+    "after the first chunk": "000000.npy",
+    "after half the chunks": f"{N_CHUNKS // 2 - 1:06d}.npy",
+    f"at a random time (seed {SEED})": None,
 }
+EXTRA = random.Random(SEED).uniform(0.0, 1.6)  # the timed kill's delay after chunk 0
 
 
 @pytest.mark.parametrize("point", list(KILLS))
 def test_sigkill_mid_extraction_then_rerun_resumes_bit_identical(
     point, reference, crash_dataset, tmp_path, home, monkeypatch
 ):
-    wait_chunks, extra = KILLS[point]
-    cache = tmp_path / "cache"
+    pause_at = KILLS[point]
+    cache, paused = tmp_path / "cache", tmp_path / "paused"
+    env = {"CRASH_PAUSE_AT": pause_at, "CRASH_PAUSED": str(paused)} if pause_at else {}
     proc = _start(
         tmp_path,
         _args(reference["model"], crash_dataset, cache, tmp_path / "killed.npy"),
         CRASH_BATCH_DELAY=str(BATCH_DELAY),
+        **env,
     )
     try:
         deadline = time.monotonic() + DEADLINE
-        while True:
-            entry = _entry(cache)
-            # chunk 0 cannot start before the model is loaded: the entry's lock file shows
-            # the run got past argument parsing, dataset loading and the cache lookup
-            ready = entry is not None and (entry / ".lock").exists()
-            if ready and len(_chunks(cache)) >= wait_chunks:
-                break
+        while not (paused.exists() if pause_at else len(_chunks(cache)) >= 1):
             if proc.poll() is not None:
                 pytest.fail(f"child ended ({proc.returncode}) before the kill:\n{_log(tmp_path)}")
             if time.monotonic() > deadline:
-                pytest.fail(f"no {wait_chunks} chunk(s) after {DEADLINE:.0f} s:\n{_log(tmp_path)}")
+                pytest.fail(f"child never reached {point!r} in {DEADLINE:.0f} s:\n{_log(tmp_path)}")
             time.sleep(0.002)
-        time.sleep(extra)
+        if not pause_at:
+            time.sleep(EXTRA)
         _sigkill(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    wait_chunks = 0 if pause_at in (None, "model") else int(pause_at.split(".")[0]) + 1
     random_point = point.startswith("at a random time")
     # only a random kill may come too late, when the child has already exited normally
     assert proc.returncode in ((-signal.SIGKILL, 0) if random_point else (-signal.SIGKILL,))

@@ -20,10 +20,13 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autolayer.search import collect
 from tests.conftest import REPO, WORDS, write_jsonl
 
 N_TRIALS = 10
-HEARTBEAT = "1"  # seconds; a killed worker's trial is failed after 3 missed beats
+# Seconds; a killed worker's trial is failed after 3 missed beats. Not 1: a live worker
+# starved of CPU for 3 s on a busy 2-core machine would have its trial failed under it.
+HEARTBEAT = "3"
 TIMEOUT = 300
 
 
@@ -128,38 +131,61 @@ def test_two_workers_share_one_study(postgres_url, workload, tmp_path):
     outputs = [_finish(w) for w in workers]
     study = _load(postgres_url, study_name)
     _assert_consistent(study)
-    by_worker = {t.user_attrs["worker"].split(":")[-1] for t in _trained(study)}
-    assert by_worker == {str(w.pid) for w in workers}, "both workers trained trials"
-    assert _best_seen(outputs[0]) == _best_seen(outputs[1]) == study.best_trial.number
+    # Both took part (trained, or waited for the other's last trials): which one trains
+    # how many is up to the scheduler.
+    by_worker = {
+        t.user_attrs["worker"].split(":")[-1] for t in study.trials if "worker" in t.user_attrs
+    }
+    assert by_worker == {str(w.pid) for w in workers}, "both workers took part"
+    # Ties in accuracy are common: the best is autolayer's ordering (value, then latency,
+    # then number), not the database's arbitrary pick among tied rows.
+    best = collect(study, postgres_url).best
+    assert _best_seen(outputs[0]) == _best_seen(outputs[1]) == best.number
+    assert best.value == study.best_value
 
 
-def _wait_for_running_trial(storage: str, study: str, pid: int) -> int:
-    """Number of a trial that worker ``pid`` is training, once one has finished before it."""
+def _wait_for_running_trial(storage: str, study: str, pid: int) -> None:
+    """Return once worker ``pid`` trains a trial, after one of its trials has finished."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        try:
-            trials = _load(storage, study).get_trials(deepcopy=False)
-        except KeyError:  # the study does not exist yet
-            trials = []
-        mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{pid}")]
-        finished = [t for t in mine if t.state.is_finished()]
-        running = [
-            t
-            for t in mine
-            if t.state == optuna.trial.TrialState.RUNNING and "surplus" not in t.user_attrs
-        ]
-        if finished and running:
-            return running[0].number
+        if _running(storage, study, pid, require_finished=True):
+            return
         time.sleep(0.05)
     raise AssertionError(f"worker {pid} never trained a second trial")
+
+
+def _running(storage: str, study: str, pid: int, require_finished: bool = False) -> list[int]:
+    """Numbers of the trials worker ``pid`` is training (not waiting in a surplus trial)."""
+    try:
+        trials = _load(storage, study).get_trials(deepcopy=False)
+    except KeyError:  # the study does not exist yet
+        return []
+    mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{pid}")]
+    if require_finished and not any(t.state.is_finished() for t in mine):
+        return []
+    return [
+        t.number
+        for t in mine
+        if t.state == optuna.trial.TrialState.RUNNING and "surplus" not in t.user_attrs
+    ]
+
+
+def _kill(worker: subprocess.Popen, storage: str, study: str) -> int:
+    """SIGKILL a worker mid-trial; → the trial it was training when it died (read after the
+    kill, so a trial that finished just before it is not mistaken for the killed one)."""
+    _wait_for_running_trial(storage, study, worker.pid)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    killed = _running(storage, study, worker.pid)
+    if not killed:  # it died between two trials: nothing was mid-trial
+        pytest.skip("the kill fell between two trials")
+    return killed[0]
 
 
 def test_a_worker_killed_mid_trial_leaves_the_study_consistent(postgres_url, workload, tmp_path):
     study_name = f"kill-{uuid.uuid4().hex[:8]}"
     doomed, survivor = (_worker(workload, postgres_url, study_name, tmp_path / w) for w in "ab")
-    killed = _wait_for_running_trial(postgres_url, study_name, doomed.pid)
-    doomed.send_signal(signal.SIGKILL)
-    doomed.wait(timeout=30)
+    killed = _kill(doomed, postgres_url, study_name)
     _finish(survivor)
     study = _load(postgres_url, study_name)
     _assert_consistent(study)
@@ -172,9 +198,7 @@ def test_a_worker_killed_mid_trial_leaves_the_study_consistent(postgres_url, wor
 def test_a_killed_search_resumes_and_keeps_its_finished_trials(workload, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     first = _worker(workload, storage, "resume", tmp_path / "out")
-    killed = _wait_for_running_trial(storage, "resume", first.pid)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+    killed = _kill(first, storage, "resume")
     before = {t.number: t.values for t in _trained(_load(storage, "resume"))}
     assert before, "trials finished before the kill"
     _finish(_worker(workload, storage, "resume", tmp_path / "out"))

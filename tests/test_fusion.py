@@ -144,7 +144,7 @@ def test_result_reports_restored_best_weights() -> None:
     accuracy = (predict_proba(result.model, val).argmax(axis=1) == y_val).mean()
     assert accuracy == pytest.approx(result.best_val_metric)
     assert result.n_parameters == count_parameters([8, 6], 16, "concat", 32, 2)
-    assert result.train_seconds > 0
+    assert result.train_seconds >= 0  # measured, never asserted on: no wall-time checks
     assert next(result.model.parameters()).device.type == "cpu"
 
 

@@ -21,6 +21,16 @@ from autolayer.probe import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Exact comparisons of two runs hold for any thread count only by luck of the BLAS's
+    reduction order: pin one thread so they are deterministic everywhere."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _layered(
     n: int = 300, layers: int = 6, width: int = 20, classes: int = 3, signal: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
