@@ -126,6 +126,51 @@ def home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "home"
 
 
+def write_config(folder: Path, model: Path, **changes) -> Path:
+    """A small valid config (tiny encoder at hidden state 2, concat head) as
+    ``folder/config.yaml``; ``changes`` replace or add top-level fields."""
+    import yaml
+
+    from autolayer import zoo
+
+    data = {
+        "schema_version": 1,
+        "models": [
+            {
+                "spec": str(model),
+                "identity": zoo.resolve(str(model)).identity,
+                "layer": 2,
+                "n_hidden_states": 5,
+            }
+        ],
+        "operator": "concat",
+        "width": 16,
+        "hidden": 8,
+        "dropout": 0.0,
+        "lr": 0.003,
+        "batch_size": 8,
+        "epochs": 2,
+        "label_names": ["neg", "pos"],
+        **changes,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models are overhead-bound, and exact comparisons of two runs hold for any
+    thread count only by luck of the BLAS's reduction order: pin one thread."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

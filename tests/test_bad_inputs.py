@@ -14,35 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autolayer import zoo
 from autolayer.cli import main
-from tests.conftest import write_jsonl
+from tests.conftest import write_config, write_jsonl
 
 
 def _config(tmp: Path, model: Path, **changes) -> Path:
-    data = {
-        "schema_version": 1,
-        "models": [
-            {
-                "spec": str(model),
-                "identity": zoo.resolve(str(model)).identity,
-                "layer": 2,
-                "n_hidden_states": 5,
-            }
-        ],
-        "operator": "concat",
-        "width": 16,
-        "hidden": 8,
-        "dropout": 0.0,
-        "lr": 0.003,
-        "batch_size": 8,
-        "epochs": 2,
-        "label_names": ["neg", "pos"],
-    }
-    data.update(changes)
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(tmp, model, **changes)
 
 
 def _rows(tmp: Path, model: Path, dataset: Path) -> dict[str, tuple[list, str]]:

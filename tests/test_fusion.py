@@ -30,13 +30,7 @@ DIMS = (5, 7, 3)
 FAST = {"width": 16, "hidden": 32, "lr": 1e-2, "batch_size": 50, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are overhead-bound; extra threads only contend on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sum_task(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:

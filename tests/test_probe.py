@@ -20,15 +20,7 @@ from autolayer.probe import (
     probe_layers_holdout,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Exact comparisons of two runs hold for any thread count only by luck of the BLAS's
-    reduction order: pin one thread so they are deterministic everywhere."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layered(

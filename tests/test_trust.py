@@ -16,12 +16,11 @@ import pytest
 import torch
 import yaml
 
-from autolayer import zoo
 from autolayer.classifier import MODEL_FILES
 from autolayer.cli import main
 from autolayer.config import load_config
 from autolayer.search import Cost
-from tests.conftest import write_jsonl
+from tests.conftest import write_config, write_jsonl
 
 
 def test_cost_attributes_are_stored_unrounded():
@@ -57,30 +56,7 @@ def one_error_line(err: str) -> str:
 
 @pytest.fixture()
 def config(tmp_path, tiny_models) -> Path:
-    model = tiny_models["bert"]
-    data = {
-        "schema_version": 1,
-        "models": [
-            {
-                "spec": str(model),
-                "identity": zoo.resolve(str(model)).identity,
-                "layer": 2,
-                "n_hidden_states": 5,
-            }
-        ],
-        "operator": "concat",
-        "width": 16,
-        "hidden": 8,
-        "dropout": 0.0,
-        "lr": 0.003,
-        "batch_size": 8,
-        "epochs": 2,
-        "label_names": ["neg", "pos"],
-    }
-    path = tmp_path / "cfg" / "config.yaml"
-    path.parent.mkdir()
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(tmp_path / "cfg", tiny_models["bert"])
 
 
 @pytest.fixture()
