@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from autolayer import zoo
 from autolayer.config import FusionConfig, load_config
 from autolayer.errors import ConfigError, DataError
 from autolayer.files import (
@@ -30,6 +29,7 @@ from autolayer.files import (
     same_file,
     temp_dir,
 )
+from autolayer.sources import make_source
 
 logger = logging.getLogger("autolayer")
 
@@ -299,7 +299,7 @@ def check_provenance(config: FusionConfig, fingerprint: str | None) -> list[str]
             f"({config.dataset.get('name', '?')}): the recommendation was made on other data"
         )
     for choice in config.models:
-        identity = zoo.resolve(choice.spec).identity
+        identity = make_source(choice.spec).identity
         if identity != choice.identity:
             notes.append(
                 f"model {choice.spec!r} has identity {identity}, the config expects "

@@ -235,24 +235,24 @@ def extract(
     from autolayer.data import split_texts
     from autolayer.extraction import embed_texts
     from autolayer.files import atomic_save_npy
+    from autolayer.options import Options
 
     _writable(output, "array")
     source, texts = split_texts(dataset, split, text_column=text_column)
+    options = Options(
+        pooling=pooling, max_length=max_length, device=device, threads=threads, cache_dir=cache_dir
+    )
     with report.progress_bar(f"{model} · {source}", len(texts)) as advance:
         embeddings = embed_texts(
             model,
             texts,
             source=source,
-            pooling=pooling,
             layers=_parse_layers(layers),
-            max_length=max_length,
             batch_size=batch_size,
             max_tokens=max_tokens,
-            device=device,
-            threads=threads,
-            cache_dir=cache_dir,
             trust_remote_code=trust_remote_code,
             progress=advance,
+            **options.extraction(),
         )
     report.layer_summary(embeddings)
     if output:
@@ -274,16 +274,6 @@ def _models(value: str | None) -> list[str] | None:
             f"{', '.join(twice)} named twice; give each model once", param_hint="'--models'"
         )
     return names
-
-
-def _extract_all(models: list[str], data, split: str, **options) -> None:
-    """Embed (or find cached) every model's split with a progress bar, before analysis."""
-    from autolayer import report
-    from autolayer.extraction import extract as run_extract
-
-    for model in models:
-        with report.progress_bar(f"{model} · {data.name}/{split}", len(data.split(split))) as bar:
-            run_extract(model, data, split, progress=bar, **options)
 
 
 @cli.command()
@@ -325,18 +315,22 @@ def score(
     from autolayer import report
     from autolayer.data import load_dataset
     from autolayer.files import atomic_write_bytes
-    from autolayer.probe import check_folds
-    from autolayer.probe import score as run_score
+    from autolayer.options import Options
+    from autolayer.pipeline import score as run_score
 
     names = _models(models)
     _writable(json_path, "JSON")
     _writable(plot, "plot")
     data = load_dataset(dataset, text_column=text_column, label_column=label_column)
-    check_folds(len(data.split(split)), folds)
-    options = {"pooling": pooling, "max_length": max_length, "cache_dir": cache_dir}
-    _extract_all(names, data, split, **options)
+    options = Options(pooling=pooling, max_length=max_length, seed=seed, cache_dir=cache_dir)
     results = run_score(
-        names, data, split=split, n_folds=folds, max_examples=max_examples, seed=seed, **options
+        names,
+        data,
+        options=options,
+        split=split,
+        n_folds=folds,
+        max_examples=max_examples,
+        progress=report.progress_bar,
     )
     report.score_tables(results)
     if json_path:
@@ -386,9 +380,10 @@ def complementarity(
     import json
 
     from autolayer import report
-    from autolayer.cka import complementarity as run_cka
     from autolayer.data import load_dataset
     from autolayer.files import atomic_write_bytes
+    from autolayer.options import Options
+    from autolayer.pipeline import complementarity as run_cka
 
     names = _models(models)
     if len(names) < 2:
@@ -406,16 +401,15 @@ def complementarity(
             raise click.BadParameter(
                 f"expected model:layer pairs such as minilm:4; got {layers!r}"
             ) from None
-    options = {"pooling": pooling, "max_length": max_length, "cache_dir": cache_dir}
-    _extract_all(names, data, split, **options)
     result = run_cka(
         names,
         data,
+        options=Options(pooling=pooling, max_length=max_length, cache_dir=cache_dir),
         split=split,
         layers=chosen,
         max_examples=max_examples,
         debiased=debiased,
-        **options,
+        progress=report.progress_bar,
     )
     labels = [f"{m} L{layer}" for m, layer in zip(result.models, result.layers, strict=True)]
     report.cka_table(
@@ -425,6 +419,17 @@ def complementarity(
         atomic_write_bytes(json_path, json.dumps(result.to_dict(), indent=1).encode())
     if plot:
         report.plot_cka(result, plot)
+
+
+def _constraint_options() -> list:
+    """One flag per registered budget constraint (``max_latency_ms`` → ``--max-latency-ms``)."""
+    from autolayer.budgets import CONSTRAINTS
+
+    kinds = {int: click.IntRange(min=0), float: click.FloatRange(min=0)}
+    return [
+        click.option(c.flag(), c.name, type=kinds.get(c.kind, c.kind), help=c.help)
+        for c in CONSTRAINTS.values()
+    ]
 
 
 def _search_options(func):
@@ -459,11 +464,7 @@ def _search_options(func):
             type=click.IntRange(min=1),
             help="Models fused at most.",
         ),
-        click.option("--max-memory-mb", type=float, help="Weights + features + head, in MB."),
-        click.option(
-            "--max-latency-ms", type=float, help="Backbone time per text, up to the chosen layers."
-        ),
-        click.option("--max-params", type=int, help="Fusion-head parameters at most."),
+        *_constraint_options(),
         click.option(
             "--metric",
             type=click.Choice(["accuracy", "macro_f1"]),
@@ -506,16 +507,15 @@ def _search_options(func):
 def _run_search(kw: dict, *, full_report: bool):
     _quiet()
     from autolayer import pipeline, report
+    from autolayer.budgets import CONSTRAINTS, Budget
     from autolayer.data import load_dataset
-    from autolayer.search import Budget
+    from autolayer.options import Options
 
     budget = Budget(
         n_trials=kw["n_trials"],
         timeout=kw["timeout"],
         max_models=kw["max_models"],
-        max_memory_mb=kw["max_memory_mb"],
-        max_latency_ms=kw["max_latency_ms"],
-        max_params=kw["max_params"],
+        **{name: kw[name] for name in CONSTRAINTS},
     )
     models = _models(kw["models"])
     _writable(kw["output_dir"], "output folder")
@@ -524,14 +524,18 @@ def _run_search(kw: dict, *, full_report: bool):
     )
     if full_report:
         pipeline.check_output_dir(kw["output_dir"], data, overwrite=kw["overwrite"])
-    features = {"pooling": kw["pooling"], "max_length": kw["max_length"]}
+    options = Options(
+        pooling=kw["pooling"],
+        max_length=kw["max_length"],
+        metric=kw["metric"],
+        seed=kw["seed"],
+        cache_dir=kw["cache_dir"],
+    )
     study = {
         "output_dir": kw["output_dir"],
         "storage": kw["storage"],
         "study_name": kw["study_name"],
         "budget": budget,
-        "metric": kw["metric"],
-        "seed": kw["seed"],
         "multi_objective": kw["multi_objective"],
         "heartbeat": kw["heartbeat"],
     }
@@ -540,24 +544,16 @@ def _run_search(kw: dict, *, full_report: bool):
             rec = pipeline.recommend(
                 data,
                 models,
+                options=options,
                 top_k=kw["top_k"],
-                cache_dir=kw["cache_dir"],
                 progress=report.progress_bar,
                 callbacks=[on_trial],
                 overwrite=kw["overwrite"],
-                **features,
                 **study,
             )
         else:
             prepared = pipeline.prepare(
-                data,
-                models,
-                top_k=kw["top_k"],
-                metric=kw["metric"],
-                seed=kw["seed"],
-                cache_dir=kw["cache_dir"],
-                progress=report.progress_bar,
-                **features,
+                data, models, options=options, top_k=kw["top_k"], progress=report.progress_bar
             )
             result = pipeline.search(prepared, callbacks=[on_trial], **study)
     if full_report:

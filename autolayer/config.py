@@ -18,9 +18,9 @@ import yaml
 
 from autolayer.errors import ConfigError
 from autolayer.files import atomic_write_bytes
+from autolayer.options import POOLINGS
 
 SCHEMA_VERSION = 1
-POOLINGS = ("mean", "last", "cls")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from autolayer.errors import ConfigError, DataError
+from autolayer.sampling import stratified_rows
 
 __all__ = [
     "InputTexts",
@@ -125,7 +126,7 @@ class LabelledDataset:
             raise ConfigError(f"subsample size must be >= {n_classes} (one per class); got {size}")
         if size >= len(source):
             return self
-        rows = _stratified_rows(source.labels, size, seed)
+        rows = stratified_rows(source.labels, size, seed, per_class=1)
         texts = [source.texts[i] for i in rows]
         labels = [self.label_names[source.labels[i]] for i in rows]
         index = {label: i for i, label in enumerate(self.label_names)}
@@ -155,20 +156,6 @@ class InputTexts:
     rows: tuple[int, ...]
     ids: tuple[Any, ...] | None
     source: str
-
-
-def _stratified_rows(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted row indices: one per present class, the rest by largest-remainder quotas."""
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = 1 + (counts - 1) * (size - len(classes)) / (len(labels) - len(classes))
-    take = np.floor(quota).astype(int)
-    take[np.argsort(take - quota, kind="stable")[: size - take.sum()]] += 1
-    picks = [
-        rng.choice(np.flatnonzero(labels == c), k, replace=False)
-        for c, k in zip(classes, take, strict=True)
-    ]
-    return np.sort(np.concatenate(picks))
 
 
 @dataclass(frozen=True)

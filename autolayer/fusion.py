@@ -28,6 +28,8 @@ from torch.nn import functional as F
 from autolayer.device import resolve_device
 from autolayer.errors import ConfigError
 from autolayer.files import atomic_write
+from autolayer.metrics import METRICS
+from autolayer.metrics import score as metric_score
 
 __all__ = [
     "METRICS",
@@ -46,7 +48,6 @@ __all__ = [
     "train_fusion",
 ]
 
-METRICS = ("accuracy", "macro_f1")
 WEIGHTS_FILE = "head.safetensors"
 CONFIG_FILE = "head.json"
 _EVAL_BATCH = 4096
@@ -530,7 +531,7 @@ def _fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        score = _score(_predict(model, val), y_val, params.metric)
+        score = metric_score(_predict(model, val), y_val, params.metric)
         history.append(score)
         if best_state is None or score > history[best_epoch]:
             best_epoch = epoch
@@ -559,19 +560,6 @@ def _logits(model: FusionClassifier, inputs: list[Tensor], batch_size: int) -> T
         return torch.cat(
             [model([x[i : i + batch_size] for x in inputs]) for i in range(0, n, batch_size)]
         )
-
-
-def _score(pred: Tensor, target: Tensor, metric: str) -> float:
-    """Accuracy, or macro F1 over the labels present in ``target`` or ``pred`` (as sklearn)."""
-    if metric == "accuracy":
-        return float((pred == target).double().mean())
-    n_classes = int(max(pred.max(), target.max())) + 1
-    hits = torch.bincount(target[pred == target], minlength=n_classes).double()
-    support = (
-        torch.bincount(pred, minlength=n_classes) + torch.bincount(target, minlength=n_classes)
-    ).double()
-    present = support > 0
-    return float((2 * hits[present] / support[present]).mean())
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> Tensor:

@@ -1,4 +1,9 @@
-"""The pipeline behind ``autolayer recommend``: extract → score → CKA → search → config.
+"""The stages behind every command: extract → score → complementarity → search → config.
+
+This is the one orchestration module: it loads data, extracts (cached) features, and hands
+arrays to the pure scorers (``probe``, ``cka``) and to the search, taking a progress
+callback so the CLI only renders. Settings travel with the data in one :class:`Options`,
+held by the prepared state and stored in the study before its first trial.
 
 Everything is chosen on a validation split carved from train (or the dataset's own): the
 test split is never looked at here, so the recommendation's test accuracy (``apply``) is an
@@ -11,74 +16,262 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from autolayer import zoo
+from autolayer.budgets import Budget
 from autolayer.config import FusionConfig, ModelChoice, library_versions
 from autolayer.data import LabelledDataset, load_dataset
 from autolayer.errors import ConfigError
 from autolayer.extraction import Embeddings, extract
-from autolayer.search import Budget, Candidate, SearchResult, Space, TrialSummary, run_search
+from autolayer.options import Options
+from autolayer.probe import LayerScores
+from autolayer.search import (
+    Candidate,
+    LayerCost,
+    SearchResult,
+    Space,
+    TrialSummary,
+    run_search,
+)
+from autolayer.sources import make_source
 
 logger = logging.getLogger("autolayer")
 
 DEFAULT_MODELS = ("minilm", "smollm2")
 CKA_ROWS = 5000
+PROBE_ROWS = 4000  # probes of the layers run on a stratified sample of at most this many rows
 ProgressFactory = Callable[[str, int], object]
 
 
 @dataclass(frozen=True)
-class ModelReport:
-    """What the scorer found for one model."""
+class ModelScores:
+    """Probe scores of every layer of one model on one dataset split."""
 
-    name: str
+    model: str
     n_hidden_states: int
-    accuracy: np.ndarray  # [L+1] probe CV accuracy on the search-train rows
-    accuracy_std: np.ndarray
-    macro_f1: np.ndarray
-    candidates: tuple[int, ...]  # top-k layers offered to the search
-    ms_per_text: float
+    scores: LayerScores
+    rank_stability: float | None = None  # Spearman ρ of two subsample rankings, if subsampled
+    searched: tuple[int, ...] = ()  # the top-k layers offered to the search, best first
 
     @property
     def best_layer(self) -> int:
-        return int(self.candidates[0])
+        """Best by the search's metric when it was ranked for a search, else by accuracy."""
+        return self.searched[0] if self.searched else self.scores.best_layer
 
     @property
     def last_layer(self) -> int:
         return self.n_hidden_states - 1
 
+    def to_dict(self) -> dict:
+        s = self.scores
+        return {
+            "model": self.model,
+            "best_layer": self.best_layer,
+            "last_layer": self.last_layer,
+            "n_folds": s.n_folds,
+            "n_examples": s.n_examples,
+            "rank_stability": self.rank_stability,
+            "layers": [
+                {
+                    "layer": i,
+                    "depth": i / max(self.last_layer, 1),
+                    "accuracy": float(s.accuracy[i]),
+                    "accuracy_std": float(s.accuracy_std[i]),
+                    "macro_f1": float(s.macro_f1[i]),
+                    "rank": int(np.flatnonzero(s.ranking() == i)[0]) + 1,
+                }
+                for i in range(self.n_hidden_states)
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Complementarity:
+    """Linear CKA between models on the same rows: low CKA = dissimilar views."""
+
+    models: tuple[str, ...]
+    layers: tuple[int, ...]  # the layer of each model used in ``matrix``
+    matrix: np.ndarray  # [M, M] CKA at those layers
+    grids: dict  # (model_a, model_b) -> [La, Lb] CKA of every layer pair
+    n_examples: int
+    debiased: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "models": list(self.models),
+            "layers": list(self.layers),
+            "matrix": self.matrix.tolist(),
+            "grids": {f"{a}|{b}": g.tolist() for (a, b), g in self.grids.items()},
+            "n_examples": self.n_examples,
+            "debiased": self.debiased,
+        }
+
 
 @dataclass(frozen=True)
 class Prepared:
-    """Inputs of a search: the data, its train/validation rows and the model candidates."""
+    """Inputs of a search: the data and its options, train/validation labels, candidates."""
 
     data: LabelledDataset
+    options: Options  # how the candidates' features were made: export must say the same
     y_train: np.ndarray
     y_val: np.ndarray
     candidates: tuple[Candidate, ...]
-    reports: tuple[ModelReport, ...]
+    reports: tuple[ModelScores, ...]
     validation: dict
-    pooling: str = "mean"  # how the candidates' features were made: export must say the same
-    max_length: int = 256
 
 
 @dataclass(frozen=True)
 class Recommendation:
     config: FusionConfig
     search: SearchResult
-    reports: tuple[ModelReport, ...]
+    reports: tuple[ModelScores, ...]
     cka_names: tuple[str, ...]
     cka: np.ndarray  # [M, M] at each model's best layer
     reasons: tuple[str, ...]
+
+
+def resolve_options(options: Options | None, settings: dict) -> Options:
+    """``options`` with keyword ``settings`` (``seed=1``, ``pooling="last"``…) applied."""
+    try:
+        return replace(options or Options(), **settings)
+    except TypeError:
+        known = set(Options.__dataclass_fields__)
+        unknown = ", ".join(sorted(set(settings) - known))
+        raise ConfigError(
+            f"unknown option(s) {unknown}; known: {', '.join(sorted(known))}"
+        ) from None
 
 
 def default_models() -> list[str]:
     """Installed zoo models among the defaults (the demo must run offline)."""
     installed = [m for m in DEFAULT_MODELS if zoo.installed_folder(m) is not None]
     return installed or [DEFAULT_MODELS[0]]
+
+
+def check_models(models: Sequence[str] | None, *, at_least: int = 1) -> list[str]:
+    """The model list, checked: ``None`` is the default pool; empty or repeated is an error."""
+    models = default_models() if models is None else list(models)
+    if len(models) < at_least:
+        raise ConfigError(f"give at least {at_least} model(s); got {len(models)}")
+    if len(set(models)) != len(models):
+        raise ConfigError(f"models must be distinct; got {', '.join(models)}")
+    return models
+
+
+def _data(dataset: str | Path | LabelledDataset) -> LabelledDataset:
+    return dataset if isinstance(dataset, LabelledDataset) else load_dataset(dataset)
+
+
+def embed(
+    model: str,
+    data: LabelledDataset,
+    split: str,
+    options: Options,
+    progress: ProgressFactory | None = None,
+) -> Embeddings:
+    """Every layer of ``model`` over a split (cached), with a progress bar when asked."""
+    if progress is None:
+        return extract(model, data, split, **options.extraction())
+    with progress(f"{model} · {data.name}/{split}", len(data.split(split))) as advance:
+        return extract(model, data, split, progress=advance, **options.extraction())
+
+
+def score(
+    models: str | Sequence[str],
+    dataset: str | Path | LabelledDataset = "demo",
+    *,
+    options: Options | None = None,
+    split: str = "train",
+    n_folds: int = 5,
+    max_examples: int | None = None,
+    progress: ProgressFactory | None = None,
+    **settings,
+) -> list[ModelScores]:
+    """Rank every layer of each model by cross-validated linear-probe accuracy.
+
+    With ``max_examples`` the probe runs on a stratified subsample; a second subsample (next
+    seed) is probed too and the Spearman correlation of the two layer rankings is reported
+    as the stability that subsampling costs.
+    """
+    from autolayer.probe import check_folds, probe_layers, rank_agreement
+
+    options = resolve_options(options, settings)
+    models = check_models([models] if isinstance(models, str) else models)
+    data = _data(dataset)
+    labels = data.split(split).labels
+    check_folds(len(labels), n_folds)
+    out = []
+    for model in models:
+        emb = embed(model, data, split, options, progress)
+        X = np.asarray(emb.array)
+        probe = {"n_folds": n_folds, "max_examples": max_examples, "device": options.device}
+        run = probe_layers(X, labels, seed=options.seed, **probe)
+        stability = None
+        if max_examples is not None and max_examples < len(labels):
+            other = probe_layers(X, labels, seed=options.seed + 1, **probe)
+            stability = rank_agreement(run.accuracy, other.accuracy)
+        out.append(ModelScores(model, emb.meta["n_hidden_states"], run, stability))
+    return out
+
+
+def complementarity(
+    models: Sequence[str],
+    dataset: str | Path | LabelledDataset = "demo",
+    *,
+    options: Options | None = None,
+    split: str = "train",
+    layers: dict[str, int] | None = None,
+    max_examples: int = CKA_ROWS,
+    debiased: bool = False,
+    progress: ProgressFactory | None = None,
+    **settings,
+) -> Complementarity:
+    """CKA between models: the full layer × layer grid for each pair, and a model × model
+    matrix at each model's chosen layer (default: its best layer by linear probe).
+
+    All models are embedded on the same split, so rows align by construction; at most
+    ``max_examples`` rows (a seeded sample) are used.
+    """
+    from autolayer.cka import cka_grid, cka_matrix
+    from autolayer.probe import probe_layers
+
+    options = resolve_options(options, settings)
+    models = check_models(models, at_least=2)
+    data = _data(dataset)
+    labels = data.split(split).labels
+    rows = np.arange(len(labels))
+    if len(rows) > max_examples:
+        rng = np.random.default_rng(options.seed)
+        rows = np.sort(rng.choice(len(rows), max_examples, replace=False))
+    arrays = {m: np.asarray(embed(m, data, split, options, progress).array[rows]) for m in models}
+    chosen = []
+    for model in models:
+        n_states = arrays[model].shape[1]
+        if layers and model in layers:
+            if not -n_states <= layers[model] < n_states:
+                raise ConfigError(f"layer {layers[model]} of {model} is outside 0..{n_states - 1}")
+            chosen.append(layers[model] % n_states)
+        else:
+            probe = probe_layers(
+                arrays[model],
+                labels[rows],
+                seed=options.seed,
+                max_examples=PROBE_ROWS,
+                device=options.device,
+            )
+            chosen.append(probe.best_layer)
+    at_layers = {m: arrays[m][:, layer] for m, layer in zip(models, chosen, strict=True)}
+    matrix = cka_matrix(at_layers, debiased=debiased)
+    grids = {
+        (a, b): cka_grid(arrays[a], arrays[b], debiased=debiased, device=options.device)
+        for i, a in enumerate(models)
+        for b in models[i + 1 :]
+    }
+    return Complementarity(tuple(models), tuple(chosen), matrix, grids, len(rows), debiased)
 
 
 def _split_rows(data: LabelledDataset, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,85 +284,76 @@ def prepare(
     dataset: str | Path | LabelledDataset = "demo",
     models: Sequence[str] | None = None,
     *,
+    options: Options | None = None,
     top_k: int = 3,
-    metric: str = "accuracy",
-    validation_size: float = 0.2,
-    probe_max_examples: int | None = 4000,
-    seed: int = 0,
-    pooling: str = "mean",
-    max_length: int = 256,
-    cache_dir: str | Path | None = None,
+    probe_max_examples: int | None = PROBE_ROWS,
     progress: ProgressFactory | None = None,
+    **settings,
 ) -> Prepared:
-    """Extract (cached) every layer of every model, probe the layers, keep each top-k."""
+    """Extract (cached) every layer of every model, probe the layers, keep each top-k.
+
+    ``options`` (or keyword ``settings`` such as ``pooling="last"``) decide the features and
+    the validation split, and travel with the result into the search and the study.
+    """
     from autolayer.probe import probe_layers
 
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1; got {top_k}")
-    data = dataset if isinstance(dataset, LabelledDataset) else load_dataset(dataset)
-    models = default_models() if models is None else list(models)
-    if not models:
-        raise ConfigError("models must name at least one model (None: the default pool)")
-    if len(set(models)) != len(models):
-        raise ConfigError(f"models must be distinct; got {', '.join(models)}")
-    train_rows, val_rows = _split_rows(data, validation_size, seed)
+    options = resolve_options(options, settings)
+    data = _data(dataset)
+    models = check_models(models)
+    train_rows, val_rows = _split_rows(data, options.validation_size, options.seed)
     labels = data.split("train").labels
     y_train = labels[train_rows]
     y_val = labels[val_rows] if len(val_rows) else data.split("validation").labels
     candidates, reports = [], []
     for name in models:
-        train = _embed(name, data, "train", pooling, max_length, cache_dir, progress)
+        train = embed(name, data, "train", options, progress)
         x_train = np.asarray(train.array[train_rows])
         if len(val_rows):
             x_val = np.asarray(train.array[val_rows])
         else:
-            x_val = np.asarray(
-                _embed(name, data, "validation", pooling, max_length, cache_dir, progress).array
-            )
-        scores = probe_layers(x_train, y_train, seed=seed, max_examples=probe_max_examples)
-        top = tuple(int(i) for i in scores.ranking(metric)[:top_k])
+            x_val = np.asarray(embed(name, data, "validation", options, progress).array)
+        scores = probe_layers(
+            x_train,
+            y_train,
+            seed=options.seed,
+            max_examples=probe_max_examples,
+            device=options.device,
+        )
+        top = tuple(int(i) for i in scores.ranking(options.metric)[:top_k])
         n_states = train.meta["n_hidden_states"]
-        source = zoo.resolve(name)
-        base, per_layer = zoo.parameter_counts(source.folder, n_states - 1)
         ms = 1000 * train.meta["seconds"] / max(train.meta["computed_rows"], 1)
+        source = make_source(name)
+        costs = {
+            layer: LayerCost(ms * source.latency_fraction(layer), source.memory_mb(layer))
+            for layer in top
+        }
         keep = list(top)
         candidates.append(
-            Candidate(name, top, n_states, x_train[:, keep], x_val[:, keep], ms, base, per_layer)
+            Candidate(name, top, n_states, x_train[:, keep], x_val[:, keep], ms, costs)
         )
-        reports.append(
-            ModelReport(
-                name, n_states, scores.accuracy, scores.accuracy_std, scores.macro_f1, top, ms
-            )
-        )
+        reports.append(ModelScores(name, n_states, scores, searched=top))
     validation = {
-        "size": validation_size,
-        "seed": seed,
+        "size": options.validation_size,
+        "seed": options.seed,
         "n_train": len(y_train),
         "n_val": len(y_val),
     }
-    return Prepared(
-        data, y_train, y_val, tuple(candidates), tuple(reports), validation, pooling, max_length
-    )
+    return Prepared(data, options, y_train, y_val, tuple(candidates), tuple(reports), validation)
 
 
-def _embed(name, data, split, pooling, max_length, cache_dir, progress) -> Embeddings:
-    options = {"pooling": pooling, "max_length": max_length, "cache_dir": cache_dir}
-    if progress is None:
-        return extract(name, data, split, **options)
-    with progress(f"{name} · {data.name}/{split}", len(data.split(split))) as advance:
-        return extract(name, data, split, progress=advance, **options)
-
-
-def study_context(prepared: Prepared, space: Space, metric: str, seed: int) -> dict:
+def study_context(prepared: Prepared, space: Space) -> dict:
     """What export needs besides a trial's parameters, stored as a study attribute before
     the first trial (so an interrupted first run can be exported too)."""
+    options = prepared.options
     models = {}
     for cand in prepared.candidates:
         models[cand.name] = {
-            "identity": zoo.resolve(cand.name).identity,
+            "identity": make_source(cand.name).identity,
             "n_hidden_states": cand.n_hidden_states,
-            "pooling": prepared.pooling,
-            "max_length": prepared.max_length,
+            "pooling": options.pooling,
+            "max_length": options.max_length,
         }
     return {
         "models": models,
@@ -180,8 +364,9 @@ def study_context(prepared: Prepared, space: Space, metric: str, seed: int) -> d
             "validation": prepared.validation,
         },
         "head": {"hidden": space.hidden, "dropout": space.dropout, "batch_size": 100},
-        "metric": metric,
-        "seed": seed,
+        "options": options.results(),
+        "metric": options.metric,
+        "seed": options.seed,
     }
 
 
@@ -214,14 +399,13 @@ def search(
     study_name: str | None = None,
     budget: Budget | None = None,
     space: Space | None = None,
-    metric: str = "accuracy",
-    seed: int = 0,
     multi_objective: bool = False,
     prune: bool = True,
     callbacks: Sequence[Callable] = (),
     heartbeat: float = 30.0,
 ) -> SearchResult:
-    """Run or resume the Optuna study over the prepared candidates.
+    """Run or resume the Optuna study over the prepared candidates, judged by the metric
+    and seeded by the seed of ``prepared.options``.
 
     A stored study of the same name made for other data, models, metric or objectives is
     refused before any training (see :func:`autolayer.search.run_search`).
@@ -231,7 +415,7 @@ def search(
     storage = storage or f"sqlite:///{(output_dir / 'study.db').resolve()}"
     study_name = study_name or default_study_name(prepared)
     space = space or Space()
-    context = study_context(prepared, space, metric, seed)
+    context = study_context(prepared, space)
     return run_search(
         prepared.candidates,
         prepared.y_train,
@@ -240,8 +424,8 @@ def search(
         study_name=study_name,
         budget=budget,
         space=space,
-        metric=metric,
-        seed=seed,
+        metric=prepared.options.metric,
+        seed=prepared.options.seed,
         multi_objective=multi_objective,
         prune=prune,
         callbacks=callbacks,
@@ -353,14 +537,15 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
     out = []
     for report in prepared.reports:
         best, last = report.best_layer, report.last_layer
-        gap = 100 * (report.accuracy[best] - report.accuracy[last])
+        accuracy = report.scores.accuracy
+        gap = 100 * (accuracy[best] - accuracy[last])
         if best == last:
-            out.append(f"{report.name}: the last layer ({last}) is its best layer by probe")
+            out.append(f"{report.model}: the last layer ({last}) is its best layer by probe")
         else:
             out.append(
-                f"{report.name}: layer {best}/{last} beats the last layer by {gap:.1f} pt "
-                f"(probe CV accuracy {100 * report.accuracy[best]:.1f}% "
-                f"vs {100 * report.accuracy[last]:.1f}%)"
+                f"{report.model}: layer {best}/{last} beats the last layer by {gap:.1f} pt "
+                f"(probe CV accuracy {100 * accuracy[best]:.1f}% "
+                f"vs {100 * accuracy[last]:.1f}%)"
             )
     names = [c.name for c in prepared.candidates]
     best = result.best
@@ -414,42 +599,32 @@ def recommend(
     dataset: str | Path | LabelledDataset = "demo",
     models: Sequence[str] | None = None,
     *,
+    options: Options | None = None,
     output_dir: str | Path = "autolayer-out",
     budget: Budget | None = None,
     space: Space | None = None,
     top_k: int = 3,
-    metric: str = "accuracy",
-    seed: int = 0,
     storage: str | None = None,
     study_name: str | None = None,
     multi_objective: bool = False,
-    pooling: str = "mean",
-    max_length: int = 256,
-    cache_dir: str | Path | None = None,
     progress: ProgressFactory | None = None,
     callbacks: Sequence[Callable] = (),
     heartbeat: float = 30.0,
     overwrite: bool = False,
+    **settings,
 ) -> Recommendation:
     """extract → score → CKA → search; writes ``recommendation.yaml`` in ``output_dir``.
 
-    An ``output_dir`` whose recommendation was made for other data is refused before any
-    work unless ``overwrite`` (its study database is kept either way: studies are keyed by
-    data and models, so several live side by side in one file).
+    ``options`` (or keyword ``settings``: ``seed=1``, ``max_length=128``…) as in
+    :func:`prepare`. An ``output_dir`` whose recommendation was made for other data is
+    refused before any work unless ``overwrite`` (its study database is kept either way:
+    studies are keyed by data and models, so several live side by side in one file).
     """
-    data = dataset if isinstance(dataset, LabelledDataset) else load_dataset(dataset)
+    options = resolve_options(options, settings)
+    data = _data(dataset)
     check_output_dir(Path(output_dir), data, overwrite=overwrite)
-    prepared = prepare(
-        data,
-        models,
-        top_k=top_k,
-        metric=metric,
-        seed=seed,
-        pooling=pooling,
-        max_length=max_length,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    prepared = prepare(data, models, options=options, top_k=top_k, progress=progress)
+    space = space or Space()
     result = search(
         prepared,
         output_dir=output_dir,
@@ -457,13 +632,11 @@ def recommend(
         study_name=study_name,
         budget=budget,
         space=space,
-        metric=metric,
-        seed=seed,
         multi_objective=multi_objective,
         callbacks=callbacks,
         heartbeat=heartbeat,
     )
-    context = study_context(prepared, space or Space(), metric, seed)
+    context = study_context(prepared, space)
     config = trial_config(result.best, context, result.study_name, result.storage)
     config.save(Path(output_dir) / RECOMMENDATION)
     cka = cka_at_best(prepared)

@@ -19,6 +19,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from autolayer.device import resolve_device
 from autolayer.errors import ConfigError, DataError
+from autolayer.metrics import METRICS, macro_f1
+from autolayer.sampling import stratified_rows
 
 DEFAULT_ALPHA = 1.0  # L2 penalty = 1/C; 1.0 is sklearn's default C
 # A layer stops when its largest gradient entry is below TOL. sklearn's lbfgs uses 1e-4; by 3e-4
@@ -29,7 +31,6 @@ MAX_ITER = 1000
 HISTORY = 10  # L-BFGS curvature pairs kept per layer
 PRECONDITIONER_ROWS_PER_FEATURE = 4  # rows sampled (see ridge_preconditioner)
 MAX_HALVINGS = 30  # backtracking steps before a layer counts as converged
-METRICS = ("accuracy", "macro_f1")
 CACHE_BYTES = 16 * 2**20  # features of one group of layers: about a CPU's last-level cache
 
 
@@ -79,8 +80,10 @@ def probe_layers(
     _check_arrays(X, y, "X", "y")
     if n_folds < 2:
         raise ConfigError(f"n_folds must be at least 2; got {n_folds}")
+    if max_examples is not None and max_examples < 1:
+        raise ConfigError(f"max_examples must be positive; got {max_examples}")
     if max_examples is not None and max_examples < len(y):
-        keep = _stratified_subsample(np.asarray(y), max_examples, seed)
+        keep = stratified_rows(np.asarray(y), max_examples, seed)
         X, y = X[keep], np.asarray(y)[keep]
     X, y = _without_singletons(X, np.asarray(y))
     labels = _encode(y)
@@ -399,22 +402,6 @@ def _positive(alpha: float) -> float:
     return float(alpha)
 
 
-def macro_f1(pred: torch.Tensor, truth: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Macro-F1 per row of ``pred`` [L, M] against ``truth`` [M] → [L].
-
-    Averages over the classes present in truth or predictions, as sklearn's ``f1_score``
-    does; a class never predicted scores 0.
-    """
-    pred_hot = torch.nn.functional.one_hot(pred, n_classes).double()  # [L, M, K]
-    true_hot = torch.nn.functional.one_hot(truth, n_classes).double()  # [M, K]
-    tp = (pred_hot * true_hot).sum(1)
-    fp = pred_hot.sum(1) - tp
-    fn = true_hot.sum(0) - tp
-    present = (tp + fp + fn) > 0
-    f1 = 2 * tp / (2 * tp + fp + fn).clamp_min(1)
-    return (f1 * present).sum(1) / present.sum(1)
-
-
 def _summarise(runs: list[tuple[torch.Tensor, ...]], n_examples: int) -> LayerScores:
     """Mean and std over folds of per-fold (accuracy [L], macro-F1 [L]) tensors."""
     acc, f1 = (torch.stack(parts).cpu().numpy() for parts in zip(*runs, strict=True))
@@ -499,19 +486,6 @@ def _feasible_folds(labels: np.ndarray, n_folds: int) -> int:
     return rarest
 
 
-def _stratified_subsample(y: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``size`` rows keeping class proportions (largest remainders)."""
-    if size < 1:
-        raise ConfigError(f"max_examples must be positive; got {size}")
-    rng = np.random.default_rng(seed)
-    _, labels, counts = np.unique(y, return_inverse=True, return_counts=True)
-    quota = counts * size / len(y)
-    take = np.floor(quota).astype(int)
-    take[np.argsort(take - quota, kind="stable")[: size - take.sum()]] += 1
-    picks = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in enumerate(take)]
-    return np.sort(np.concatenate(picks))
-
-
 def _check_arrays(X: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
     """Shape and finiteness checks with one-line messages naming the offending part."""
     if np.ndim(X) != 3:
@@ -528,91 +502,7 @@ def _check_finite(X: np.ndarray, name: str) -> None:
         raise DataError(f"{name} has NaN/inf in layer(s) {bad.tolist()}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Scoring models on a dataset (the `autolayer score` command)
-
-
-@dataclass(frozen=True)
-class ModelScores:
-    """Probe scores of every layer of one model on one dataset split."""
-
-    model: str
-    n_hidden_states: int
-    scores: LayerScores
-    rank_stability: float | None = None  # Spearman ρ of two subsample rankings, if subsampled
-
-    @property
-    def best_layer(self) -> int:
-        return self.scores.best_layer
-
-    @property
-    def last_layer(self) -> int:
-        return self.n_hidden_states - 1
-
-    def to_dict(self) -> dict:
-        s = self.scores
-        return {
-            "model": self.model,
-            "best_layer": self.best_layer,
-            "last_layer": self.last_layer,
-            "n_folds": s.n_folds,
-            "n_examples": s.n_examples,
-            "rank_stability": self.rank_stability,
-            "layers": [
-                {
-                    "layer": i,
-                    "depth": i / max(self.last_layer, 1),
-                    "accuracy": float(s.accuracy[i]),
-                    "accuracy_std": float(s.accuracy_std[i]),
-                    "macro_f1": float(s.macro_f1[i]),
-                    "rank": int(np.flatnonzero(s.ranking() == i)[0]) + 1,
-                }
-                for i in range(self.n_hidden_states)
-            ],
-        }
-
-
-def score(
-    models: str | list[str],
-    dataset="demo",
-    *,
-    split: str = "train",
-    n_folds: int = 5,
-    max_examples: int | None = None,
-    seed: int = 0,
-    device: str | None = None,
-    **extract_options,
-) -> list[ModelScores]:
-    """Rank every layer of each model by cross-validated linear-probe accuracy.
-
-    Embeddings come from the extraction cache (computed once). With ``max_examples`` the
-    probe runs on a stratified subsample; a second subsample (next seed) is probed too and
-    the Spearman correlation of the two layer rankings is reported as the stability that
-    subsampling costs.
-    """
-    from autolayer.data import load_dataset
-    from autolayer.extraction import extract
-
-    data = dataset if not isinstance(dataset, str) else load_dataset(dataset)
-    labels = data.split(split).labels
-    out = []
-    for model in [models] if isinstance(models, str) else models:
-        emb = extract(model, data, split, **extract_options)
-        X = np.asarray(emb.array)
-        run = probe_layers(
-            X, labels, n_folds=n_folds, seed=seed, max_examples=max_examples, device=device
-        )
-        stability = None
-        if max_examples is not None and max_examples < len(labels):
-            other = probe_layers(
-                X, labels, n_folds=n_folds, seed=seed + 1, max_examples=max_examples, device=device
-            )
-            stability = _rank_agreement(run.accuracy, other.accuracy)
-        out.append(ModelScores(model, emb.meta["n_hidden_states"], run, stability))
-    return out
-
-
-def _rank_agreement(a: np.ndarray, b: np.ndarray) -> float:
+def rank_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman ρ of two layer-score vectors; 1.0 when both are constant (same ranking)."""
     from scipy.stats import spearmanr
 

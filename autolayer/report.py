@@ -280,11 +280,13 @@ def trials_table(trials, metric: str, limit: int = 10, title: str = "best trials
 def search_summary(result, metric: str = "metric") -> None:
     """Trial counts by state and the best trial; the Pareto front too when the study is
     multi-objective (its trials have two values: metric and latency)."""
+    from autolayer.search import counts
+
     states: dict[str, int] = {}
     untrained = 0
     for trial in result.trials:
         states[trial.state] = states.get(trial.state, 0) + 1
-        untrained += "infeasible" in trial.attrs or "surplus" in trial.attrs
+        untrained += not counts(trial.attrs)
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     console.print(
         f"study [bold]{escape(result.study_name)}[/] ({escape(result.storage)}): {counts}"
@@ -318,11 +320,11 @@ def recommendation(rec, output_dir) -> None:
     """The full recommend report: rankings, CKA, trials, the choice and why."""
     for r in rec.reports:
         layer_table(
-            f"{r.name}: linear-probe accuracy per layer (CV on search-train)",
-            r.accuracy,
-            r.accuracy_std,
-            r.macro_f1,
-            searched=r.candidates,
+            f"{r.model}: linear-probe accuracy per layer (CV on search-train)",
+            r.scores.accuracy,
+            r.scores.accuracy_std,
+            r.scores.macro_f1,
+            searched=r.searched,
         )
     if len(rec.cka_names) > 1:
         cka_table(
@@ -340,7 +342,9 @@ def recommendation(rec, output_dir) -> None:
     )
     for reason in rec.reasons:
         console.print(f"  • {escape(reason)}")
-    plot_layer_curves({r.name: r.accuracy for r in rec.reports}, Path(output_dir) / "layers.png")
+    plot_layer_curves(
+        {r.model: r.scores.accuracy for r in rec.reports}, Path(output_dir) / "layers.png"
+    )
     files = ["recommendation.yaml", "layers.png"]
     if len(rec.cka_names) > 1:
         plot_cka_matrix(rec.cka_names, rec.cka, Path(output_dir) / "cka.png")
@@ -386,11 +390,9 @@ def trial_progress(
 
 def _trained(trial) -> bool:
     """Whether a finished trial used the budget: infeasible and surplus ones never train."""
-    return (
-        trial.state.name in ("COMPLETE", "PRUNED")
-        and "infeasible" not in trial.user_attrs
-        and "surplus" not in trial.user_attrs
-    )
+    from autolayer.search import counts
+
+    return trial.state.name in ("COMPLETE", "PRUNED") and counts(trial.user_attrs)
 
 
 def _best_value(study) -> float | None:

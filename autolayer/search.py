@@ -18,46 +18,31 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import optuna
 
+from autolayer.budgets import Budget
 from autolayer.errors import ConfigError
 from autolayer.fusion import OPERATORS, FusionParams, count_parameters, fused_dim, train_fusion
 
 logger = logging.getLogger("autolayer")
 
 SEPARATOR = " + "
+# Trial attributes of configurations that were never trained (they cost no budget).
+INFEASIBLE = "infeasible"  # breaks a budget: its reasons
+SURPLUS = "surplus"  # other workers' running trials already fill the budget
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Limits on the search itself and on the configuration it may recommend."""
+class LayerCost(NamedTuple):
+    """Running a source up to one layer: time per text and memory of its weights."""
 
-    n_trials: int = 30
-    timeout: float | None = None
-    max_models: int = 2
-    max_memory_mb: float | None = None
-    max_latency_ms: float | None = None
-    max_params: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.n_trials < 1 or self.max_models < 1:
-            raise ConfigError("n_trials and max_models must be >= 1")
-
-    def violations(self, cost: Cost) -> list[str]:
-        """Human-readable list of the limits ``cost`` exceeds (empty when feasible)."""
-        out = []
-        if self.max_latency_ms is not None and cost.latency_ms > self.max_latency_ms:
-            out.append(f"latency {cost.latency_ms:.2f} ms > max-latency-ms {self.max_latency_ms}")
-        if self.max_memory_mb is not None and cost.memory_mb > self.max_memory_mb:
-            out.append(f"memory {cost.memory_mb:.0f} MB > max-memory-mb {self.max_memory_mb}")
-        if self.max_params is not None and cost.params > self.max_params:
-            out.append(f"head parameters {cost.params:,} > max-params {self.max_params:,}")
-        return out
+    latency_ms: float
+    memory_mb: float
 
 
 @dataclass(frozen=True)
@@ -65,8 +50,8 @@ class Candidate:
     """One model as the search sees it: candidate layers, their embeddings, and its costs.
 
     ``train``/``val`` are ``[N, k, D]`` with ``k = len(layers)``. ``ms_per_text`` is the
-    measured full-depth inference time; running up to hidden state ``l`` costs about
-    ``l / L`` of it. ``base_params`` and ``layer_params`` give the weights up to a layer.
+    measured full-depth inference time; ``costs`` what running up to each candidate layer
+    costs, as its feature source prices it (the search knows nothing of models).
     """
 
     name: str
@@ -75,18 +60,17 @@ class Candidate:
     train: np.ndarray
     val: np.ndarray
     ms_per_text: float
-    base_params: int
-    layer_params: tuple[int, ...]
+    costs: Mapping[int, LayerCost]
 
     @property
     def width(self) -> int:
         return int(self.train.shape[-1])
 
     def latency_ms(self, layer: int) -> float:
-        return self.ms_per_text * max(layer, 1) / (self.n_hidden_states - 1)
+        return self.costs[layer].latency_ms
 
     def weights_mb(self, layer: int) -> float:
-        return 4 * (self.base_params + sum(self.layer_params[:layer])) / 2**20
+        return self.costs[layer].memory_mb
 
     def features(self, layer: int, split: str) -> np.ndarray:
         array = self.train if split == "train" else self.val
@@ -139,13 +123,18 @@ def cost_of(
 class Space:
     """Choices besides models and layers. The paper's width is 1024; smaller ones are cheaper."""
 
-    operators: tuple[str, ...] = tuple(OPERATORS)
+    operators: tuple[str, ...] | None = None  # None: every operator registered at search time
     widths: tuple[int, ...] = (256, 512, 1024)
     lr: tuple[float, float] = (1e-4, 3e-3)
     hidden: int = 256
     dropout: float = 0.1
     max_epochs: int = 60
     patience: int = 8
+
+    def operator_names(self) -> tuple[str, ...]:
+        """The operators searched, read when asked (an operator registered after import,
+        by a plugin, is searched too)."""
+        return self.operators or tuple(OPERATORS)
 
 
 @dataclass(frozen=True)
@@ -252,7 +241,7 @@ class _Objective:
         layers = [int(trial.suggest_categorical(f"layer:{c.name}", c.layers)) for c in chosen]
         operator = "concat"
         if len(chosen) > 1:
-            operator = trial.suggest_categorical("operator", self.space.operators)
+            operator = trial.suggest_categorical("operator", self.space.operator_names())
         width = int(trial.suggest_categorical("width", self.space.widths))
         lr = trial.suggest_float("lr", *self.space.lr, log=True)
         cost = cost_of(
@@ -263,12 +252,12 @@ class _Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         broken = self.budget.violations(cost)
         if broken:
-            trial.set_user_attr("infeasible", "; ".join(broken))
+            trial.set_user_attr(INFEASIBLE, "; ".join(broken))
             raise optuna.TrialPruned("infeasible: " + "; ".join(broken))
         if slots_taken(trial.study, trial.number) >= self.budget.n_trials:
             # Other workers' running trials fill the budget: wait for them instead of
             # training one too many. If one of them died, its retry will need a worker.
-            trial.set_user_attr("surplus", True)
+            trial.set_user_attr(SURPLUS, True)
             time.sleep(self.wait)
             raise optuna.TrialPruned("surplus: running trials of other workers fill the budget")
         params = FusionParams(
@@ -308,9 +297,10 @@ def _pruning_hook(trial: optuna.Trial) -> Callable[[int, float], bool]:
     return on_epoch
 
 
-def _counts(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial uses the budget: infeasible and surplus trials are never trained."""
-    return "infeasible" not in trial.user_attrs and "surplus" not in trial.user_attrs
+def counts(attrs: Mapping) -> bool:
+    """Whether a trial (by its user attributes) used the budget: infeasible and surplus
+    trials are never trained."""
+    return INFEASIBLE not in attrs and SURPLUS not in attrs
 
 
 def trained_count(study: optuna.Study) -> tuple[int, int]:
@@ -319,8 +309,8 @@ def trained_count(study: optuna.Study) -> tuple[int, int]:
         deepcopy=False,
         states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED),
     )
-    counted = [t for t in done if _counts(t)]
-    return len(counted), len(done) - sum("surplus" in t.user_attrs for t in done)
+    counted = [t for t in done if counts(t.user_attrs)]
+    return len(counted), len(done) - sum(SURPLUS in t.user_attrs for t in done)
 
 
 def slots_taken(study: optuna.Study, number: int) -> int:
@@ -336,7 +326,7 @@ def slots_taken(study: optuna.Study, number: int) -> int:
         optuna.trial.TrialState.RUNNING,
     )
     return sum(
-        _counts(t) and (t.state != optuna.trial.TrialState.RUNNING or t.number < number)
+        counts(t.user_attrs) and (t.state != optuna.trial.TrialState.RUNNING or t.number < number)
         for t in study.get_trials(deepcopy=False, states=states)
     )
 
@@ -493,7 +483,7 @@ def space_signature(candidates: Sequence[Candidate], choices: Sequence[str], spa
     return {
         "models": list(choices),
         "layers": {c.name: list(c.layers) for c in candidates},
-        "operators": list(space.operators),
+        "operators": list(space.operator_names()),
         "widths": list(space.widths),
         "lr": list(space.lr),
     }

@@ -11,9 +11,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 import autolayer
-from autolayer import zoo
 from autolayer.config import FusionConfig, ModelChoice
-from autolayer.extraction import count_hidden_states
+from autolayer.sources import make_source
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dataset", default="demo")
@@ -29,9 +28,9 @@ labels = [data.label_names[i] for i in data.split("train").labels]
 if args.config:
     config = autolayer.load_config(args.config)
 else:
-    source = zoo.resolve(args.model)
+    source = make_source(args.model)
     config = FusionConfig(
-        models=(ModelChoice(args.model, source.identity, args.layer, count_hidden_states(source)),),
+        models=(ModelChoice(args.model, source.identity, args.layer, source.n_states),),
         operator="concat",
         width=256,
         hidden=128,

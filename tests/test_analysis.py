@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 
-from autolayer.cka import complementarity
 from autolayer.cli import main
-from autolayer.probe import score
+from autolayer.pipeline import complementarity, score
 
 
 def test_score_ranks_every_layer_and_reports_subsample_stability(home, tiny_models, tiny_dataset):

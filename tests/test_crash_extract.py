@@ -30,6 +30,7 @@ import torch
 
 from autolayer import extraction as ex
 from autolayer.cli import main
+from autolayer.sources import transformer as tr
 from tests.conftest import REPO, WORDS, write_jsonl
 
 N_TEXTS = 256
@@ -41,7 +42,7 @@ DEADLINE = 60.0
 SEED = int(os.environ.get("AUTOLAYER_CRASH_SEED", "0"))  # change it to try other kill times
 CHUNK_NAME = re.compile(r"\d{6}\.npy")
 FINISHED = {".lock", "embeddings.npy", "meta.json"}
-FORWARD = ex.Backbone.forward_pooled
+FORWARD = tr.Backbone.forward_pooled
 
 DRIVER = """\
 import os, signal, sys, time
@@ -51,17 +52,18 @@ import torch
 torch.set_num_threads(1)
 
 from autolayer import extraction
+from autolayer.sources import transformer
 
 extraction.embed_texts.__kwdefaults__["chunk_size"] = int(os.environ["CRASH_CHUNK_SIZE"])
 delay = float(os.environ.get("CRASH_BATCH_DELAY", "0"))
 if delay:
-    forward = extraction.Backbone.forward_pooled
+    forward = transformer.Backbone.forward_pooled
 
     def slow_forward(self, *args, **kwargs):
         time.sleep(delay)
         return forward(self, *args, **kwargs)
 
-    extraction.Backbone.forward_pooled = slow_forward
+    transformer.Backbone.forward_pooled = slow_forward
 
 pause_at = os.environ.get("CRASH_PAUSE_AT")  # "model" or a file name: wait there for the kill
 
@@ -74,13 +76,13 @@ def pause(point):
 
 
 if pause_at == "model":
-    init = extraction.Backbone.__init__
+    init = transformer.Backbone.__init__
 
     def init_then_pause(self, *args, **kwargs):
         init(self, *args, **kwargs)
         pause("model")
 
-    extraction.Backbone.__init__ = init_then_pause
+    transformer.Backbone.__init__ = init_then_pause
 elif pause_at:
     replace_file = os.replace
 
@@ -229,7 +231,7 @@ def reference(tiny_models, crash_dataset, tmp_path_factory) -> dict:
     texts = load_dataset(crash_dataset).split("train").texts
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     ids = tokenizer(list(texts), truncation=True, max_length=256)["input_ids"]
-    return {"array": array, "order": ex.length_order(ids), "model": model}
+    return {"array": array, "order": tr.length_order(ids), "model": model}
 
 
 def _check_chunks(chunks: dict[int, Path], reference: dict, *, prefix: bool = True) -> int:
@@ -258,7 +260,7 @@ def _rerun(monkeypatch, reference: dict, dataset: Path, cache_dir: Path, out: Pa
         computed.append(len(ids))
         return FORWARD(self, ids, *args, **kwargs)
 
-    monkeypatch.setattr(ex.Backbone, "forward_pooled", counting)
+    monkeypatch.setattr(tr.Backbone, "forward_pooled", counting)
     assert main(_args(reference["model"], dataset, cache_dir, out)) == 0
     return sum(computed)
 

@@ -23,7 +23,7 @@ from autolayer.fusion import (
     train_fusion,
 )
 from autolayer.fusion import _column_stats as column_stats
-from autolayer.fusion import _score as score
+from autolayer.metrics import score
 
 ALL_OPERATORS = sorted(OPERATORS)
 DIMS = (5, 7, 3)

@@ -12,10 +12,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from autolayer.errors import ConfigError, DataError
+from autolayer.metrics import macro_f1
 from autolayer.probe import (
     LayerScores,
     fit_logistic,
-    macro_f1,
     probe_layers,
     probe_layers_holdout,
 )

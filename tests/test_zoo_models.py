@@ -10,6 +10,7 @@ import torch
 
 from autolayer import extraction as ex
 from autolayer import zoo
+from autolayer.sources import transformer as tr
 from tests.conftest import SHARED_DATA, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -80,5 +81,5 @@ def test_smollm2_repeat_is_a_cache_hit_and_truncation_matches(installed, mr_subs
     full = ex.extract("smollm2", str(folder), cache_dir=tmp_path)
     again = ex.extract("smollm2", str(folder), cache_dir=tmp_path)
     assert again.meta["cached"] and not full.meta["cached"]
-    part = ex.Backbone(zoo.resolve("smollm2"), [10]).encode(list(mr_subset[1]))
+    part = tr.Backbone(zoo.resolve("smollm2"), [10]).encode(list(mr_subset[1]))
     np.testing.assert_allclose(part[:, 0], full.layer(10), rtol=1e-4, atol=1e-4)

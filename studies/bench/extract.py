@@ -21,7 +21,8 @@ import torch
 
 from autolayer import zoo
 from autolayer.data import load_dataset
-from autolayer.extraction import Backbone, extract
+from autolayer.extraction import extract
+from autolayer.sources.transformer import Backbone
 
 REPO = Path(__file__).resolve().parents[2]
 

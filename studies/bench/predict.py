@@ -17,7 +17,7 @@ import torch
 
 from autolayer import zoo
 from autolayer.data import load_dataset
-from autolayer.extraction import Backbone
+from autolayer.sources.transformer import Backbone
 
 REPO = Path(__file__).resolve().parents[2]
 

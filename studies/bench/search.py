@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from autolayer import pipeline
-from autolayer.search import Budget
+from autolayer.budgets import Budget
 
 
 def main() -> None:

@@ -35,10 +35,11 @@ from sklearn.svm import LinearSVC
 
 import autolayer
 from autolayer import zoo
+from autolayer.budgets import Budget
 from autolayer.cka import cka_matrix
 from autolayer.fusion import OPERATORS, FusionParams, count_parameters, predict_proba, train_fusion
 from autolayer.probe import probe_layers
-from autolayer.search import Budget, Space
+from autolayer.search import Space
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -227,7 +228,7 @@ class Study:
 
     def latency(self) -> dict:
         """Full-depth ms per test text, each model loaded once, warmed up, then timed alone."""
-        from autolayer.extraction import Backbone
+        from autolayer.sources.transformer import Backbone
 
         texts = list(self.data.split("test").texts[:LATENCY_TEXTS])
         out = {}

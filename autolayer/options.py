@@ -1,0 +1,72 @@
+"""How texts become features and how configurations are judged, decided once.
+
+``Options`` is built once (by the CLI from its flags, or by a notebook user) and travels with
+the data: the prepared state holds it, the study stores it before its first trial, and
+``export`` reads it back from there. So a recommendation can never say ``mean`` pooling for
+features that were pooled ``last``, nor report one metric under the name of another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from autolayer.errors import ConfigError
+from autolayer.metrics import METRICS
+
+POOLINGS = ("mean", "last", "cls")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Feature, validation and hardware settings shared by every stage.
+
+    ``pooling`` and ``max_length`` define the features (and the cache key); ``metric``,
+    ``seed`` and ``validation_size`` how configurations are compared; ``device``,
+    ``threads`` and ``cache_dir`` where the work runs and is kept (they never change a
+    result, so a study does not compare them).
+    """
+
+    pooling: str = "mean"
+    max_length: int = 256
+    metric: str = "accuracy"
+    seed: int = 0
+    validation_size: float = 0.2
+    device: str | None = None
+    threads: int | None = None
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int):
+            raise ConfigError(f"max_length must be an integer; got {self.max_length!r}")
+        if self.max_length < 2:
+            raise ConfigError(f"max_length must be >= 2; got {self.max_length}")
+        if not 0.0 < self.validation_size < 1.0:
+            raise ConfigError(
+                f"validation_size must be a fraction in (0, 1); got {self.validation_size!r}"
+            )
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ConfigError(f"threads must be an integer >= 1; got {self.threads!r}")
+
+    def extraction(self) -> dict:
+        """Keyword arguments of :func:`autolayer.extraction.embed_texts`."""
+        return {
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "device": self.device,
+            "threads": self.threads,
+            "cache_dir": self.cache_dir,
+        }
+
+    def results(self) -> dict:
+        """The settings a result depends on (stored in studies and configs), as JSON."""
+        data = asdict(self)
+        for key in ("device", "threads", "cache_dir"):
+            data.pop(key)
+        return data

@@ -1,0 +1,147 @@
+"""Feature sources: what turns texts into one vector per state (a transformer's layers).
+
+A source is a small class (like Optuna's samplers): its identity (the cache key of what it
+computes), how many states it has, ``embed(texts, layers)``, and what running it up to a
+state costs. Sources are registered by kind; :func:`make_source` finds the one that accepts
+a model spec. The transformers source accepts everything the model zoo resolves (zoo
+aliases, local folders, GGUF files, hub ids), so it is asked last; a source fitted on
+training texts (TF-IDF, say) saves and loads what it learned.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import numpy as np
+
+from autolayer.errors import ConfigError
+
+Progress = Callable[[int], None]
+FALLBACK = "transformers"  # the kind asked last: it accepts any spec the zoo can resolve
+
+
+class FeatureSource(ABC):
+    """Texts → ``[N, len(layers), D]`` float32 features of chosen states (layers).
+
+    Subclasses set ``kind`` and implement ``identity``, ``n_states``, ``embed`` and
+    ``parameters``; the rest has defaults that suit a frozen model.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: str, *, trust_remote_code: bool = False) -> None:
+        self.spec = spec
+        self.trust_remote_code = trust_remote_code
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        """Whether this source handles ``spec`` (the fallback source accepts anything)."""
+        return False
+
+    @property
+    def name(self) -> str:
+        """Short human name for messages."""
+        return self.spec
+
+    @property
+    @abstractmethod
+    def identity(self) -> str:
+        """Hash of everything the features depend on (weights, vocabulary…): the cache key."""
+
+    @property
+    @abstractmethod
+    def n_states(self) -> int:
+        """How many states (``L+1`` hidden states for a transformer; 1 for TF-IDF)."""
+
+    @property
+    @abstractmethod
+    def width(self) -> int:
+        """Features per state (``D``)."""
+
+    @abstractmethod
+    def embed(
+        self,
+        texts: Sequence[str],
+        layers: Sequence[int],
+        *,
+        pooling: str = "mean",
+        max_length: int = 256,
+        batch_size: int = 256,
+        max_tokens: int = 8192,
+        device: str | None = None,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """Features of ``texts`` at ``layers`` (sorted state indices) → ``[N, len(layers), D]``."""
+
+    @abstractmethod
+    def parameters(self, layer: int) -> int:
+        """Parameters needed to compute state ``layer`` (a model cut just above it)."""
+
+    def memory_mb(self, layer: int) -> float:
+        """Memory to run up to ``layer``: 4 bytes (float32) a parameter by default."""
+        return 4 * self.parameters(layer) / 2**20
+
+    def latency_fraction(self, layer: int) -> float:
+        """Share of the full-depth time spent computing up to ``layer`` (layer / L)."""
+        return max(layer, 1) / max(self.n_states - 1, 1)
+
+    def max_length(self, requested: int) -> int:
+        """The tokens per text it really takes for ``requested`` (a model's own limit)."""
+        return requested
+
+    def lengths(self, texts: Sequence[str], max_length: int) -> np.ndarray:
+        """Work per text (tokens for a transformer): texts are processed longest first, and
+        the total is recorded with the features."""
+        return np.ones(len(texts), dtype=np.int64)
+
+    def fit(self, texts: Sequence[str]) -> FeatureSource:
+        """Learn from training texts (a frozen pretrained model learns nothing)."""
+        return self
+
+    def save(self, directory: Path) -> None:  # noqa: B027 - optional: frozen models learn nothing
+        """Write what ``fit`` learned into ``directory`` (nothing for a frozen model)."""
+
+
+SOURCES: dict[str, type[FeatureSource]] = {}
+_S = TypeVar("_S", bound=type[FeatureSource])
+
+
+def register_source(kind: str) -> Callable[[_S], _S]:
+    """Class decorator adding a FeatureSource to SOURCES under ``kind``."""
+
+    def decorator(cls: _S) -> _S:
+        if kind in SOURCES:
+            raise ConfigError(f"feature source {kind!r} is already registered by {SOURCES[kind]}")
+        cls.kind = kind
+        SOURCES[kind] = cls
+        return cls
+
+    return decorator
+
+
+def make_source(spec: str, *, trust_remote_code: bool = False) -> FeatureSource:
+    """The source for a model spec: the first registered kind that accepts it, else the
+    transformers source (zoo alias, folder, GGUF file or hub id)."""
+    for kind, cls in SOURCES.items():
+        if kind != FALLBACK and cls.accepts(spec):
+            return cls(spec, trust_remote_code=trust_remote_code)
+    return SOURCES[FALLBACK](spec, trust_remote_code=trust_remote_code)
+
+
+def normalise_layers(layers: Sequence[int] | None, n_states: int) -> tuple[int, ...]:
+    """Sorted unique hidden-state indices; negatives count from the end; None means all."""
+    if layers is None:
+        return tuple(range(n_states))
+    out = set()
+    for index in layers:
+        if not -n_states <= index < n_states:
+            raise ConfigError(
+                f"layer {index} is out of range: this model has hidden states 0..{n_states - 1}"
+            )
+        out.add(index % n_states)
+    if not out:
+        raise ConfigError("layers must name at least one hidden state")
+    return tuple(sorted(out))

@@ -1,0 +1,176 @@
+"""Extending autolayer from outside the package: a fusion operator, a feature source and a
+budget, each one class registered by name, run through a real search, export, apply and
+predict (the README's "Extending autolayer" section shows the same three)."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+import autolayer
+from autolayer import pipeline
+from autolayer.budgets import CONSTRAINTS, Budget, Constraint, register_constraint
+from autolayer.classifier import FusionTextClassifier
+from autolayer.fusion import OPERATORS, FusionOperator, register
+from autolayer.search import Space
+from autolayer.sources import SOURCES, FeatureSource, make_source, register_source
+
+PACKAGE = Path(autolayer.__file__).parent
+
+
+class HashedWords(FeatureSource):
+    """``hash:D``: words hashed into D buckets; state 0 counts them, state 1 normalises."""
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        return spec.startswith("hash:")
+
+    @property
+    def identity(self) -> str:
+        return hashlib.sha256(self.spec.encode()).hexdigest()[:16]
+
+    @property
+    def n_states(self) -> int:
+        return 2
+
+    @property
+    def width(self) -> int:
+        return int(self.spec.split(":")[1])
+
+    def embed(self, texts, layers, *, progress=None, **_settings) -> np.ndarray:
+        counts = np.zeros((len(texts), self.width), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.split():
+                counts[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.width] += 1
+        states = [counts, counts / np.maximum(counts.sum(1, keepdims=True), 1)]
+        if progress:
+            progress(len(texts))
+        return np.stack([states[i] for i in layers], axis=1)
+
+    def parameters(self, layer: int) -> int:
+        return 0
+
+
+class Maximum(FusionOperator):
+    """``z = max_i h_i`` (element-wise) → ``[B, d]``."""
+
+    def forward(self, hs):
+        return torch.stack(hs).max(dim=0).values
+
+
+class MaxFusedDim(Constraint):
+    """Width of the fused vector the head reads."""
+
+    name = "max_fused_dim"
+    help = "Width of the fused vector, at most."
+    kind = int
+
+    @staticmethod
+    def measure(cost) -> float:
+        return cost.fused_dim
+
+
+@pytest.fixture()
+def plugins():
+    """Register the three toys, and remove them again so other tests see the stock set."""
+    register_source("hashed-words")(HashedWords)
+    register("maximum")(Maximum)
+    register_constraint(MaxFusedDim)
+    yield
+    SOURCES.pop("hashed-words")
+    OPERATORS.pop("maximum")
+    CONSTRAINTS.pop("max_fused_dim")
+
+
+def test_an_operator_a_source_and_a_budget_plug_in_from_outside(
+    plugins, home, tmp_path, tiny_models, tiny_dataset
+):
+    assert isinstance(make_source("hash:16"), HashedWords)
+    assert "maximum" in Space().operator_names()  # registered after import, searched anyway
+    bert = str(tiny_models["bert"])
+    prepared = pipeline.prepare(str(tiny_dataset), ["hash:16", bert], top_k=2)
+    # The first trial fuses the toy source with the encoder by the toy operator.
+    storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    (tmp_path / "out").mkdir()
+    layers = {f"layer:{c.name}": c.layers[0] for c in prepared.candidates}
+    first = {"models": f"hash:16 + {bert}", **layers}
+    study = optuna.create_study(storage=storage, study_name="plug", direction="maximize")
+    study.enqueue_trial({**first, "operator": "maximum", "width": 16, "lr": 3e-3})
+    budget = Budget(n_trials=8, max_fused_dim=32)
+    result = pipeline.search(
+        prepared,
+        output_dir=tmp_path / "out",
+        budget=budget,
+        space=Space(widths=(16, 64)),
+        study_name="plug",
+    )
+    fused = [t for t in result.trials if t.number == 0][0]
+    assert fused.state == "COMPLETE" and fused.operator == "maximum"
+    assert fused.models == ("hash:16", bert)
+    infeasible = [t for t in result.trials if "infeasible" in t.attrs]
+    for trial in result.trials:
+        if trial in infeasible:
+            assert "fused_dim 64 > max-fused-dim 32" in trial.attrs["infeasible"]
+        elif trial.state == "COMPLETE":
+            assert trial.attrs["fused_dim"] <= 32
+    assert infeasible, "width 64 breaks the toy budget"
+    hashed = [fused]
+
+    config = pipeline.trial_config(
+        hashed[0], _context(tmp_path / "out", "plug"), "plug", "storage"
+    )
+    texts = ["good fun film", "awful dull plot", "great story", "bad actors"]
+    classifier = FusionTextClassifier(config).fit(texts, ["pos", "neg", "pos", "neg"])
+    classifier.save(tmp_path / "model")
+    again = FusionTextClassifier.load(tmp_path / "model")
+    np.testing.assert_allclose(again.predict_proba(texts), classifier.predict_proba(texts))
+
+
+def _context(output_dir: Path, study: str) -> dict:
+    import optuna
+
+    storage = f"sqlite:///{output_dir / 'study.db'}"
+    return optuna.load_study(study_name=study, storage=storage).user_attrs["context"]
+
+
+def test_a_budget_plugged_in_gets_its_cli_flag(plugins, capsys):
+    """The CLI derives one flag per registered constraint when it is built (imported)."""
+    import importlib
+
+    import autolayer.cli as cli
+
+    try:
+        importlib.reload(cli)
+        assert cli.main(["search", "--help"]) == 0
+        assert "--max-fused-dim" in capsys.readouterr().out
+    finally:
+        CONSTRAINTS.pop("max_fused_dim")
+        importlib.reload(cli)  # back to the stock flags for the other tests
+        register_constraint(MaxFusedDim)  # the fixture removes it
+
+
+@pytest.mark.parametrize("module", ["probe.py", "cka.py"])
+def test_scorers_are_pure(module):
+    """Arrays in, scores out: the maths modules never load data, extract or resolve models."""
+    tree = ast.parse((PACKAGE / module).read_text())
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [None])
+    }
+    assert not imported & {"autolayer.data", "autolayer.extraction", "autolayer.zoo"}
+
+
+def test_json_of_a_plugged_source_study_is_plain(plugins, home, tmp_path, tiny_dataset):
+    """The study's stored context is JSON: options, models and identities, no objects."""
+    prepared = pipeline.prepare(str(tiny_dataset), ["hash:8"], top_k=1)
+    context = pipeline.study_context(prepared, Space())
+    assert json.loads(json.dumps(context))["models"]["hash:8"]["n_hidden_states"] == 2

@@ -1,0 +1,123 @@
+"""The Optuna study on tiny random models: budgets and constraints, resumption, the Pareto
+front, and a search space read when the search starts."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autolayer import pipeline
+from autolayer.budgets import Budget
+from autolayer.cli import main
+from autolayer.errors import ConfigError
+from autolayer.search import trained_count
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def models(tiny_models) -> str:
+    return f"{tiny_models['bert']},{tiny_models['llama']}"
+
+
+def test_search_resumes_and_counts_trials_across_runs(home, tmp_path, tiny_dataset, models):
+    prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    first = pipeline.search(
+        prepared, output_dir=tmp_path, storage=storage, study_name="s", budget=Budget(n_trials=3)
+    )
+    again = pipeline.search(
+        prepared, output_dir=tmp_path, storage=storage, study_name="s", budget=Budget(n_trials=5)
+    )
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert trained_count(study)[0] == 5
+    kept = {t.number for t in first.trials if t.state == "COMPLETE"}
+    assert kept <= {t.number for t in again.trials}
+    for trial in again.trials:
+        if trial.state == "COMPLETE":
+            assert {"latency_ms", "memory_mb", "params", "fused_dim", "train_seconds"} <= set(
+                trial.attrs
+            )
+
+
+def test_infeasible_configurations_are_never_trained(home, tmp_path, tiny_dataset, models):
+    prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
+    cheapest = min(c.latency_ms(min(c.layers)) for c in prepared.candidates)
+    # Exactly at the budget: a stored value that differs from the compared one (rounded,
+    # say) would put a feasible configuration above it by chance.
+    budget = Budget(n_trials=4, max_latency_ms=cheapest)
+    result = pipeline.search(prepared, output_dir=tmp_path, budget=budget, study_name="b")
+    for trial in result.trials:
+        if trial.state == "COMPLETE":
+            assert trial.attrs["latency_ms"] <= budget.max_latency_ms
+        elif "infeasible" in trial.attrs:
+            assert "train_seconds" not in trial.attrs and "latency" in trial.attrs["infeasible"]
+
+
+def test_budget_nothing_can_meet_names_the_binding_limit(
+    capsys, home, tmp_path, tiny_dataset, models
+):
+    code, _, err = run(
+        capsys,
+        "search",
+        "-d",
+        tiny_dataset,
+        "--models",
+        models,
+        "--max-latency-ms",
+        "1e-9",
+        "-o",
+        tmp_path,
+    )
+    assert code == ConfigError.exit_code
+    assert "max-latency-ms" in err and "Traceback" not in err
+
+
+def test_multi_objective_reports_a_pareto_front(home, tmp_path, tiny_dataset, models):
+    prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
+    result = pipeline.search(
+        prepared,
+        output_dir=tmp_path,
+        budget=Budget(n_trials=6),
+        study_name="mo",
+        multi_objective=True,
+    )
+    assert result.pareto
+    values = [(t.values[0], t.attrs["latency_ms"]) for t in result.pareto]
+    for acc, lat in values:  # no front member is dominated by another
+        assert not any(a >= acc and la <= lat and (a, la) != (acc, lat) for a, la in values)
+
+
+def test_each_budget_limit_is_a_registered_constraint():
+    from autolayer.budgets import CONSTRAINTS
+    from autolayer.errors import ConfigError
+    from autolayer.search import Cost
+
+    cost = Cost(latency_ms=2.5, memory_mb=300.0, params=5000, fused_dim=64)
+    budget = Budget(max_latency_ms=2.0, max_memory_mb=None, max_params=4000)
+    assert budget.max_latency_ms == 2.0 and budget.max_memory_mb is None
+    assert budget.violations(cost) == [
+        "latency 2.50 ms > max-latency-ms 2",
+        "head parameters 5,000 > max-params 4000",
+    ]
+    assert Budget(max_latency_ms=2.5).violations(cost) == []  # at the limit is within it
+    assert set(CONSTRAINTS) >= {"max_latency_ms", "max_memory_mb", "max_params"}
+    with pytest.raises(ConfigError, match="max_gpus"):
+        Budget(max_gpus=1)
+
+
+def test_the_operators_searched_are_read_when_the_search_starts():
+    from autolayer.fusion import OPERATORS, Concat, register
+    from autolayer.search import Space
+
+    assert Space().operator_names() == tuple(OPERATORS)
+    register("late")(type("Late", (Concat,), {}))
+    try:
+        assert "late" in Space().operator_names()
+        assert Space(operators=("sum",)).operator_names() == ("sum",)
+    finally:
+        OPERATORS.pop("late")
