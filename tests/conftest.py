@@ -126,6 +126,21 @@ def home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "home"
 
 
+def run(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in-process: exit code, standard output, standard error."""
+    from autolayer.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def models(tiny_models) -> str:
+    """The tiny encoder and decoder as a ``--models`` value."""
+    return f"{tiny_models['bert']},{tiny_models['llama']}"
+
+
 def write_config(folder: Path, model: Path, **changes) -> Path:
     """A small valid config (tiny encoder at hidden state 2, concat head) as
     ``folder/config.yaml``; ``changes`` replace or add top-level fields."""

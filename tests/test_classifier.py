@@ -6,14 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from autolayer.classifier import FusionTextClassifier
-from autolayer.cli import main
 from autolayer.config import FusionConfig, ModelChoice
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run
 
 
 def _tiny_config(spec: str, layer: int = 2) -> FusionConfig:

@@ -7,14 +7,7 @@ import json
 import pytest
 
 from autolayer import zoo
-from autolayer.cli import main
-from tests.conftest import write_jsonl
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run, write_jsonl
 
 
 def test_help_lists_every_command(capsys):

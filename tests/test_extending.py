@@ -123,9 +123,7 @@ def test_an_operator_a_source_and_a_budget_plug_in_from_outside(
     assert infeasible, "width 64 breaks the toy budget"
     hashed = [fused]
 
-    config = pipeline.trial_config(
-        hashed[0], _context(tmp_path / "out", "plug"), "plug", "storage"
-    )
+    config = pipeline.trial_config(hashed[0], _context(tmp_path / "out", "plug"), "plug", "storage")
     texts = ["good fun film", "awful dull plot", "great story", "bad actors"]
     classifier = FusionTextClassifier(config).fit(texts, ["pos", "neg", "pos", "neg"])
     classifier.save(tmp_path / "model")

@@ -5,21 +5,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from autolayer.cli import main
 from autolayer.config import load_config
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture()
-def models(tiny_models) -> str:
-    return f"{tiny_models['bert']},{tiny_models['llama']}"
+from tests.conftest import run
 
 
 def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_dataset, models):

@@ -8,20 +8,9 @@ import pytest
 
 from autolayer import pipeline
 from autolayer.budgets import Budget
-from autolayer.cli import main
 from autolayer.errors import ConfigError
 from autolayer.search import trained_count
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture()
-def models(tiny_models) -> str:
-    return f"{tiny_models['bert']},{tiny_models['llama']}"
+from tests.conftest import run
 
 
 def test_search_resumes_and_counts_trials_across_runs(home, tmp_path, tiny_dataset, models):

@@ -17,10 +17,9 @@ import torch
 import yaml
 
 from autolayer.classifier import MODEL_FILES
-from autolayer.cli import main
 from autolayer.config import load_config
 from autolayer.search import Cost
-from tests.conftest import write_config, write_jsonl
+from tests.conftest import run, write_config, write_jsonl
 
 
 def test_cost_attributes_are_stored_unrounded():
@@ -32,12 +31,6 @@ def test_cost_attributes_are_stored_unrounded():
 
 # ---------------------------------------------------------------------------------------------
 # Shared set-up: a config for the tiny encoder, and a CLI runner
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error_line(err: str) -> str:
