@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 
 from autolayer.errors import AutolayerError
+from autolayer.metrics import METRICS
+from autolayer.options import POOLINGS
 
 EPILOG_EXTRACT = """\b
 Examples:
@@ -77,7 +79,7 @@ def _pooling_options(func):
         help="Tokens per text (truncated; at most what the model takes).",
     )(func)
     return click.option(
-        "--pooling", type=click.Choice(["mean", "last", "cls"]), default="mean", show_default=True
+        "--pooling", type=click.Choice(POOLINGS), default="mean", show_default=True
     )(func)
 
 
@@ -467,7 +469,7 @@ def _search_options(func):
         *_constraint_options(),
         click.option(
             "--metric",
-            type=click.Choice(["accuracy", "macro_f1"]),
+            type=click.Choice(METRICS),
             default="accuracy",
             show_default=True,
         ),

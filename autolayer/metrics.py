@@ -7,7 +7,10 @@ row per layer, for the probes), and agree with scikit-learn's ``accuracy_score``
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads with the first computation, not with the names (CLI help)
+    import torch
 
 METRICS = ("accuracy", "macro_f1")
 
@@ -23,8 +26,10 @@ def macro_f1(pred: torch.Tensor, truth: torch.Tensor, n_classes: int) -> torch.T
     Averages over the classes present in truth or predictions, as sklearn's ``f1_score``
     does; a class never predicted scores 0.
     """
-    pred_hot = torch.nn.functional.one_hot(pred, n_classes).double()  # [L, M, K]
-    true_hot = torch.nn.functional.one_hot(truth, n_classes).double()  # [M, K]
+    from torch.nn.functional import one_hot
+
+    pred_hot = one_hot(pred, n_classes).double()  # [L, M, K]
+    true_hot = one_hot(truth, n_classes).double()  # [M, K]
     tp = (pred_hot * true_hot).sum(1)
     fp = pred_hot.sum(1) - tp
     fn = true_hot.sum(0) - tp
