@@ -496,6 +496,24 @@ def _search_options(func):
         ),
         click.option("--seed", default=0, show_default=True),
         click.option(
+            "--max-train-samples",
+            type=click.IntRange(min=2),
+            help="Cap the training split: a stratified, seeded sample of this many rows.",
+        ),
+        click.option(
+            "--screen-size",
+            default=2000,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Training rows every model is screened on (every layer) before the others "
+            "are extracted, for the models that survive only.",
+        ),
+        click.option(
+            "--exhaustive",
+            is_flag=True,
+            help="No screen: every layer of every model on every training row.",
+        ),
+        click.option(
             "--cache-dir",
             type=click.Path(path_type=Path),
             help="Default: $AUTOLAYER_HOME/embeddings.",
@@ -511,6 +529,7 @@ def _run_search(kw: dict, *, full_report: bool):
     from autolayer import pipeline, report
     from autolayer.budgets import CONSTRAINTS, Budget
     from autolayer.data import load_dataset
+    from autolayer.fidelity import Fidelity
     from autolayer.options import Options
 
     budget = Budget(
@@ -524,8 +543,11 @@ def _run_search(kw: dict, *, full_report: bool):
     data = load_dataset(
         kw["dataset"], text_column=kw["text_column"], label_column=kw["label_column"]
     )
+    if kw["max_train_samples"] is not None:
+        data = data.subsample(kw["max_train_samples"], seed=kw["seed"])
     if full_report:
         pipeline.check_output_dir(kw["output_dir"], data, overwrite=kw["overwrite"])
+    fidelity = None if kw["exhaustive"] else Fidelity(screen_size=kw["screen_size"])
     options = Options(
         pooling=kw["pooling"],
         max_length=kw["max_length"],
@@ -548,6 +570,7 @@ def _run_search(kw: dict, *, full_report: bool):
                 models,
                 options=options,
                 top_k=kw["top_k"],
+                fidelity=fidelity,
                 progress=report.progress_bar,
                 callbacks=[on_trial],
                 overwrite=kw["overwrite"],
@@ -555,12 +578,18 @@ def _run_search(kw: dict, *, full_report: bool):
             )
         else:
             prepared = pipeline.prepare(
-                data, models, options=options, top_k=kw["top_k"], progress=report.progress_bar
+                data,
+                models,
+                options=options,
+                top_k=kw["top_k"],
+                fidelity=fidelity,
+                progress=report.progress_bar,
             )
             result = pipeline.search(prepared, callbacks=[on_trial], **study)
     if full_report:
         report.recommendation(rec, kw["output_dir"])
     else:
+        report.stages_table(prepared.stages, prepared.dropped)
         report.search_summary(result, kw["metric"])
         report.trials_table(result.trials, kw["metric"])
         where = (
@@ -579,7 +608,11 @@ def _run_search(kw: dict, *, full_report: bool):
     help="Replace a recommendation.yaml made for other data in the output folder.",
 )
 def recommend(**kw) -> None:
-    """Extract → score layers → CKA → search; print the report, write recommendation.yaml.
+    """Screen → select models → extract the rest → search; report, write recommendation.yaml.
+
+    Every model is screened on --screen-size training rows (every layer, probed); models
+    clearly below the best are dropped; the survivors' other rows are extracted up to
+    their top-k layers only. --exhaustive extracts everything, as an exhaustive sweep would.
 
     \b
     Examples:

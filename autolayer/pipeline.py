@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from autolayer.budgets import Budget
 from autolayer.config import FusionConfig, ModelChoice, library_versions
 from autolayer.data import LabelledDataset, load_dataset
 from autolayer.errors import ConfigError
-from autolayer.extraction import Embeddings, extract
+from autolayer.extraction import Embeddings, embed_texts
+from autolayer.fidelity import Fidelity, StageClock, StageCost, computed, select
 from autolayer.options import Options
 from autolayer.probe import LayerScores
 from autolayer.search import (
@@ -122,6 +124,8 @@ class Prepared:
     candidates: tuple[Candidate, ...]
     reports: tuple[ModelScores, ...]
     validation: dict
+    stages: tuple[StageCost, ...] = ()  # what preparing cost, stage by stage
+    dropped: dict = field(default_factory=dict)  # model → why the screen dropped it
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,8 @@ class Recommendation:
     cka_names: tuple[str, ...]
     cka: np.ndarray  # [M, M] at each model's best layer
     reasons: tuple[str, ...]
+    stages: tuple[StageCost, ...] = ()
+    dropped: dict = field(default_factory=dict)
 
 
 def resolve_options(options: Options | None, settings: dict) -> Options:
@@ -172,12 +178,22 @@ def embed(
     split: str,
     options: Options,
     progress: ProgressFactory | None = None,
+    *,
+    rows: np.ndarray | None = None,
+    layers: Sequence[int] | None = None,
 ) -> Embeddings:
-    """Every layer of ``model`` over a split (cached), with a progress bar when asked."""
+    """Layers (default: all) of ``model`` over a split or some of its ``rows`` (cached),
+    with a progress bar when asked."""
+    texts = data.split(split).texts
+    where = f"{data.name}/{split}"
+    if rows is not None:
+        texts = [texts[i] for i in rows]
+        where += f" ({len(rows)} rows)"
+    settings = {"layers": layers, "source": where, **options.extraction()}
     if progress is None:
-        return extract(model, data, split, **options.extraction())
-    with progress(f"{model} · {data.name}/{split}", len(data.split(split))) as advance:
-        return extract(model, data, split, progress=advance, **options.extraction())
+        return embed_texts(model, texts, **settings)
+    with progress(f"{model} · {where}", len(texts)) as advance:
+        return embed_texts(model, texts, progress=advance, **settings)
 
 
 def score(
@@ -287,60 +303,192 @@ def prepare(
     options: Options | None = None,
     top_k: int = 3,
     probe_max_examples: int | None = PROBE_ROWS,
+    fidelity: Fidelity | None = None,
     progress: ProgressFactory | None = None,
     **settings,
 ) -> Prepared:
-    """Extract (cached) every layer of every model, probe the layers, keep each top-k.
+    """Features of each model's top-k layers for the search, and what they cost.
 
-    ``options`` (or keyword ``settings`` such as ``pooling="last"``) decide the features and
-    the validation split, and travel with the result into the search and the study.
+    Exhaustive by default (every layer of every model on every training row, probed);
+    with ``fidelity`` multi-fidelity (screen, select, complete: see
+    :mod:`autolayer.fidelity`). ``options`` (or keyword ``settings`` such as
+    ``pooling="last"``) decide the features and the validation split, and travel with the
+    result into the search and the study.
     """
-    from autolayer.probe import probe_layers
-
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1; got {top_k}")
     options = resolve_options(options, settings)
     data = _data(dataset)
     models = check_models(models)
-    train_rows, val_rows = _split_rows(data, options.validation_size, options.seed)
-    labels = data.split("train").labels
-    y_train = labels[train_rows]
-    y_val = labels[val_rows] if len(val_rows) else data.split("validation").labels
-    candidates, reports = [], []
-    for name in models:
+    rows = _Rows(data, *_split_rows(data, options.validation_size, options.seed))
+    clock = StageClock()
+    if fidelity is not None and fidelity.screens(len(rows.train)):
+        fidelity.check(len(rows.train), len(data.label_names))
+        features, dropped = _screened(data, models, rows, options, top_k, fidelity, clock, progress)
+    else:
+        features = [
+            _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, progress)
+            for name in models
+        ]
+        dropped = {}
+    candidates = tuple(_candidate(f) for f in features)
+    reports = tuple(ModelScores(f.name, f.n_states, f.scores, searched=f.top) for f in features)
+    validation = {
+        "size": options.validation_size,
+        "seed": options.seed,
+        "n_train": len(rows.y_train),
+        "n_val": len(rows.y_val),
+    }
+    return Prepared(
+        data,
+        options,
+        rows.y_train,
+        rows.y_val,
+        candidates,
+        reports,
+        validation,
+        clock.costs(),
+        dropped,
+    )
+
+
+class _Rows:
+    """Which rows of the train split train the heads and which validate them."""
+
+    def __init__(self, data: LabelledDataset, train: np.ndarray, val: np.ndarray) -> None:
+        labels = data.split("train").labels
+        self.train, self.val = train, val
+        self.y_train = labels[train]
+        self.y_val = labels[val] if len(val) else data.split("validation").labels
+
+
+@dataclass(frozen=True)
+class _Features:
+    """One model's top-k layer features for the search, and where they were scored."""
+
+    name: str
+    n_states: int
+    top: tuple[int, ...]
+    scores: LayerScores
+    train: np.ndarray  # [n_train, k, D]
+    val: np.ndarray  # [n_val, k, D]
+    ms_per_text: float  # measured full-depth extraction time
+
+
+def _ms_per_text(meta: dict) -> float:
+    return 1000 * meta["seconds"] / max(meta["computed_rows"], 1)
+
+
+def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, progress):
+    """Every layer on every training row, probed on (a sample of) the search-train rows."""
+    from autolayer.probe import probe_layers
+
+    with clock.stage("extract", "every layer, every row") as count:
         train = embed(name, data, "train", options, progress)
-        x_train = np.asarray(train.array[train_rows])
-        if len(val_rows):
-            x_val = np.asarray(train.array[val_rows])
+        count(computed(train.meta, len(train.layers)))
+        x_train = np.asarray(train.array[rows.train])
+        if len(rows.val):
+            x_val = np.asarray(train.array[rows.val])
         else:
-            x_val = np.asarray(embed(name, data, "validation", options, progress).array)
+            valid = embed(name, data, "validation", options, progress)
+            count(computed(valid.meta, len(valid.layers)))
+            x_val = np.asarray(valid.array)
+    with clock.stage("probe", "every layer") as _:
         scores = probe_layers(
             x_train,
-            y_train,
+            rows.y_train,
             seed=options.seed,
             max_examples=probe_max_examples,
             device=options.device,
         )
-        top = tuple(int(i) for i in scores.ranking(options.metric)[:top_k])
-        n_states = train.meta["n_hidden_states"]
-        ms = 1000 * train.meta["seconds"] / max(train.meta["computed_rows"], 1)
-        source = make_source(name)
-        costs = {
-            layer: LayerCost(ms * source.latency_fraction(layer), source.memory_mb(layer))
-            for layer in top
-        }
-        keep = list(top)
-        candidates.append(
-            Candidate(name, top, n_states, x_train[:, keep], x_val[:, keep], ms, costs)
+    top = tuple(int(i) for i in scores.ranking(options.metric)[:top_k])
+    keep = list(top)
+    n_states = train.meta["n_hidden_states"]
+    ms = _ms_per_text(train.meta)
+    return _Features(name, n_states, top, scores, x_train[:, keep], x_val[:, keep], ms)
+
+
+def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
+    """Screen every model on a sample, drop the clearly worse, complete the survivors."""
+    from autolayer.probe import probe_layers
+    from autolayer.sampling import stratified_rows
+
+    pick = stratified_rows(rows.y_train, fidelity.screen_size, options.seed, per_class=1)
+    screen = rows.train[pick]  # sorted rows of the train split
+    screened, scores = {}, {}
+    for name in models:
+        with clock.stage("screen", f"every layer, {len(screen)} rows") as count:
+            emb = embed(name, data, "train", options, progress, rows=screen)
+            count(computed(emb.meta, len(emb.layers)))
+            scores[name] = probe_layers(
+                np.asarray(emb.array),
+                rows.y_train[pick],
+                n_folds=fidelity.n_folds,
+                seed=options.seed,
+                device=options.device,
+            )
+        screened[name] = emb
+    with clock.stage("select"):
+        survivors, dropped = select(scores, options.metric, fidelity)
+    rest = np.setdiff1d(rows.train, screen)
+    features = []
+    for name in survivors:
+        top = tuple(int(i) for i in scores[name].ranking(options.metric)[:top_k])
+        with clock.stage("complete", "other rows, survivors, up to their top-k layers") as count:
+            x_train, x_val = _complete(
+                data, name, rows, screen, rest, screened[name], top, options, progress, count
+            )
+        meta = screened[name].meta
+        features.append(
+            _Features(
+                name,
+                meta["n_hidden_states"],
+                top,
+                scores[name],
+                x_train,
+                x_val,
+                _ms_per_text(meta),
+            )
         )
-        reports.append(ModelScores(name, n_states, scores, searched=top))
-    validation = {
-        "size": options.validation_size,
-        "seed": options.seed,
-        "n_train": len(y_train),
-        "n_val": len(y_val),
+    return features, dropped
+
+
+def _complete(data, name, rows, screen, rest, screened, top, options, progress, count):
+    """Top-k layer features of every search-train and validation row: the screen's rows
+    from the screen, the others extracted now (the backbone cut above the deepest)."""
+    carved = len(rows.val) > 0
+    others = np.concatenate([rest, rows.val]) if carved else rest
+    emb = embed(name, data, "train", options, progress, rows=others, layers=top)
+    count(computed(emb.meta, len(emb.layers)))
+    columns = [emb.layers.index(layer) for layer in top]
+    rest_features = np.asarray(emb.array)[:, columns]
+    x_train = np.empty((len(rows.train), len(top), rest_features.shape[-1]), dtype=np.float32)
+    x_train[np.searchsorted(rows.train, screen)] = np.asarray(screened.array)[:, list(top)]
+    x_train[np.searchsorted(rows.train, rest)] = rest_features[: len(rest)]
+    if carved:
+        return x_train, rest_features[len(rest) :]
+    valid = embed(name, data, "validation", options, progress, layers=top)
+    count(computed(valid.meta, len(valid.layers)))
+    return x_train, np.asarray(valid.array)[:, [valid.layers.index(layer) for layer in top]]
+
+
+def _candidate(features: _Features) -> Candidate:
+    """The search's view of a model: its features and what each layer costs to run."""
+    source = make_source(features.name)
+    ms = features.ms_per_text
+    costs = {
+        layer: LayerCost(ms * source.latency_fraction(layer), source.memory_mb(layer))
+        for layer in features.top
     }
-    return Prepared(data, options, y_train, y_val, tuple(candidates), tuple(reports), validation)
+    return Candidate(
+        features.name,
+        features.top,
+        features.n_states,
+        features.train,
+        features.val,
+        ms,
+        costs,
+    )
 
 
 def study_context(prepared: Prepared, space: Space) -> dict:
@@ -611,20 +759,29 @@ def recommend(
     callbacks: Sequence[Callable] = (),
     heartbeat: float = 30.0,
     overwrite: bool = False,
+    fidelity: Fidelity | None = Fidelity(),  # noqa: B008 - frozen, so a shared default is safe
+    max_train_samples: int | None = None,
     **settings,
 ) -> Recommendation:
-    """extract → score → CKA → search; writes ``recommendation.yaml`` in ``output_dir``.
+    """screen → select → complete → search; writes ``recommendation.yaml`` in ``output_dir``.
 
-    ``options`` (or keyword ``settings``: ``seed=1``, ``max_length=128``…) as in
-    :func:`prepare`. An ``output_dir`` whose recommendation was made for other data is
-    refused before any work unless ``overwrite`` (its study database is kept either way:
-    studies are keyed by data and models, so several live side by side in one file).
+    Multi-fidelity by default (``fidelity=None``: every layer of every model on every row,
+    as an exhaustive sweep would). ``max_train_samples`` caps the training split (a
+    stratified, seeded sample). ``options`` (or keyword ``settings``: ``seed=1``,
+    ``max_length=128``…) as in :func:`prepare`. An ``output_dir`` whose recommendation was
+    made for other data is refused before any work unless ``overwrite`` (its study database
+    is kept either way: studies are keyed by data and models, so several live side by side).
     """
     options = resolve_options(options, settings)
     data = _data(dataset)
+    if max_train_samples is not None:
+        data = data.subsample(max_train_samples, seed=options.seed)
     check_output_dir(Path(output_dir), data, overwrite=overwrite)
-    prepared = prepare(data, models, options=options, top_k=top_k, progress=progress)
+    prepared = prepare(
+        data, models, options=options, top_k=top_k, fidelity=fidelity, progress=progress
+    )
     space = space or Space()
+    started = time.process_time()
     result = search(
         prepared,
         output_dir=output_dir,
@@ -636,6 +793,8 @@ def recommend(
         callbacks=callbacks,
         heartbeat=heartbeat,
     )
+    trained = sum("train_seconds" in t.attrs for t in result.trials)
+    searched = StageCost("search", time.process_time() - started, 0, f"{trained} heads trained")
     context = study_context(prepared, space)
     config = trial_config(result.best, context, result.study_name, result.storage)
     config.save(Path(output_dir) / RECOMMENDATION)
@@ -647,4 +806,6 @@ def recommend(
         cka_names=tuple(c.name for c in prepared.candidates),
         cka=cka,
         reasons=tuple(reasons(prepared, result, cka)),
+        stages=(*prepared.stages, searched),
+        dropped=prepared.dropped,
     )

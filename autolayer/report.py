@@ -316,6 +316,23 @@ def pareto_table(trials, metric: str) -> None:
     console.print(table)
 
 
+def stages_table(stages, dropped: dict) -> None:
+    """What preparing and searching cost, stage by stage, and which models the screen
+    dropped and why."""
+    if not stages:
+        return
+    table = Table(title="cost by stage")
+    for column in ("stage", "CPU s", "texts × layers", ""):
+        table.add_column(column, justify="right" if column != "" else "left")
+    for stage in stages:
+        table.add_row(
+            stage.name, f"{stage.cpu_seconds:.1f}", f"{stage.texts_layers:,}", escape(stage.note)
+        )
+    console.print(table)
+    for model, reason in dropped.items():
+        console.print(f"dropped [bold]{escape(model)}[/] after the screen: {escape(reason)}")
+
+
 def recommendation(rec, output_dir) -> None:
     """The full recommend report: rankings, CKA, trials, the choice and why."""
     for r in rec.reports:
@@ -342,6 +359,7 @@ def recommendation(rec, output_dir) -> None:
     )
     for reason in rec.reasons:
         console.print(f"  • {escape(reason)}")
+    stages_table(rec.stages, rec.dropped)
     plot_layer_curves(
         {r.model: r.scores.accuracy for r in rec.reports}, Path(output_dir) / "layers.png"
     )
