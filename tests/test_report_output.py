@@ -121,7 +121,8 @@ def test_piped_search_prints_full_width_tables_and_progress_lines(
     code = main([*args, "--n-trials", "2"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    rows = [line for line in out.splitlines() if line.startswith("│")]
+    trials = out[out.index("best trials") :]
+    rows = [line for line in trials.splitlines() if line.startswith("│")]
     assert rows and all(str(model) in row for row in rows), out
     assert "…" not in out and "Pareto" not in out
     assert re.search(r"· tiny/train: 40/40 texts \(100 %\), [\d.]+ texts/s, \d+ s elapsed", err)
