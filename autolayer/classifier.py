@@ -23,6 +23,7 @@ from autolayer.errors import ConfigError, DataError
 from autolayer.files import (
     atomic_write,
     atomic_write_bytes,
+    check_output,
     check_owned_folder,
     check_writable,
     replace_folder,
@@ -156,7 +157,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
                 config.models, self.model_.input_dims, strict=True
             )]
             atomic_write_bytes(tmp / FEATURES_FILE, json.dumps(features, indent=1).encode())
-            replace_folder(tmp, directory)
+            replace_folder(tmp, directory, MODEL_FILES, last=CONFIG_FILE)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -172,6 +173,8 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         from autolayer.fusion import load_classifier
 
         directory = Path(directory)
+        if not directory.exists():
+            raise ConfigError(f"model folder {str(directory)!r} does not exist")
         if not (directory / CONFIG_FILE).is_file():
             raise ConfigError(
                 f"{str(directory)!r} is not a saved autolayer model (no {CONFIG_FILE})"
@@ -232,7 +235,7 @@ def check_model_folder(directory: Path, *, overwrite: bool = False) -> None:
     model's folder. Never a folder of other files (``-o .`` must not empty the cwd)."""
     check_owned_folder(
         Path(directory),
-        CONFIG_FILE,
+        (CONFIG_FILE, "head.safetensors", "head.json"),
         MODEL_FILES,
         overwrite=overwrite,
         what="model folder",
@@ -403,7 +406,7 @@ def check_prediction_output(output: Path, input_path: Path) -> None:
             f"cannot write predictions as {output.suffix or 'a file without extension'!r}: "
             f"name the output {', '.join('*' + f for f in PREDICTION_FORMATS)}"
         )
-    check_writable(output, "predictions")
+    check_output(output, "predictions")
 
 
 def predict_file(
@@ -424,6 +427,11 @@ def predict_file(
     from autolayer.data import read_inputs
     from autolayer.device import resolve_device
 
+    if id_column in ("row", "text", "label", "probabilities"):
+        raise ConfigError(
+            f"id_column {id_column!r} would overwrite the predictions' own {id_column!r} field; "
+            "rename that column in the input"
+        )
     if output is not None:
         output = Path(output)
         check_prediction_output(output, Path(input_path))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -83,6 +84,14 @@ def _pooling_options(func):
     )(func)
 
 
+def _output(path: Path | None, kind: str) -> None:
+    """An output file: writable, and new or one an earlier run wrote (checked before work)."""
+    if path is not None:
+        from autolayer.files import check_output
+
+        check_output(path, kind)
+
+
 def _writable(path: Path | None, what: str) -> None:
     """Find an unwritable output before the work that would fill it, not after."""
     if path is not None:
@@ -105,6 +114,13 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )
+    warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, *_args, **_kwargs) -> None:
+    """Library warnings (a probe's shrunk folds, say) as one ``WARNING:`` line, without
+    the Python source line that ``warnings`` would print under it."""
+    logging.getLogger("autolayer").warning("%s", message)
 
 
 def _quiet() -> None:
@@ -239,7 +255,7 @@ def extract(
     from autolayer.files import atomic_save_npy
     from autolayer.options import Options
 
-    _writable(output, "array")
+    _output(output, "array")
     source, texts = split_texts(dataset, split, text_column=text_column)
     options = Options(
         pooling=pooling, max_length=max_length, device=device, threads=threads, cache_dir=cache_dir
@@ -282,7 +298,9 @@ def _models(value: str | None) -> list[str] | None:
 @click.option("--models", "--model", "-m", required=True, help="Comma-separated model specs.")
 @_dataset_options
 @click.option("--split", default="train", show_default=True)
-@click.option("--folds", default=5, show_default=True, help="Stratified CV folds.")
+@click.option(
+    "--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Stratified CV folds."
+)
 @click.option("--max-examples", type=int, help="Probe a stratified subsample of this size.")
 @click.option("--seed", default=0, show_default=True)
 @_pooling_options
@@ -321,8 +339,8 @@ def score(
     from autolayer.pipeline import score as run_score
 
     names = _models(models)
-    _writable(json_path, "JSON")
-    _writable(plot, "plot")
+    _output(json_path, "scores")
+    _output(plot, "plot")
     data = load_dataset(dataset, text_column=text_column, label_column=label_column)
     options = Options(pooling=pooling, max_length=max_length, seed=seed, cache_dir=cache_dir)
     results = run_score(
@@ -390,8 +408,8 @@ def complementarity(
     names = _models(models)
     if len(names) < 2:
         raise click.BadParameter("complementarity needs at least 2 models", param_hint="'-m'")
-    _writable(json_path, "JSON")
-    _writable(plot, "plot")
+    _output(json_path, "complementarity")
+    _output(plot, "plot")
     data = load_dataset(dataset, text_column=text_column, label_column=label_column)
     chosen = None
     if layers:
@@ -660,7 +678,7 @@ def export(
     from autolayer import report
     from autolayer.pipeline import export as run_export
 
-    _writable(output, "config")
+    _output(output, "config")
     config = run_export(storage, study_name, trial_number, output_dir=output_dir)
     config.save(output)
     report.console.print(f"wrote {output}")
@@ -779,7 +797,7 @@ def main(args: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:
-        hint = f" (see: autolayer {exc.ctx.info_name} --help)" if exc.ctx else ""
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
         report.error(exc.format_message().replace("\n", " ") + hint)
         return exc.exit_code
     except click.ClickException as exc:

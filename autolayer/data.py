@@ -220,6 +220,11 @@ def load_dataset(
     """
     if empty not in _EMPTY_POLICIES:
         raise ConfigError(f"empty must be one of {_EMPTY_POLICIES}; got {empty!r}")
+    if text_column == label_column:
+        raise ConfigError(
+            f"text_column and label_column are both {text_column!r}: the labels would be "
+            "the texts themselves; name two different columns"
+        )
     name, raws = _read_spec(spec, text_column, label_column)
     return _assemble(name, raws, empty)
 

@@ -645,7 +645,12 @@ def load_classifier(directory: str | os.PathLike) -> FusionClassifier:
             f"{directory / CONFIG_FILE} is not a valid head config: {error}"
         ) from None
     try:
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        state = load_file(str(directory / WEIGHTS_FILE))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error type
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"{directory / WEIGHTS_FILE} is corrupt: {first}") from None
+    try:
+        model.load_state_dict(state)
     except RuntimeError as error:
         message = " ".join(str(error).split())
         raise ConfigError(

@@ -165,6 +165,8 @@ def check_models(models: Sequence[str] | None, *, at_least: int = 1) -> list[str
         raise ConfigError(f"give at least {at_least} model(s); got {len(models)}")
     if len(set(models)) != len(models):
         raise ConfigError(f"models must be distinct; got {', '.join(models)}")
+    for model in models:  # a missing model is found before hours of another's extraction
+        make_source(model)
     return models
 
 
@@ -263,6 +265,9 @@ def complementarity(
     if len(rows) > max_examples:
         rng = np.random.default_rng(options.seed)
         rows = np.sort(rng.choice(len(rows), max_examples, replace=False))
+    unknown = sorted(set(layers or {}) - set(models))
+    if unknown:
+        raise ConfigError(f"layers name models not compared: {', '.join(unknown)}")
     arrays = {m: np.asarray(embed(m, data, split, options, progress).array[rows]) for m in models}
     chosen = []
     for model in models:
@@ -654,6 +659,8 @@ def export(
     names = sorted(s.study_name for s in opened.get_all_studies())
     if study_name is None and len(names) == 1:
         study_name = names[0]
+    elif study_name is None and output_dir is not None:
+        study_name = _recommended_study(Path(output_dir))
     if study_name not in names:
         asked = "pass --study-name" if study_name is None else f"no study named {study_name!r}"
         raise ConfigError(f"{asked}; studies in {storage}: {', '.join(names) or 'none'}")
@@ -670,6 +677,19 @@ def export(
                 raise ConfigError(f"trial {trial_number} is {trial.state}, not COMPLETE")
             return trial_config(trial, context, study_name, storage)
     raise ConfigError(f"study {study_name!r} has no trial {trial_number}")
+
+
+def _recommended_study(output_dir: Path) -> str | None:
+    """The study the folder's recommendation came from (a folder may hold several)."""
+    from autolayer.config import load_config
+
+    path = output_dir / RECOMMENDATION
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path).validation.get("study")
+    except ConfigError:
+        return None
 
 
 def cka_at_best(prepared: Prepared) -> np.ndarray:
@@ -714,6 +734,7 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
 
 
 RECOMMENDATION = "recommendation.yaml"
+PLOTS = {"layers.png", "cka.png"}  # what report.recommendation draws into the output folder
 
 
 def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool) -> None:
@@ -721,9 +742,15 @@ def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool
     not write) in ``output_dir``; found before extraction, not after an hour of it."""
     import yaml
 
-    from autolayer.files import check_writable
+    from autolayer.files import OURS, check_writable
 
     check_writable(output_dir, "output folder")
+    for plot in (PLOTS & {p.name for p in output_dir.glob("*.png")}) if output_dir.is_dir() else ():
+        if not OURS["plot"](output_dir / plot):
+            raise ConfigError(
+                f"{output_dir / plot} exists and is not a plot autolayer wrote; move it or "
+                "choose another output folder"
+            )
     path = output_dir / RECOMMENDATION
     if not path.exists():
         return

@@ -52,6 +52,8 @@ class _Console(Console):
         Console.size.fset(self, new_size)
 
 
+# Marks the plots as autolayer's, so a later run may replace them (and nothing else).
+PNG_METADATA = {"Software": "autolayer"}
 console = _Console()
 errors = _Console(stderr=True)
 
@@ -508,7 +510,7 @@ def plot_layer_curves(curves: dict[str, np.ndarray], path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -531,7 +533,7 @@ def plot_cka_matrix(names, matrix: np.ndarray, path) -> None:
     image = _heatmap(ax, names, matrix)
     ax.set_title("linear CKA at best layers")
     fig.colorbar(image, ax=ax)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -552,7 +554,7 @@ def plot_cka(result, path) -> None:
         ax.set_ylabel(f"{a} layer")
         ax.set_title(f"{a} × {b}")
     fig.colorbar(image, ax=axes.tolist(), shrink=0.8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata=PNG_METADATA)
     plt.close(fig)
 
 

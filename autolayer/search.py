@@ -504,11 +504,23 @@ def check_same_study(
         stored = {"objectives": directions, "metric": attrs.get("metric", signature["metric"])}
     for key, value in json_safe(signature).items():
         if key in stored and stored[key] != value:
+            named, new, old = _first_difference(key, value, stored)
             raise ConfigError(
-                f"study {study_name!r} in {url} was made with another {key} "
-                f"({_short(stored[key])}; this command: {_short(value)}); "
+                f"study {study_name!r} in {url} differs in its {named}: stored "
+                f"{_short(old)}, this command {_short(new)}; "
                 "pass another --study-name (or output folder) to start a new study"
             )
+
+
+def _first_difference(key: str, value, stored: dict) -> tuple[str, object, object]:
+    """Narrow a differing entry to its first differing part (``search space (layers)``),
+    so the message names what changed rather than a long structure cut short."""
+    old = stored[key]
+    if isinstance(value, dict) and isinstance(old, dict):
+        for part in [*value, *(k for k in old if k not in value)]:
+            if value.get(part) != old.get(part):
+                return f"{key} ({part})", value.get(part), old.get(part)
+    return key, value, old
 
 
 def json_safe(value):

@@ -237,6 +237,73 @@ def _trust_rows(tmp: Path, model: Path, dataset: Path) -> dict[str, tuple[list, 
         ["extract", "-m", model, "-d", dataset, "-o", tmp / "afile2" / "x.npy"],
         "cannot write",
     )
+    rows.update(_tryout_rows(tmp, model, dataset, config))
+    return rows
+
+
+def _tryout_rows(tmp: Path, model: Path, dataset: Path, config: Path) -> dict:
+    """Found by trying the tool as a new user after the first round of fixes."""
+    rows: dict[str, tuple[list, str]] = {}
+    (tmp / "st").mkdir()
+    (tmp / "st" / "study.db").write_bytes(b"SQLite format 3\x00 not really")
+    rows["export over its own study storage"] = (
+        ["export", tmp / "st", "-o", tmp / "st" / "study.db"],
+        "not a config file autolayer wrote",
+    )
+    rows["score --json onto the input data"] = (
+        ["score", "-m", model, "-d", dataset, "--json", dataset / "train.jsonl"],
+        "not a scores file autolayer wrote",
+    )
+    rows["extract -o onto the input data"] = (
+        ["extract", "-m", model, "-d", dataset / "test.jsonl", "-o", dataset / "test.jsonl"],
+        "not an array file autolayer wrote",
+    )
+    own = tmp / "own"
+    own.mkdir()
+    (own / "config.yaml").write_text(config.read_text() + "# my precious comments\n")
+    rows["apply --overwrite into a folder holding only the user's config.yaml"] = (
+        ["apply", own / "config.yaml", "-d", dataset, "-o", own, "--overwrite"],
+        "did not write",
+    )
+    pics = tmp / "pics"
+    pics.mkdir()
+    (pics / "layers.png").write_bytes(b"\x89PNG\r\n\x1a\n my own figure")
+    rows["recommend into a folder holding the user's layers.png"] = (
+        ["recommend", "-d", dataset, "--models", model, "-o", pics],
+        "not a plot autolayer wrote",
+    )
+    (tmp / "ids.csv").write_text("label,text\nTRUTH,good film\n")
+    rows["predict --id-column that collides with an output field"] = (
+        ["predict", tmp / "nomodel", "-i", tmp / "ids.csv", "--id-column", "label"],
+        "would overwrite the predictions' own 'label'",
+    )
+    (tmp / "keep.csv").write_text("my data\n")
+    rows["predict -o onto the user's existing file"] = (
+        ["predict", tmp / "nomodel", "-i", tmp / "ids.csv", "-o", tmp / "keep.csv"],
+        "not a predictions file autolayer wrote",
+    )
+    rows["predict with a model folder that does not exist"] = (
+        ["predict", tmp / "gone", "-i", tmp / "ids.csv"],
+        "does not exist",
+    )
+    rows["complementarity with a missing second model: found before extraction"] = (
+        ["complementarity", "-m", f"{model},{tmp / 'no-model'}", "-d", dataset],
+        "does not exist",
+    )
+    rows["one column for both text and label"] = (
+        ["score", "-m", model, "-d", dataset, "--text-column", "label"],
+        "both 'label'",
+    )
+    rows["complementarity --layers naming a model not compared"] = (
+        ["complementarity", "-m", f"{model},{model}/", "-d", dataset, "--layers", "foo:2"],
+        "foo",
+    )
+    rows["one fold"] = (["score", "-m", model, "-d", dataset, "--folds", "1"], "--folds")
+    (tmp / "afile3").write_text("x")
+    rows["recommend -o onto a file"] = (
+        ["recommend", "-d", dataset, "--models", model, "-o", tmp / "afile3"],
+        "it is a file",
+    )
     return rows
 
 
@@ -245,8 +312,33 @@ def _intact(folder: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["data.csv", "notes.txt"]
 
 
+def _unchanged(path: Path, start: bytes) -> None:
+    assert path.read_bytes().startswith(start), f"{path} was overwritten"
+
+
 # What must not have happened, per row (tmp, home) -> None.
 CHECKS = {
+    "export over its own study storage": lambda tmp, home: _unchanged(
+        tmp / "st" / "study.db", b"SQLite format 3"
+    ),
+    "score --json onto the input data": lambda tmp, home: _unchanged(
+        tmp / "tiny" / "train.jsonl", b'{"text"'
+    ),
+    "extract -o onto the input data": lambda tmp, home: _unchanged(
+        tmp / "tiny" / "test.jsonl", b'{"text"'
+    ),
+    "apply --overwrite into a folder holding only the user's config.yaml": lambda tmp, home: (
+        "precious" in (tmp / "own" / "config.yaml").read_text() or pytest.fail("config lost")
+    ),
+    "recommend into a folder holding the user's layers.png": lambda tmp, home: _unchanged(
+        tmp / "pics" / "layers.png", b"\x89PNG\r\n\x1a\n my own"
+    ),
+    "predict -o onto the user's existing file": lambda tmp, home: _unchanged(
+        tmp / "keep.csv", b"my data"
+    ),
+    "complementarity with a missing second model: found before extraction": lambda tmp, home: (
+        not (home / "embeddings").exists() or pytest.fail("extracted before refusing")
+    ),
     "apply into a folder of the user's files": lambda tmp, home: _intact(tmp / "mine"),
     "apply --overwrite into a folder of the user's files": lambda tmp, home: _intact(tmp / "mine2"),
     "predict output is the input": lambda tmp, home: (
@@ -309,6 +401,19 @@ NAMES = [
     "config label absent from the data",
     "score --json under a file: found before extraction",
     "extract -o under a file: found before extraction",
+    "export over its own study storage",
+    "score --json onto the input data",
+    "extract -o onto the input data",
+    "apply --overwrite into a folder holding only the user's config.yaml",
+    "recommend into a folder holding the user's layers.png",
+    "predict --id-column that collides with an output field",
+    "predict -o onto the user's existing file",
+    "predict with a model folder that does not exist",
+    "complementarity with a missing second model: found before extraction",
+    "one column for both text and label",
+    "complementarity --layers naming a model not compared",
+    "one fold",
+    "recommend -o onto a file",
 ]
 
 

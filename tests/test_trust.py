@@ -18,6 +18,7 @@ import yaml
 
 from autolayer.classifier import MODEL_FILES
 from autolayer.config import load_config
+from autolayer.errors import ConfigError
 from autolayer.search import Cost
 from tests.conftest import run, write_config, write_jsonl
 
@@ -374,3 +375,61 @@ def test_score_and_complementarity_take_pooling_and_max_length(
     assert code == 0, err
     metas = [json.loads(p.read_text()) for p in (home / "embeddings").glob("*/meta.json")]
     assert metas and {(m["pooling"], m["max_length"]) for m in metas} == {("last", 8)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by a second new-user tryout
+
+
+def test_a_corrupt_saved_head_is_one_line_not_a_bug(capsys, tmp_path, saved_model):
+    (saved_model / "head.safetensors").write_bytes(b"\xff" * 64)
+    (tmp_path / "in.txt").write_text("good film\n")
+    code, _, err = run(capsys, "predict", saved_model, "-i", tmp_path / "in.txt")
+    assert code == ConfigError.exit_code and "is corrupt" in one_error_line(err)
+
+
+def test_overwrite_in_the_current_directory_keeps_the_directory(
+    capsys, tmp_path, home, config, tiny_dataset, saved_model, monkeypatch
+):
+    before = saved_model.stat().st_ino
+    monkeypatch.chdir(saved_model)
+    code, _, err = run(capsys, "apply", config, "-d", tiny_dataset, "-o", ".", "--overwrite")
+    assert code == 0, err
+    assert saved_model.stat().st_ino == before and Path.cwd().exists()
+    assert sorted(p.name for p in saved_model.iterdir()) == sorted(MODEL_FILES)
+
+
+def test_library_warnings_are_one_line(capsys, tmp_path, home, tiny_models, caplog):
+    rows = [{"text": f"good film {i}", "label": "ab"[i % 2]} for i in range(9)]
+    rows.append({"text": "one more bad plot", "label": "c"})  # a class of one: warned
+    rows.append({"text": "another bad plot", "label": "c"})
+    path = write_jsonl(tmp_path / "rare.jsonl", rows)
+    code, _, err = run(capsys, "score", "-m", tiny_models["bert"], "-d", path, "--folds", "3")
+    assert code == 0, err
+    warned = [r for r in caplog.records if r.name == "autolayer" and "folds" in r.getMessage()]
+    assert warned and "\n" not in warned[0].getMessage()
+    assert "UserWarning" not in err and "warnings.warn" not in err
+
+
+def test_export_of_a_folder_with_two_studies_takes_its_recommendation(
+    capsys, tmp_path, home, tiny_models, tiny_dataset
+):
+    out = tmp_path / "out"
+    bert, llama = str(tiny_models["bert"]), str(tiny_models["llama"])
+    for models in (bert, llama):
+        code, _, err = run(
+            capsys,
+            "recommend",
+            "-d",
+            tiny_dataset,
+            "--models",
+            models,
+            "--n-trials",
+            "1",
+            "-o",
+            out,
+        )
+        assert code == 0, err
+    code, _, err = run(capsys, "export", out, "-o", tmp_path / "c.yaml")
+    assert code == 0, err
+    assert load_config(tmp_path / "c.yaml").models[0].spec == llama
