@@ -8,4 +8,4 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 .venv/bin/autolayer zoo install minilm smollm2
 .venv/bin/autolayer recommend --output-dir autolayer-out
-.venv/bin/autolayer apply autolayer-out/recommendation.yaml --output autolayer-out/model
+.venv/bin/autolayer apply autolayer-out/recommendation.yaml --output autolayer-out/model --overwrite
