@@ -4,15 +4,13 @@ A source is a small class (like Optuna's samplers): its identity (the cache key 
 computes), how many states it has, ``embed(texts, layers)``, and what running it up to a
 state costs. Sources are registered by kind; :func:`make_source` finds the one that accepts
 a model spec. The transformers source accepts everything the model zoo resolves (zoo
-aliases, local folders, GGUF files, hub ids), so it is asked last; a source fitted on
-training texts (TF-IDF, say) saves and loads what it learned.
+aliases, local folders, GGUF files, hub ids), so it is asked last.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import numpy as np
@@ -26,8 +24,8 @@ FALLBACK = "transformers"  # the kind asked last: it accepts any spec the zoo ca
 class FeatureSource(ABC):
     """Texts → ``[N, len(layers), D]`` float32 features of chosen states (layers).
 
-    Subclasses set ``kind`` and implement ``identity``, ``n_states``, ``embed`` and
-    ``parameters``; the rest has defaults that suit a frozen model.
+    Subclasses set ``kind`` and implement ``identity``, ``n_states``, ``width``, ``embed``
+    and ``parameters``; the rest has defaults that suit a frozen pretrained model.
     """
 
     kind: ClassVar[str]
@@ -96,13 +94,6 @@ class FeatureSource(ABC):
         """Work per text (tokens for a transformer): texts are processed longest first, and
         the total is recorded with the features."""
         return np.ones(len(texts), dtype=np.int64)
-
-    def fit(self, texts: Sequence[str]) -> FeatureSource:
-        """Learn from training texts (a frozen pretrained model learns nothing)."""
-        return self
-
-    def save(self, directory: Path) -> None:  # noqa: B027 - optional: frozen models learn nothing
-        """Write what ``fit`` learned into ``directory`` (nothing for a frozen model)."""
 
 
 SOURCES: dict[str, type[FeatureSource]] = {}
