@@ -563,8 +563,6 @@ def _run_search(kw: dict, *, full_report: bool):
     )
     if kw["max_train_samples"] is not None:
         data = data.subsample(kw["max_train_samples"], seed=kw["seed"])
-    if full_report:
-        pipeline.check_output_dir(kw["output_dir"], data, overwrite=kw["overwrite"])
     fidelity = None if kw["exhaustive"] else Fidelity(screen_size=kw["screen_size"])
     options = Options(
         pooling=kw["pooling"],

@@ -103,6 +103,7 @@ class Backbone:
         *,
         device: str | None = None,
         trust_remote_code: bool = False,
+        tokenizer=None,
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -112,8 +113,10 @@ class Backbone:
         self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         folder = str(source.folder)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                folder, trust_remote_code=trust_remote_code
+            self.tokenizer = (
+                tokenizer
+                if tokenizer is not None
+                else AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
             )
             model = AutoModel.from_pretrained(
                 folder, dtype=self.dtype, trust_remote_code=trust_remote_code
@@ -350,7 +353,11 @@ class TransformerSource(FeatureSource):
         key = (tuple(layers), str(resolve_device(device)))
         if key not in self._backbones:
             self._backbones[key] = Backbone(
-                self.model, layers, device=device, trust_remote_code=self.trust_remote_code
+                self.model,
+                layers,
+                device=device,
+                trust_remote_code=self.trust_remote_code,
+                tokenizer=self.tokenizer,  # already loaded to order the texts by length
             )
         return self._backbones[key]
 
