@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -73,52 +75,104 @@ def brute_force_arm(data, models, options, exhaustive: dict, root: Path) -> dict
 
     The features are the exhaustive arm's (``root``), whose extraction and probe CPU
     seconds are added: brute force needs exactly that extraction, and repeating it would
-    only re-measure it.
+    only re-measure it. Each model's top-2 layers alone (one source, same head) are trained
+    too, outside brute force's compute, and each pair's best configuration and each model's
+    best layer are scored on test: the measured fusion gain per pair (issue 13).
     """
     options = Options(**{**options.results(), "cache_dir": root / "cache"})
     forward = sum(
         s["cpu_seconds"] for s in exhaustive["stages"] if s["name"] in ("extract", "probe")
     )
-    start = time.process_time()
     prepared = pipeline.prepare(data, models, options=options, top_k=2)
-    space, runs = Space(), []
+    space = Space()
+
+    def fit(members, operator):
+        params = FusionParams(
+            operator=operator,
+            width=WIDTH,
+            hidden=space.hidden,
+            dropout=space.dropout,
+            lr=LR,
+            max_epochs=space.max_epochs,
+            patience=space.patience,
+        )
+        return train_fusion(
+            [c.features(layer, "train") for c, layer in members],
+            prepared.y_train,
+            [c.features(layer, "val") for c, layer in members],
+            prepared.y_val,
+            params=params,
+            seed=options.seed,
+        )
+
+    start = time.process_time()
+    pairs = {}
     for a, b in itertools.combinations(prepared.candidates, 2):
-        for la, lb, operator in itertools.product(a.layers, b.layers, OPERATORS):
-            params = FusionParams(
-                operator=operator,
-                width=WIDTH,
-                hidden=space.hidden,
-                dropout=space.dropout,
-                lr=LR,
-                max_epochs=space.max_epochs,
-                patience=space.patience,
-            )
-            result = train_fusion(
-                [a.features(la, "train"), b.features(lb, "train")],
-                prepared.y_train,
-                [a.features(la, "val"), b.features(lb, "val")],
-                prepared.y_val,
-                params=params,
-                seed=options.seed,
-            )
-            runs.append(((a.name, la), (b.name, lb), operator, result.best_val_metric, result))
+        runs = [
+            (fit([(a, la), (b, lb)], operator), [[a.name, la], [b.name, lb]], operator)
+            for la, lb, operator in itertools.product(a.layers, b.layers, OPERATORS)
+        ]
+        pairs[(a.name, b.name)] = max(runs, key=lambda r: r[0].best_val_metric), runs
     cpu = forward + time.process_time() - start
-    (ma, la), (mb, lb), operator, val, result = max(runs, key=lambda r: r[3])
-    test = data.split("test")
-    features = [
-        pipeline.embed(m, data, "test", options, layers=[layer]).array[:, 0]
-        for m, layer in ((ma, la), (mb, lb))
+    singles = {
+        c.name: max(
+            ((fit([(c, layer)], "concat"), [[c.name, layer]], None) for layer in c.layers),
+            key=lambda r: r[0].best_val_metric,
+        )
+        for c in prepared.candidates
+    }
+    test = _test_features(data, prepared.candidates, options)
+
+    def record(best) -> dict:
+        result, members, operator = best
+        features = [test[name][layer] for name, layer in members]
+        predicted = predict_proba(result.model, features).argmax(1)
+        return {
+            "models": members,
+            "operator": operator,
+            "val_accuracy": result.best_val_metric,
+            "test_accuracy": float((predicted == data.split("test").labels).mean()),
+        }
+
+    single = {name: record(best) for name, best in singles.items()}
+    pair = [
+        {
+            **record(best),
+            "pair": list(names),
+            "runs": [[m, op, r.best_val_metric] for r, m, op in runs],
+        }
+        for names, (best, runs) in pairs.items()
     ]
-    predicted = predict_proba(result.model, [np.asarray(f) for f in features]).argmax(1)
+    winner = max(pair, key=lambda p: p["val_accuracy"])
     return {
         "cpu_seconds": cpu,
         "extraction_and_probe_cpu_seconds": forward,
-        "configurations": len(runs),
-        "config": {"models": [[ma, la], [mb, lb]], "operator": operator},
-        "val_accuracy": val,
-        "test_accuracy": float((predicted == test.labels).mean()),
-        "note": "best head scored as trained on train (early stopping on validation)",
+        "configurations": sum(len(p["runs"]) for p in pair),
+        "config": {"models": winner["models"], "operator": winner["operator"]},
+        "val_accuracy": winner["val_accuracy"],
+        "test_accuracy": winner["test_accuracy"],
+        "pairs": pair,
+        "singles": single,
+        "note": "heads scored as trained on train (early stopping on validation)",
     }
+
+
+def _test_features(data, candidates, options) -> dict[str, dict[int, np.ndarray]]:
+    """Test embeddings of every candidate's kept layers (backbone cut at the deepest)."""
+    out = {}
+    for c in candidates:
+        emb = pipeline.embed(c.name, data, "test", options, layers=sorted(c.layers))
+        out[c.name] = {layer: np.asarray(emb.layer(layer)) for layer in c.layers}
+    return out
+
+
+def _commit() -> str:
+    """The code an arm ran (arms of one set may run in different processes and sessions)."""
+    here = Path(__file__).parent
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+    )
+    return out.stdout.strip() or "unknown"
 
 
 def main() -> None:
@@ -131,6 +185,10 @@ def main() -> None:
     parser.add_argument("--screen-size", type=int, default=2000)
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--work-dir", type=Path, help="caches of the arms (default: a temp dir)")
+    parser.add_argument(
+        "--arms", default="exhaustive,multi_fidelity,brute_force", help="which arms to run"
+    )
+    parser.add_argument("--rerun", action="store_true", help="re-run arms already in the JSON")
     args = parser.parse_args()
     data = autolayer.load_dataset(args.dataset)
     if args.max_train_samples:
@@ -149,13 +207,17 @@ def main() -> None:
             data, models, options, results["exhaustive"], work / "exhaustive"
         ),
     }
-    for name, arm in arms.items():
-        if name in results:
+    for name in args.arms.split(","):
+        if name in results and not args.rerun:
             continue
-        results[name] = arm(work / name)
+        if name != "brute_force":
+            shutil.rmtree(work / name, ignore_errors=True)  # the bench's own cache: cold start
+        results[name] = {**arms[name](work / name), "commit": _commit()}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
         print(name, json.dumps({k: results[name][k] for k in ("cpu_seconds", "test_accuracy")}))
+    if not all(k in results for k in arms):
+        return
     mf, ex, bf = (results[k] for k in ("multi_fidelity", "exhaustive", "brute_force"))
     print(
         f"{data.name}: multi-fidelity {mf['cpu_seconds']:.0f} CPU s = "
