@@ -77,6 +77,48 @@ def probe_layers(
     at a time: on a CPU the solver is bound by reading the features, and one layer's rows fit
     in the cache where the whole ``[L+1, N, D]`` stack does not.
     """
+    X, y = _prepared(X, y, n_folds, seed, max_examples)
+    labels = _encode(y)
+    tests = _folds(labels, n_folds, seed)
+    dev = resolve_device(device)
+    pred = _out_of_fold(X, labels, tests, alpha, dev)  # [L+1, N]
+    truth = torch.as_tensor(labels, device=dev)
+    n_classes = int(labels.max()) + 1
+    runs = [
+        ((pred[:, te] == truth[te]).double().mean(1), macro_f1(pred[:, te], truth[te], n_classes))
+        for te in tests
+    ]
+    return _summarise(runs, len(labels))
+
+
+def out_of_fold(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    alpha: float | None = None,
+    device: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's probe prediction from the fold that held it out, for every layer of ``X``
+    [N, L+1, D]: ``(predicted [L+1, N'], y [N'])`` as labels of ``y``'s type.
+
+    The folds are :func:`probe_layers`' for the same ``y``, ``n_folds`` and ``seed``, so two
+    calls on different features of the same rows predict the same rows under the same
+    folds: their errors can be compared row by row (see :mod:`autolayer.complementarity`).
+    ``N'`` < ``N`` only when a class has a single example (left out, warned).
+    """
+    X, y = _prepared(X, y, n_folds, seed, None)
+    labels = _encode(y)
+    tests = _folds(labels, n_folds, seed)
+    pred = _out_of_fold(X, labels, tests, alpha, resolve_device(device))
+    return np.unique(y)[pred.cpu().numpy()], y
+
+
+def _prepared(
+    X: np.ndarray, y: np.ndarray, n_folds: int, seed: int, max_examples: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Checked inputs, subsampled to ``max_examples`` (stratified, seeded), singletons out."""
     _check_arrays(X, y, "X", "y")
     if n_folds < 2:
         raise ConfigError(f"n_folds must be at least 2; got {n_folds}")
@@ -85,27 +127,36 @@ def probe_layers(
     if max_examples is not None and max_examples < len(y):
         keep = stratified_rows(np.asarray(y), max_examples, seed)
         X, y = X[keep], np.asarray(y)[keep]
-    X, y = _without_singletons(X, np.asarray(y))
-    labels = _encode(y)
+    return _without_singletons(X, np.asarray(y))
+
+
+def _folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Held-out rows of each stratified fold (fewer folds, warned, for a rare class)."""
     n_folds = _feasible_folds(labels, n_folds)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    tests = [te for _, te in folds.split(np.zeros(len(labels)), labels)]
-    dev = resolve_device(device)
-    train = torch.ones(len(labels), n_folds, dtype=torch.bool, device=dev)
+    return [te for _, te in folds.split(np.zeros(len(labels)), labels)]
+
+
+def _out_of_fold(
+    X: np.ndarray, labels: np.ndarray, tests: list[np.ndarray], alpha: float | None, dev
+) -> torch.Tensor:
+    """Held-out class index [L+1, N] of every row and layer: all folds fitted at once on one
+    feature matrix (held-out rows weigh 0), a few layers at a time."""
+    train = torch.ones(len(labels), len(tests), dtype=torch.bool, device=dev)
     for f, te in enumerate(tests):
         train[te, f] = False
     truth = torch.as_tensor(labels, device=dev)
     n_classes = int(labels.max()) + 1
-    accuracy, f1 = [], []  # one [g, F] per group of layers
+    out = []
     for group in _layer_groups(X.shape, dev):
         x = _standardise(_layers_first(X[:, group], dev))[0]
         weights = _fit_folds(x, truth, train, alpha, _fold_scales(x, train), n_classes)
-        pred = _predict(x, weights)  # [g, N, F]
-        held_out = [(pred[:, te, f], truth[te]) for f, te in enumerate(tests)]
-        accuracy.append(torch.stack([(p == t).double().mean(1) for p, t in held_out], 1))
-        f1.append(torch.stack([macro_f1(p, t, n_classes) for p, t in held_out], 1))
-    runs = zip(torch.cat(accuracy).T, torch.cat(f1).T, strict=True)  # per fold: [L+1] each
-    return _summarise(list(runs), len(labels))
+        pred = _predict(x, weights)  # [g, N, F]: every fold's prediction of every row
+        held = torch.empty(pred.shape[:2], dtype=torch.long, device=dev)
+        for f, te in enumerate(tests):
+            held[:, te] = pred[:, te, f]
+        out.append(held)
+    return torch.cat(out)
 
 
 def probe_layers_holdout(

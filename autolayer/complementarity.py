@@ -1,0 +1,97 @@
+"""Which models are worth fusing: estimates of fusion gain from held-out probe predictions.
+
+Linear CKA says how similar two representations are, not what fusing them gains: on the
+project's own studies its correlation with the measured gain changed sign between data sets.
+Ensemble research points at the errors instead (Gontijo-Lopes et al., ICLR 2022: models
+that err differently ensemble better). So every estimate here is computed from out-of-fold
+predictions of the same linear probe that scores layers, on the same rows and folds for
+both models, each at its chosen layer:
+
+- **concat gain**: the probe on both models' features side by side, minus the better model
+  alone — a cheap rehearsal of the fusion itself (with a paired standard error over rows);
+- **oracle gain**: rows either model gets right, minus the better model (an upper bound);
+- **disagreement**, **double fault** and Yule's **Q statistic** of the two error patterns.
+
+Which of these predicts the gain a fusion head really reaches was measured, not assumed:
+``studies/complementarity/`` has the validation over every pair of the zoo's models on the
+four benchmark sets, and the search and the screen use only what it supports.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from autolayer.probe import out_of_fold
+
+
+@dataclass(frozen=True)
+class PairEstimate:
+    """Held-out probe evidence on fusing two models (fractions of rows, not percent)."""
+
+    models: tuple[str, str]
+    accuracy: tuple[float, float]  # each model alone
+    joint: float  # both models' features side by side
+    gain: float  # joint − the better model alone
+    gain_se: float  # paired standard error of ``gain`` over rows
+    oracle_gain: float
+    disagreement: float
+    double_fault: float
+    q_statistic: float
+    n_examples: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate_pairs(
+    features: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    device: str | None = None,
+) -> list[PairEstimate]:
+    """Every pair of ``features`` (model → ``[N, D]`` at its chosen layer, same rows), in
+    the mapping's order. Each model alone is probed once; each pair once more, jointly."""
+    alone, truth = {}, None
+    for name, x in features.items():
+        alone[name], truth = _held_out(x, y, n_folds, seed, device)
+    out = []
+    for a, b in itertools.combinations(features, 2):
+        joint, _ = _held_out(np.hstack([features[a], features[b]]), y, n_folds, seed, device)
+        out.append(_estimate((a, b), alone[a], alone[b], joint, truth))
+    return out
+
+
+def _held_out(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int, device: str | None):
+    predicted, kept = out_of_fold(
+        np.asarray(x)[:, None], y, n_folds=n_folds, seed=seed, device=device
+    )
+    return predicted[0], kept
+
+
+def _estimate(
+    names: tuple[str, str], pa: np.ndarray, pb: np.ndarray, joint: np.ndarray, y: np.ndarray
+) -> PairEstimate:
+    ra, rb, rj = pa == y, pb == y, joint == y
+    better = ra if ra.mean() >= rb.mean() else rb
+    difference = rj.astype(float) - better
+    both, neither = np.sum(ra & rb), np.sum(~ra & ~rb)
+    only_a, only_b = np.sum(ra & ~rb), np.sum(~ra & rb)
+    q_den = both * neither + only_a * only_b
+    return PairEstimate(
+        models=names,
+        accuracy=(float(ra.mean()), float(rb.mean())),
+        joint=float(rj.mean()),
+        gain=float(difference.mean()),
+        gain_se=float(difference.std(ddof=1) / np.sqrt(len(y))) if len(y) > 1 else 0.0,
+        oracle_gain=float((ra | rb).mean() - better.mean()),
+        disagreement=float((pa != pb).mean()),
+        double_fault=float(neither / len(y)),
+        q_statistic=float((both * neither - only_a * only_b) / q_den) if q_den else 0.0,
+        n_examples=len(y),
+    )
