@@ -153,4 +153,3 @@ class Budget:
         """Human-readable list of the limits ``cost`` exceeds (empty when feasible)."""
         broken = (CONSTRAINTS[name].violation(limit, cost) for name, limit in self.limits.items())
         return [reason for reason in broken if reason]
-

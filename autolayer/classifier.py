@@ -153,9 +153,10 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         try:
             config.save(tmp / CONFIG_FILE)
             save_classifier(self.model_, tmp)
-            features = [_feature_record(m, int(d)) for m, d in zip(
-                config.models, self.model_.input_dims, strict=True
-            )]
+            features = [
+                _feature_record(m, int(d))
+                for m, d in zip(config.models, self.model_.input_dims, strict=True)
+            ]
             atomic_write_bytes(tmp / FEATURES_FILE, json.dumps(features, indent=1).encode())
             replace_folder(tmp, directory, MODEL_FILES, last=CONFIG_FILE)
         except BaseException:
@@ -220,8 +221,12 @@ def _check_trained_on(directory: Path, config: FusionConfig, model) -> None:
     then = [{k: t.get(k) for k in keys} for t in trained]
     if now != then:
         changed = next(
-            (f"{k} {a.get(k)!r} (trained on {b.get(k)!r})"
-             for a, b in zip(now, then, strict=False) for k in keys if a.get(k) != b.get(k)),
+            (
+                f"{k} {a.get(k)!r} (trained on {b.get(k)!r})"
+                for a, b in zip(now, then, strict=False)
+                for k in keys
+                if a.get(k) != b.get(k)
+            ),
             f"{len(now)} models (trained on {len(then)})",
         )
         raise ConfigError(

@@ -211,11 +211,17 @@ def zoo_install(aliases: tuple[str, ...]) -> None:
 @_pooling_options
 @click.option("--layers", help="Hidden states to keep, e.g. 0,6,-1 (default: all).")
 @click.option(
-    "--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
+    "--batch-size",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
     help="Texts per batch at most.",
 )
 @click.option(
-    "--max-tokens", default=8192, show_default=True, type=click.IntRange(min=1),
+    "--max-tokens",
+    default=8192,
+    show_default=True,
+    type=click.IntRange(min=1),
     help="Padded tokens per batch at most.",
 )
 @_device_option()
@@ -388,10 +394,13 @@ def complementarity(
     plot,
     cache_dir,
 ) -> None:
-    """Linear CKA between models: a layer × layer grid per pair and a model × model matrix.
+    """Which models are worth fusing: each pair's predicted gain, and linear CKA.
 
     \b
-    Low CKA means the models see the data differently: candidates for fusion.
+    The gain is a linear probe's on both models' features side by side minus the better
+    model alone, held out (cross-validated), at each model's best layer. CKA (a layer ×
+    layer grid per pair, a model × model matrix) measures similarity only: in this
+    project's studies it did not predict what fusion gains (studies/complementarity).
     Examples:
       autolayer complementarity -m minilm,mpnet,smollm2 -d ../shared/data/mr --plot cka.png
       autolayer complementarity -m minilm,smollm2 --layers minilm:4,smollm2:20
@@ -432,9 +441,8 @@ def complementarity(
         progress=report.progress_bar,
     )
     labels = [f"{m} L{layer}" for m, layer in zip(result.models, result.layers, strict=True)]
-    report.cka_table(
-        labels, result.matrix, f"linear CKA on {result.n_examples} texts (low = complementary)"
-    )
+    report.pairs_table(result.pairs, "predicted fusion gain: held-out probe")
+    report.cka_table(labels, result.matrix, f"linear CKA on {result.n_examples} texts (similarity)")
     if json_path:
         atomic_write_bytes(json_path, json.dumps(result.to_dict(), indent=1).encode())
     if plot:

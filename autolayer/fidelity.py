@@ -6,9 +6,11 @@ Extracting every layer of every candidate model on every training text costs mod
 1. **Screen**: every layer of every model on a stratified sample of the training rows, each
    layer scored by a cross-validated probe (mean and standard error over folds).
 2. **Select**: drop a model only when its best layer is clearly below the leader's — more
-   than ``z`` standard errors apart on both sides — and never one of the ``keep_at_least``
-   best, so a fusion partner always survives (a weaker model can still complement a
-   stronger one; a predicted-complementarity signal can later widen what is kept).
+   than ``z`` standard errors apart on both sides — never one of the ``keep_at_least``
+   best, so a fusion partner always survives, and never one whose features, beside a
+   surviving model's, lift the probe more than ``z`` standard errors above that model
+   alone (a weaker model that complements a stronger one; see
+   :mod:`autolayer.complementarity`).
 3. **Complete**: the remaining training and validation rows, for survivors only, and only
    up to their deepest kept layer (the backbone is cut there).
 
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
 from autolayer.probe import LayerScores
 
@@ -111,10 +114,14 @@ def best_estimate(scores: LayerScores, metric: str) -> tuple[int, float, float]:
 
 
 def select(
-    screens: dict[str, LayerScores], metric: str, fidelity: Fidelity
+    screens: dict[str, LayerScores],
+    metric: str,
+    fidelity: Fidelity,
+    pairs: Sequence[PairEstimate] = (),
 ) -> tuple[list[str], dict[str, str]]:
     """(survivors in the given order, dropped model → reason) by the rule in the module
-    docstring: a model is dropped only when its interval lies wholly below the leader's."""
+    docstring: a model is dropped only when its interval lies wholly below the leader's
+    and no estimate in ``pairs`` shows it complementing a survivor."""
     estimates = {name: best_estimate(s, metric) for name, s in screens.items()}
     ranked = sorted(estimates, key=lambda n: -estimates[n][1])
     leader = ranked[0]
@@ -128,4 +135,13 @@ def select(
                 f"{100 * top:.1f} ± {100 * top_se:.1f} % on the screen "
                 f"(more than {fidelity.z:g} standard errors below on both sides)"
             )
+    for pair in pairs:
+        for name, partner in (pair.models, pair.models[::-1]):
+            if name in dropped and partner not in dropped and complements(pair, fidelity.z):
+                del dropped[name]
     return [n for n in screens if n not in dropped], dropped
+
+
+def complements(pair: PairEstimate, z: float) -> bool:
+    """Whether the two models side by side clearly beat the better one alone."""
+    return pair.gain > z * pair.gain_se

@@ -24,6 +24,7 @@ import numpy as np
 
 from autolayer import zoo
 from autolayer.budgets import Budget
+from autolayer.complementarity import PairEstimate, estimate_pairs
 from autolayer.config import FusionConfig, ModelChoice, library_versions
 from autolayer.data import LabelledDataset, load_dataset
 from autolayer.errors import ConfigError
@@ -37,6 +38,7 @@ from autolayer.search import (
     SearchResult,
     Space,
     TrialSummary,
+    guided_trials,
     run_search,
 )
 from autolayer.sources import make_source
@@ -46,6 +48,7 @@ logger = logging.getLogger("autolayer")
 DEFAULT_MODELS = ("minilm", "smollm2")
 CKA_ROWS = 5000
 PROBE_ROWS = 4000  # probes of the layers run on a stratified sample of at most this many rows
+PAIR_ROWS = 2000  # pairs are estimated on this many search-train rows (the screen's, if any)
 ProgressFactory = Callable[[str, int], object]
 
 
@@ -93,14 +96,16 @@ class ModelScores:
 
 @dataclass(frozen=True)
 class Complementarity:
-    """Linear CKA between models on the same rows: low CKA = dissimilar views."""
+    """How models relate on the same rows: each pair's held-out probe evidence (what
+    fusing them is predicted to gain) and linear CKA (how similar their features are)."""
 
     models: tuple[str, ...]
-    layers: tuple[int, ...]  # the layer of each model used in ``matrix``
+    layers: tuple[int, ...]  # the layer of each model used in ``matrix`` and ``pairs``
     matrix: np.ndarray  # [M, M] CKA at those layers
     grids: dict  # (model_a, model_b) -> [La, Lb] CKA of every layer pair
     n_examples: int
     debiased: bool
+    pairs: tuple[PairEstimate, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -110,6 +115,7 @@ class Complementarity:
             "grids": {f"{a}|{b}": g.tolist() for (a, b), g in self.grids.items()},
             "n_examples": self.n_examples,
             "debiased": self.debiased,
+            "pairs": [p.as_dict() for p in self.pairs],
         }
 
 
@@ -126,6 +132,7 @@ class Prepared:
     validation: dict
     stages: tuple[StageCost, ...] = ()  # what preparing cost, stage by stage
     dropped: dict = field(default_factory=dict)  # model → why the screen dropped it
+    pairs: tuple[PairEstimate, ...] = ()  # every pair of models, at their best layers
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,7 @@ class Recommendation:
     reasons: tuple[str, ...]
     stages: tuple[StageCost, ...] = ()
     dropped: dict = field(default_factory=dict)
+    pairs: tuple[PairEstimate, ...] = ()
 
 
 def resolve_options(options: Options | None, settings: dict) -> Options:
@@ -248,8 +256,9 @@ def complementarity(
     progress: ProgressFactory | None = None,
     **settings,
 ) -> Complementarity:
-    """CKA between models: the full layer × layer grid for each pair, and a model × model
-    matrix at each model's chosen layer (default: its best layer by linear probe).
+    """Each pair's predicted fusion gain (:mod:`autolayer.complementarity`) and linear CKA —
+    the full layer × layer grid for each pair, and a model × model matrix — at each model's
+    chosen layer (default: its best layer by linear probe).
 
     All models are embedded on the same split, so rows align by construction; at most
     ``max_examples`` rows (a seeded sample) are used.
@@ -292,7 +301,8 @@ def complementarity(
         for i, a in enumerate(models)
         for b in models[i + 1 :]
     }
-    return Complementarity(tuple(models), tuple(chosen), matrix, grids, len(rows), debiased)
+    pairs = _estimates(at_layers, labels[rows], options)
+    return Complementarity(tuple(models), tuple(chosen), matrix, grids, len(rows), debiased, pairs)
 
 
 def _split_rows(data: LabelledDataset, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -329,13 +339,17 @@ def prepare(
     clock = StageClock()
     if fidelity is not None and fidelity.screens(len(rows.train)):
         fidelity.check(len(rows.train), len(data.label_names))
-        features, dropped = _screened(data, models, rows, options, top_k, fidelity, clock, progress)
+        features, dropped, pairs = _screened(
+            data, models, rows, options, top_k, fidelity, clock, progress
+        )
     else:
         features = [
             _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, progress)
             for name in models
         ]
         dropped = {}
+        with clock.stage("pairs", f"each pair probed on ≤ {PAIR_ROWS} rows"):
+            pairs = _pairs(features, rows.y_train, options)
     candidates = tuple(_candidate(f) for f in features)
     reports = tuple(ModelScores(f.name, f.n_states, f.scores, searched=f.top) for f in features)
     validation = {
@@ -354,6 +368,7 @@ def prepare(
         validation,
         clock.costs(),
         dropped,
+        pairs,
     )
 
 
@@ -433,8 +448,15 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
                 device=options.device,
             )
         screened[name] = emb
-    with clock.stage("select"):
-        survivors, dropped = select(scores, options.metric, fidelity)
+    with clock.stage("select", "each pair probed on the screen"):
+        best = {name: scores[name].ranking(options.metric)[0] for name in models}
+        pairs = _estimates(
+            {name: emb.layer(int(best[name])) for name, emb in screened.items()},
+            rows.y_train[pick],
+            options,
+            fidelity.n_folds,
+        )
+        survivors, dropped = select(scores, options.metric, fidelity, pairs)
     rest = np.setdiff1d(rows.train, screen)
     features = []
     for name in survivors:
@@ -455,7 +477,29 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
                 _ms_per_text(meta),
             )
         )
-    return features, dropped
+    return features, dropped, pairs
+
+
+def _pairs(
+    features: Sequence[_Features], y_train: np.ndarray, options: Options
+) -> tuple[PairEstimate, ...]:
+    """Pair estimates at each model's best layer on a stratified sample of search-train rows."""
+    from autolayer.sampling import stratified_rows
+
+    sample = np.arange(len(y_train))
+    if len(sample) > PAIR_ROWS:
+        sample = stratified_rows(y_train, PAIR_ROWS, options.seed, per_class=1)
+    return _estimates({f.name: f.train[sample, 0] for f in features}, y_train[sample], options)
+
+
+def _estimates(
+    features: dict[str, np.ndarray], y: np.ndarray, options: Options, n_folds: int = 5
+) -> tuple[PairEstimate, ...]:
+    if len(features) < 2:
+        return ()
+    return tuple(
+        estimate_pairs(features, y, n_folds=n_folds, seed=options.seed, device=options.device)
+    )
 
 
 def _complete(data, name, rows, screen, rest, screened, top, options, progress, count):
@@ -556,9 +600,12 @@ def search(
     prune: bool = True,
     callbacks: Sequence[Callable] = (),
     heartbeat: float = 30.0,
+    guide: bool = True,
 ) -> SearchResult:
     """Run or resume the Optuna study over the prepared candidates, judged by the metric
-    and seeded by the seed of ``prepared.options``.
+    and seeded by the seed of ``prepared.options``. With ``guide``, a new study first
+    tries the best model alone and the pairs predicted to gain most (see
+    :func:`autolayer.search.guided_trials`).
 
     A stored study of the same name made for other data, models, metric or objectives is
     refused before any training (see :func:`autolayer.search.run_search`).
@@ -585,6 +632,7 @@ def search(
         heartbeat=heartbeat,
         context=context,
         identity=study_identity(context),
+        first=guided_trials(prepared.candidates, prepared.pairs, space) if guide else (),
     )
 
 
@@ -719,9 +767,7 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
     best = result.best
     if len(best.models) > 1:
         i, j = names.index(best.models[0]), names.index(best.models[1])
-        out.append(
-            f"{best.models[0]} + {best.models[1]} CKA {cka[i, j]:.2f} (lower = more complementary)"
-        )
+        out.append(_pair_reason(prepared.pairs, best.models, cka[i, j]))
     singles = [t for t in result.trials if t.state == "COMPLETE" and len(t.models) == 1]
     if singles and len(best.models) > 1:
         top_single = max(singles, key=lambda t: t.value)
@@ -731,6 +777,20 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
             f"{100 * (best.value - top_single.value):.1f} pt on validation"
         )
     return out
+
+
+def _pair_reason(pairs: Sequence[PairEstimate], models: Sequence[str], similarity: float) -> str:
+    """What the screen's probe said about the chosen pair (CKA only as similarity)."""
+    a, b = models[:2]
+    found = [p for p in pairs if set(p.models) == {a, b}]
+    if not found:
+        return f"{a} + {b}: linear CKA similarity {similarity:.2f}"
+    pair = found[0]
+    return (
+        f"{a} + {b}: a probe on both beats the better alone by {100 * pair.gain:+.1f} "
+        f"± {100 * pair.gain_se:.1f} pt on {pair.n_examples:,} held-out rows "
+        f"(linear CKA similarity {similarity:.2f})"
+    )
 
 
 RECOMMENDATION = "recommendation.yaml"
@@ -835,4 +895,5 @@ def recommend(
         reasons=tuple(reasons(prepared, result, cka)),
         stages=(*prepared.stages, searched),
         dropped=prepared.dropped,
+        pairs=prepared.pairs,
     )

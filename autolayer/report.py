@@ -247,6 +247,25 @@ def cka_table(names, matrix: np.ndarray, title: str) -> None:
     console.print(table)
 
 
+def pairs_table(pairs, title: str = "pairs at their best layers: held-out probe") -> None:
+    """Each pair's probe accuracy alone and side by side: the gain fusion is predicted by."""
+    if not pairs:
+        return
+    table = Table(title=f"{title} on {pairs[0].n_examples:,} rows")
+    for column in ("pair", "alone %", "both %", "gain pt", "oracle pt", "disagree %"):
+        table.add_column(column, justify="left" if column == "pair" else "right")
+    for p in sorted(pairs, key=lambda p: -p.gain):
+        table.add_row(
+            escape(" + ".join(p.models)),
+            " / ".join(f"{100 * a:.1f}" for a in p.accuracy),
+            f"{100 * p.joint:.1f}",
+            f"{100 * p.gain:+.1f} ± {100 * p.gain_se:.1f}",
+            f"{100 * p.oracle_gain:+.1f}",
+            f"{100 * p.disagreement:.1f}",
+        )
+    console.print(table)
+
+
 def trials_table(trials, metric: str, limit: int = 10, title: str = "best trials") -> None:
     table = Table(title=title)
     for column in (
@@ -346,9 +365,8 @@ def recommendation(rec, output_dir) -> None:
             searched=r.searched,
         )
     if len(rec.cka_names) > 1:
-        cka_table(
-            rec.cka_names, rec.cka, "linear CKA at each model's best layer (low = complementary)"
-        )
+        cka_table(rec.cka_names, rec.cka, "linear CKA at each model's best layer (similarity)")
+    pairs_table(rec.pairs)
     search_summary(rec.search, rec.config.metric)
     trials_table(rec.search.trials, rec.config.metric)
     config = rec.config

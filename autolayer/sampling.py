@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def stratified_rows(
-    labels: np.ndarray, size: int, seed: int, *, per_class: int = 0
-) -> np.ndarray:
+def stratified_rows(labels: np.ndarray, size: int, seed: int, *, per_class: int = 0) -> np.ndarray:
     """Sorted indices of ``size`` rows of ``labels``, class proportions kept.
 
     Each class first gets ``per_class`` rows (1 keeps every class, hence the label

@@ -27,6 +27,7 @@ import numpy as np
 import optuna
 
 from autolayer.budgets import Budget
+from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
 from autolayer.fusion import OPERATORS, FusionParams, count_parameters, fused_dim, train_fusion
 
@@ -171,6 +172,46 @@ def subsets(names: Sequence[str], max_models: int) -> list[str]:
     for size in range(1, min(max_models, len(names)) + 1):
         out += [SEPARATOR.join(combo) for combo in itertools.combinations(names, size)]
     return out
+
+
+GUIDE_LR = 1e-3  # the learning rate of guided first trials (clipped to the space's range)
+
+
+def guided_trials(
+    candidates: Sequence[Candidate],
+    pairs: Sequence[PairEstimate],
+    space: Space,
+    n_pairs: int = 3,
+) -> list[dict]:
+    """Trials to run first: the best model alone, then the ``n_pairs`` pairs with the largest
+    positive predicted gain, each at its best layers, fused by concatenation when searched,
+    with the smallest width. TPE starts from random trials; these give it strong ones to
+    build on, and a user who stops early has the configurations the screen points at."""
+    names = [c.name for c in candidates]
+    best_layer = {c.name: c.layers[0] for c in candidates}
+    known = [p for p in pairs if set(p.models) <= set(names)]
+    if not known:
+        return []
+    head = {"width": min(space.widths), "lr": min(max(GUIDE_LR, space.lr[0]), space.lr[1])}
+    alone = {n: acc for p in known for n, acc in zip(p.models, p.accuracy, strict=True)}
+    best = max(alone, key=alone.__getitem__)
+    trials = [{"models": best, f"layer:{best}": best_layer[best], **head}]
+    operators = space.operator_names()
+    operator = "concat" if "concat" in operators else operators[0]
+    for pair in sorted(known, key=lambda p: -p.gain)[:n_pairs]:
+        if pair.gain <= 0:
+            break
+        a, b = sorted(pair.models, key=names.index)
+        trials.append(
+            {
+                "models": SEPARATOR.join((a, b)),
+                f"layer:{a}": best_layer[a],
+                f"layer:{b}": best_layer[b],
+                "operator": operator,
+                **head,
+            }
+        )
+    return trials
 
 
 def check_feasible(
@@ -423,6 +464,7 @@ def run_search(
     heartbeat: float = 30.0,
     context: dict | None = None,
     identity: dict | None = None,
+    first: Sequence[dict] = (),
 ) -> SearchResult:
     """Run (or resume) the study and return its trials, best first by validation metric.
 
@@ -432,6 +474,8 @@ def run_search(
     ``identity`` (data, models, features) joins the objectives, metric and search space in
     the study's signature: resuming a study whose signature differs is refused before any
     training, because its trials would not be comparable with the new ones.
+    ``first`` are parameter sets (see :func:`guided_trials`) a new study runs before its
+    sampler's own; those outside the space (a pair when ``max_models`` is 1) are skipped.
     """
     budget, space = budget or Budget(), space or Space()
     n_classes = int(max(y_train.max(), y_val.max())) + 1
@@ -465,6 +509,9 @@ def run_search(
         study.set_user_attr("metric", metric)
         if context is not None:
             study.set_user_attr("context", context)
+        for params in first:
+            if params["models"] in objective.choices:
+                study.enqueue_trial(params, skip_if_exists=True)
     if trained_count(study)[0] < budget.n_trials:
         study.optimize(
             objective,

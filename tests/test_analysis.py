@@ -26,10 +26,15 @@ def test_complementarity_grid_and_matrix(home, tiny_models, tiny_dataset):
     assert result.matrix.shape == (2, 2)
     np.testing.assert_allclose(np.diag(result.matrix), 1, atol=1e-5)
     assert result.grids[(names[0], names[1])].shape == (5, 5)
+    [pair] = result.pairs
+    assert pair.models == tuple(names) and pair.n_examples == result.n_examples
     self_cka = complementarity(
         [names[0], names[0] + "/"], str(tiny_dataset), layers={names[0]: 2, names[0] + "/": 2}
     )
     np.testing.assert_allclose(self_cka.matrix, 1, atol=1e-5)
+    # the same features twice: the same predictions, so nothing to gain by fusing them
+    [same] = self_cka.pairs
+    assert same.disagreement == 0 and same.oracle_gain == 0
 
 
 def test_cli_score_and_complementarity_write_json_and_png(
@@ -71,6 +76,8 @@ def test_cli_score_and_complementarity_write_json_and_png(
     )
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "linear CKA" in out
-    assert json.loads((tmp_path / "c.json").read_text())["matrix"][0][0] > 0.99
+    assert "predicted fusion gain" in out and "linear CKA" in out and "(similarity)" in out
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["matrix"][0][0] > 0.99
+    assert saved["pairs"][0]["models"] == [bert, llama] and "gain_se" in saved["pairs"][0]
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

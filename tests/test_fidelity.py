@@ -4,11 +4,13 @@ extract the rest only for survivors and only up to their kept layers."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import numpy as np
 import pytest
 
 from autolayer import pipeline
+from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
 from autolayer.fidelity import Fidelity, select
 from autolayer.probe import LayerScores
@@ -99,13 +101,39 @@ def test_the_best_few_are_kept_however_far_below_so_a_pair_can_be_fused():
     assert list(select(screens, "accuracy", Fidelity(keep_at_least=1))[1]) == ["partner"]
 
 
+def _pair(a: str, b: str, gain: float, se: float = 0.01) -> PairEstimate:
+    return PairEstimate((a, b), (0.9, 0.6), 0.9 + gain, gain, se, 0.1, 0.3, 0.05, 0.2, 400)
+
+
+def test_a_weaker_model_that_complements_a_survivor_is_kept():
+    screens = {
+        "leader": _scores(0.90, 0.02),
+        "partner": _scores(0.88, 0.02),
+        "weak": _scores(0.55, 0.02),
+        "weaker": _scores(0.50, 0.02),
+    }
+    fidelity = Fidelity(keep_at_least=1)
+    assert select(screens, "accuracy", fidelity)[0] == ["leader", "partner"]
+    helps = [_pair("weak", "partner", gain=0.03)]  # 3 standard errors above the partner
+    assert select(screens, "accuracy", fidelity, helps)[0] == ["leader", "partner", "weak"]
+    barely = [_pair("leader", "weak", gain=0.015)]  # within 2 standard errors: no evidence
+    assert "weak" in select(screens, "accuracy", fidelity, barely)[1]
+    # complementing a model that is itself dropped saves neither
+    among_dropped = [_pair("weak", "weaker", gain=0.2)]
+    assert select(screens, "accuracy", fidelity, among_dropped)[0] == ["leader", "partner"]
+
+
 def test_screen_select_complete(home, toys, reviews, tiny_models):
     bert = str(tiny_models["bert"])
     fidelity = Fidelity(screen_size=32, keep_at_least=1, n_folds=4)
-    prepared = pipeline.prepare(
-        str(reviews), ["cues", "noise", bert], top_k=2, fidelity=fidelity
-    )
-    assert "noise" in prepared.dropped
+    prepared = pipeline.prepare(str(reviews), ["cues", "noise", bert], top_k=2, fidelity=fidelity)
+    assert "noise" in prepared.dropped  # noise complements nothing either
+    assert {p.models for p in prepared.pairs} == {
+        ("cues", "noise"),
+        ("cues", bert),
+        ("noise", bert),
+    }
+    assert all(p.n_examples == 32 for p in prepared.pairs)  # estimated on the screen
     names = [c.name for c in prepared.candidates]
     assert names[0] == "cues" and "noise" not in names
     stages = {s.name: s for s in prepared.stages}
@@ -117,6 +145,7 @@ def test_screen_select_complete(home, toys, reviews, tiny_models):
     assert stages["screen"].texts_layers == 32 * (3 + 3 + 5)
     assert stages["complete"].texts_layers == (120 - 32) * 2 * len(names)
     exhaustive = pipeline.prepare(str(reviews), names, top_k=2)
+    assert [p.models for p in exhaustive.pairs] == list(itertools.combinations(names, 2))
     for quick, full in zip(prepared.candidates, exhaustive.candidates, strict=True):
         for layer in quick.layers:
             if layer in full.layers:  # the same features, however they were extracted

@@ -8,8 +8,9 @@ import pytest
 
 from autolayer import pipeline
 from autolayer.budgets import Budget
+from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
-from autolayer.search import trained_count
+from autolayer.search import Space, guided_trials, trained_count
 from tests.conftest import run
 
 
@@ -110,3 +111,47 @@ def test_the_operators_searched_are_read_when_the_search_starts():
         assert Space(operators=("sum",)).operator_names() == ("sum",)
     finally:
         OPERATORS.pop("late")
+
+
+def _pair(a: str, b: str, gain: float, accuracy=(0.7, 0.8)) -> PairEstimate:
+    return PairEstimate((a, b), accuracy, max(accuracy) + gain, gain, 0.01, 0.1, 0.2, 0.1, 0.5, 99)
+
+
+def test_guided_trials_try_the_best_model_then_the_pairs_predicted_to_gain_most(
+    home, tiny_dataset, models
+):
+    prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
+    first, second = (c.name for c in prepared.candidates)
+    best = {c.name: c.layers[0] for c in prepared.candidates}
+    # the pair named in the other order still maps to the search's own choice string
+    pairs = [_pair(second, first, gain=0.04, accuracy=(0.8, 0.7))]
+    trials = guided_trials(prepared.candidates, pairs, Space())
+    assert trials[0] == {
+        "models": second,
+        f"layer:{second}": best[second],
+        "width": 256,
+        "lr": 1e-3,
+    }
+    assert trials[1]["models"] == f"{first} + {second}" and trials[1]["operator"] == "concat"
+    assert trials[1][f"layer:{first}"] == best[first]
+    assert len(guided_trials(prepared.candidates, [_pair(first, second, -0.01)], Space())) == 1
+    no_concat = guided_trials(prepared.candidates, pairs, Space(operators=("sum", "moe")))
+    assert no_concat[1]["operator"] == "sum"
+    assert guided_trials(prepared.candidates, [], Space()) == []
+
+
+def test_a_new_study_runs_the_guided_trials_first(home, tmp_path, tiny_dataset, models):
+    import dataclasses
+
+    prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
+    first, second = (c.name for c in prepared.candidates)
+    prepared = dataclasses.replace(prepared, pairs=(_pair(first, second, gain=0.05),))
+    expected = guided_trials(prepared.candidates, prepared.pairs, Space())
+    result = pipeline.search(prepared, output_dir=tmp_path, budget=Budget(n_trials=3))
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+    ran = sorted(study.trials, key=lambda t: t.number)
+    assert [t.params for t in ran[:2]] == expected
+    single = pipeline.search(
+        prepared, output_dir=tmp_path, study_name="one", budget=Budget(n_trials=2, max_models=1)
+    )
+    assert all(len(t.models) == 1 for t in single.trials)  # the guided pair is outside the space

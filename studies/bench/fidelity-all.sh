@@ -12,6 +12,6 @@ run() {
         --json "$results/fidelity-$1.json" "${@:2}"
 }
 run sst2 --dataset ../shared/data/sst2 --max-train-samples 20000 --max-length 256
-run r8 --dataset ../shared/data/r8 --max-length 128
 run mr --dataset ../shared/data/mr --max-length 256 --arms brute_force --rerun
+run r8 --dataset ../shared/data/r8 --max-length 128
 run r52 --dataset ../shared/data/r52 --max-length 128
