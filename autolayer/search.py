@@ -183,10 +183,14 @@ def guided_trials(
     space: Space,
     n_pairs: int = 3,
 ) -> list[dict]:
-    """Trials to run first: the best model alone, then the ``n_pairs`` pairs with the largest
-    positive predicted gain, each at its best layers, fused by concatenation when searched,
-    with the smallest width. TPE starts from random trials; these give it strong ones to
-    build on, and a user who stops early has the configurations the screen points at."""
+    """Trials to run first: the best model alone, then up to ``n_pairs`` pairs whose probe
+    on both models beats the better one alone, best joint probe first, each at its best
+    layers, fused by concatenation when searched, with the smallest width.
+
+    Pairs are ranked by their joint probe, not by their gain: two weak models can gain most
+    and still lose to one strong model. TPE starts from random trials; these give it strong
+    ones to build on, and a user who stops early has what the screen pointed at.
+    """
     names = [c.name for c in candidates]
     best_layer = {c.name: c.layers[0] for c in candidates}
     known = [p for p in pairs if set(p.models) <= set(names)]
@@ -198,9 +202,7 @@ def guided_trials(
     trials = [{"models": best, f"layer:{best}": best_layer[best], **head}]
     operators = space.operator_names()
     operator = "concat" if "concat" in operators else operators[0]
-    for pair in sorted(known, key=lambda p: -p.gain)[:n_pairs]:
-        if pair.gain <= 0:
-            break
+    for pair in sorted((p for p in known if p.gain > 0), key=lambda p: -p.joint)[:n_pairs]:
         a, b = sorted(pair.models, key=names.index)
         trials.append(
             {

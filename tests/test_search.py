@@ -117,9 +117,7 @@ def _pair(a: str, b: str, gain: float, accuracy=(0.7, 0.8)) -> PairEstimate:
     return PairEstimate((a, b), accuracy, max(accuracy) + gain, gain, 0.01, 0.1, 0.2, 0.1, 0.5, 99)
 
 
-def test_guided_trials_try_the_best_model_then_the_pairs_predicted_to_gain_most(
-    home, tiny_dataset, models
-):
+def test_guided_trials_try_the_best_model_then_the_best_pairs_that_gain(home, tiny_dataset, models):
     prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
     first, second = (c.name for c in prepared.candidates)
     best = {c.name: c.layers[0] for c in prepared.candidates}
@@ -138,6 +136,22 @@ def test_guided_trials_try_the_best_model_then_the_pairs_predicted_to_gain_most(
     no_concat = guided_trials(prepared.candidates, pairs, Space(operators=("sum", "moe")))
     assert no_concat[1]["operator"] == "sum"
     assert guided_trials(prepared.candidates, [], Space()) == []
+
+
+def test_guided_pairs_are_ranked_by_their_joint_probe_not_their_gain():
+    from autolayer.search import Candidate
+
+    def candidate(name):
+        return Candidate(name, (1,), 3, None, None, 1.0, {})
+
+    names = ["strong", "partner", "weak", "weaker"]
+    pairs = [
+        _pair("weak", "weaker", gain=0.10, accuracy=(0.6, 0.55)),  # joint 0.70
+        _pair("strong", "partner", gain=0.01, accuracy=(0.9, 0.85)),  # joint 0.91
+        _pair("strong", "weak", gain=0.0, accuracy=(0.9, 0.6)),  # no gain: never enqueued
+    ]
+    trials = guided_trials([candidate(n) for n in names], pairs, Space(), n_pairs=2)
+    assert [t["models"] for t in trials] == ["strong", "strong + partner", "weak + weaker"]
 
 
 def test_a_new_study_runs_the_guided_trials_first(home, tmp_path, tiny_dataset, models):

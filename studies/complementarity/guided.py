@@ -1,0 +1,106 @@
+"""Guided vs unguided search: trials needed to come within 0.3 pt of brute force (issue 13).
+
+For one benchmark set, the candidates are prepared once from the exhaustive arm's cache of
+``studies/bench/fidelity.py`` (same validation split as its brute force), then the search
+runs ``--n-trials`` trials per seed twice: unguided (TPE from its own random start) and
+guided (the best model alone and the pairs with the largest predicted gain enqueued first,
+as ``recommend`` does). The seed changes the sampler and the heads' initialisation, not the
+split. A run's curve is the best validation accuracy after each trained trial; "trials to
+target" is the first trial whose best is within 0.3 pt of brute force's best (censored at
+``--n-trials`` when never). Resumes: finished runs are kept in the JSON.
+
+    .venv/bin/python studies/complementarity/guided.py --set mr --work-dir /work/fidelity-work \
+        --out studies/results/complementarity
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+import autolayer
+from autolayer import pipeline
+from autolayer.budgets import Budget
+from autolayer.options import Options
+from autolayer.search import counts
+
+ROOT = Path(__file__).resolve().parents[2]
+SETS = {  # as studies/bench/fidelity-all.sh ran them
+    "sst2": {"max_train_samples": 20000, "max_length": 256},
+    "mr": {"max_length": 256},
+    "r8": {"max_length": 128},
+    "r52": {"max_length": 128},
+}
+MODELS = ("minilm", "mpnet", "smollm2", "gemma3")
+MARGIN = 0.003
+
+
+def curve(study: optuna.Study) -> list[float]:
+    """Best validation accuracy after each trained trial (pruned ones count, as in the budget)."""
+    best, out = -np.inf, []
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for trial in sorted(study.get_trials(states=done), key=lambda t: t.number):
+        if not counts(trial.user_attrs):
+            continue
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            best = max(best, trial.value)
+        out.append(float(best))
+    return out
+
+
+def trials_to(values: list[float], target: float) -> int | None:
+    return next((i + 1 for i, v in enumerate(values) if v >= target), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", required=True, choices=list(SETS))
+    parser.add_argument("--work-dir", type=Path, required=True, help="fidelity-all.sh's WORK")
+    parser.add_argument("--results", type=Path, default=ROOT / "studies/bench/results")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--n-trials", type=int, default=40)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    bench = json.loads((args.results / f"fidelity-{args.set}.json").read_text())
+    target = bench["brute_force"]["val_accuracy"] - MARGIN
+    settings = SETS[args.set]
+    data = autolayer.load_dataset(ROOT.parent / "shared" / "data" / args.set)
+    if "max_train_samples" in settings:
+        data = data.subsample(settings["max_train_samples"], seed=0)
+    options = Options(
+        max_length=settings["max_length"],
+        cache_dir=args.work_dir / args.set / "exhaustive" / "cache",
+    )
+    prepared = pipeline.prepare(data, list(MODELS), options=options)
+    path = args.out / f"guided-{args.set}.json"
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    for seed in range(args.seeds):
+        for guide in (False, True):
+            key = f"{'guided' if guide else 'unguided'}-{seed}"
+            if key in runs:
+                continue
+            seeded = dataclasses.replace(prepared, options=dataclasses.replace(options, seed=seed))
+            with tempfile.TemporaryDirectory() as tmp:
+                result = pipeline.search(
+                    seeded, output_dir=tmp, budget=Budget(n_trials=args.n_trials), guide=guide
+                )
+                study = optuna.load_study(study_name=result.study_name, storage=result.storage)
+                runs[key] = curve(study)
+            args.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(runs, indent=1))
+            print(key, trials_to(runs[key], target), f"best {100 * runs[key][-1]:.2f}")
+    summary = {
+        kind: [trials_to(runs[f"{kind}-{s}"], target) for s in range(args.seeds)]
+        for kind in ("unguided", "guided")
+    }
+    print(f"target {100 * target:.2f} (brute force best − {100 * MARGIN:.1f} pt): {summary}")
+
+
+if __name__ == "__main__":
+    main()
