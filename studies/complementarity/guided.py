@@ -100,6 +100,30 @@ def main() -> None:
         for kind in ("unguided", "guided")
     }
     print(f"target {100 * target:.2f} (brute force best − {100 * MARGIN:.1f} pt): {summary}")
+    plot(runs, target, args.set, args.out / f"guided-{args.set}.png")
+
+
+def plot(runs: dict, target: float, name: str, path: Path) -> None:
+    """Each seed's best-so-far curve (thin) and the median over seeds (thick), per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, colour in (("unguided", "tab:blue"), ("guided", "tab:orange")):
+        curves = [np.asarray(v) * 100 for k, v in runs.items() if k.startswith(f"{kind}-")]
+        for c in curves:
+            ax.plot(np.arange(1, len(c) + 1), c, color=colour, alpha=0.25, lw=1)
+        n = min(len(c) for c in curves)
+        median = np.median([c[:n] for c in curves], axis=0)
+        ax.plot(np.arange(1, n + 1), median, color=colour, lw=2.5, label=f"{kind} (median)")
+    ax.axhline(100 * target, color="k", ls="--", lw=1, label="brute force best − 0.3 pt")
+    ax.set(xlabel="trials trained", ylabel="best validation accuracy %", title=name)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,38 @@ def main() -> None:
         lines += [f"Spearman ρ with the {target.split('_')[1]} gain", "", *table(rows, target), ""]
     (args.out / "validation.md").write_text("\n".join(lines))
     print("\n".join(lines))
+    scatter(rows, args.out / "validation.png")
+
+
+def scatter(rows: list[dict], path: Path) -> None:
+    """Measured validation gain against the concat probe gain and against CKA, per set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, est, label in (
+        (axes[0], "gain", "predicted gain: probe on both − better alone (pt)"),
+        (axes[1], "cka_standardised", "linear CKA, standardised features"),
+    ):
+        for name in SETS:
+            mine = [r for r in rows if r["set"] == name]
+            if mine:
+                scale = 100 if est == "gain" else 1
+                ax.scatter(
+                    [scale * r[est] for r in mine],
+                    [100 * r["measured_val"] for r in mine],
+                    label=name,
+                )
+        ax.set(xlabel=label)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.grid(alpha=0.3)
+    axes[0].axvline(0, color="k", lw=0.5)
+    axes[0].set(ylabel="measured gain of the best fusion, validation (pt)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
