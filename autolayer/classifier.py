@@ -37,8 +37,16 @@ logger = logging.getLogger("autolayer")
 CONFIG_FILE = "config.yaml"
 FEATURES_FILE = "features.json"
 METRICS_FILE = "metrics.json"
+SOURCE_FILES = ("tfidf.json", "tfidf.safetensors")  # a fitted TF-IDF's vocabulary and idf
 # Everything a saved model folder may hold: such a folder is autolayer's to replace.
-MODEL_FILES = (CONFIG_FILE, FEATURES_FILE, METRICS_FILE, "head.safetensors", "head.json")
+MODEL_FILES = (
+    CONFIG_FILE,
+    FEATURES_FILE,
+    METRICS_FILE,
+    "head.safetensors",
+    "head.json",
+    *SOURCE_FILES,
+)
 
 
 class FusionTextClassifier(ClassifierMixin, BaseEstimator):
@@ -68,13 +76,29 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
             return self.config
         return load_config(self.config)
 
+    def fit_sources(self, texts) -> FusionTextClassifier:
+        """Fit the sources that learn from texts (TF-IDF) on these training texts."""
+        texts = _as_texts(texts)
+        self.sources_ = {
+            choice.spec: make_source(choice.spec).fit(texts)
+            for choice in self._config().models
+            if make_source(choice.spec).sparse
+        }
+        return self
+
     def embed(self, texts) -> list[np.ndarray]:
-        """One ``[N, D_i]`` array per configured model, at its chosen layer."""
+        """One ``[N, D_i]`` array per configured model, at its chosen layer (a sparse
+        matrix for a source fitted by :meth:`fit_sources`)."""
         from autolayer.extraction import embed_texts
 
         texts = _as_texts(texts)
         out = []
         for choice in self._config().models:
+            if choice.spec in getattr(self, "sources_", {}):
+                out.append(self.sources_[choice.spec].transform(texts))
+                continue
+            if make_source(choice.spec).sparse:
+                raise ConfigError(f"{choice.spec} is not fitted yet: call fit first")
             emb = embed_texts(
                 choice.spec,
                 texts,
@@ -89,8 +113,9 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         return out
 
     def fit(self, X, y) -> FusionTextClassifier:
-        """Embed ``X`` and train the head for the config's number of epochs."""
-        return self.fit_embedded(self.embed(X), y)
+        """Fit the sources that learn (TF-IDF) on ``X``, embed it, and train the head for
+        the config's number of epochs."""
+        return self.fit_sources(X).fit_embedded(self.embed(X), y)
 
     def fit_embedded(self, features: list[np.ndarray], y) -> FusionTextClassifier:
         """Train the head on precomputed features (one ``[N, D_i]`` per model)."""
@@ -144,6 +169,13 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         directory = Path(directory).absolute()
         check_model_folder(directory, overwrite=overwrite)
         config = replace(self._config(), label_names=tuple(str(c) for c in self.classes_))
+        unfitted = [
+            m.spec
+            for m in config.models
+            if make_source(m.spec).sparse and m.spec not in getattr(self, "sources_", {})
+        ]
+        if unfitted:
+            raise ConfigError(f"{unfitted[0]} was never fitted: call fit (or fit_sources) first")
         try:
             tmp = temp_dir(directory)
         except OSError as exc:
@@ -153,6 +185,8 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         try:
             config.save(tmp / CONFIG_FILE)
             save_classifier(self.model_, tmp)
+            for source in getattr(self, "sources_", {}).values():
+                source.save(tmp)
             features = [
                 _feature_record(m, int(d))
                 for m, d in zip(config.models, self.model_.input_dims, strict=True)
@@ -186,6 +220,11 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         estimator = cls(config, **kwargs)
         estimator.model_ = model
         estimator.classes_ = np.asarray(config.label_names)
+        estimator.sources_ = {
+            m.spec: type(make_source(m.spec)).load(directory)
+            for m in config.models
+            if make_source(m.spec).sparse
+        }
         return estimator
 
 
@@ -268,14 +307,19 @@ class ApplyResult:
 
 
 def split_features(
-    config: FusionConfig, data, splits, cache_dir=None, device=None
+    config: FusionConfig, data, splits, cache_dir=None, device=None, sources=None
 ) -> list[np.ndarray]:
     """Per model, its chosen layer over the given dataset splits (concatenated), taken from
-    the extraction cache: the all-layer arrays that ``recommend`` computed are reused."""
+    the extraction cache: the all-layer arrays that ``recommend`` computed are reused.
+    A source fitted on training texts (TF-IDF, in ``sources``) transforms the texts."""
     from autolayer.extraction import extract
 
     features = []
     for choice in config.models:
+        if choice.spec in (sources or {}):
+            texts = [t for split in splits for t in data.split(split).texts]
+            features.append(sources[choice.spec].transform(texts))
+            continue
         parts = [
             extract(
                 choice.spec,
@@ -352,7 +396,9 @@ def apply(
     for note in notes:
         logger.warning(note)
     estimator = FusionTextClassifier(config, device=device, cache_dir=cache_dir)
-    estimator.fit_embedded(split_features(config, data, names, cache_dir, device), labels)
+    estimator.fit_sources([t for s in names for t in data.split(s).texts])
+    features = split_features(config, data, names, cache_dir, device, estimator.sources_)
+    estimator.fit_embedded(features, labels)
     metrics = _test_metrics(estimator, config, data, cache_dir, device)
     directory = estimator.save(output, overwrite=overwrite)
     metrics["n_train"] = len(labels)
@@ -368,7 +414,7 @@ def _test_metrics(estimator, config, data, cache_dir, device) -> dict:
         return {"accuracy": None, "macro_f1": None, "per_class": {}, "n_test": 0}
     truth = np.asarray([data.label_names[i] for i in data.split("test").labels])
     proba = estimator.predict_proba_embedded(
-        split_features(config, data, ["test"], cache_dir, device)
+        split_features(config, data, ["test"], cache_dir, device, estimator.sources_)
     )
     predicted = estimator.classes_[proba.argmax(axis=1)]
     report = classification_report(truth, predicted, output_dict=True, zero_division=0)

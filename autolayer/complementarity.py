@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.sparse import csr_matrix, hstack, issparse
 
 from autolayer.probe import out_of_fold
 
@@ -48,7 +49,7 @@ class PairEstimate:
 
 
 def estimate_pairs(
-    features: Mapping[str, np.ndarray],
+    features: Mapping[str, np.ndarray],  # or a sparse matrix [N, V] (TF-IDF)
     y: np.ndarray,
     *,
     n_folds: int = 5,
@@ -62,15 +63,23 @@ def estimate_pairs(
         alone[name], truth = _held_out(x, y, n_folds, seed, device)
     out = []
     for a, b in itertools.combinations(features, 2):
-        joint, _ = _held_out(np.hstack([features[a], features[b]]), y, n_folds, seed, device)
+        joint, _ = _held_out(_side_by_side(features[a], features[b]), y, n_folds, seed, device)
         out.append(_estimate((a, b), alone[a], alone[b], joint, truth))
     return out
 
 
-def _held_out(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int, device: str | None):
-    predicted, kept = out_of_fold(
-        np.asarray(x)[:, None], y, n_folds=n_folds, seed=seed, device=device
-    )
+def _side_by_side(a, b):
+    """Both feature blocks in one matrix; with a sparse block (TF-IDF), a sparse matrix
+    whose dense block is standardised (the dense probe standardises its inputs itself)."""
+    if not (issparse(a) or issparse(b)):
+        return np.hstack([a, b])
+    blocks = [x if issparse(x) else (x - x.mean(0)) / np.maximum(x.std(0), 1e-6) for x in (a, b)]
+    return hstack([csr_matrix(x) for x in blocks], format="csr")
+
+
+def _held_out(x, y: np.ndarray, n_folds: int, seed: int, device: str | None):
+    x = x if issparse(x) else np.asarray(x)[:, None]
+    predicted, kept = out_of_fold(x, y, n_folds=n_folds, seed=seed, device=device)
     return predicted[0], kept
 
 

@@ -118,6 +118,12 @@ def embed_texts(
         else make_source(model, trust_remote_code=trust_remote_code)
     )
     name = model if isinstance(model, str) else feature_source.spec
+    if feature_source.sparse:
+        raise ConfigError(
+            f"{name} is fitted on training rows and gives sparse features: use it in "
+            "recommend, search or apply (extract, score and complementarity take "
+            "pretrained models)"
+        )
     n_states = feature_source.n_states
     wanted = normalise_layers(layers, n_states)
     max_length = feature_source.max_length(max_length)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import issparse
 
 from autolayer import zoo
 from autolayer.budgets import Budget
@@ -390,9 +391,10 @@ class _Features:
     n_states: int
     top: tuple[int, ...]
     scores: LayerScores
-    train: np.ndarray  # [n_train, k, D]
-    val: np.ndarray  # [n_val, k, D]
+    train: np.ndarray  # [n_train, k, D], or sparse [n_train, V] for a sparse source
+    val: np.ndarray  # [n_val, k, D], or sparse [n_val, V]
     ms_per_text: float  # measured full-depth extraction time
+    memory_mb: float | None = None  # a fitted source's own (its vocabulary); None: as priced
 
 
 def _ms_per_text(meta: dict) -> float:
@@ -403,6 +405,14 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
     """Every layer on every training row, probed on (a sample of) the search-train rows."""
     from autolayer.probe import probe_layers
 
+    if make_source(name).sparse:
+        with clock.stage("extract", "every layer, every row") as _:
+            x_train, x_val, ms, memory = _lexical(data, name, rows)
+        with clock.stage("probe", "every layer") as _:
+            scores = probe_layers(
+                x_train, rows.y_train, seed=options.seed, max_examples=probe_max_examples
+            )
+        return _Features(name, 1, (0,), scores, x_train, x_val, ms, memory)
     with clock.stage("extract", "every layer, every row") as count:
         train = embed(name, data, "train", options, progress)
         count(computed(train.meta, len(train.layers)))
@@ -428,6 +438,18 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
     return _Features(name, n_states, top, scores, x_train[:, keep], x_val[:, keep], ms)
 
 
+def _lexical(data: LabelledDataset, name: str, rows: _Rows):
+    """A sparse source (TF-IDF) fitted on the search-train rows only, then applied to those
+    and the validation rows: (train ``[n_train, V]``, validation, ms per text, memory MB)."""
+    texts = data.split("train").texts
+    source = make_source(name).fit([texts[i] for i in rows.train])
+    matrix = source.transform(texts)
+    ms, memory = source.transform_ms, source.memory_mb(0)
+    if len(rows.val):
+        return matrix[rows.train], matrix[rows.val], ms, memory
+    return matrix[rows.train], source.transform(data.split("validation").texts), ms, memory
+
+
 def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
     """Screen every model on a sample, drop the clearly worse, complete the survivors."""
     from autolayer.probe import probe_layers
@@ -435,8 +457,16 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
 
     pick = stratified_rows(rows.y_train, fidelity.screen_size, options.seed, per_class=1)
     screen = rows.train[pick]  # sorted rows of the train split
-    screened, scores = {}, {}
+    screened, scores, lexical = {}, {}, {}
     for name in models:
+        if make_source(name).sparse:  # cheap: fitted and applied to every row at once
+            with clock.stage("screen", f"every layer, {len(screen)} rows") as _:
+                lexical[name] = _lexical(data, name, rows)
+                screened[name] = lexical[name][0][pick]
+                scores[name] = probe_layers(
+                    screened[name], rows.y_train[pick], n_folds=fidelity.n_folds, seed=options.seed
+                )
+            continue
         with clock.stage("screen", f"every layer, {len(screen)} rows") as count:
             emb = embed(name, data, "train", options, progress, rows=screen)
             count(computed(emb.meta, len(emb.layers)))
@@ -451,7 +481,10 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
     with clock.stage("select", "each pair probed on the screen"):
         best = {name: scores[name].ranking(options.metric)[0] for name in models}
         pairs = _estimates(
-            {name: emb.layer(int(best[name])) for name, emb in screened.items()},
+            {
+                name: emb if name in lexical else emb.layer(int(best[name]))
+                for name, emb in screened.items()
+            },
             rows.y_train[pick],
             options,
             fidelity.n_folds,
@@ -460,6 +493,9 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
     rest = np.setdiff1d(rows.train, screen)
     features = []
     for name in survivors:
+        if name in lexical:
+            features.append(_Features(name, 1, (0,), scores[name], *lexical[name]))
+            continue
         top = tuple(int(i) for i in scores[name].ranking(options.metric)[:top_k])
         with clock.stage("complete", "other rows, survivors, up to their top-k layers") as count:
             x_train, x_val = _complete(
@@ -489,7 +525,10 @@ def _pairs(
     sample = np.arange(len(y_train))
     if len(sample) > PAIR_ROWS:
         sample = stratified_rows(y_train, PAIR_ROWS, options.seed, per_class=1)
-    return _estimates({f.name: f.train[sample, 0] for f in features}, y_train[sample], options)
+    at_best = {
+        f.name: f.train[sample] if issparse(f.train) else f.train[sample, 0] for f in features
+    }
+    return _estimates(at_best, y_train[sample], options)
 
 
 def _estimates(
@@ -526,7 +565,10 @@ def _candidate(features: _Features) -> Candidate:
     source = make_source(features.name)
     ms = features.ms_per_text
     costs = {
-        layer: LayerCost(ms * source.latency_fraction(layer), source.memory_mb(layer))
+        layer: LayerCost(
+            ms * source.latency_fraction(layer),
+            source.memory_mb(layer) if features.memory_mb is None else features.memory_mb,
+        )
         for layer in features.top
     }
     return Candidate(
@@ -745,7 +787,12 @@ def cka_at_best(prepared: Prepared) -> np.ndarray:
     from autolayer.cka import cka_matrix
 
     rows = slice(0, min(CKA_ROWS, len(prepared.y_train)))
-    return cka_matrix({c.name: c.train[rows, 0] for c in prepared.candidates})
+    dense = {c.name: c.train[rows, 0] for c in prepared.candidates if not c.sparse}
+    matrix = np.full((len(prepared.candidates),) * 2, np.nan)  # sparse sources: no CKA
+    at = [i for i, c in enumerate(prepared.candidates) if not c.sparse]
+    if dense:
+        matrix[np.ix_(at, at)] = cka_matrix(dense)
+    return matrix
 
 
 def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[str]:

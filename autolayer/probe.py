@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.sparse import issparse
 from sklearn.model_selection import StratifiedKFold
 
 from autolayer.device import resolve_device
@@ -67,7 +68,8 @@ def probe_layers(
     max_examples: int | None = None,
     device: str | None = None,
 ) -> LayerScores:
-    """Stratified k-fold probe accuracy and macro-F1 of every layer of ``X`` [N, L+1, D].
+    """Stratified k-fold probe accuracy and macro-F1 of every layer of ``X`` [N, L+1, D]
+    (or of a sparse matrix ``[N, V]``, one state: TF-IDF, fitted by scikit-learn).
 
     ``alpha`` is the L2 penalty 1/C of sklearn's ``LogisticRegression`` (None: 1.0, its
     default). ``max_examples`` first draws a seeded stratified subsample, to bound the cost on big
@@ -81,7 +83,7 @@ def probe_layers(
     labels = _encode(y)
     tests = _folds(labels, n_folds, seed)
     dev = resolve_device(device)
-    pred = _out_of_fold(X, labels, tests, alpha, dev)  # [L+1, N]
+    pred = _held_out(X, labels, tests, alpha, dev)  # [L+1, N]
     truth = torch.as_tensor(labels, device=dev)
     n_classes = int(labels.max()) + 1
     runs = [
@@ -111,7 +113,7 @@ def out_of_fold(
     X, y = _prepared(X, y, n_folds, seed, None)
     labels = _encode(y)
     tests = _folds(labels, n_folds, seed)
-    pred = _out_of_fold(X, labels, tests, alpha, resolve_device(device))
+    pred = _held_out(X, labels, tests, alpha, resolve_device(device))
     return np.unique(y)[pred.cpu().numpy()], y
 
 
@@ -119,7 +121,12 @@ def _prepared(
     X: np.ndarray, y: np.ndarray, n_folds: int, seed: int, max_examples: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Checked inputs, subsampled to ``max_examples`` (stratified, seeded), singletons out."""
-    _check_arrays(X, y, "X", "y")
+    if issparse(X):
+        X = X.tocsr()
+        if X.ndim != 2 or np.ndim(y) != 1 or len(y) != X.shape[0]:
+            raise DataError(f"y must be 1-D with {X.shape[0]} labels; got shape {np.shape(y)}")
+    else:
+        _check_arrays(X, y, "X", "y")
     if n_folds < 2:
         raise ConfigError(f"n_folds must be at least 2; got {n_folds}")
     if max_examples is not None and max_examples < 1:
@@ -135,6 +142,28 @@ def _folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
     n_folds = _feasible_folds(labels, n_folds)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [te for _, te in folds.split(np.zeros(len(labels)), labels)]
+
+
+def _held_out(X, labels: np.ndarray, tests: list[np.ndarray], alpha: float | None, dev):
+    if issparse(X):
+        return _sparse_out_of_fold(X, labels, tests, alpha).to(dev)
+    return _out_of_fold(X, labels, tests, alpha, dev)
+
+
+def _sparse_out_of_fold(
+    X, labels: np.ndarray, tests: list[np.ndarray], alpha: float | None
+) -> torch.Tensor:
+    """Held-out class index [1, N] of a sparse matrix's rows: scikit-learn's
+    ``LogisticRegression`` (the objective the dense probe reproduces), fold by fold."""
+    from sklearn.linear_model import LogisticRegression
+
+    out = np.empty(len(labels), dtype=np.int64)
+    penalty = DEFAULT_ALPHA if alpha is None else _positive(alpha)
+    for te in tests:
+        train = np.setdiff1d(np.arange(len(labels)), te)
+        model = LogisticRegression(C=1 / penalty, max_iter=MAX_ITER).fit(X[train], labels[train])
+        out[te] = model.predict(X[te])
+    return torch.as_tensor(out)[None]
 
 
 def _out_of_fold(

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import optuna
+from scipy.sparse import issparse
 
 from autolayer.budgets import Budget
 from autolayer.complementarity import PairEstimate
@@ -50,7 +51,8 @@ class LayerCost(NamedTuple):
 class Candidate:
     """One model as the search sees it: candidate layers, their embeddings, and its costs.
 
-    ``train``/``val`` are ``[N, k, D]`` with ``k = len(layers)``. ``ms_per_text`` is the
+    ``train``/``val`` are ``[N, k, D]`` with ``k = len(layers)``, or for a sparse source
+    (TF-IDF, one state) sparse matrices ``[N, V]``. ``ms_per_text`` is the
     measured full-depth inference time; ``costs`` what running up to each candidate layer
     costs, as its feature source prices it (the search knows nothing of models).
     """
@@ -75,7 +77,13 @@ class Candidate:
 
     def features(self, layer: int, split: str) -> np.ndarray:
         array = self.train if split == "train" else self.val
+        if self.sparse:
+            return array
         return np.ascontiguousarray(array[:, self.layers.index(layer)])
+
+    @property
+    def sparse(self) -> bool:
+        return issparse(self.train)
 
 
 @dataclass(frozen=True)

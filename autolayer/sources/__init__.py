@@ -1,6 +1,9 @@
 """Feature sources, by kind: a small base and one module per implementation (see base)."""
 
-from autolayer.sources import transformer  # noqa: F401 - registers the "transformers" kind
+from autolayer.sources import (  # noqa: F401 - register the "transformers" and "tfidf" kinds
+    tfidf,
+    transformer,
+)
 from autolayer.sources.base import (
     SOURCES,
     FeatureSource,

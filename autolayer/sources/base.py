@@ -29,6 +29,9 @@ class FeatureSource(ABC):
     """
 
     kind: ClassVar[str]
+    # Sparse sources (TF-IDF) give a CSR matrix ``[N, D]`` from ``transform`` (one state)
+    # instead of ``embed``'s dense array, and learn from training texts (``fit``) first.
+    sparse: ClassVar[bool] = False
 
     def __init__(self, spec: str, *, trust_remote_code: bool = False) -> None:
         self.spec = spec
@@ -85,6 +88,15 @@ class FeatureSource(ABC):
     def latency_fraction(self, layer: int) -> float:
         """Share of the full-depth time spent computing up to ``layer`` (layer / L)."""
         return max(layer, 1) / max(self.n_states - 1, 1)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the source can compute features (a pretrained model always can)."""
+        return True
+
+    def fit(self, texts: Sequence[str]) -> FeatureSource:
+        """Learn from training texts; a pretrained model has nothing to learn."""
+        return self
 
     def max_length(self, requested: int) -> int:
         """The tokens per text it really takes for ``requested`` (a model's own limit)."""

@@ -1,0 +1,177 @@
+"""TF-IDF as a feature source: fitted on training rows only, sparse through the probe, the
+pair estimates and the fusion head, saved without pickle, and applied like any model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from autolayer import pipeline
+from autolayer.budgets import Budget
+from autolayer.classifier import FusionTextClassifier, apply
+from autolayer.errors import ConfigError, DataError
+from autolayer.fusion import OPERATORS, FusionParams, predict_proba, train_fusion
+from autolayer.sources import make_source
+from autolayer.sources.tfidf import TfidfSource
+from tests.conftest import run, write_jsonl
+
+TRAIN = ["the film was good", "a good story", "the plot was bad", "a bad film", "good fun"]
+
+
+def test_tfidf_is_a_registered_source_with_one_sparse_state():
+    source = make_source("tfidf")
+    assert isinstance(source, TfidfSource) and source.sparse and source.n_states == 1
+    assert not source.fitted and make_source("tfidf").identity == source.identity
+    with pytest.raises(ConfigError, match="not fitted"):
+        source.transform(["a text"])
+    source.fit(TRAIN)
+    X = source.transform(["good film", "words never seen"])
+    assert sparse.issparse(X) and X.shape == (2, source.width) and X.dtype == np.float32
+    assert X[1].nnz == 0  # unknown words give an empty row, not an error
+    np.testing.assert_allclose(np.sqrt(X.multiply(X).sum(1)).A1[0], 1.0, rtol=1e-5)
+
+
+def test_save_and_load_give_the_same_features(tmp_path):
+    source = make_source("tfidf").fit(TRAIN)
+    source.save(tmp_path)
+    assert json.loads((tmp_path / "tfidf.json").read_text())["format"] == 1
+    loaded = TfidfSource.load(tmp_path)
+    texts = ["a good film", "bad bad plot", "nothing known here"]
+    assert abs(loaded.transform(texts) - source.transform(texts)).max() == 0
+    record = json.loads((tmp_path / "tfidf.json").read_text())
+    record["format"] = 99
+    (tmp_path / "tfidf.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="another tfidf version"):
+        TfidfSource.load(tmp_path)
+
+
+@pytest.mark.parametrize("texts", [["", " ", "!!"], ["a", "I", "a I"]])
+def test_texts_without_countable_words_are_a_clear_error(texts):
+    with pytest.raises(DataError, match="no words to count"):
+        make_source("tfidf").fit(texts)
+
+
+@pytest.fixture()
+def leaky(tmp_path):
+    """Train rows share words with validation; test rows hold a word nowhere else."""
+    rows = [
+        {"text": f"{w} story number {i}", "label": "pos" if w == "good" else "neg"}
+        for i in range(40)
+        for w in ("good", "bad")
+    ]
+    write_jsonl(tmp_path / "leaky" / "train.jsonl", rows)
+    write_jsonl(
+        tmp_path / "leaky" / "test.jsonl",
+        [{"text": "zyzzyva zyzzyva good", "label": "pos"}, {"text": "bad", "label": "neg"}] * 3,
+    )
+    return tmp_path / "leaky"
+
+
+def test_fitted_on_search_train_rows_only(home, leaky):
+    import autolayer
+
+    data = autolayer.load_dataset(leaky)
+    train, val = data.train_validation(size=0.2, seed=0)
+    only_in_val = {f"number {i}" for i in range(40)} - {
+        " ".join(data.split("train").texts[r].split()[-2:]) for r in train
+    }
+    assert only_in_val  # some bigrams appear only in validation rows
+    prepared = pipeline.prepare(data, ["tfidf"], top_k=1)
+    [candidate] = prepared.candidates
+    assert candidate.sparse and candidate.layers == (0,)
+    assert candidate.features(0, "train").shape[0] == len(train)
+    # rebuild the fitted vocabulary: it is the one fitted on the search-train rows
+    refit = make_source("tfidf").fit([data.split("train").texts[r] for r in train])
+    assert candidate.width == refit.width
+    vocabulary = refit._fitted()["word"].vocabulary_
+    assert not only_in_val & set(vocabulary) and "zyzzyva" not in vocabulary
+
+
+def test_every_operator_learns_from_sparse_beside_dense():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    X = sparse.random(600, 300, density=0.02, format="csr", random_state=0, dtype=np.float32)
+    # the label is one of two sparse columns; the dense input is noise
+    X = sparse.hstack([X, sparse.csr_matrix(np.eye(2, dtype=np.float32)[y])], format="csr")
+    dense = rng.normal(size=(600, 6)).astype(np.float32)
+    for operator in OPERATORS:
+        result = train_fusion(
+            [X[:450], dense[:450]],
+            y[:450],
+            [X[450:], dense[450:]],
+            y[450:],
+            params=FusionParams(operator=operator, width=8, lr=1e-2, max_epochs=40),
+        )
+        assert result.model.sparse == [True, False]
+        assert result.best_val_metric > 0.95, operator
+        assert predict_proba(result.model, [X[450:], dense[450:]]).shape == (150, 2)
+
+
+def test_a_batch_updates_only_the_table_rows_it_touches():
+    import torch
+    from torch.nn import functional as F
+
+    from autolayer.fusion import FusionClassifier, SparseRows, _optimizers
+
+    X = sparse.csr_matrix(np.array([[1, 0, 0, 2], [0, 0, 0, 1]], dtype=np.float32))
+    model = FusionClassifier([4], 3, "concat", 4, 0.0, 2, sparse=[True]).train()
+    table = model.projections[0].weight.clone()
+    optimizers = _optimizers(model, FusionParams(operator="concat", lr=0.1))
+    batch = SparseRows(X, torch.device("cpu"))[torch.tensor([0, 1])]
+    F.cross_entropy(model([batch]), torch.tensor([0, 1])).backward()
+    for optimizer in optimizers:
+        optimizer.step()
+    changed = (model.projections[0].weight != table).any(1).tolist()
+    assert changed == [True, False, False, True]
+
+
+def test_recommend_apply_predict_with_tfidf(capsys, home, tmp_path, tiny_dataset, tiny_models):
+    bert = str(tiny_models["bert"])
+    prepared = pipeline.prepare(str(tiny_dataset), [bert, "tfidf"], top_k=1)
+    assert [p.models for p in prepared.pairs] == [(bert, "tfidf")]
+    assert np.isnan(pipeline.cka_at_best(prepared)[0, 1])  # no CKA with a sparse source
+    budget = Budget(n_trials=4, max_models=2)
+    result = pipeline.search(prepared, output_dir=tmp_path / "out", budget=budget)
+    lexical = [t for t in result.trials if "tfidf" in t.models and t.state == "COMPLETE"]
+    assert lexical, "the search never tried tfidf"
+    trial = lexical[0]
+    config = pipeline.trial_config(
+        trial, pipeline.study_context(prepared, pipeline.Space()), result.study_name, "x"
+    )
+    applied = apply(config, str(tiny_dataset), tmp_path / "model")
+    assert (tmp_path / "model" / "tfidf.json").is_file() and applied.accuracy is not None
+    loaded = FusionTextClassifier.load(tmp_path / "model")
+    texts = ["good fun", "awful dull"]
+    again = FusionTextClassifier.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.predict_proba(texts), again.predict_proba(texts))
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    code, out, err = run(capsys, "predict", tmp_path / "model", "-i", tmp_path / "in.txt")
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 2
+
+
+def test_extract_names_where_tfidf_belongs(capsys, home, tiny_dataset):
+    code, _, err = run(capsys, "extract", "-m", "tfidf", "-d", tiny_dataset)
+    assert code == ConfigError.exit_code
+    assert "recommend, search or apply" in err and "Traceback" not in err
+
+
+def test_estimator_fit_learns_the_vocabulary_from_its_own_texts(home, tmp_path, tiny_dataset):
+    from autolayer.config import load_config
+
+    config_path = tmp_path / "c.yaml"
+    prepared = pipeline.prepare(str(tiny_dataset), ["tfidf"], top_k=1)
+    result = pipeline.search(prepared, output_dir=tmp_path / "o", budget=Budget(n_trials=1))
+    context = pipeline.study_context(prepared, pipeline.Space())
+    pipeline.trial_config(result.best, context, result.study_name, "x").save(config_path)
+    clf = FusionTextClassifier(load_config(config_path))
+    with pytest.raises(ConfigError, match="not fitted"):
+        clf.embed(["good"])
+    clf.fit(
+        ["good fun", "great fun", "bad dull", "awful dull"] * 3, ["pos", "pos", "neg", "neg"] * 3
+    )
+    assert set(clf.sources_["tfidf"]._fitted()["word"].vocabulary_) >= {"fun", "dull"}
+    assert list(clf.predict(["great fun"])) in (["pos"], ["neg"])
