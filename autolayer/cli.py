@@ -464,7 +464,9 @@ def _search_options(func):
     """Options shared by ``search`` and ``recommend``: models, budget, study storage."""
     options = [
         click.option(
-            "--models", help="Comma-separated model specs (default: installed minilm, smollm2)."
+            "--models",
+            help="Comma-separated model specs, tfidf among them (default: installed minilm, "
+            "smollm2, and tfidf).",
         ),
         click.option(
             "--top-k",
@@ -640,7 +642,7 @@ def recommend(**kw) -> None:
 
     \b
     Examples:
-      autolayer recommend                                   # demo set, installed zoo models
+      autolayer recommend                                   # demo set, installed zoo models + tfidf
       autolayer recommend -d ../shared/data/mr --models minilm,smollm2 --n-trials 40
       autolayer recommend -d data.csv --max-latency-ms 20 --max-models 3 --multi-objective
     """

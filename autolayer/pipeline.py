@@ -46,7 +46,8 @@ from autolayer.sources import make_source
 
 logger = logging.getLogger("autolayer")
 
-DEFAULT_MODELS = ("minilm", "smollm2")
+DEFAULT_MODELS = ("minilm", "smollm2")  # the neural defaults (zoo aliases)
+LEXICAL_DEFAULT = "tfidf"  # always in the default pool: nothing to install
 CKA_ROWS = 5000
 PROBE_ROWS = 4000  # probes of the layers run on a stratified sample of at most this many rows
 PAIR_ROWS = 2000  # pairs are estimated on this many search-train rows (the screen's, if any)
@@ -162,9 +163,9 @@ def resolve_options(options: Options | None, settings: dict) -> Options:
 
 
 def default_models() -> list[str]:
-    """Installed zoo models among the defaults (the demo must run offline)."""
+    """Installed zoo models among the defaults (the demo must run offline), and TF-IDF."""
     installed = [m for m in DEFAULT_MODELS if zoo.installed_folder(m) is not None]
-    return installed or [DEFAULT_MODELS[0]]
+    return [*(installed or [DEFAULT_MODELS[0]]), LEXICAL_DEFAULT]
 
 
 def check_models(models: Sequence[str] | None, *, at_least: int = 1) -> list[str]:
@@ -799,6 +800,8 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
     """Short sentences that say why the recommendation looks the way it does."""
     out = []
     for report in prepared.reports:
+        if report.n_hidden_states == 1:  # one state (TF-IDF): no layer to choose
+            continue
         best, last = report.best_layer, report.last_layer
         accuracy = report.scores.accuracy
         gap = 100 * (accuracy[best] - accuracy[last])
@@ -831,12 +834,13 @@ def _pair_reason(pairs: Sequence[PairEstimate], models: Sequence[str], similarit
     a, b = models[:2]
     found = [p for p in pairs if set(p.models) == {a, b}]
     if not found:
-        return f"{a} + {b}: linear CKA similarity {similarity:.2f}"
+        return f"{a} + {b}: linear CKA similarity {similarity:.2f}"  # no estimate was made
     pair = found[0]
+    cka = "" if np.isnan(similarity) else f"; linear CKA similarity {similarity:.2f}"
     return (
-        f"{a} + {b}: a probe on both beats the better alone by {100 * pair.gain:+.1f} "
-        f"± {100 * pair.gain_se:.1f} pt on {pair.n_examples:,} held-out rows "
-        f"(linear CKA similarity {similarity:.2f})"
+        f"{a} + {b}: a linear probe on both scores {100 * pair.gain:+.1f} "
+        f"± {100 * pair.gain_se:.1f} pt against the better alone on {pair.n_examples:,} "
+        f"held-out rows{cka}"
     )
 
 

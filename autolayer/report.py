@@ -243,7 +243,7 @@ def cka_table(names, matrix: np.ndarray, title: str) -> None:
     for name in names:
         table.add_column(name, justify="right")
     for i, name in enumerate(names):
-        table.add_row(name, *[f"{matrix[i, j]:.2f}" for j in range(len(names))])
+        table.add_row(name, *[_similarity(matrix[i, j]) for j in range(len(names))])
     console.print(table)
 
 
@@ -264,6 +264,11 @@ def pairs_table(pairs, title: str = "pairs at their best layers: held-out probe"
             f"{100 * p.disagreement:.1f}",
         )
     console.print(table)
+
+
+def _similarity(value: float) -> str:
+    """A CKA cell; none is computed with a sparse source (TF-IDF)."""
+    return "—" if np.isnan(value) else f"{value:.2f}"
 
 
 def trials_table(trials, metric: str, limit: int = 10, title: str = "best trials") -> None:
