@@ -43,10 +43,12 @@ from autolayer.search import Space
 WIDTH, LR = 256, 1e-3  # brute force's fixed head (the search also tunes these)
 
 
-def recommend_arm(data, models, fidelity, options, n_trials, root: Path, apply=True) -> dict:
-    """CPU and wall seconds of one recommend run from a cold cache, and (``apply``) the test
-    accuracy of its configuration."""
-    options = Options(**{**options.results(), "cache_dir": root / "cache"})
+def recommend_arm(
+    data, models, fidelity, options, n_trials, root: Path, apply=True, cache_dir=None
+) -> dict:
+    """CPU and wall seconds of one recommend run from a cold cache (or ``cache_dir``'s),
+    and (``apply``) the test accuracy of its configuration."""
+    options = Options(**{**options.results(), "cache_dir": cache_dir or root / "cache"})
     start, wall = time.process_time(), time.perf_counter()
     rec = pipeline.recommend(
         data,
@@ -69,7 +71,7 @@ def recommend_arm(data, models, fidelity, options, n_trials, root: Path, apply=T
         "val_accuracy": rec.config.validation.get(options.metric),
     }
     if apply:
-        applied = autolayer.apply(rec.config, data, root / "model", cache_dir=root / "cache")
+        applied = autolayer.apply(rec.config, data, root / "model", cache_dir=options.cache_dir)
         out["test_accuracy"] = applied.accuracy
     return out
 
