@@ -220,11 +220,16 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         estimator = cls(config, **kwargs)
         estimator.model_ = model
         estimator.classes_ = np.asarray(config.label_names)
-        estimator.sources_ = {
-            m.spec: type(make_source(m.spec)).load(directory)
-            for m in config.models
-            if make_source(m.spec).sparse
-        }
+        estimator.sources_ = {}
+        for choice, dim in zip(config.models, model.input_dims, strict=False):
+            if make_source(choice.spec).sparse:
+                source = type(make_source(choice.spec)).load(directory)
+                if source.width != dim:
+                    raise ConfigError(
+                        f"{directory}: the {choice.spec} vocabulary has {source.width} terms, "
+                        f"the head was trained on {dim}; re-run apply"
+                    )
+                estimator.sources_[choice.spec] = source
         return estimator
 
 

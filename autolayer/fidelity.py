@@ -135,10 +135,14 @@ def select(
                 f"{100 * top:.1f} ± {100 * top_se:.1f} % on the screen "
                 f"(more than {fidelity.z:g} standard errors below on both sides)"
             )
-    for pair in pairs:
-        for name, partner in (pair.models, pair.models[::-1]):
-            if name in dropped and partner not in dropped and complements(pair, fidelity.z):
-                del dropped[name]
+    kept = set(screens) - set(dropped)  # rescues are judged against these, in any order
+    rescued = {
+        name
+        for pair in pairs
+        for name, partner in (pair.models, pair.models[::-1])
+        if name in dropped and partner in kept and complements(pair, fidelity.z)
+    }
+    dropped = {name: why for name, why in dropped.items() if name not in rescued}
     return [n for n in screens if n not in dropped], dropped
 
 

@@ -731,6 +731,12 @@ def predict_proba(
 ) -> np.ndarray:
     """Class probabilities ``[N, C]`` (float32) for one ``[N, D_i]`` array per model."""
     _check_inputs(model.input_dims, inputs, "inputs")
+    given = [issparse(array) for array in inputs]
+    if given != model.sparse:
+        raise ConfigError(
+            f"inputs must be sparse where the head was trained on sparse features: "
+            f"expected {model.sparse}, got {given}"
+        )
     device = next(model.parameters()).device
     logits = _logits(model, [_tensor(array, device) for array in inputs], batch_size)
     return torch.softmax(logits, dim=-1).cpu().numpy()
@@ -759,7 +765,7 @@ def load_classifier(directory: str | os.PathLike) -> FusionClassifier:
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
         model = FusionClassifier(**config)
-    except (json.JSONDecodeError, TypeError) as error:
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
         raise ConfigError(
             f"{directory / CONFIG_FILE} is not a valid head config: {error}"
         ) from None

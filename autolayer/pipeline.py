@@ -168,6 +168,17 @@ def default_models() -> list[str]:
     return [*(installed or [DEFAULT_MODELS[0]]), LEXICAL_DEFAULT]
 
 
+def check_pretrained(models: Sequence[str], command: str) -> None:
+    """Refuse, before any extraction, sources that learn from the task's texts (TF-IDF):
+    ``score`` and ``complementarity`` look at pretrained models' layers."""
+    lexical = [m for m in models if make_source(m).sparse]
+    if lexical:
+        raise ConfigError(
+            f"{command} takes pretrained models; {', '.join(lexical)} is fitted on training "
+            "rows: use it in recommend, search or apply"
+        )
+
+
 def check_models(models: Sequence[str] | None, *, at_least: int = 1) -> list[str]:
     """The model list, checked: ``None`` is the default pool; empty or repeated is an error."""
     models = default_models() if models is None else list(models)
@@ -229,6 +240,7 @@ def score(
 
     options = resolve_options(options, settings)
     models = check_models([models] if isinstance(models, str) else models)
+    check_pretrained(models, "score")
     data = _data(dataset)
     labels = data.split(split).labels
     check_folds(len(labels), n_folds)
@@ -270,6 +282,7 @@ def complementarity(
 
     options = resolve_options(options, settings)
     models = check_models(models, at_least=2)
+    check_pretrained(models, "complementarity")
     data = _data(dataset)
     labels = data.split(split).labels
     rows = np.arange(len(labels))
@@ -349,9 +362,10 @@ def prepare(
             _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, progress)
             for name in models
         ]
-        dropped = {}
-        with clock.stage("pairs", f"each pair probed on ≤ {PAIR_ROWS} rows"):
-            pairs = _pairs(features, rows.y_train, options)
+        dropped, pairs = {}, ()
+        if len(features) > 1:
+            with clock.stage("pairs", f"each pair probed on ≤ {PAIR_ROWS} rows"):
+                pairs = _pairs(features, rows.y_train, options)
     candidates = tuple(_candidate(f) for f in features)
     reports = tuple(ModelScores(f.name, f.n_states, f.scores, searched=f.top) for f in features)
     validation = {

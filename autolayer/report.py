@@ -543,7 +543,7 @@ def _heatmap(ax, names, matrix: np.ndarray):
     ax.set_yticks(range(len(names)), names)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w")
+            ax.text(j, i, _similarity(matrix[i, j]), ha="center", va="center", color="w")
     return image
 
 

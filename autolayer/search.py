@@ -85,6 +85,15 @@ class Candidate:
     def sparse(self) -> bool:
         return issparse(self.train)
 
+    @property
+    def bytes_per_row(self) -> float:
+        """Memory one row's features take: float32 values, and for a sparse matrix their
+        int32 column indices and the row pointer."""
+        if self.sparse:
+            rows = max(self.train.shape[0], 1)
+            return (8 * self.train.nnz + 4 * (rows + 1)) / rows
+        return 4.0 * self.width
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -118,7 +127,7 @@ def cost_of(
     the head trains on), and head parameters of one configuration."""
     dims = [c.width for c in chosen]
     params = count_parameters(dims, width, operator, hidden, n_classes)
-    features_mb = 4 * n_rows * sum(dims) / 2**20
+    features_mb = n_rows * sum(c.bytes_per_row for c in chosen) / 2**20
     weights_mb = sum(c.weights_mb(layer) for c, layer in zip(chosen, layers, strict=True))
     return Cost(
         latency_ms=sum(c.latency_ms(layer) for c, layer in zip(chosen, layers, strict=True)),

@@ -118,9 +118,11 @@ def test_a_weaker_model_that_complements_a_survivor_is_kept():
     assert select(screens, "accuracy", fidelity, helps)[0] == ["leader", "partner", "weak"]
     barely = [_pair("leader", "weak", gain=0.015)]  # within 2 standard errors: no evidence
     assert "weak" in select(screens, "accuracy", fidelity, barely)[1]
-    # complementing a model that is itself dropped saves neither
-    among_dropped = [_pair("weak", "weaker", gain=0.2)]
-    assert select(screens, "accuracy", fidelity, among_dropped)[0] == ["leader", "partner"]
+    # complementing a model that is itself dropped saves neither, in whatever order the
+    # pairs come (a rescued model does not rescue another)
+    chain = [_pair("weaker", "weak", gain=0.2), _pair("weak", "partner", gain=0.03)]
+    for pairs in (chain, chain[::-1]):
+        assert select(screens, "accuracy", fidelity, pairs)[0] == ["leader", "partner", "weak"]
 
 
 def test_screen_select_complete(home, toys, reviews, tiny_models):

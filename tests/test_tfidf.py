@@ -24,7 +24,7 @@ TRAIN = ["the film was good", "a good story", "the plot was bad", "a bad film", 
 def test_tfidf_is_a_registered_source_with_one_sparse_state():
     source = make_source("tfidf")
     assert isinstance(source, TfidfSource) and source.sparse and source.n_states == 1
-    assert not source.fitted and make_source("tfidf").identity == source.identity
+    assert make_source("tfidf").identity == source.identity  # the method, not a vocabulary
     with pytest.raises(ConfigError, match="not fitted"):
         source.transform(["a text"])
     source.fit(TRAIN)
@@ -83,11 +83,29 @@ def test_fitted_on_search_train_rows_only(home, leaky):
     [candidate] = prepared.candidates
     assert candidate.sparse and candidate.layers == (0,)
     assert candidate.features(0, "train").shape[0] == len(train)
-    # rebuild the fitted vocabulary: it is the one fitted on the search-train rows
-    refit = make_source("tfidf").fit([data.split("train").texts[r] for r in train])
+    # the pipeline's features are those of a vectorizer fitted on the search-train rows
+    texts = data.split("train").texts
+    refit = make_source("tfidf").fit([texts[r] for r in train])
     assert candidate.width == refit.width
+    expected = refit.transform([texts[r] for r in train])
+    assert abs(candidate.features(0, "train") - expected).max() == 0
+    assert abs(candidate.features(0, "val") - refit.transform([texts[r] for r in val])).max() == 0
     vocabulary = refit._fitted()["word"].vocabulary_
     assert not only_in_val & set(vocabulary) and "zyzzyva" not in vocabulary
+
+
+def test_a_validation_split_of_its_own_is_transformed_not_fitted(home, tmp_path):
+    rows = [{"text": f"good story {i}", "label": "pos"} for i in range(10)]
+    rows += [{"text": f"bad story {i}", "label": "neg"} for i in range(10)]
+    write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    valid = [{"text": "unseen words good", "label": "pos"}, {"text": "unseen bad", "label": "neg"}]
+    write_jsonl(tmp_path / "d" / "validation.jsonl", valid * 2)
+    write_jsonl(tmp_path / "d" / "test.jsonl", valid)
+    [candidate] = pipeline.prepare(tmp_path / "d", ["tfidf"], top_k=1).candidates
+    refit = make_source("tfidf").fit([r["text"] for r in rows])
+    assert candidate.width == refit.width and candidate.features(0, "val").shape[0] == 4
+    expected = refit.transform([v["text"] for v in valid * 2])
+    assert abs(candidate.features(0, "val") - expected).max() == 0
 
 
 def test_every_operator_learns_from_sparse_beside_dense():
@@ -145,8 +163,7 @@ def test_recommend_apply_predict_with_tfidf(capsys, home, tmp_path, tiny_dataset
     assert (tmp_path / "model" / "tfidf.json").is_file() and applied.accuracy is not None
     loaded = FusionTextClassifier.load(tmp_path / "model")
     texts = ["good fun", "awful dull"]
-    again = FusionTextClassifier.load(tmp_path / "model")
-    np.testing.assert_array_equal(loaded.predict_proba(texts), again.predict_proba(texts))
+    assert loaded.sources_["tfidf"].width == loaded.model_.input_dims[-1]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
     code, out, err = run(capsys, "predict", tmp_path / "model", "-i", tmp_path / "in.txt")
     assert code == 0, err
@@ -174,4 +191,57 @@ def test_estimator_fit_learns_the_vocabulary_from_its_own_texts(home, tmp_path, 
         ["good fun", "great fun", "bad dull", "awful dull"] * 3, ["pos", "pos", "neg", "neg"] * 3
     )
     assert set(clf.sources_["tfidf"]._fitted()["word"].vocabulary_) >= {"fun", "dull"}
-    assert list(clf.predict(["great fun"])) in (["pos"], ["neg"])
+    texts = ["great fun", "awful dull", "words unseen"]
+    before = clf.predict_proba(texts)
+    clf.save(tmp_path / "saved")
+    after = FusionTextClassifier.load(tmp_path / "saved").predict_proba(texts)
+    np.testing.assert_allclose(after, before, rtol=1e-6)  # same vocabulary, idf and head
+
+
+def test_damaged_vocabulary_files_are_one_line_errors(tmp_path):
+    make_source("tfidf").fit(TRAIN).save(tmp_path)
+    record = json.loads((tmp_path / "tfidf.json").read_text())
+    broken = [
+        {k: v for k, v in record.items() if k != "terms"},
+        [record],
+        {**record, "terms": {"word": record["terms"]["word"][:-1]}},
+    ]
+    for damaged in broken:
+        (tmp_path / "tfidf.json").write_text(json.dumps(damaged))
+        with pytest.raises(ConfigError, match="tfidf"):
+            TfidfSource.load(tmp_path)
+    (tmp_path / "tfidf.json").write_text(json.dumps(record))
+    (tmp_path / "tfidf.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(ConfigError, match="unreadable"):
+        TfidfSource.load(tmp_path)
+
+
+def test_dense_features_for_a_sparse_head_are_refused():
+    rng = np.random.default_rng(0)
+    X = sparse.random(60, 30, density=0.1, format="csr", random_state=0, dtype=np.float32)
+    y = rng.integers(0, 2, 60)
+    result = train_fusion([X], y, None, None, params=FusionParams(operator="concat", width=4))
+    with pytest.raises(ConfigError, match="sparse"):
+        predict_proba(result.model, [X.toarray()])
+
+
+def test_score_and_complementarity_refuse_tfidf_before_any_extraction(
+    capsys, home, tiny_dataset, tiny_models
+):
+    bert = str(tiny_models["bert"])
+    for command in ("score", "complementarity"):
+        code, _, err = run(capsys, command, "-m", f"{bert},tfidf", "-d", tiny_dataset)
+        assert code == ConfigError.exit_code and "pretrained models" in err, err
+    assert not list((home / "embeddings").glob("*/meta.json"))  # nothing was extracted
+
+
+def test_memory_of_a_sparse_candidate_is_its_non_zeros(home, tiny_dataset):
+    from autolayer.search import cost_of
+
+    [candidate] = pipeline.prepare(str(tiny_dataset), ["tfidf"], top_k=1).candidates
+    X = candidate.features(0, "train")
+    cost = cost_of([candidate], [0], "concat", 8, 8, 2, X.shape[0])
+    stored = (8 * X.nnz + 4 * (X.shape[0] + 1)) / 2**20
+    head = 4 * cost.params / 2**20
+    assert cost.memory_mb == pytest.approx(candidate.weights_mb(0) + stored + head)
+    assert stored < 4 * X.shape[0] * X.shape[1] / 2**20  # far below the dense size

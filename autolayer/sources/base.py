@@ -29,8 +29,9 @@ class FeatureSource(ABC):
     """
 
     kind: ClassVar[str]
-    # Sparse sources (TF-IDF) give a CSR matrix ``[N, D]`` from ``transform`` (one state)
-    # instead of ``embed``'s dense array, and learn from training texts (``fit``) first.
+    # Sparse sources (TF-IDF) learn from training texts: they implement ``fit(texts)``,
+    # ``transform(texts)`` → a CSR matrix ``[N, D]`` (one state) instead of ``embed``,
+    # ``save(directory)`` and ``load(directory)`` (see ``sources/tfidf.py``).
     sparse: ClassVar[bool] = False
 
     def __init__(self, spec: str, *, trust_remote_code: bool = False) -> None:
@@ -88,15 +89,6 @@ class FeatureSource(ABC):
     def latency_fraction(self, layer: int) -> float:
         """Share of the full-depth time spent computing up to ``layer`` (layer / L)."""
         return max(layer, 1) / max(self.n_states - 1, 1)
-
-    @property
-    def fitted(self) -> bool:
-        """Whether the source can compute features (a pretrained model always can)."""
-        return True
-
-    def fit(self, texts: Sequence[str]) -> FeatureSource:
-        """Learn from training texts; a pretrained model has nothing to learn."""
-        return self
 
     def max_length(self, requested: int) -> int:
         """The tokens per text it really takes for ``requested`` (a model's own limit)."""

@@ -62,10 +62,6 @@ class TfidfSource(FeatureSource):
         return 1
 
     @property
-    def fitted(self) -> bool:
-        return self._vectorizers is not None
-
-    @property
     def width(self) -> int:
         return sum(len(v.vocabulary_) for v in self._fitted().values())
 
@@ -131,33 +127,47 @@ class TfidfSource(FeatureSource):
 
     @classmethod
     def load(cls, directory: Path) -> TfidfSource:
-        """The source :meth:`save` wrote, refusing files of another format or settings."""
+        """The source :meth:`save` wrote, refusing damaged files and files of another
+        format or settings with a one-line error."""
         from safetensors.numpy import load_file
-        from sklearn.feature_extraction.text import TfidfVectorizer
 
         path = directory / "tfidf.json"
         try:
             record = json.loads(path.read_text())
             idf = load_file(str(directory / "tfidf.safetensors"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: unreadable tfidf vocabulary ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - json, OS and safetensors errors alike
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"{path}: unreadable tfidf vocabulary ({first})") from None
         source = cls()
-        if record.get("format") != FORMAT or record.get("identity") != source.identity:
-            raise ConfigError(f"{path} was written by another tfidf version or settings")
-        vectorizers = {}
-        for name, terms in record["terms"].items():
-            vec = TfidfVectorizer(
-                sublinear_tf=True,
-                dtype=np.float32,
-                vocabulary={t: i for i, t in enumerate(terms)},
-                **BLOCKS[name],
-            )
-            vec.idf_ = idf[name]
-            vectorizers[name] = vec
-        source._vectorizers = vectorizers
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ConfigError(f"{path} was written by another tfidf version")
+        if record.get("identity") != source.identity:
+            raise ConfigError(f"{path} was written with other tfidf settings")
+        try:
+            source._vectorizers = {
+                name: _vectorizer(name, terms, idf[name]) for name, terms in record["terms"].items()
+            }
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"{path}: damaged tfidf vocabulary ({type(exc).__name__})") from None
         return source
 
     def _fitted(self) -> dict:
         if self._vectorizers is None:
             raise ConfigError("tfidf is not fitted: fit it on training texts first")
         return self._vectorizers
+
+
+def _vectorizer(block: str, terms: list[str], idf: np.ndarray):
+    """A fitted ``TfidfVectorizer`` rebuilt from its terms (by column) and idf."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if len(terms) != len(idf):
+        raise ValueError("terms and idf differ in length")
+    vec = TfidfVectorizer(
+        sublinear_tf=True,
+        dtype=np.float32,
+        vocabulary={t: i for i, t in enumerate(terms)},
+        **BLOCKS[block],
+    )
+    vec.idf_ = idf
+    return vec
