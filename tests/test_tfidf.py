@@ -135,7 +135,10 @@ def test_a_batch_updates_only_the_table_rows_it_touches():
     from autolayer.fusion import FusionClassifier, SparseRows, _optimizers
 
     X = sparse.csr_matrix(np.array([[1, 0, 0, 2], [0, 0, 0, 1]], dtype=np.float32))
+    torch.manual_seed(0)
     model = FusionClassifier([4], 3, "concat", 4, 0.0, 2, sparse=[True]).train()
+    with torch.no_grad():  # every projected unit active: no ReLU can zero a row's gradient
+        model.projections[0].bias.fill_(10.0)
     table = model.projections[0].weight.clone()
     optimizers = _optimizers(model, FusionParams(operator="concat", lr=0.1))
     batch = SparseRows(X, torch.device("cpu"))[torch.tensor([0, 1])]
