@@ -375,7 +375,10 @@ def recommendation(rec, output_dir) -> None:
     search_summary(rec.search, rec.config.metric)
     trials_table(rec.search.trials, rec.config.metric)
     config = rec.config
-    chosen = " + ".join(f"{m.spec} layer {m.layer}/{m.n_hidden_states - 1}" for m in config.models)
+    chosen = " + ".join(
+        m.spec if m.n_hidden_states == 1 else f"{m.spec} layer {m.layer}/{m.n_hidden_states - 1}"
+        for m in config.models
+    )
     operator = f", fused by {config.operator}" if len(config.models) > 1 else ""
     console.print(
         f"\n[bold green]recommended:[/] {escape(chosen)}{operator}, width {config.width}; "
