@@ -79,11 +79,8 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
     def fit_sources(self, texts) -> FusionTextClassifier:
         """Fit the sources that learn from texts (TF-IDF) on these training texts."""
         texts = _as_texts(texts)
-        self.sources_ = {
-            choice.spec: make_source(choice.spec).fit(texts)
-            for choice in self._config().models
-            if make_source(choice.spec).sparse
-        }
+        sources = {choice.spec: make_source(choice.spec) for choice in self._config().models}
+        self.sources_ = {spec: s.fit(texts) for spec, s in sources.items() if s.sparse}
         return self
 
     def embed(self, texts) -> list[np.ndarray]:

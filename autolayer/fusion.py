@@ -331,9 +331,9 @@ class _SparseProjection(nn.Module):
 
     A batch touches a few thousand of the ``V`` rows, so only those are gathered, computed
     on and updated: the table is a buffer, the gathered rows are the leaf autograd sees,
-    and :class:`_RowAdam` updates them in the table (autograd on the whole table, or
-    ``nn.EmbeddingBag``'s sparse gradients, cost time in proportion to ``V`` or to the
-    batch's non-zeros × ``d``, measured 5–10× slower on TF-IDF with character n-grams).
+    and :class:`_RowAdam` updates them in the table (autograd on the whole table costs time
+    in proportion to ``V`` × ``d`` at every step, ``nn.EmbeddingBag``'s sparse gradients in
+    proportion to the batch's non-zeros × ``d``).
     """
 
     def __init__(self, in_dim: int, width: int) -> None:

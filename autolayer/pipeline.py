@@ -421,9 +421,9 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
     from autolayer.probe import probe_layers
 
     if make_source(name).sparse:
-        with clock.stage("extract", "every layer, every row") as _:
+        with clock.stage("extract", "every layer, every row"):
             x_train, x_val, ms, memory = _lexical(data, name, rows)
-        with clock.stage("probe", "every layer") as _:
+        with clock.stage("probe", "every layer"):
             scores = probe_layers(
                 x_train, rows.y_train, seed=options.seed, max_examples=probe_max_examples
             )
@@ -475,7 +475,7 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
     screened, scores, lexical = {}, {}, {}
     for name in models:
         if make_source(name).sparse:  # cheap: fitted and applied to every row at once
-            with clock.stage("screen", f"every layer, {len(screen)} rows") as _:
+            with clock.stage("screen", f"every layer, {len(screen)} rows"):
                 lexical[name] = _lexical(data, name, rows)
                 screened[name] = lexical[name][0][pick]
                 scores[name] = probe_layers(
