@@ -386,8 +386,9 @@ def apply(
     resolve_device(device)
     config = config if isinstance(config, FusionConfig) else load_config(config)
     data = dataset if not isinstance(dataset, str | Path) else load_dataset(dataset)
+    data, drawn = _as_drawn(config, data)
     check_labels(config, data)
-    notes = check_provenance(config, data.fingerprint)
+    notes = [*drawn, *check_provenance(config, data.fingerprint)]
     names = [s for s in ("train", "validation") if s in data.splits]
     labels = [data.label_names[i] for s in names for i in data.split(s).labels]
     if "test" not in data.splits:
@@ -406,6 +407,18 @@ def apply(
     metrics["n_train"] = len(labels)
     atomic_write_bytes(directory / METRICS_FILE, json.dumps(metrics, indent=1).encode())
     return ApplyResult(directory=directory, warnings=tuple(notes), **metrics)
+
+
+def _as_drawn(config: FusionConfig, data) -> tuple[object, list[str]]:
+    """The config's few-label draw of ``data`` (and a note saying so) when it was
+    recommended on such a draw of this very data: applying it then trains on the labels it
+    was chosen with, not on all of them."""
+    draw = config.dataset.get("draw")
+    if not draw or data.fingerprint != draw.get("source_fingerprint"):
+        return data, []
+    n, seed = int(draw["labels_per_class"]), int(draw["seed"])
+    note = f"trained on the config's draw of {n} labels per class (seed {seed}) of {data.name!r}"
+    return data.per_class(n, seed=seed), [note]
 
 
 def _test_metrics(estimator, config, data, cache_dir, device) -> dict:

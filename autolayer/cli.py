@@ -529,6 +529,18 @@ def _search_options(func):
             help="Cap the training split: a stratified, seeded sample of this many rows.",
         ),
         click.option(
+            "--labels-per-class",
+            type=click.IntRange(min=2),
+            help="Few labels: keep this many seeded training rows of every class and judge "
+            "configurations by cross-validation over them.",
+        ),
+        click.option(
+            "--cv-folds",
+            type=click.IntRange(min=2),
+            help="Judge configurations by k-fold cross-validation over the training rows "
+            "instead of a validation split (default with --labels-per-class: up to 5).",
+        ),
+        click.option(
             "--screen-size",
             default=2000,
             show_default=True,
@@ -571,15 +583,20 @@ def _run_search(kw: dict, *, full_report: bool):
     data = load_dataset(
         kw["dataset"], text_column=kw["text_column"], label_column=kw["label_column"]
     )
-    if kw["max_train_samples"] is not None:
-        data = data.subsample(kw["max_train_samples"], seed=kw["seed"])
     fidelity = None if kw["exhaustive"] else Fidelity(screen_size=kw["screen_size"])
     options = Options(
         pooling=kw["pooling"],
         max_length=kw["max_length"],
         metric=kw["metric"],
         seed=kw["seed"],
+        cv_folds=kw["cv_folds"],
         cache_dir=kw["cache_dir"],
+    )
+    data, options = pipeline.restrict(
+        data,
+        options,
+        max_train_samples=kw["max_train_samples"],
+        labels_per_class=kw["labels_per_class"],
     )
     study = {
         "output_dir": kw["output_dir"],

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ class LabelledDataset:
     splits: dict[str, Split]
     label_names: tuple[str, ...]
     fingerprint: str
+    draw: dict | None = None  # few-label mode: labels per class, seed, source fingerprint
 
     def split(self, name: str) -> Split:
         """Return a source split by name, with an error that lists what is there."""
@@ -127,10 +128,41 @@ class LabelledDataset:
         if size >= len(source):
             return self
         rows = stratified_rows(source.labels, size, seed, per_class=1)
+        return self._with_rows(split, rows, self.splits)
+
+    def per_class(self, n: int, *, seed: int = 0) -> LabelledDataset:
+        """A copy whose train split keeps ``n`` seeded rows of every class (few-label mode).
+
+        The draw is all the labels there are: a "validation" source split is left out, so
+        every later stage judges configurations by cross-validation over the draw. The
+        same ``n`` and seed always draw the same rows; the test split is unchanged.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"labels per class must be an integer >= 1; got {n!r}")
+        labels = self.split("train").labels
+        counts = np.bincount(labels, minlength=len(self.label_names))
+        rarest = int(np.argmin(counts))
+        if n > counts[rarest]:
+            raise DataError(
+                f"dataset {self.name!r}: {n} labels per class is more than class "
+                f"{self.label_names[rarest]!r} has ({counts[rarest]} training examples); "
+                f"use at most {counts[rarest]}"
+            )
+        rng = np.random.default_rng(seed)
+        picks = [rng.choice(np.flatnonzero(labels == c), n, False) for c in range(counts.size)]
+        rows = np.sort(np.concatenate(picks))
+        kept = {k: v for k, v in self.splits.items() if k != "validation"}
+        drawn = self._with_rows("train", rows, kept)
+        record = {"labels_per_class": n, "seed": seed, "source_fingerprint": self.fingerprint}
+        return replace(drawn, draw=record)
+
+    def _with_rows(self, split: str, rows: np.ndarray, splits: dict[str, Split]) -> LabelledDataset:
+        """A copy of ``splits`` whose ``split`` keeps ``rows``, with its own fingerprint."""
+        source = self.split(split)
         texts = [source.texts[i] for i in rows]
         labels = [self.label_names[source.labels[i]] for i in rows]
         index = {label: i for i, label in enumerate(self.label_names)}
-        splits = {**self.splits, split: _make_split(texts, labels, index)}
+        splits = {**splits, split: _make_split(texts, labels, index)}
         summary = {
             "label_names": self.label_names,
             "splits": {s: v.fingerprint for s, v in splits.items()},

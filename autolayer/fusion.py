@@ -35,11 +35,13 @@ from autolayer.metrics import score as metric_score
 __all__ = [
     "METRICS",
     "OPERATORS",
+    "CrossValidation",
     "FusionClassifier",
     "FusionOperator",
     "FusionParams",
     "TrainResult",
     "count_parameters",
+    "cross_validate",
     "fused_dim",
     "load_classifier",
     "make_operator",
@@ -610,6 +612,55 @@ def train_fusion(
         n_parameters=sum(p.numel() for p in model.parameters())
         + sum(m.weight.numel() for m in model.projections if isinstance(m, _SparseProjection)),
     )
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Outcome of ``cross_validate``: the fold-mean validation curve and its best epoch."""
+
+    best_epoch: int
+    best_val_metric: float
+    curve: tuple[float, ...]  # mean over folds of the held-out metric after each epoch
+    train_seconds: float
+
+
+def cross_validate(
+    train: list[np.ndarray],
+    y: np.ndarray,
+    folds: Sequence[np.ndarray],
+    *,
+    params: FusionParams,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    n_classes: int | None = None,
+) -> CrossValidation:
+    """Judge one head by k-fold cross-validation over ``train`` (few labels, no split to
+    spare): one head per fold, each trained ``params.max_epochs`` epochs with its fold held
+    out; the epoch count is then chosen once, on the fold-mean curve. Choosing it per fold
+    (early stopping on the held-out fold) would score each fold on the rows that picked
+    its epoch; one shared choice is a single hyper-parameter, like the width or the rate.
+    """
+    full = replace(params, patience=params.max_epochs)
+    n_classes = n_classes or max(2, int(np.max(y)) + 1)
+    every = np.arange(len(y))
+    curves, seconds = [], 0.0
+    for held in folds:
+        keep = np.setdiff1d(every, held)
+        result = train_fusion(
+            [x[keep] for x in train],
+            y[keep],
+            [x[held] for x in train],
+            y[held],
+            params=full,
+            seed=seed,
+            device=device,
+            n_classes=n_classes,
+        )
+        curves.append(result.history)
+        seconds += result.train_seconds
+    curve = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
+    best = int(np.argmax(curve))
+    return CrossValidation(best, float(curve[best]), tuple(curve.tolist()), seconds)
 
 
 def _fit(

@@ -22,7 +22,9 @@ class Options:
     """Feature, validation and hardware settings shared by every stage.
 
     ``pooling`` and ``max_length`` define the features (and the cache key); ``metric``,
-    ``seed`` and ``validation_size`` how configurations are compared; ``device``,
+    ``seed`` and ``validation_size`` how configurations are compared, or ``cv_folds``
+    instead of a carved validation split: k-fold cross-validation over the training rows,
+    for few labels, where a carved split would hold one or two texts per class; ``device``,
     ``threads`` and ``cache_dir`` where the work runs and is kept (they never change a
     result, so a study does not compare them).
     """
@@ -32,6 +34,7 @@ class Options:
     metric: str = "accuracy"
     seed: int = 0
     validation_size: float = 0.2
+    cv_folds: int | None = None
     device: str | None = None
     threads: int | None = None
     cache_dir: Path | None = None
@@ -49,9 +52,9 @@ class Options:
             raise ConfigError(
                 f"validation_size must be a fraction in (0, 1); got {self.validation_size!r}"
             )
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
-        ):
+        if self.cv_folds is not None and not _integer_at_least(self.cv_folds, 2):
+            raise ConfigError(f"cv_folds must be an integer >= 2; got {self.cv_folds!r}")
+        if self.threads is not None and not _integer_at_least(self.threads, 1):
             raise ConfigError(f"threads must be an integer >= 1; got {self.threads!r}")
 
     def extraction(self) -> dict:
@@ -70,3 +73,7 @@ class Options:
         for key in ("device", "threads", "cache_dir"):
             data.pop(key)
         return data
+
+
+def _integer_at_least(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low

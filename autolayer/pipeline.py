@@ -28,7 +28,7 @@ from autolayer.budgets import Budget
 from autolayer.complementarity import PairEstimate, estimate_pairs
 from autolayer.config import FusionConfig, ModelChoice, library_versions
 from autolayer.data import LabelledDataset, load_dataset
-from autolayer.errors import ConfigError
+from autolayer.errors import ConfigError, DataError
 from autolayer.extraction import Embeddings, embed_texts
 from autolayer.fidelity import Fidelity, StageClock, StageCost, computed, select
 from autolayer.options import Options
@@ -135,6 +135,7 @@ class Prepared:
     stages: tuple[StageCost, ...] = ()  # what preparing cost, stage by stage
     dropped: dict = field(default_factory=dict)  # model → why the screen dropped it
     pairs: tuple[PairEstimate, ...] = ()  # every pair of models, at their best layers
+    folds: tuple[np.ndarray, ...] = ()  # held-out rows of y_train: cross-validation
 
 
 @dataclass(frozen=True)
@@ -320,10 +321,17 @@ def complementarity(
     return Complementarity(tuple(models), tuple(chosen), matrix, grids, len(rows), debiased, pairs)
 
 
-def _split_rows(data: LabelledDataset, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _split_rows(data: LabelledDataset, options: Options) -> _Rows:
+    """Search-train and validation rows: a source validation split when there is one, a
+    carved one otherwise, or none under cross-validation (every row trains and, in its
+    fold, validates)."""
+    every = np.arange(len(data.split("train")))
+    if options.cv_folds is not None:
+        return _Rows(data, every, np.empty(0, dtype=np.int64), external=False)
     if "validation" in data.splits:
-        return np.arange(len(data.split("train"))), np.empty(0, dtype=np.int64)
-    return data.train_validation(size=size, seed=seed)
+        return _Rows(data, every, np.empty(0, dtype=np.int64), external=True)
+    train, val = data.train_validation(size=options.validation_size, seed=options.seed)
+    return _Rows(data, train, val, external=False)
 
 
 def prepare(
@@ -350,7 +358,9 @@ def prepare(
     options = resolve_options(options, settings)
     data = _data(dataset)
     models = check_models(models)
-    rows = _Rows(data, *_split_rows(data, options.validation_size, options.seed))
+    rows = _split_rows(data, options)
+    if options.cv_folds is not None:
+        _check_cross_validation(data, rows.y_train)
     clock = StageClock()
     if fidelity is not None and fidelity.screens(len(rows.train)):
         fidelity.check(len(rows.train), len(data.label_names))
@@ -374,6 +384,12 @@ def prepare(
         "n_train": len(rows.y_train),
         "n_val": len(rows.y_val),
     }
+    folds = ()
+    if options.cv_folds is not None:
+        from autolayer.probe import folds as stratified_folds
+
+        folds = tuple(stratified_folds(rows.y_train, options.cv_folds, options.seed))
+        validation["cv_folds"] = len(folds)
     return Prepared(
         data,
         options,
@@ -385,17 +401,32 @@ def prepare(
         clock.costs(),
         dropped,
         pairs,
+        folds,
     )
 
 
-class _Rows:
-    """Which rows of the train split train the heads and which validate them."""
+def _check_cross_validation(data: LabelledDataset, y_train: np.ndarray) -> None:
+    """Refuse before any extraction a class that no fold could both train and judge."""
+    counts = np.bincount(y_train, minlength=len(data.label_names))
+    rarest = int(np.argmin(counts))
+    if counts[rarest] < 2:
+        raise DataError(
+            f"dataset {data.name!r}: cross-validation needs 2 or more examples of every class; "
+            f"class {data.label_names[rarest]!r} has {counts[rarest]}"
+        )
 
-    def __init__(self, data: LabelledDataset, train: np.ndarray, val: np.ndarray) -> None:
+
+class _Rows:
+    """Which rows of the train split train the heads and which validate them (``external``:
+    the source's validation split validates instead)."""
+
+    def __init__(
+        self, data: LabelledDataset, train: np.ndarray, val: np.ndarray, *, external: bool
+    ) -> None:
         labels = data.split("train").labels
-        self.train, self.val = train, val
+        self.train, self.val, self.external = train, val, external
         self.y_train = labels[train]
-        self.y_val = labels[val] if len(val) else data.split("validation").labels
+        self.y_val = data.split("validation").labels if external else labels[val]
 
 
 @dataclass(frozen=True)
@@ -432,7 +463,7 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
         train = embed(name, data, "train", options, progress)
         count(computed(train.meta, len(train.layers)))
         x_train = np.asarray(train.array[rows.train])
-        if len(rows.val):
+        if not rows.external:
             x_val = np.asarray(train.array[rows.val])
         else:
             valid = embed(name, data, "validation", options, progress)
@@ -460,7 +491,7 @@ def _lexical(data: LabelledDataset, name: str, rows: _Rows):
     source = make_source(name).fit([texts[i] for i in rows.train])
     matrix = source.transform(texts)
     ms, memory = source.transform_ms, source.memory_mb(0)
-    if len(rows.val):
+    if not rows.external:
         return matrix[rows.train], matrix[rows.val], ms, memory
     return matrix[rows.train], source.transform(data.split("validation").texts), ms, memory
 
@@ -559,8 +590,7 @@ def _estimates(
 def _complete(data, name, rows, screen, rest, screened, top, options, progress, count):
     """Top-k layer features of every search-train and validation row: the screen's rows
     from the screen, the others extracted now (the backbone cut above the deepest)."""
-    carved = len(rows.val) > 0
-    others = np.concatenate([rest, rows.val]) if carved else rest
+    others = np.concatenate([rest, rows.val])
     emb = embed(name, data, "train", options, progress, rows=others, layers=top)
     count(computed(emb.meta, len(emb.layers)))
     columns = [emb.layers.index(layer) for layer in top]
@@ -568,7 +598,7 @@ def _complete(data, name, rows, screen, rest, screened, top, options, progress, 
     x_train = np.empty((len(rows.train), len(top), rest_features.shape[-1]), dtype=np.float32)
     x_train[np.searchsorted(rows.train, screen)] = np.asarray(screened.array)[:, list(top)]
     x_train[np.searchsorted(rows.train, rest)] = rest_features[: len(rest)]
-    if carved:
+    if not rows.external:
         return x_train, rest_features[len(rest) :]
     valid = embed(name, data, "validation", options, progress, layers=top)
     count(computed(valid.meta, len(valid.layers)))
@@ -616,6 +646,7 @@ def study_context(prepared: Prepared, space: Space) -> dict:
             "name": prepared.data.name,
             "fingerprint": prepared.data.fingerprint,
             "validation": prepared.validation,
+            **({"draw": prepared.data.draw} if prepared.data.draw else {}),
         },
         "head": {"hidden": space.hidden, "dropout": space.dropout, "batch_size": 100},
         "options": options.results(),
@@ -630,7 +661,9 @@ def study_identity(context: dict) -> dict:
     return {
         "dataset fingerprint": context["dataset"]["fingerprint"],
         "validation split": {
-            k: context["dataset"]["validation"][k] for k in ("size", "seed", "n_train", "n_val")
+            k: context["dataset"]["validation"][k]
+            for k in ("size", "seed", "n_train", "n_val", "cv_folds")
+            if k in context["dataset"]["validation"]
         },
         "model pool": {name: info["identity"] for name, info in context["models"].items()},
         "features (pooling, max_length)": sorted(
@@ -690,6 +723,7 @@ def search(
         context=context,
         identity=study_identity(context),
         first=guided_trials(prepared.candidates, prepared.pairs, space) if guide else (),
+        folds=prepared.folds,
     )
 
 
@@ -862,6 +896,28 @@ RECOMMENDATION = "recommendation.yaml"
 PLOTS = {"layers.png", "cka.png"}  # what report.recommendation draws into the output folder
 
 
+def restrict(
+    data: LabelledDataset,
+    options: Options,
+    *,
+    max_train_samples: int | None = None,
+    labels_per_class: int | None = None,
+) -> tuple[LabelledDataset, Options]:
+    """The training rows a run uses, seeded by ``options.seed``: all of them, a stratified
+    sample of ``max_train_samples``, or ``labels_per_class`` of every class, which also
+    turns on cross-validation (``min(5, labels_per_class)`` folds unless
+    ``options.cv_folds`` is set): with a few labels, no validation split can be spared."""
+    if max_train_samples is not None and labels_per_class is not None:
+        raise ConfigError("give max_train_samples or labels_per_class, not both")
+    if max_train_samples is not None:
+        data = data.subsample(max_train_samples, seed=options.seed)
+    if labels_per_class is not None:
+        data = data.per_class(labels_per_class, seed=options.seed)
+        if options.cv_folds is None:
+            options = replace(options, cv_folds=max(2, min(5, labels_per_class)))
+    return data, options
+
+
 def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool) -> None:
     """Refuse to overwrite a recommendation made for other data (or a file autolayer did
     not write) in ``output_dir``; found before extraction, not after an hour of it."""
@@ -913,21 +969,27 @@ def recommend(
     overwrite: bool = False,
     fidelity: Fidelity | None = Fidelity(),  # noqa: B008 - frozen, so a shared default is safe
     max_train_samples: int | None = None,
+    labels_per_class: int | None = None,
     **settings,
 ) -> Recommendation:
     """screen → select → complete → search; writes ``recommendation.yaml`` in ``output_dir``.
 
     Multi-fidelity by default (``fidelity=None``: every layer of every model on every row,
     as an exhaustive sweep would). ``max_train_samples`` caps the training split (a
-    stratified, seeded sample). ``options`` (or keyword ``settings``: ``seed=1``,
+    stratified, seeded sample); ``labels_per_class`` keeps that many seeded labels of
+    every class instead (few-label mode: configurations are then judged by
+    ``min(5, labels_per_class)``-fold cross-validation over the draw unless
+    ``cv_folds`` says otherwise). ``options`` (or keyword ``settings``: ``seed=1``,
     ``max_length=128``…) as in :func:`prepare`. An ``output_dir`` whose recommendation was
     made for other data is refused before any work unless ``overwrite`` (its study database
     is kept either way: studies are keyed by data and models, so several live side by side).
     """
-    options = resolve_options(options, settings)
-    data = _data(dataset)
-    if max_train_samples is not None:
-        data = data.subsample(max_train_samples, seed=options.seed)
+    data, options = restrict(
+        _data(dataset),
+        resolve_options(options, settings),
+        max_train_samples=max_train_samples,
+        labels_per_class=labels_per_class,
+    )
     check_output_dir(Path(output_dir), data, overwrite=overwrite)
     prepared = prepare(
         data, models, options=options, top_k=top_k, fidelity=fidelity, progress=progress

@@ -81,7 +81,7 @@ def probe_layers(
     """
     X, y = _prepared(X, y, n_folds, seed, max_examples)
     labels = _encode(y)
-    tests = _folds(labels, n_folds, seed)
+    tests = folds(labels, n_folds, seed)
     dev = resolve_device(device)
     pred = _held_out(X, labels, tests, alpha, dev)  # [L+1, N]
     truth = torch.as_tensor(labels, device=dev)
@@ -112,7 +112,7 @@ def out_of_fold(
     """
     X, y = _prepared(X, y, n_folds, seed, None)
     labels = _encode(y)
-    tests = _folds(labels, n_folds, seed)
+    tests = folds(labels, n_folds, seed)
     pred = _held_out(X, labels, tests, alpha, resolve_device(device))
     return np.unique(y)[pred.cpu().numpy()], y
 
@@ -137,8 +137,9 @@ def _prepared(
     return _without_singletons(X, np.asarray(y))
 
 
-def _folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
-    """Held-out rows of each stratified fold (fewer folds, warned, for a rare class)."""
+def folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Held-out rows of each stratified fold (fewer folds, warned, for a rare class): the
+    probe's folds, and the search's under cross-validation."""
     n_folds = _feasible_folds(labels, n_folds)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [te for _, te in folds.split(np.zeros(len(labels)), labels)]

@@ -30,7 +30,14 @@ from scipy.sparse import issparse
 from autolayer.budgets import Budget
 from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
-from autolayer.fusion import OPERATORS, FusionParams, count_parameters, fused_dim, train_fusion
+from autolayer.fusion import (
+    OPERATORS,
+    FusionParams,
+    count_parameters,
+    cross_validate,
+    fused_dim,
+    train_fusion,
+)
 
 logger = logging.getLogger("autolayer")
 
@@ -284,12 +291,13 @@ class _Objective:
         seed: int,
         multi_objective: bool,
         wait: float = 30.0,
+        folds: Sequence[np.ndarray] = (),
     ) -> None:
         self.wait = wait
         self.by_name = {c.name: c for c in candidates}
         self.choices = subsets([c.name for c in candidates], budget.max_models)
-        self.y_train, self.y_val = y_train, y_val
-        self.n_classes = int(max(y_train.max(), y_val.max())) + 1
+        self.y_train, self.y_val, self.folds = y_train, y_val, tuple(folds)
+        self.n_classes = n_classes_of(y_train, y_val)
         self.budget, self.space, self.metric = budget, space, metric
         self.seed, self.multi_objective = seed, multi_objective
 
@@ -330,23 +338,41 @@ class _Objective:
             patience=self.space.patience,
             metric=self.metric,
         )
-        result = train_fusion(
-            [c.features(layer, "train") for c, layer in zip(chosen, layers, strict=True)],
-            self.y_train,
-            [c.features(layer, "val") for c, layer in zip(chosen, layers, strict=True)],
-            self.y_val,
-            params=params,
-            seed=self.seed,
-            on_epoch=None if self.multi_objective else _pruning_hook(trial),
-        )
+        train = [c.features(layer, "train") for c, layer in zip(chosen, layers, strict=True)]
+        if self.folds:
+            result = cross_validate(
+                train,
+                self.y_train,
+                self.folds,
+                params=params,
+                seed=self.seed,
+                n_classes=self.n_classes,
+            )
+            epochs_run = len(result.curve)
+        else:
+            result = train_fusion(
+                train,
+                self.y_train,
+                [c.features(layer, "val") for c, layer in zip(chosen, layers, strict=True)],
+                self.y_val,
+                params=params,
+                seed=self.seed,
+                on_epoch=None if self.multi_objective else _pruning_hook(trial),
+            )
+            epochs_run = len(result.history)
         trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("epochs_run", len(result.history))
+        trial.set_user_attr("epochs_run", epochs_run)
         trial.set_user_attr("train_seconds", result.train_seconds)
         if not self.multi_objective and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {len(result.history) - 1}")
+            raise optuna.TrialPruned(f"pruned at epoch {epochs_run - 1}")
         if self.multi_objective:
             return result.best_val_metric, cost.latency_ms
         return result.best_val_metric
+
+
+def n_classes_of(y_train: np.ndarray, y_val: np.ndarray) -> int:
+    """Classes the heads predict (``y_val`` is empty under cross-validation)."""
+    return int(np.concatenate([y_train, y_val]).max()) + 1
 
 
 def _pruning_hook(trial: optuna.Trial) -> Callable[[int, float], bool]:
@@ -484,6 +510,7 @@ def run_search(
     context: dict | None = None,
     identity: dict | None = None,
     first: Sequence[dict] = (),
+    folds: Sequence[np.ndarray] = (),
 ) -> SearchResult:
     """Run (or resume) the study and return its trials, best first by validation metric.
 
@@ -495,12 +522,14 @@ def run_search(
     training, because its trials would not be comparable with the new ones.
     ``first`` are parameter sets (see :func:`guided_trials`) a new study runs before its
     sampler's own; those outside the space (a pair when ``max_models`` is 1) are skipped.
+    ``folds`` (held-out rows of ``y_train``, one array per fold) judge every trial by
+    cross-validation instead of ``y_val`` (see :func:`autolayer.fusion.cross_validate`).
     """
     budget, space = budget or Budget(), space or Space()
-    n_classes = int(max(y_train.max(), y_val.max())) + 1
+    n_classes = n_classes_of(y_train, y_val)
     check_feasible(candidates, budget, space, n_classes, len(y_train))
     objective = _Objective(
-        candidates, y_train, y_val, budget, space, metric, seed, multi_objective, heartbeat
+        candidates, y_train, y_val, budget, space, metric, seed, multi_objective, heartbeat, folds
     )
     directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
     signature = {

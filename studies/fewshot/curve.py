@@ -1,0 +1,305 @@
+"""Study: test accuracy against labels per class, autolayer vs SetFit (issue 15).
+
+For one benchmark set and each size N (labels per class) and draw d (the seed), on the same
+seeded draw (``LabelledDataset.per_class(N, seed=d)``) and the full test split:
+
+- **baselines**: every zoo model's last layer + logistic regression, and the best single
+  layer + LR, the (model, layer) chosen by the probe's cross-validation on the draw;
+- **autolayer**: ``recommend --labels-per-class N --seed d`` (exhaustive: every layer of the
+  four zoo models and tfidf, cross-validated search), applied like ``apply`` does;
+- **setfit**: SetFit with its default protocol (``TrainingArguments(seed=d)``) on mpnet (and
+  minilm with ``--setfit-models``), trained on the draw and scored on test.
+
+Compute is this process's CPU seconds (``time.process_time``; pin one thread and one core
+to compare arms). The test split of every zoo model is embedded once per set and reused by
+every draw (frozen features are the same for every draw); that one-time cost is recorded on
+its own. SetFit fine-tunes its encoder, so it encodes the test split again for each draw.
+
+Results go to one JSON per set, keyed by arm, N and draw; finished entries are kept, so the
+study resumes. ``--report`` renders the table and PNG of every set's JSON in ``--out``.
+
+    .venv/bin/python studies/fewshot/curve.py --set sst2 --work-dir /work/fewshot-work \\
+        --out studies/results/fewshot
+    .venv/bin/python studies/fewshot/curve.py --report --out studies/results/fewshot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+import autolayer
+from autolayer import pipeline, zoo
+from autolayer.budgets import Budget
+from autolayer.classifier import apply
+from autolayer.options import Options
+from autolayer.probe import probe_layers
+
+ROOT = Path(__file__).resolve().parents[2]
+SETS = {"sst2": 256, "mr": 256, "r8": 128}  # max_length, as studies/bench/fidelity.py ran them
+MODELS = ("minilm", "mpnet", "smollm2", "gemma3")
+SIZES = (8, 16, 32, 64, 128)
+
+
+def layer_baselines(data, models, options: Options) -> dict:
+    """Last layer + LR per model, and the best (model, layer) by the probe's CV + LR."""
+    y, y_test = data.split("train").labels, data.split("test").labels
+    out, best = {}, None
+    for model in models:
+        train = pipeline.embed(model, data, "train", options)
+        scores = probe_layers(
+            np.asarray(train.array), y, n_folds=options.cv_folds, seed=options.seed
+        )
+        last = train.array.shape[1] - 1
+        out[f"{model}:last"] = _logistic(model, data, options, train.layer(last), last, y, y_test)
+        candidate = (float(scores.accuracy[scores.best_layer]), model, int(scores.best_layer))
+        best = max(best or candidate, candidate)
+    _, model, layer = best
+    train = pipeline.embed(model, data, "train", options, layers=[layer])
+    out["best_layer"] = {
+        "model": model,
+        **_logistic(model, data, options, train.layer(layer), layer, y, y_test),
+    }
+    return out
+
+
+def _logistic(model, data, options, x_train, layer, y, y_test) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    test = pipeline.embed(model, data, "test", options, layers=[layer])  # the cached full depth
+    scaler = StandardScaler().fit(x_train)
+    clf = LogisticRegression(max_iter=2000).fit(scaler.transform(x_train), y)
+    predicted = clf.predict(scaler.transform(test.layer(layer)))
+    return {"layer": int(layer), "test_accuracy": float((predicted == y_test).mean())}
+
+
+def autolayer_arm(
+    data, models, n: int, seed: int, options: Options, work: Path, n_trials: int
+) -> dict:
+    """Baselines, then the recommendation applied; CPU seconds of the recommendation."""
+    drawn, options = pipeline.restrict(data, replace(options, seed=seed), labels_per_class=n)
+    baselines = layer_baselines(drawn, models, options)
+    start = time.process_time()
+    out = work / f"autolayer-{n}-{seed}"
+    rec = pipeline.recommend(
+        drawn,
+        [*models, "tfidf"],
+        options=options,
+        output_dir=out,
+        budget=Budget(n_trials=n_trials),
+        fidelity=None,
+        overwrite=True,
+    )
+    result = apply(rec.config, drawn, out / "model", cache_dir=options.cache_dir, overwrite=True)
+    return {
+        "cpu_seconds": time.process_time() - start,
+        "test_accuracy": result.accuracy,
+        "cv_accuracy": rec.config.validation[options.metric],
+        "config": " + ".join(f"{m.spec}:{m.layer}" for m in rec.config.models)
+        + f" ({rec.config.operator})",
+        "baselines": baselines,
+    }
+
+
+def setfit_arm(data, n: int, seed: int, backbone: str, iterations: int | None) -> dict:
+    """SetFit's default protocol on ``backbone`` (a zoo sentence-transformer)."""
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    drawn = data.per_class(n, seed=seed)
+    train, test = drawn.split("train"), drawn.split("test")
+    start = time.process_time()
+    model = SetFitModel.from_pretrained(str(zoo.resolve(backbone).folder))
+    settings = (
+        {"seed": seed} if iterations is None else {"seed": seed, "num_iterations": iterations}
+    )
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(**settings),
+        train_dataset=Dataset.from_dict(
+            {"text": list(train.texts), "label": train.labels.tolist()}
+        ),
+    )
+    trainer.train()
+    trained = time.process_time()
+    predicted = np.asarray(model.predict(list(test.texts)))
+    return {
+        "cpu_seconds": time.process_time() - start,
+        "train_cpu_seconds": trained - start,
+        "test_accuracy": float((predicted == test.labels).mean()),
+        "num_iterations": iterations,
+    }
+
+
+def embed_tests(data, models, options: Options) -> dict:
+    """Every zoo model's test split, full depth, once per set (reused by every draw)."""
+    out = {}
+    for model in models:
+        start = time.process_time()
+        pipeline.embed(model, data, "test", options)
+        out[model] = time.process_time() - start
+    return out
+
+
+def run(args) -> None:
+    data = autolayer.load_dataset(args.dataset or ROOT.parent / "shared" / "data" / args.set)
+    work = args.work_dir / data.name
+    options = Options(max_length=args.max_length or SETS[args.set], cache_dir=work / "cache")
+    path = args.out / f"curve-{data.name}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.setdefault("dataset", data.name)
+    results.setdefault("n_test", len(data.split("test")))
+
+    def save(key: str, value) -> None:
+        results[key] = value
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1))
+
+    if "test_embedding_cpu_seconds" not in results:
+        save("test_embedding_cpu_seconds", embed_tests(data, args.models, options))
+    rarest = int(np.bincount(data.split("train").labels).min())
+    arms = {"autolayer": args.sizes}
+    for backbone in args.setfit_models:
+        arms[f"setfit:{backbone}"] = args.setfit_sizes
+    for size in sorted({*args.sizes, *args.setfit_sizes}):
+        if size > rarest:
+            print(f"{data.name}: {size} labels per class is more than its rarest class has")
+            continue
+        for draw in range(args.draws):
+            for arm, sizes in arms.items():
+                key = f"{size}/{draw}"
+                if size not in sizes or key in results.get(arm, {}):
+                    continue
+                if arm == "autolayer":
+                    entry = autolayer_arm(
+                        data, args.models, size, draw, options, work, args.n_trials
+                    )
+                else:
+                    entry = setfit_arm(data, size, draw, arm.split(":")[1], args.setfit_iterations)
+                save(arm, {**results.get(arm, {}), key: entry})
+                print(arm, key, json.dumps(entry)[:200], flush=True)
+
+
+def summary(results: dict) -> dict[str, dict[int, list[float]]]:
+    """Test accuracies per curve and size, over the draws."""
+    curves: dict[str, dict[int, list[float]]] = {}
+
+    def add(name: str, size: int, value: float) -> None:
+        curves.setdefault(name, {}).setdefault(size, []).append(value)
+
+    for key, entry in results.get("autolayer", {}).items():
+        size = int(key.split("/")[0])
+        add("autolayer (recommended)", size, entry["test_accuracy"])
+        add("best single layer + LR", size, entry["baselines"]["best_layer"]["test_accuracy"])
+        for name, baseline in entry["baselines"].items():
+            if name.endswith(":last"):
+                add(f"{name[:-5]} last layer + LR", size, baseline["test_accuracy"])
+    for arm, entries in results.items():
+        if arm.startswith("setfit:"):
+            for key, entry in entries.items():
+                add(f"SetFit ({arm.split(':')[1]})", int(key.split("/")[0]), entry["test_accuracy"])
+    return curves
+
+
+def cpu(results: dict, arm: str, size: int) -> float | None:
+    values = [e["cpu_seconds"] for k, e in results.get(arm, {}).items() if k.startswith(f"{size}/")]
+    return float(np.mean(values)) if values else None
+
+
+def _cell(values: list[float]) -> str:
+    return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f} ({len(values)})"
+
+
+def report(out: Path) -> None:
+    """``curves.md`` (mean ± std over draws, CPU seconds) and ``curves.png`` from the JSONs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = sorted(out.glob("curve-*.json"))
+    lines = ["# Few labels: test accuracy (%) against labels per class", ""]
+    fig, axes = plt.subplots(1, max(len(paths), 1), figsize=(5 * max(len(paths), 1), 4))
+    for ax, path in zip(np.atleast_1d(axes), paths, strict=False):
+        results = json.loads(path.read_text())
+        curves = summary(results)
+        sizes = sorted({s for c in curves.values() for s in c})
+        lines += [f"## {results['dataset']} ({results['n_test']} test texts)", ""]
+        lines.append("| labels per class | " + " | ".join(map(str, sizes)) + " |")
+        lines.append("|---" * (len(sizes) + 1) + "|")
+        for name, by_size in curves.items():
+            cells = [_cell(by_size[s]) if s in by_size else "—" for s in sizes]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            xs = [s for s in sizes if s in by_size]
+            ax.errorbar(
+                xs,
+                [100 * np.mean(by_size[s]) for s in xs],
+                yerr=[100 * np.std(by_size[s]) for s in xs],
+                label=name,
+                marker="o",
+                capsize=3,
+            )
+        arms = ["autolayer", *(a for a in results if a.startswith("setfit:"))]
+        for arm in arms:
+            cells = [cpu(results, arm, s) for s in sizes]
+            lines.append(
+                f"| CPU s per draw, {arm} | "
+                + " | ".join("—" if c is None else f"{c:.0f}" for c in cells)
+                + " |"
+            )
+        once = results.get("test_embedding_cpu_seconds", {})
+        each = ", ".join(f"{m} {s:.0f}" for m, s in once.items())
+        lines += [
+            "",
+            "mean ± std over draws (number of draws). Test split embedded once for all draws: "
+            f"{sum(once.values()):.0f} CPU s ({each}).",
+            "",
+        ]
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labels per class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(results["dataset"])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=120)
+    (out / "curves.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", choices=list(SETS))
+    parser.add_argument("--dataset", type=Path, help="another dataset (with --max-length)")
+    parser.add_argument("--max-length", type=int)
+    parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
+    parser.add_argument("--work-dir", type=Path, help="caches and recommendation folders")
+    parser.add_argument("--out", type=Path, default=ROOT / "studies/results/fewshot")
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=SIZES)
+    parser.add_argument(
+        "--setfit-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32]
+    )
+    parser.add_argument(
+        "--setfit-models", type=lambda s: s.split(",") if s else [], default=["mpnet"]
+    )
+    parser.add_argument("--setfit-iterations", type=int, help="default: SetFit's own default")
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--n-trials", type=int, default=30)
+    parser.add_argument("--report", action="store_true", help="render curves.md and curves.png")
+    args = parser.parse_args()
+    if args.report:
+        report(args.out)
+    else:
+        if (args.set is None) == (args.dataset is None) or args.work_dir is None:
+            parser.error("--work-dir and one of --set and --dataset are required to run it")
+        if args.dataset is not None and args.max_length is None:
+            parser.error("--dataset needs --max-length")
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

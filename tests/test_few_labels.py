@@ -1,0 +1,117 @@
+"""Few-label mode: a seeded draw of N labels per class, judged by cross-validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autolayer.data import load_dataset
+from autolayer.errors import ConfigError, DataError
+from autolayer.fusion import FusionParams, cross_validate, train_fusion
+from autolayer.options import Options
+from autolayer.probe import folds as stratified_folds
+from tests.conftest import run, write_jsonl
+
+
+def test_per_class_draws_n_of_every_class_seeded_and_drops_validation(tmp_path):
+    rows = [{"text": f"t{i}", "label": "abc"[i % 3]} for i in range(60)]
+    write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    write_jsonl(tmp_path / "d" / "validation.jsonl", rows[:9])
+    write_jsonl(tmp_path / "d" / "test.jsonl", rows[:6])
+    data = load_dataset(tmp_path / "d")
+    drawn = data.per_class(4, seed=1)
+    assert np.bincount(drawn.split("train").labels).tolist() == [4, 4, 4]
+    assert set(drawn.split("train").texts) <= set(data.split("train").texts)
+    assert "validation" not in drawn.splits
+    assert drawn.split("test").fingerprint == data.split("test").fingerprint
+    assert drawn.draw == {"labels_per_class": 4, "seed": 1, "source_fingerprint": data.fingerprint}
+    again, other = data.per_class(4, seed=1), data.per_class(4, seed=2)
+    assert again.fingerprint == drawn.fingerprint
+    assert other.split("train").texts != drawn.split("train").texts
+
+
+def test_per_class_larger_than_a_class_names_the_class(tmp_path):
+    rows = [{"text": f"t{i}", "label": "a" if i < 50 else "b"} for i in range(57)]
+    write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    data = load_dataset(tmp_path / "d")
+    with pytest.raises(DataError, match=r"8 labels per class is more than class 'b' has \(7"):
+        data.per_class(8)
+    with pytest.raises(ConfigError):
+        data.per_class(0)
+
+
+def test_cross_validation_never_trains_on_the_rows_it_judges(one_thread):
+    # Each row is its own one-hot feature: a head memorises the rows it trains on and can
+    # only guess on unseen ones. Held-out rows leaking into training would score ~1.0.
+    n = 40
+    x = np.eye(n, dtype=np.float32)
+    y = np.arange(n) % 2
+    folds = stratified_folds(y, 4, seed=0)
+    params = FusionParams(operator="concat", width=16, hidden=16, lr=1e-2, max_epochs=30)
+    result = cross_validate([x], y, folds, params=params, seed=0)
+    assert len(result.curve) == 30  # no early stopping inside a fold
+    assert result.best_val_metric == max(result.curve)
+    assert result.best_val_metric < 0.8
+    fit = train_fusion([x], y, [x], y, params=params, seed=0)
+    assert fit.best_val_metric == 1.0  # the same head does memorise what it trains on
+
+
+def test_cross_validation_options_are_checked():
+    with pytest.raises(ConfigError, match="cv_folds"):
+        Options(cv_folds=1)
+    with pytest.raises(ConfigError, match="cv_folds"):
+        Options(cv_folds=True)
+
+
+def test_recommend_with_labels_per_class_cross_validates_and_apply_reuses_the_draw(
+    tmp_path, home, tiny_dataset, tiny_models, one_thread
+):
+    from autolayer import pipeline
+    from autolayer.budgets import Budget
+    from autolayer.classifier import apply
+
+    rec = pipeline.recommend(
+        tiny_dataset,
+        [str(tiny_models["bert"])],
+        output_dir=tmp_path / "out",
+        budget=Budget(n_trials=3),
+        labels_per_class=6,
+        max_length=12,
+    )
+    config = rec.config
+    full = load_dataset(tiny_dataset)
+    assert config.dataset["validation"]["cv_folds"] == 5
+    assert config.dataset["validation"]["n_train"] == 12
+    assert config.dataset["validation"]["n_val"] == 0
+    assert config.dataset["draw"]["source_fingerprint"] == full.fingerprint
+    assert all(t.attrs["epochs_run"] == 60 for t in rec.search.trials if t.value is not None)
+    result = apply(config, tiny_dataset, tmp_path / "model")
+    assert result.n_train == 12
+    assert any("draw of 6 labels per class" in w for w in result.warnings)
+    other = tmp_path / "other"
+    write_jsonl(
+        other / "train.jsonl", [{"text": f"w{i}", "label": ("neg", "pos")[i % 2]} for i in range(8)]
+    )
+    result = apply(config, other, tmp_path / "model2")
+    assert result.n_train == 8  # other data: trained on what it has, nothing redrawn
+
+
+def test_cli_labels_per_class_beyond_a_class_is_one_line(capsys, tmp_path, home, tiny_dataset):
+    code, out, err = run(
+        capsys, "recommend", "-d", tiny_dataset, "--labels-per-class", 50, "-o", tmp_path / "o"
+    )
+    assert code != 0
+    assert "more than class" in err and "use at most 20" in err
+    assert "Traceback" not in err + out
+
+
+def test_cross_validation_refuses_a_class_with_one_example_before_extraction(
+    tmp_path, home, tiny_models
+):
+    from autolayer import pipeline
+
+    rows = [{"text": f"t{i}", "label": "a"} for i in range(9)] + [{"text": "x", "label": "b"}]
+    write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    with pytest.raises(DataError, match="class 'b' has 1"):
+        pipeline.prepare(tmp_path / "d", [str(tiny_models["bert"])], cv_folds=3)
+    assert not (home / "embeddings").exists()
