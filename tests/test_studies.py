@@ -52,3 +52,44 @@ def test_study_runner_writes_every_stage_and_resumes(tmp_path, tiny_models):
         [*command, "--output-dir", str(out)], env=env, capture_output=True, text=True
     )
     assert again.returncode == 0 and "…" not in again.stdout  # every stage was kept
+
+
+def test_fewshot_curve_runs_every_draw_resumes_and_reports(tmp_path, tiny_models):
+    rows = [
+        {
+            "text": f"{WORDS[i % 7]} {WORDS[(i * 3) % 11]} {'good' if i % 2 else 'bad'}",
+            "label": i % 2,
+        }
+        for i in range(60)
+    ]
+    write_jsonl(tmp_path / "data" / "train.jsonl", rows[:40])
+    write_jsonl(tmp_path / "data" / "test.jsonl", rows[40:])
+    script = str(REPO / "studies/fewshot/curve.py")
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        script,
+        *("--dataset", tmp_path / "data", "--max-length", 12, "--models", tiny_models["bert"]),
+        *("--sizes", "4,30", "--setfit-models", "", "--draws", 2, "--n-trials", 2),
+        *("--work-dir", tmp_path / "work", "--out", out),
+    ]
+    env = {**os.environ, "AUTOLAYER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    run = subprocess.run([str(c) for c in command], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "30 labels per class is more than its rarest class has" in run.stdout
+    results = json.loads((out / "curve-data.json").read_text())
+    assert set(results["autolayer"]) == {"4/0", "4/1"}
+    entry = results["autolayer"]["4/0"]
+    assert 0.0 <= entry["test_accuracy"] <= 1.0 and entry["cpu_seconds"] > 0
+    assert {"best_layer", f"{tiny_models['bert']}:last"} <= set(entry["baselines"])
+    again = subprocess.run([str(c) for c in command], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "autolayer 4/" not in again.stdout  # every draw kept
+    report = subprocess.run(
+        [sys.executable, script, "--report", "--out", str(out)], env=env, capture_output=True
+    )
+    assert report.returncode == 0
+    table = (out / "curves.md").read_text()
+    accuracies = [results["autolayer"][k]["test_accuracy"] for k in ("4/0", "4/1")]
+    mean, std = 100 * sum(accuracies) / 2, 100 * abs(accuracies[0] - accuracies[1]) / 2
+    assert f"| autolayer (recommended) | {mean:.2f} ± {std:.2f} (2) |" in table
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
