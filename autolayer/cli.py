@@ -633,8 +633,9 @@ def _run_search(kw: dict, *, full_report: bool):
         report.recommendation(rec, kw["output_dir"])
     else:
         report.stages_table(prepared.stages, prepared.dropped)
-        report.search_summary(result, kw["metric"])
-        report.trials_table(result.trials, kw["metric"])
+        judged = report.judged_by(prepared.validation)
+        report.search_summary(result, kw["metric"], judged)
+        report.trials_table(result.trials, kw["metric"], judged=judged)
         where = (
             str(kw["output_dir"])
             if kw["storage"] is None

@@ -271,7 +271,15 @@ def _similarity(value: float) -> str:
     return "—" if np.isnan(value) else f"{value:.2f}"
 
 
-def trials_table(trials, metric: str, limit: int = 10, title: str = "best trials") -> None:
+def judged_by(validation: dict) -> str:
+    """How trials were scored, for column headers: a validation split or k-fold CV."""
+    folds = validation.get("cv_folds")
+    return f"{folds}-fold CV" if folds else "val"
+
+
+def trials_table(
+    trials, metric: str, limit: int = 10, title: str = "best trials", judged: str = "val"
+) -> None:
     table = Table(title=title)
     for column in (
         "#",
@@ -279,7 +287,7 @@ def trials_table(trials, metric: str, limit: int = 10, title: str = "best trials
         "layers",
         "operator",
         "width",
-        f"val {metric} %",
+        f"{judged} {metric} %",
         "latency ms",
         "memory MB",
         "params",
@@ -303,7 +311,7 @@ def trials_table(trials, metric: str, limit: int = 10, title: str = "best trials
     console.print(table)
 
 
-def search_summary(result, metric: str = "metric") -> None:
+def search_summary(result, metric: str = "metric", judged: str = "val") -> None:
     """Trial counts by state and the best trial; the Pareto front too when the study is
     multi-objective (its trials have two values: metric and latency)."""
     from autolayer.search import counts
@@ -321,14 +329,14 @@ def search_summary(result, metric: str = "metric") -> None:
     best = result.best
     console.print(f"best trial #{best.number}: {best.values[0]:.4f}")
     if len(best.values) > 1:
-        pareto_table(result.pareto, metric)
+        pareto_table(result.pareto, metric, judged)
 
 
-def pareto_table(trials, metric: str) -> None:
+def pareto_table(trials, metric: str, judged: str = "val") -> None:
     """The metric-vs-latency trade-off: every trial no other beats on both, best metric
     first, so the fastest one that is accurate enough is easy to pick."""
     table = Table(title=f"Pareto front ({metric} vs latency)")
-    for column in ("trial", "models", "layers", "operator", f"val {metric} %", "latency ms"):
+    for column in ("trial", "models", "layers", "operator", f"{judged} {metric} %", "latency ms"):
         table.add_column(column, justify="right")
     for trial in trials:
         table.add_row(
@@ -372,9 +380,10 @@ def recommendation(rec, output_dir) -> None:
     if len(rec.cka_names) > 1:
         cka_table(rec.cka_names, rec.cka, "linear CKA at each model's best layer (similarity)")
     pairs_table(rec.pairs)
-    search_summary(rec.search, rec.config.metric)
-    trials_table(rec.search.trials, rec.config.metric)
     config = rec.config
+    judged = judged_by(config.dataset.get("validation", {}))
+    search_summary(rec.search, config.metric, judged)
+    trials_table(rec.search.trials, config.metric, judged=judged)
     chosen = " + ".join(
         m.spec if m.n_hidden_states == 1 else f"{m.spec} layer {m.layer}/{m.n_hidden_states - 1}"
         for m in config.models
@@ -382,7 +391,8 @@ def recommendation(rec, output_dir) -> None:
     operator = f", fused by {config.operator}" if len(config.models) > 1 else ""
     console.print(
         f"\n[bold green]recommended:[/] {escape(chosen)}{operator}, width {config.width}; "
-        f"validation {config.metric} {_pct(config.validation.get(config.metric))}%, "
+        f"{'validation' if judged == 'val' else judged} {config.metric} "
+        f"{_pct(config.validation.get(config.metric))}%, "
         f"{config.cost.get('latency_ms', 0):.2f} ms/text, {config.cost.get('memory_mb', 0):.0f} MB"
     )
     for reason in rec.reasons:

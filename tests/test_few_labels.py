@@ -115,3 +115,14 @@ def test_cross_validation_refuses_a_class_with_one_example_before_extraction(
     with pytest.raises(DataError, match="class 'b' has 1"):
         pipeline.prepare(tmp_path / "d", [str(tiny_models["bert"])], cv_folds=3)
     assert not (home / "embeddings").exists()
+
+
+def test_cli_report_says_cross_validated(capsys, tmp_path, home, tiny_dataset, tiny_models):
+    code, out, err = run(
+        capsys,
+        *("recommend", "-d", tiny_dataset, "--models", tiny_models["bert"]),
+        *("--labels-per-class", 6, "--cv-folds", 3, "--n-trials", 2, "--max-length", 12),
+        *("-o", tmp_path / "o"),
+    )
+    assert code == 0, err
+    assert "3-fold CV accuracy" in out and "val accuracy" not in out
