@@ -91,3 +91,25 @@ def test_layer_indices_are_validated():
     assert normalise_layers([-1, 0, 2, 2], 5) == (0, 2, 4)
     with pytest.raises(ConfigError, match="out of range"):
         normalise_layers([7], 5)
+
+
+def test_recorded_seconds_leave_out_loading_the_model(tiny_models, home, monkeypatch):
+    # The per-text time feeds latency budgets: on 16 texts a model load would dominate it.
+    import time
+
+    from autolayer.extraction import embed_texts
+    from autolayer.sources.transformer import TransformerSource
+
+    clock = {"now": 0.0}
+    original = TransformerSource.backbone
+
+    def slow_backbone(self, layers, device=None):
+        if not self._backbones:
+            clock["now"] += 1000.0  # loading the weights takes "1000 s" on the fake clock
+        return original(self, layers, device)
+
+    monkeypatch.setattr(TransformerSource, "backbone", slow_backbone)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    emb = embed_texts(str(tiny_models["bert"]), ["a b", "c d e", "f"], max_length=8)
+    assert emb.meta["computed_rows"] == 3
+    assert emb.meta["seconds"] < 1000.0

@@ -78,6 +78,11 @@ class FeatureSource(ABC):
     ) -> np.ndarray:
         """Features of ``texts`` at ``layers`` (sorted state indices) → ``[N, len(layers), D]``."""
 
+    def preload(self, layers: Sequence[int], device: str | None = None) -> None:  # noqa: B027
+        """Load what ``embed`` needs (weights, tokenizer) ahead of it, so the time of
+        ``embed`` is the per-text cost a prediction pays, not a one-off load. Nothing to
+        load by default."""
+
     @abstractmethod
     def parameters(self, layer: int) -> int:
         """Parameters needed to compute state ``layer`` (a model cut just above it)."""

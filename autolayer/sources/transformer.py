@@ -361,6 +361,9 @@ class TransformerSource(FeatureSource):
             )
         return self._backbones[key]
 
+    def preload(self, layers: Sequence[int], device: str | None = None) -> None:
+        self.backbone(layers, device)
+
     @functools.cached_property
     def tokenizer(self):
         from transformers import AutoTokenizer
