@@ -48,6 +48,7 @@ class FusionConfig:
     batch_size: int
     epochs: int
     label_names: tuple[str, ...]
+    head: str = "mlp"  # or "linear" (logistic regression; width, operator and lr unused)
     dataset: dict = field(default_factory=dict)
     metric: str = "accuracy"
     seed: int = 0
@@ -75,6 +76,7 @@ class FusionConfig:
             batch_size=self.batch_size,
             max_epochs=self.epochs,
             metric=self.metric,
+            head=self.head,
         )
 
     def save(self, path: str | Path) -> Path:
@@ -135,16 +137,20 @@ def from_dict(data: object, where: str = "config") -> FusionConfig:
     labels = _require(data, "label_names", list, where)
     if len(labels) < 2:
         raise ConfigError(f"{where}: label_names must list at least 2 classes")
+    head = str(data.get("head", "mlp"))
     config = FusionConfig(
         models=choices,
         operator=operator,
-        width=_positive(data, "width", where),
+        width=_require(data, "width", int, where)
+        if head == "linear"
+        else _positive(data, "width", where),
         hidden=_positive(data, "hidden", where),
         dropout=float(_require(data, "dropout", (int, float), where)),
         lr=float(_require(data, "lr", (int, float), where)),
         batch_size=_positive(data, "batch_size", where),
         epochs=_positive(data, "epochs", where),
         label_names=tuple(str(x) for x in labels),
+        head=head,
         dataset=dict(data.get("dataset") or {}),
         metric=str(data.get("metric", "accuracy")),
         seed=int(data.get("seed", 0)),

@@ -39,6 +39,7 @@ __all__ = [
     "FusionClassifier",
     "FusionOperator",
     "FusionParams",
+    "HEADS",
     "TrainResult",
     "count_parameters",
     "cross_validate",
@@ -51,6 +52,7 @@ __all__ = [
     "train_fusion",
 ]
 
+HEADS = ("mlp", "linear")  # the paper's projections + operator + MLP, or logistic regression
 WEIGHTS_FILE = "head.safetensors"
 CONFIG_FILE = "head.json"
 _EVAL_BATCH = 4096
@@ -295,6 +297,19 @@ class _Projection(nn.Module):
         return F.relu(self.linear((x - self.mean) / self.std))
 
 
+class _Standardised(nn.Module):
+    """Standardise ``[B, D]`` with frozen training statistics, nothing learned: the input
+    of the linear head, which is logistic regression on the concatenated features."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
 class SparseBatch(NamedTuple):
     """Rows of a sparse matrix as ``nn.EmbeddingBag`` takes them: column indices, where each
     row starts, and the values as per-sample weights."""
@@ -388,7 +403,9 @@ class _RowAdam:
 class FusionClassifier(nn.Module):
     """Per-model standardise -> Linear(D_i, d)+ReLU -> operator -> MLP head -> logits ``[B, C]``.
 
-    The head is ``Linear(out_dim, hidden) -> ReLU -> Dropout(p) -> Linear(hidden, C)``. The
+    The head is ``Linear(out_dim, hidden) -> ReLU -> Dropout(p) -> Linear(hidden, C)``. With
+    ``head="linear"`` there is no projection, operator or MLP: one ``Linear(ΣD_i, C)`` on the
+    standardised, concatenated features (logistic regression; dense features only). The
     constructor takes only plain values, returned by ``config()``, so ``head.json`` can rebuild
     the module before ``head.safetensors`` fills it.
     """
@@ -402,6 +419,7 @@ class FusionClassifier(nn.Module):
         dropout: float,
         n_classes: int,
         sparse: Sequence[bool] | None = None,
+        head: str = "mlp",
     ) -> None:
         super().__init__()
         _check_head(input_dims, hidden, dropout, n_classes)
@@ -412,6 +430,11 @@ class FusionClassifier(nn.Module):
         self.hidden = hidden
         self.dropout = dropout
         self.n_classes = n_classes
+        self.kind = _check_kind(head, self.sparse)
+        if self.kind == "linear":
+            self.projections = nn.ModuleList(_Standardised(dim) for dim in self.input_dims)
+            self.head = nn.Linear(sum(self.input_dims), n_classes)
+            return
         self.projections = nn.ModuleList(
             (_SparseProjection if is_sparse else _Projection)(dim, width)
             for dim, is_sparse in zip(self.input_dims, self.sparse, strict=True)
@@ -434,6 +457,7 @@ class FusionClassifier(nn.Module):
             "dropout": self.dropout,
             "n_classes": self.n_classes,
             "sparse": list(self.sparse),
+            "head": self.kind,
         }
 
     @torch.no_grad()
@@ -453,6 +477,8 @@ class FusionClassifier(nn.Module):
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         """Logits ``[B, C]`` from one ``[B, D_i]`` tensor per model, in ``input_dims`` order."""
         hs = [projection(x) for projection, x in zip(self.projections, inputs, strict=True)]
+        if self.kind == "linear":
+            return self.head(torch.cat(hs, dim=1))
         return self.head(self.fusion(hs))
 
 
@@ -480,10 +506,25 @@ def _check_head(input_dims: Sequence[int], hidden: int, dropout: float, n_classe
         raise ConfigError(f"n_classes must be >= 2, got {n_classes}")
 
 
+def _check_kind(head: str, sparse: Sequence[bool]) -> str:
+    if head not in HEADS:
+        raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
+    if head == "linear" and any(sparse):
+        raise ConfigError("the linear head takes dense features only; a sparse source needs 'mlp'")
+    return head
+
+
 def count_parameters(
-    input_dims: Sequence[int], width: int, operator: str, hidden: int, n_classes: int
+    input_dims: Sequence[int],
+    width: int,
+    operator: str,
+    hidden: int,
+    n_classes: int,
+    head: str = "mlp",
 ) -> int:
     """Learned scalars of a FusionClassifier, computed without building it (buffers excluded)."""
+    if head == "linear":
+        return (sum(input_dims) + 1) * n_classes
     m = len(input_dims)
     cls = _check_shape(operator, m, width)
     projections = sum(dim * width + width for dim in input_dims)
@@ -512,8 +553,13 @@ class FusionParams:
     patience: int = 10
     weight_decay: float = 0.0
     metric: str = "accuracy"
+    head: str = "mlp"  # or "linear": logistic regression, fitted to convergence
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {self.head!r}")
+        if self.head == "linear":
+            return  # nothing else applies: no width, operator, rate or epochs
         _check_shape(self.operator, 1, self.width)
         for name in ("hidden", "batch_size", "max_epochs", "patience"):
             if getattr(self, name) < 1:
@@ -588,20 +634,32 @@ def train_fusion(
             params.dropout,
             n_classes,
             sparse=[issparse(array) for array in train],
+            head=params.head,
         )
         model.set_standardisation(train)
         model.to(device)
-        best_epoch, history = _fit(
-            model,
-            [_tensor(array, device) for array in train],
-            y_train_t.to(device),
-            [_tensor(array, device) for array in val],
-            y_val_t.to(device),
-            params,
-            torch.Generator().manual_seed(seed),
-            on_epoch,
-            restore_best,
-        )
+        if params.head == "linear":
+            history = _fit_linear(
+                model,
+                [_tensor(array, device) for array in train],
+                y_train_t.to(device),
+                [_tensor(array, device) for array in val],
+                y_val_t.to(device),
+                params.metric,
+            )
+            best_epoch, history = 0, (history,)
+        else:
+            best_epoch, history = _fit(
+                model,
+                [_tensor(array, device) for array in train],
+                y_train_t.to(device),
+                [_tensor(array, device) for array in val],
+                y_val_t.to(device),
+                params,
+                torch.Generator().manual_seed(seed),
+                on_epoch,
+                restore_best,
+            )
     model.cpu().eval()
     return TrainResult(
         model=model,
@@ -661,6 +719,32 @@ def cross_validate(
     curve = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
     best = int(np.argmax(curve))
     return CrossValidation(best, float(curve[best]), tuple(curve.tolist()), seconds)
+
+
+def _fit_linear(
+    model: FusionClassifier,
+    train: list[Tensor],
+    y_train: Tensor,
+    val: list[Tensor],
+    y_val: Tensor,
+    metric: str,
+) -> float:
+    """Fit the linear head to convergence (the probe's solver: sklearn's logistic regression
+    at C = 1) on the standardised, concatenated features; returns the validation metric.
+    On a few labels per class it beats the MLP head on the same features, which early
+    stopping on a handful of rows cannot regularise (``studies/fewshot``)."""
+    from autolayer.probe import DEFAULT_ALPHA, fit_logistic
+
+    with torch.no_grad():
+        x = torch.cat([p(t) for p, t in zip(model.projections, train, strict=True)], dim=1)
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
+        weights = fit_logistic(x[None], y_train, DEFAULT_ALPHA)[0]  # [K', D+1] float64
+        k = weights.shape[0]  # K' < C when the top classes are missing from training
+        model.head.weight.zero_()
+        model.head.bias.fill_(-30.0)  # a class never seen never wins
+        model.head.weight[:k] = weights[:, :-1].to(model.head.weight.dtype)
+        model.head.bias[:k] = weights[:, -1].to(model.head.bias.dtype)
+    return metric_score(_predict(model, val), y_val, metric)
 
 
 def _fit(

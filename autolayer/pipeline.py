@@ -672,6 +672,13 @@ def study_identity(context: dict) -> dict:
     }
 
 
+def default_space(options: Options) -> Space:
+    """The search space: with cross-validation (few labels) the linear head is offered
+    beside the MLP, which a handful of labels per class cannot train as well (measured in
+    ``studies/fewshot``)."""
+    return Space(heads=("mlp", "linear")) if options.cv_folds is not None else Space()
+
+
 def default_study_name(prepared: Prepared) -> str:
     names = ",".join(c.name for c in prepared.candidates)
     digest = hashlib.sha256(f"{prepared.data.fingerprint}|{names}".encode()).hexdigest()[:8]
@@ -704,7 +711,7 @@ def search(
     output_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(output_dir / 'study.db').resolve()}"
     study_name = study_name or default_study_name(prepared)
-    space = space or Space()
+    space = space or default_space(prepared.options)
     context = study_context(prepared, space)
     return run_search(
         prepared.candidates,
@@ -753,6 +760,7 @@ def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: s
         batch_size=head["batch_size"],
         epochs=int(trial.attrs.get("best_epoch", 0)) + 1,
         label_names=tuple(context["label_names"]),
+        head=trial.head,
         dataset=context["dataset"],
         metric=context["metric"],
         seed=context["seed"],
@@ -994,7 +1002,7 @@ def recommend(
     prepared = prepare(
         data, models, options=options, top_k=top_k, fidelity=fidelity, progress=progress
     )
-    space = space or Space()
+    space = space or default_space(options)
     started = time.process_time()
     result = search(
         prepared,

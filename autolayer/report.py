@@ -271,6 +271,13 @@ def _similarity(value: float) -> str:
     return "—" if np.isnan(value) else f"{value:.2f}"
 
 
+def _operator(trial) -> str:
+    """The operator column: the fusion operator of a pair, or the linear head's name."""
+    if trial.head == "linear":
+        return "linear head"
+    return trial.operator if len(trial.models) > 1 else "—"
+
+
 def judged_by(validation: dict) -> str:
     """How trials were scored, for column headers: a validation split or k-fold CV."""
     folds = validation.get("cv_folds")
@@ -300,8 +307,8 @@ def trials_table(
             str(trial.number),
             " + ".join(trial.models),
             ",".join(map(str, trial.layers)),
-            trial.operator if len(trial.models) > 1 else "—",
-            str(trial.width),
+            _operator(trial),
+            "—" if trial.head == "linear" else str(trial.width),
             _pct(trial.value),
             f"{a.get('latency_ms', 0):.2f}",
             f"{a.get('memory_mb', 0):.0f}",
@@ -343,7 +350,7 @@ def pareto_table(trials, metric: str, judged: str = "val") -> None:
             str(trial.number),
             " + ".join(trial.models),
             ",".join(map(str, trial.layers)),
-            trial.operator if len(trial.models) > 1 else "—",
+            _operator(trial),
             _pct(trial.values[0]),
             f"{trial.values[1]:.2f}",
         )
@@ -389,8 +396,11 @@ def recommendation(rec, output_dir) -> None:
         for m in config.models
     )
     operator = f", fused by {config.operator}" if len(config.models) > 1 else ""
+    shape = f"width {config.width}"
+    if config.head == "linear":
+        operator, shape = "", "linear head (logistic regression)"
     console.print(
-        f"\n[bold green]recommended:[/] {escape(chosen)}{operator}, width {config.width}; "
+        f"\n[bold green]recommended:[/] {escape(chosen)}{operator}, {shape}; "
         f"{'validation' if judged == 'val' else judged} {config.metric} "
         f"{_pct(config.validation.get(config.metric))}%, "
         f"{config.cost.get('latency_ms', 0):.2f} ms/text, {config.cost.get('memory_mb', 0):.0f} MB"

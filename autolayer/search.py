@@ -31,6 +31,7 @@ from autolayer.budgets import Budget
 from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
 from autolayer.fusion import (
+    HEADS,
     OPERATORS,
     FusionParams,
     count_parameters,
@@ -129,18 +130,19 @@ def cost_of(
     hidden: int,
     n_classes: int,
     n_rows: int,
+    head: str = "mlp",
 ) -> Cost:
     """Latency (backbones up to their layers), memory (weights + the ``n_rows`` embeddings
     the head trains on), and head parameters of one configuration."""
     dims = [c.width for c in chosen]
-    params = count_parameters(dims, width, operator, hidden, n_classes)
+    params = count_parameters(dims, width, operator, hidden, n_classes, head)
     features_mb = n_rows * sum(c.bytes_per_row for c in chosen) / 2**20
     weights_mb = sum(c.weights_mb(layer) for c, layer in zip(chosen, layers, strict=True))
     return Cost(
         latency_ms=sum(c.latency_ms(layer) for c, layer in zip(chosen, layers, strict=True)),
         memory_mb=weights_mb + features_mb + 4 * params / 2**20,
         params=params,
-        fused_dim=fused_dim(len(chosen), width, operator),
+        fused_dim=sum(dims) if head == "linear" else fused_dim(len(chosen), width, operator),
     )
 
 
@@ -155,6 +157,11 @@ class Space:
     dropout: float = 0.1
     max_epochs: int = 60
     patience: int = 8
+    heads: tuple[str, ...] = ("mlp",)  # "linear" too: offered where every input is dense
+
+    def __post_init__(self) -> None:
+        if not self.heads or not set(self.heads) <= set(HEADS):
+            raise ConfigError(f"heads must be some of {', '.join(HEADS)}; got {self.heads!r}")
 
     def operator_names(self) -> tuple[str, ...]:
         """The operators searched, read when asked (an operator registered after import,
@@ -175,6 +182,7 @@ class TrialSummary:
     width: int
     lr: float
     attrs: dict = field(default_factory=dict)
+    head: str = "mlp"
 
     @property
     def value(self) -> float | None:
@@ -221,23 +229,30 @@ def guided_trials(
     if not known:
         return []
     head = {"width": min(space.widths), "lr": min(max(GUIDE_LR, space.lr[0]), space.lr[1])}
+    if len(space.heads) > 1:
+        head["head"] = "mlp"
     alone = {n: acc for p in known for n, acc in zip(p.models, p.accuracy, strict=True)}
     best = max(alone, key=alone.__getitem__)
-    trials = [{"models": best, f"layer:{best}": best_layer[best], **head}]
-    operators = space.operator_names()
-    operator = "concat" if "concat" in operators else operators[0]
+    chosen = [{"models": best, f"layer:{best}": best_layer[best]}]
     for pair in sorted((p for p in known if p.gain > 0), key=lambda p: -p.joint)[:n_pairs]:
         a, b = sorted(pair.models, key=names.index)
-        trials.append(
+        chosen.append(
             {
                 "models": SEPARATOR.join((a, b)),
                 f"layer:{a}": best_layer[a],
                 f"layer:{b}": best_layer[b],
-                "operator": operator,
-                **head,
             }
         )
-    return trials
+    sparse = {c.name for c in candidates if c.sparse}
+    linear = [
+        {**c, "head": "linear"}
+        for c in chosen
+        if "linear" in space.heads and not sparse & set(c["models"].split(SEPARATOR))
+    ]
+    operators = space.operator_names()
+    operator = {"operator": "concat" if "concat" in operators else operators[0]}
+    mlp = [{**c, **(operator if SEPARATOR in c["models"] else {}), **head} for c in chosen]
+    return linear + mlp if "mlp" in space.heads else linear
 
 
 def check_feasible(
@@ -274,6 +289,7 @@ def _summary(trial: optuna.trial.FrozenTrial) -> TrialSummary:
         width=int(params.get("width", 0)),
         lr=float(params.get("lr", 0.0)),
         attrs=dict(trial.user_attrs),
+        head=params.get("head", trial.user_attrs.get("head", "mlp")),
     )
 
 
@@ -307,13 +323,23 @@ class _Objective:
             for n in trial.suggest_categorical("models", self.choices).split(SEPARATOR)
         ]
         layers = [int(trial.suggest_categorical(f"layer:{c.name}", c.layers)) for c in chosen]
-        operator = "concat"
-        if len(chosen) > 1:
-            operator = trial.suggest_categorical("operator", self.space.operator_names())
-        width = int(trial.suggest_categorical("width", self.space.widths))
-        lr = trial.suggest_float("lr", *self.space.lr, log=True)
+        head = _suggest_head(trial, self.space, chosen)
+        trial.set_user_attr("head", head)  # a param only where it was a choice
+        operator, width, lr = "concat", 0, 0.0
+        if head == "mlp":
+            if len(chosen) > 1:
+                operator = trial.suggest_categorical("operator", self.space.operator_names())
+            width = int(trial.suggest_categorical("width", self.space.widths))
+            lr = trial.suggest_float("lr", *self.space.lr, log=True)
         cost = cost_of(
-            chosen, layers, operator, width, self.space.hidden, self.n_classes, len(self.y_train)
+            chosen,
+            layers,
+            operator,
+            width,
+            self.space.hidden,
+            self.n_classes,
+            len(self.y_train),
+            head,
         )
         for key, value in cost.as_dict().items():
             trial.set_user_attr(key, value)
@@ -333,10 +359,11 @@ class _Objective:
             width=width,
             hidden=self.space.hidden,
             dropout=self.space.dropout,
-            lr=lr,
+            lr=lr or self.space.lr[0],
             max_epochs=self.space.max_epochs,
             patience=self.space.patience,
             metric=self.metric,
+            head=head,
         )
         train = [c.features(layer, "train") for c, layer in zip(chosen, layers, strict=True)]
         if self.folds:
@@ -373,6 +400,13 @@ class _Objective:
 def n_classes_of(y_train: np.ndarray, y_val: np.ndarray) -> int:
     """Classes the heads predict (``y_val`` is empty under cross-validation)."""
     return int(np.concatenate([y_train, y_val]).max()) + 1
+
+
+def _suggest_head(trial: optuna.Trial, space: Space, chosen: Sequence[Candidate]) -> str:
+    """The head of a trial: a choice only where it is one (the linear head takes dense
+    features only, so a trial with a sparse source gets the MLP)."""
+    heads = space.heads if not any(c.sparse for c in chosen) else ("mlp",)
+    return heads[0] if len(heads) == 1 else trial.suggest_categorical("head", heads)
 
 
 def _pruning_hook(trial: optuna.Trial) -> Callable[[int, float], bool]:
@@ -581,6 +615,7 @@ def space_signature(candidates: Sequence[Candidate], choices: Sequence[str], spa
         "operators": list(space.operator_names()),
         "widths": list(space.widths),
         "lr": list(space.lr),
+        **({"heads": list(space.heads)} if space.heads != ("mlp",) else {}),
     }
 
 

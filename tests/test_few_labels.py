@@ -84,7 +84,10 @@ def test_recommend_with_labels_per_class_cross_validates_and_apply_reuses_the_dr
     assert config.dataset["validation"]["n_train"] == 12
     assert config.dataset["validation"]["n_val"] == 0
     assert config.dataset["draw"]["source_fingerprint"] == full.fingerprint
-    assert all(t.attrs["epochs_run"] == 60 for t in rec.search.trials if t.value is not None)
+    trained = [t for t in rec.search.trials if t.value is not None]
+    assert trained and all(
+        t.attrs["epochs_run"] == (1 if t.head == "linear" else 60) for t in trained
+    )
     result = apply(config, tiny_dataset, tmp_path / "model")
     assert result.n_train == 12
     assert any("draw of 6 labels per class" in w for w in result.warnings)
@@ -126,3 +129,35 @@ def test_cli_report_says_cross_validated(capsys, tmp_path, home, tiny_dataset, t
     )
     assert code == 0, err
     assert "3-fold CV accuracy" in out and "val accuracy" not in out
+
+
+def test_linear_head_is_offered_for_dense_inputs_and_its_config_applies(
+    tmp_path, home, tiny_dataset, tiny_models, one_thread
+):
+    from autolayer import pipeline
+    from autolayer.budgets import Budget
+    from autolayer.classifier import FusionTextClassifier, apply
+    from autolayer.config import load_config
+    from autolayer.search import Space
+
+    rec = pipeline.recommend(
+        tiny_dataset,
+        [str(tiny_models["bert"]), "tfidf"],
+        output_dir=tmp_path / "out",
+        budget=Budget(n_trials=6),
+        space=Space(heads=("linear",), widths=(16,)),
+        labels_per_class=6,
+        max_length=12,
+    )
+    trained = [t for t in rec.search.trials if t.value is not None]
+    assert trained
+    for trial in trained:
+        assert trial.head == ("mlp" if "tfidf" in trial.models else "linear")
+    linear = next(t for t in trained if t.head == "linear")
+    config = pipeline.export(output_dir=tmp_path / "out", trial_number=linear.number)
+    config.save(tmp_path / "linear.yaml")
+    assert load_config(tmp_path / "linear.yaml").head == "linear"
+    result = apply(tmp_path / "linear.yaml", tiny_dataset, tmp_path / "model")
+    assert result.accuracy is not None
+    clf = FusionTextClassifier.load(tmp_path / "model")
+    assert clf.predict(["good great fun"]).shape == (1,)

@@ -276,3 +276,37 @@ def test_mismatched_inputs_raise_config_error() -> None:
         train_fusion(train, y_train[:-1], val, y_val, params=params)
     with pytest.raises(ConfigError, match="y_train"):
         train_fusion(train, y_train.astype(np.float32), val, y_val, params=params)
+
+
+def test_linear_head_is_sklearns_logistic_regression_on_standardised_concat() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    inputs = [x * 100 for x in random_inputs(60, DIMS[:2])]  # uneven scales: standardised first
+    y = np.random.default_rng(1).integers(0, 3, 60)
+    params = FusionParams(operator="concat", width=0, lr=0.0, head="linear")
+    result = train_fusion(inputs, y, None, None, params=params)
+    joined = np.concatenate(inputs, axis=1)
+    scaler = StandardScaler().fit(joined)
+    reference = LogisticRegression(max_iter=5000, tol=1e-8).fit(scaler.transform(joined), y)
+    ours = predict_proba(result.model, inputs)
+    theirs = reference.predict_proba(scaler.transform(joined))
+    assert np.abs(ours - theirs).max() < 2e-3
+    assert count_parameters(DIMS[:2], 0, "concat", 0, 3, "linear") == result.n_parameters
+
+
+def test_linear_head_round_trips_and_refuses_sparse_inputs(tmp_path) -> None:
+    from scipy.sparse import csr_matrix
+
+    inputs = random_inputs(30, DIMS[:2])
+    y = np.arange(30) % 2
+    params = FusionParams(operator="concat", width=0, lr=0.0, head="linear")
+    model = train_fusion(inputs, y, None, None, params=params).model
+    save_classifier(model, tmp_path / "head")
+    loaded = load_classifier(tmp_path / "head")
+    assert loaded.config()["head"] == "linear"
+    np.testing.assert_array_equal(predict_proba(loaded, inputs), predict_proba(model, inputs))
+    with pytest.raises(ConfigError, match="dense features only"):
+        train_fusion([csr_matrix(inputs[0])], y, None, None, params=params)
+    with pytest.raises(ConfigError, match="head must be one of"):
+        FusionParams(operator="concat", head="tree")

@@ -171,3 +171,30 @@ def test_a_new_study_runs_the_guided_trials_first(home, tmp_path, tiny_dataset, 
     # the guided pair is outside a one-model space: only the single is enqueued
     trials = optuna.load_study(study_name="one", storage=single.storage).trials
     assert min(trials, key=lambda t: t.number).params == expected[0]
+
+
+def test_guided_trials_with_a_linear_head_try_it_first_and_never_on_a_sparse_source():
+    from scipy.sparse import csr_matrix
+
+    from autolayer.search import Candidate
+
+    dense = [Candidate(n, (1,), 3, None, None, 1.0, {}) for n in ("a", "b")]
+    lexical = Candidate("tfidf", (0,), 1, csr_matrix((4, 5)), csr_matrix((2, 5)), 0.1, {})
+    pairs = [
+        _pair("a", "b", gain=0.02, accuracy=(0.8, 0.7)),
+        _pair("a", "tfidf", gain=0.01, accuracy=(0.8, 0.6)),
+    ]
+    trials = guided_trials([*dense, lexical], pairs, Space(heads=("mlp", "linear")))
+    heads = [(t["models"], t["head"]) for t in trials]
+    assert heads == [
+        ("a", "linear"),
+        ("a + b", "linear"),
+        ("a", "mlp"),
+        ("a + b", "mlp"),
+        ("a + tfidf", "mlp"),
+    ]
+    assert all("width" not in t for t in trials if t["head"] == "linear")
+    only = guided_trials([*dense, lexical], pairs, Space(heads=("linear",)))
+    assert [t["models"] for t in only] == ["a", "a + b"]
+    with pytest.raises(ConfigError, match="heads"):
+        Space(heads=("tree",))
