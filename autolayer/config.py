@@ -214,3 +214,27 @@ def _check_head(config: FusionConfig, where: str) -> None:
         config.fusion_params()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if config.head == "linear":
+        from autolayer.sources.base import source_class
+
+        sparse = [m.spec for m in config.models if source_class(m.spec).sparse]
+        if sparse:
+            raise ConfigError(
+                f"{where}: the linear head takes dense features; {sparse[0]} is sparse"
+            )
+    _check_draw(config.dataset.get("draw"), where)
+
+
+def _check_draw(draw: object, where: str) -> None:
+    """A few-label draw that ``apply`` can repeat: labels per class, seed, source data."""
+    if draw is None:
+        return
+    kinds = {"labels_per_class": int, "seed": int, "source_fingerprint": str}
+    if not isinstance(draw, dict) or any(
+        not isinstance(draw.get(k), kind) or isinstance(draw.get(k), bool)
+        for k, kind in kinds.items()
+    ):
+        raise ConfigError(
+            f"{where}: dataset.draw must map labels_per_class and seed (integers) and "
+            f"source_fingerprint (text); got {draw!r}"
+        )

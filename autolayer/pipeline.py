@@ -680,8 +680,13 @@ def default_space(options: Options) -> Space:
 
 
 def default_study_name(prepared: Prepared) -> str:
+    """Named by data and models (and folds, under cross-validation): a run judged another
+    way is another study, not a refused resume."""
     names = ",".join(c.name for c in prepared.candidates)
-    digest = hashlib.sha256(f"{prepared.data.fingerprint}|{names}".encode()).hexdigest()[:8]
+    key = f"{prepared.data.fingerprint}|{names}"
+    if prepared.options.cv_folds is not None:
+        key += f"|cv{prepared.options.cv_folds}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return f"autolayer-{prepared.data.name}-{digest}"
 
 

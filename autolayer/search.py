@@ -262,13 +262,14 @@ def check_feasible(
     cheapest = None
     for cand in candidates:
         layer = min(cand.layers)
-        cost = cost_of(
-            [cand], [layer], "concat", min(space.widths), space.hidden, n_classes, n_rows
-        )
-        if not budget.violations(cost):
-            return
-        if cheapest is None or cost.latency_ms < cheapest[1].latency_ms:
-            cheapest = (f"{cand.name} layer {layer}", cost)
+        for head in ("mlp",) if cand.sparse else space.heads:
+            cost = cost_of(
+                [cand], [layer], "concat", min(space.widths), space.hidden, n_classes, n_rows, head
+            )
+            if not budget.violations(cost):
+                return
+            if cheapest is None or cost.latency_ms < cheapest[1].latency_ms:
+                cheapest = (f"{cand.name} layer {layer}", cost)
     where, cost = cheapest
     raise ConfigError(
         f"no configuration meets the budget; the cheapest ({where}) breaks: "

@@ -69,3 +69,31 @@ def test_a_file_that_is_not_yaml_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "c.yaml")
     assert yaml.safe_load(_config().save(tmp_path / "d.yaml").read_text())["seed"] == 7
+
+
+def test_a_linear_head_over_a_sparse_source_or_a_broken_draw_is_refused_on_load(tmp_path):
+    import yaml
+
+    from autolayer.config import load_config
+
+    base = {
+        "schema_version": 1,
+        "models": [{"spec": "tfidf", "identity": "x", "layer": 0, "n_hidden_states": 1}],
+        "operator": "concat",
+        "width": 0,
+        "hidden": 8,
+        "dropout": 0.0,
+        "lr": 0.0,
+        "batch_size": 8,
+        "epochs": 1,
+        "label_names": ["neg", "pos"],
+        "head": "linear",
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base))
+    with pytest.raises(ConfigError, match="linear head takes dense features; tfidf is sparse"):
+        load_config(path)
+    broken = {**base, "head": "mlp", "width": 16, "lr": 0.001, "dataset": {"draw": 8}}
+    path.write_text(yaml.safe_dump(broken))
+    with pytest.raises(ConfigError, match="dataset.draw must map"):
+        load_config(path)

@@ -7,7 +7,7 @@ import pytest
 
 from autolayer.data import load_dataset
 from autolayer.errors import ConfigError, DataError
-from autolayer.fusion import FusionParams, cross_validate, train_fusion
+from autolayer.fusion import FusionParams, cross_validate, predict_proba, train_fusion
 from autolayer.options import Options
 from autolayer.probe import folds as stratified_folds
 from tests.conftest import run, write_jsonl
@@ -50,7 +50,8 @@ def test_cross_validation_never_trains_on_the_rows_it_judges(one_thread):
     params = FusionParams(operator="concat", width=16, hidden=16, lr=1e-2, max_epochs=30)
     result = cross_validate([x], y, folds, params=params, seed=0)
     assert len(result.curve) == 30  # no early stopping inside a fold
-    assert result.best_val_metric == max(result.curve)
+    assert result.best_epoch == int(np.argmax(result.curve))
+    assert result.best_val_metric <= max(result.curve)  # no fold judged at its own best
     assert result.best_val_metric < 0.8
     fit = train_fusion([x], y, [x], y, params=params, seed=0)
     assert fit.best_val_metric == 1.0  # the same head does memorise what it trains on
@@ -161,3 +162,46 @@ def test_linear_head_is_offered_for_dense_inputs_and_its_config_applies(
     assert result.accuracy is not None
     clf = FusionTextClassifier.load(tmp_path / "model")
     assert clf.predict(["good great fun"]).shape == (1,)
+
+
+def test_each_fold_is_scored_at_the_epochs_the_other_folds_chose(monkeypatch):
+    # Two folds whose curves peak at opposite epochs: the best epoch of their mean curve
+    # would score 0.5 (a maximum over noise); each fold judged where the other peaks, 0.1.
+    from autolayer import fusion
+    from autolayer.fusion import TrainResult
+
+    histories = iter([(0.9, 0.1), (0.1, 0.9)])
+
+    def fake_train(*args, **kwargs):
+        return TrainResult(None, 0, 0.0, next(histories), 1.0, 0)
+
+    monkeypatch.setattr(fusion, "train_fusion", fake_train)
+    y = np.array([0, 1, 0, 1])
+    params = FusionParams(operator="concat", max_epochs=2)
+    result = cross_validate(
+        [np.zeros((4, 2))], y, [np.array([0, 1]), np.array([2, 3])], params=params
+    )
+    assert result.best_val_metric == pytest.approx(0.1)
+    assert result.curve == pytest.approx((0.5, 0.5)) and result.best_epoch == 0
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_linear_head_matches_sklearn_with_fewer_rows_than_features(n_classes):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 448)).astype(np.float32)
+    y = np.arange(32) % n_classes
+    x[:, :4] += 2 * np.eye(n_classes, 4)[y]  # some signal, far fewer rows than features
+    params = FusionParams(operator="concat", width=0, lr=0.0, head="linear")
+    model = train_fusion([x], y, None, None, params=params).model
+    scaler = StandardScaler().fit(x)
+    reference = LogisticRegression(max_iter=10000, tol=1e-10).fit(scaler.transform(x), y)
+    test = rng.normal(size=(200, 448)).astype(np.float32)
+    ours = predict_proba(model, [test])
+    theirs = reference.predict_proba(scaler.transform(test))
+    assert np.abs(ours - theirs).max() < 5e-3
+    top = np.sort(theirs, axis=1)
+    clear = top[:, -1] - top[:, -2] > 1e-2  # a near tie may go either way at 5e-3
+    assert clear.mean() > 0.9 and (ours.argmax(1) == theirs.argmax(1))[clear].all()

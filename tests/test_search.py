@@ -3,6 +3,7 @@ front, and a search space read when the search starts."""
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import pytest
 
@@ -198,3 +199,13 @@ def test_guided_trials_with_a_linear_head_try_it_first_and_never_on_a_sparse_sou
     assert [t["models"] for t in only] == ["a", "a + b"]
     with pytest.raises(ConfigError, match="heads"):
         Space(heads=("tree",))
+
+
+def test_a_budget_only_the_linear_head_meets_is_not_refused():
+    from autolayer.search import Candidate, LayerCost, check_feasible
+
+    dense = Candidate("a", (1,), 3, np.zeros((4, 1, 384)), None, 1.0, {1: LayerCost(1.0, 1.0)})
+    budget = Budget(max_params=5000)  # the smallest MLP head has 164,866 parameters
+    check_feasible([dense], budget, Space(heads=("mlp", "linear")), 2, 4)
+    with pytest.raises(ConfigError, match="head parameters"):
+        check_feasible([dense], budget, Space(), 2, 4)

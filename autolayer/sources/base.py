@@ -122,13 +122,18 @@ def register_source(kind: str) -> Callable[[_S], _S]:
     return decorator
 
 
-def make_source(spec: str, *, trust_remote_code: bool = False) -> FeatureSource:
-    """The source for a model spec: the first registered kind that accepts it, else the
-    transformers source (zoo alias, folder, GGUF file or hub id)."""
+def source_class(spec: str) -> type[FeatureSource]:
+    """The kind of source a model spec names, without building it: the first registered
+    kind that accepts it, else the transformers source (zoo alias, folder, GGUF, hub id)."""
     for kind, cls in SOURCES.items():
         if kind != FALLBACK and cls.accepts(spec):
-            return cls(spec, trust_remote_code=trust_remote_code)
-    return SOURCES[FALLBACK](spec, trust_remote_code=trust_remote_code)
+            return cls
+    return SOURCES[FALLBACK]
+
+
+def make_source(spec: str, *, trust_remote_code: bool = False) -> FeatureSource:
+    """The source for a model spec (see :func:`source_class`)."""
+    return source_class(spec)(spec, trust_remote_code=trust_remote_code)
 
 
 def normalise_layers(layers: Sequence[int] | None, n_states: int) -> tuple[int, ...]:

@@ -82,9 +82,9 @@ def _logistic(model, data, options, x_train, layer, y, y_test) -> dict:
 def autolayer_arm(
     data, models, n: int, seed: int, options: Options, work: Path, n_trials: int
 ) -> dict:
-    """Baselines, then the recommendation applied; CPU seconds of the recommendation."""
+    """The recommendation applied (its CPU seconds, the draw's extraction included), then
+    the baselines, which read the features it cached."""
     drawn, options = pipeline.restrict(data, replace(options, seed=seed), labels_per_class=n)
-    baselines = layer_baselines(drawn, models, options)
     start = time.process_time()
     out = work / f"autolayer-{n}-{seed}"
     rec = pipeline.recommend(
@@ -97,17 +97,18 @@ def autolayer_arm(
         overwrite=True,
     )
     result = apply(rec.config, drawn, out / "model", cache_dir=options.cache_dir, overwrite=True)
+    seconds = time.process_time() - start
+    head = "linear head" if rec.config.head == "linear" else rec.config.operator
     return {
-        "cpu_seconds": time.process_time() - start,
+        "cpu_seconds": seconds,
         "test_accuracy": result.accuracy,
         "cv_accuracy": rec.config.validation[options.metric],
-        "config": " + ".join(f"{m.spec}:{m.layer}" for m in rec.config.models)
-        + f" ({rec.config.operator})",
-        "baselines": baselines,
+        "config": " + ".join(f"{m.spec}:{m.layer}" for m in rec.config.models) + f" ({head})",
+        "baselines": layer_baselines(drawn, models, options),
     }
 
 
-def setfit_arm(data, n: int, seed: int, backbone: str, iterations: int | None) -> dict:
+def setfit_arm(data, n: int, seed: int, backbone: str, iterations: int | None, work: Path) -> dict:
     """SetFit's default protocol on ``backbone`` (a zoo sentence-transformer)."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
@@ -116,9 +117,9 @@ def setfit_arm(data, n: int, seed: int, backbone: str, iterations: int | None) -
     train, test = drawn.split("train"), drawn.split("test")
     start = time.process_time()
     model = SetFitModel.from_pretrained(str(zoo.resolve(backbone).folder))
-    settings = (
-        {"seed": seed} if iterations is None else {"seed": seed, "num_iterations": iterations}
-    )
+    settings = {"seed": seed, "output_dir": str(work / "setfit-checkpoints")}
+    if iterations is not None:
+        settings["num_iterations"] = iterations
     trainer = Trainer(
         model=model,
         args=TrainingArguments(**settings),
@@ -181,7 +182,9 @@ def run(args) -> None:
                         data, args.models, size, draw, options, work, args.n_trials
                     )
                 else:
-                    entry = setfit_arm(data, size, draw, arm.split(":")[1], args.setfit_iterations)
+                    entry = setfit_arm(
+                        data, size, draw, arm.split(":")[1], args.setfit_iterations, work
+                    )
                 save(arm, {**results.get(arm, {}), key: entry})
                 print(arm, key, json.dumps(entry)[:200], flush=True)
 
