@@ -680,6 +680,7 @@ class CrossValidation:
     best_val_metric: float  # each fold scored at the epoch the other folds chose
     curve: tuple[float, ...]  # mean over folds of the held-out metric after each epoch
     train_seconds: float
+    fold_scores: tuple[float, ...] = ()  # each fold's score (their mean is best_val_metric)
 
 
 def cross_validate(
@@ -723,7 +724,11 @@ def cross_validate(
     scores = runs[np.arange(len(runs)), np.argmax(others, axis=1)]
     curve = total / len(runs)
     return CrossValidation(
-        int(np.argmax(curve)), float(scores.mean()), tuple(curve.tolist()), seconds
+        int(np.argmax(curve)),
+        float(scores.mean()),
+        tuple(curve.tolist()),
+        seconds,
+        tuple(scores.tolist()),
     )
 
 

@@ -880,8 +880,8 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
         i, j = names.index(best.models[0]), names.index(best.models[1])
         out.append(_pair_reason(prepared.pairs, best.models, cka[i, j]))
     singles = [t for t in result.trials if t.state == "COMPLETE" and len(t.models) == 1]
-    if singles and len(best.models) > 1:
-        top_single = max(singles, key=lambda t: t.value)
+    top_single = max(singles, key=lambda t: t.value) if singles else None
+    if top_single is not None and len(best.models) > 1 and best.value > top_single.value:
         out.append(
             f"fusion ({best.operator}) beats the best single-model trial "
             f"({top_single.models[0]} layer {top_single.layers[0]}) by "

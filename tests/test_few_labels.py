@@ -205,3 +205,19 @@ def test_linear_head_matches_sklearn_with_fewer_rows_than_features(n_classes):
     top = np.sort(theirs, axis=1)
     clear = top[:, -1] - top[:, -2] > 1e-2  # a near tie may go either way at 5e-3
     assert clear.mean() > 0.9 and (ours.argmax(1) == theirs.argmax(1))[clear].all()
+
+
+def test_cross_validated_choice_is_the_smallest_head_within_one_standard_error():
+    from autolayer.search import TrialSummary, within_one_error
+
+    def trial(number, value, params, folds=None):
+        attrs = {"params": params, **({"fold_scores": folds} if folds else {})}
+        return TrialSummary(number, "COMPLETE", (value,), ("m",), (1,), "concat", 8, 0.1, attrs)
+
+    noisy = [1.0, 2 / 3, 1.0, 2 / 3, 1.0]  # mean 0.867, standard error 0.082
+    top = trial(0, 0.8667, 500_000, noisy)
+    linear = trial(1, 0.80, 1_538, noisy)
+    tiny = trial(2, 0.70, 10, noisy)  # smaller still, but more than one error below
+    assert within_one_error([top, linear, tiny]).number == 1
+    carved = trial(0, 0.8667, 500_000)  # a validation split: no folds, the top one stands
+    assert within_one_error([carved, trial(1, 0.80, 1_538)]).number == 0
