@@ -280,23 +280,6 @@ class ResidualHadamard(FusionOperator):
 # --------------------------------------------------------------------------- classifier
 
 
-class _Projection(nn.Module):
-    """Standardise ``[B, D]`` with frozen training statistics, then Linear+ReLU to ``[B, d]``.
-
-    The statistics are buffers, not parameters: decoder embeddings have a few huge, uneven
-    dimensions ("massive activations") that would otherwise dominate the projection.
-    """
-
-    def __init__(self, in_dim: int, width: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(in_dim))
-        self.register_buffer("std", torch.ones(in_dim))
-        self.linear = nn.Linear(in_dim, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.linear((x - self.mean) / self.std))
-
-
 class _Standardised(nn.Module):
     """Standardise ``[B, D]`` with frozen training statistics, nothing learned: the input
     of the linear head, which is logistic regression on the concatenated features."""
@@ -308,6 +291,21 @@ class _Standardised(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
+
+
+class _Projection(_Standardised):
+    """Standardise ``[B, D]`` with frozen training statistics, then Linear+ReLU to ``[B, d]``.
+
+    The statistics are buffers, not parameters: decoder embeddings have a few huge, uneven
+    dimensions ("massive activations") that would otherwise dominate the projection.
+    """
+
+    def __init__(self, in_dim: int, width: int) -> None:
+        super().__init__(in_dim)
+        self.linear = nn.Linear(in_dim, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.linear(super().forward(x)))
 
 
 class SparseBatch(NamedTuple):
@@ -556,8 +554,7 @@ class FusionParams:
     head: str = "mlp"  # or "linear": logistic regression, fitted to convergence
 
     def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {self.head!r}")
+        _check_kind(self.head, ())
         if self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {list(METRICS)}, got {self.metric!r}")
         for name in ("hidden", "batch_size", "max_epochs", "patience"):
@@ -638,28 +635,17 @@ def train_fusion(
         )
         model.set_standardisation(train)
         model.to(device)
+        data = (
+            [_tensor(array, device) for array in train],
+            y_train_t.to(device),
+            [_tensor(array, device) for array in val],
+            y_val_t.to(device),
+        )
         if params.head == "linear":
-            history = _fit_linear(
-                model,
-                [_tensor(array, device) for array in train],
-                y_train_t.to(device),
-                [_tensor(array, device) for array in val],
-                y_val_t.to(device),
-                params.metric,
-            )
-            best_epoch, history = 0, (history,)
+            best_epoch, history = 0, (_fit_linear(model, *data, params.metric),)
         else:
-            best_epoch, history = _fit(
-                model,
-                [_tensor(array, device) for array in train],
-                y_train_t.to(device),
-                [_tensor(array, device) for array in val],
-                y_val_t.to(device),
-                params,
-                torch.Generator().manual_seed(seed),
-                on_epoch,
-                restore_best,
-            )
+            generator = torch.Generator().manual_seed(seed)
+            best_epoch, history = _fit(model, *data, params, generator, on_epoch, restore_best)
     model.cpu().eval()
     return TrainResult(
         model=model,

@@ -361,7 +361,7 @@ class _Objective:
             width=width,
             hidden=self.space.hidden,
             dropout=self.space.dropout,
-            lr=lr or self.space.lr[0],
+            lr=lr,
             max_epochs=self.space.max_epochs,
             patience=self.space.patience,
             metric=self.metric,
@@ -378,6 +378,7 @@ class _Objective:
                 n_classes=self.n_classes,
             )
             epochs_run = len(result.curve)
+            trial.set_user_attr("fold_scores", list(result.fold_scores))
         else:
             result = train_fusion(
                 train,
@@ -389,8 +390,6 @@ class _Objective:
                 on_epoch=None if self.multi_objective else _pruning_hook(trial),
             )
             epochs_run = len(result.history)
-        if self.folds:
-            trial.set_user_attr("fold_scores", list(result.fold_scores))
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", epochs_run)
         trial.set_user_attr("train_seconds", result.train_seconds)
