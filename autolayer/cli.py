@@ -541,6 +541,13 @@ def _search_options(func):
             "instead of a validation split (default with --labels-per-class: up to 5).",
         ),
         click.option(
+            "--anchor",
+            metavar="MODEL|auto|none",
+            help="Under cross-validation, the model whose last layer (linear head) is "
+            "recommended unless a trial beats it by 2 standard errors over the folds "
+            "(default with --labels-per-class: auto, the largest sentence encoder).",
+        ),
+        click.option(
             "--screen-size",
             default=2000,
             show_default=True,
@@ -590,6 +597,7 @@ def _run_search(kw: dict, *, full_report: bool):
         metric=kw["metric"],
         seed=kw["seed"],
         cv_folds=kw["cv_folds"],
+        anchor=kw["anchor"],
         cache_dir=kw["cache_dir"],
     )
     data, options = pipeline.restrict(

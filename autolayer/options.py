@@ -24,7 +24,10 @@ class Options:
     ``pooling`` and ``max_length`` define the features (and the cache key); ``metric``,
     ``seed`` and ``validation_size`` how configurations are compared, or ``cv_folds``
     instead of a carved validation split: k-fold cross-validation over the training rows,
-    for few labels, where a carved split would hold one or two texts per class; ``device``,
+    for few labels, where a carved split would hold one or two texts per class, and then
+    ``anchor``, the model whose last layer (linear head) is recommended unless a searched
+    configuration beats it clearly (``"auto"``: the pool's largest sentence encoder; see
+    :mod:`autolayer.anchor`); ``device``,
     ``threads`` and ``cache_dir`` where the work runs and is kept (they never change a
     result, so a study does not compare them).
     """
@@ -35,6 +38,7 @@ class Options:
     seed: int = 0
     validation_size: float = 0.2
     cv_folds: int | None = None
+    anchor: str | None = None
     device: str | None = None
     threads: int | None = None
     cache_dir: Path | None = None
@@ -54,6 +58,8 @@ class Options:
             )
         if self.cv_folds is not None and not _integer_at_least(self.cv_folds, 2):
             raise ConfigError(f"cv_folds must be an integer >= 2; got {self.cv_folds!r}")
+        if self.anchor is not None and (not isinstance(self.anchor, str) or not self.anchor):
+            raise ConfigError(f"anchor must be a model name, 'auto' or 'none'; got {self.anchor!r}")
         if self.threads is not None and not _integer_at_least(self.threads, 1):
             raise ConfigError(f"threads must be an integer >= 1; got {self.threads!r}")
 

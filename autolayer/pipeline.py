@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.sparse import issparse
 
-from autolayer import zoo
+from autolayer import anchor, zoo
 from autolayer.budgets import Budget
 from autolayer.complementarity import PairEstimate, estimate_pairs
 from autolayer.config import FusionConfig, ModelChoice, library_versions
@@ -358,6 +358,7 @@ def prepare(
     options = resolve_options(options, settings)
     data = _data(dataset)
     models = check_models(models)
+    options = replace(options, anchor=_anchor(options, models))
     rows = _split_rows(data, options)
     if options.cv_folds is not None:
         _check_cross_validation(data, rows.y_train)
@@ -403,6 +404,26 @@ def prepare(
         pairs,
         folds,
     )
+
+
+def _anchor(options: Options, models: Sequence[str]) -> str | None:
+    """The resolved anchor: only cross-validation gives the per-fold scores that decide
+    whether a trial beats it."""
+    if options.cv_folds is None:
+        if options.anchor not in (None, anchor.AUTO, anchor.NONE):
+            raise ConfigError(
+                f"anchor {options.anchor!r} needs cross-validation (labels_per_class or cv_folds)"
+            )
+        return None
+    return anchor.resolve(options.anchor, models)
+
+
+def _searched(name: str, scores: LayerScores, options: Options, top_k: int) -> tuple[int, ...]:
+    """A model's layers offered to the search: its top-k by probe, and the anchor's last
+    layer (the trial every other must beat clearly)."""
+    top = tuple(int(i) for i in scores.ranking(options.metric)[:top_k])
+    last = len(scores.accuracy) - 1
+    return top + (last,) if name == options.anchor and last not in top else top
 
 
 def _check_cross_validation(data: LabelledDataset, y_train: np.ndarray) -> None:
@@ -477,7 +498,7 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
             max_examples=probe_max_examples,
             device=options.device,
         )
-    top = tuple(int(i) for i in scores.ranking(options.metric)[:top_k])
+    top = _searched(name, scores, options, top_k)
     keep = list(top)
     n_states = train.meta["n_hidden_states"]
     ms = _ms_per_text(train.meta)
@@ -536,13 +557,15 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
             fidelity.n_folds,
         )
         survivors, dropped = select(scores, options.metric, fidelity, pairs)
+        if dropped.pop(options.anchor, None) is not None:  # the anchor is always searched
+            survivors = [name for name in models if name in survivors or name == options.anchor]
     rest = np.setdiff1d(rows.train, screen)
     features = []
     for name in survivors:
         if name in lexical:
             features.append(_Features(name, 1, (0,), scores[name], *lexical[name]))
             continue
-        top = tuple(int(i) for i in scores[name].ranking(options.metric)[:top_k])
+        top = _searched(name, scores[name], options, top_k)
         with clock.stage("complete", "other rows, survivors, up to their top-k layers") as count:
             x_train, x_val = _complete(
                 data, name, rows, screen, rest, screened[name], top, options, progress, count
@@ -734,9 +757,19 @@ def search(
         heartbeat=heartbeat,
         context=context,
         identity=study_identity(context),
-        first=guided_trials(prepared.candidates, prepared.pairs, space) if guide else (),
+        first=_anchor_trial(prepared, space)
+        + (guided_trials(prepared.candidates, prepared.pairs, space) if guide else []),
         folds=prepared.folds,
     )
+
+
+def _anchor_trial(prepared: Prepared, space: Space) -> list[dict]:
+    """The anchor's trial, run first: every other trial is judged against it."""
+    name = prepared.options.anchor
+    found = [c for c in prepared.candidates if c.name == name]
+    if not found or "linear" not in space.heads:
+        return []
+    return [anchor.trial_params(name, found[0].n_hidden_states, space.heads)]
 
 
 def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: str) -> FusionConfig:
@@ -919,7 +952,9 @@ def restrict(
     """The training rows a run uses, seeded by ``options.seed``: all of them, a stratified
     sample of ``max_train_samples``, or ``labels_per_class`` of every class, which also
     turns on cross-validation (``min(5, labels_per_class)`` folds unless
-    ``options.cv_folds`` is set): with a few labels, no validation split can be spared."""
+    ``options.cv_folds`` is set): with a few labels, no validation split can be spared.
+    It also sets the anchor to ``"auto"`` unless ``options.anchor`` is set: a few labels
+    cannot pick a layer reliably, so a default has to be beaten clearly."""
     if max_train_samples is not None and labels_per_class is not None:
         raise ConfigError("give max_train_samples or labels_per_class, not both")
     if max_train_samples is not None:
@@ -928,6 +963,8 @@ def restrict(
         data = data.per_class(labels_per_class, seed=options.seed)
         if options.cv_folds is None:
             options = replace(options, cv_folds=max(2, min(5, labels_per_class)))
+        if options.anchor is None:
+            options = replace(options, anchor=anchor.AUTO)
     return data, options
 
 

@@ -333,14 +333,9 @@ def search_summary(result, metric: str = "metric", judged: str = "val") -> None:
         f"study [bold]{escape(result.study_name)}[/] ({escape(result.storage)}): {counts}"
         + (f" ({untrained} infeasible or surplus, never trained)" if untrained else "")
     )
-    best, top = result.best, result.trials[0]
-    rule = ""
-    if best.number != top.number:
-        rule = (
-            f" (trial #{top.number} scored {top.values[0]:.4f}; #{best.number} is within one "
-            "standard error of it with a smaller head: the one-standard-error rule)"
-        )
-    console.print(f"best trial #{best.number}: {best.values[0]:.4f}{rule}")
+    best = result.best
+    why = f" ({escape(result.why)})" if result.why else ""
+    console.print(f"best trial #{best.number}: {best.values[0]:.4f}{why}")
     if len(best.values) > 1:
         pareto_table(result.pareto, metric, judged)
 

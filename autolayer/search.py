@@ -28,6 +28,7 @@ import numpy as np
 import optuna
 from scipy.sparse import issparse
 
+from autolayer.anchor import against_anchor
 from autolayer.budgets import Budget
 from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
@@ -197,6 +198,7 @@ class SearchResult:
     best: TrialSummary
     trials: tuple[TrialSummary, ...]
     pareto: tuple[TrialSummary, ...]
+    why: str = ""  # why ``best`` is not the top-scoring trial, when it is not
 
 
 def subsets(names: Sequence[str], max_models: int) -> list[str]:
@@ -680,6 +682,26 @@ def within_one_error(complete: Sequence[TrialSummary]) -> TrialSummary:
     return min(close, key=lambda t: (t.attrs.get("params", math.inf), -t.values[0], t.number))
 
 
+def recommended(complete: Sequence[TrialSummary], context: dict | None) -> tuple[TrialSummary, str]:
+    """The trial to recommend among ``complete`` (best first) and, when it is not the top
+    one, why: under cross-validation with an anchor (few labels), the anchor unless beaten
+    clearly (:func:`autolayer.anchor.against_anchor`); otherwise the one-standard-error
+    rule, which is the top trial itself without folds."""
+    anchor = ((context or {}).get("options") or {}).get("anchor")
+    info = (context or {}).get("models", {}).get(anchor) if anchor else None
+    if info is not None:
+        chosen = against_anchor(complete, anchor, info["n_hidden_states"] - 1)
+        if chosen is not None:
+            return chosen
+    best, top = within_one_error(complete), complete[0]
+    if best is top:
+        return best, ""
+    return best, (
+        f"trial #{top.number} scored {top.values[0]:.4f}; #{best.number} is within one "
+        "standard error of it with a smaller head: the one-standard-error rule"
+    )
+
+
 def collect(study: optuna.Study, storage: str) -> SearchResult:
     """Read-only summary of a study: completed trials best first, and its Pareto front."""
     trials = [_summary(t) for t in study.get_trials(deepcopy=False)]
@@ -692,10 +714,14 @@ def collect(study: optuna.Study, storage: str) -> SearchResult:
     front = (
         {t.number for t in study.best_trials} if len(study.directions) > 1 else {complete[0].number}
     )
+    best, why = complete[0], ""
+    if len(study.directions) == 1:
+        best, why = recommended(complete, study.user_attrs.get("context"))
     return SearchResult(
         study_name=study.study_name,
         storage=storage,
-        best=complete[0] if len(study.directions) > 1 else within_one_error(complete),
+        best=best,
         trials=tuple(complete) + tuple(t for t in trials if t.state != "COMPLETE"),
         pareto=tuple(t for t in complete if t.number in front),
+        why=why,
     )

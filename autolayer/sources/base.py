@@ -91,6 +91,12 @@ class FeatureSource(ABC):
         """Memory to run up to ``layer``: 4 bytes (float32) a parameter by default."""
         return 4 * self.parameters(layer) / 2**20
 
+    @property
+    def sentence_encoder(self) -> bool:
+        """Whether the last state is a trained sentence embedding (a sentence-transformers
+        model): with a few labels, the default the search has to beat (:mod:`autolayer.anchor`)."""
+        return False
+
     def latency_fraction(self, layer: int) -> float:
         """Share of the full-depth time spent computing up to ``layer`` (layer / L)."""
         return max(layer, 1) / max(self.n_states - 1, 1)

@@ -328,6 +328,15 @@ class TransformerSource(FeatureSource):
     def width(self) -> int:
         return self.config.hidden_size
 
+    @property
+    def sentence_encoder(self) -> bool:
+        """A sentence-transformers folder (its ``modules.json``): the model was trained so
+        that its pooled last layer is the sentence embedding."""
+        folder = self.model.folder
+        return (folder / "modules.json").is_file() or (
+            folder / "config_sentence_transformers.json"
+        ).is_file()
+
     def max_length(self, requested: int) -> int:
         """``requested`` cut to the positions the model has, with a note when it is cut:
         more tokens than position embeddings would crash the forward pass (an index error

@@ -6,7 +6,9 @@ seeded draw (``LabelledDataset.per_class(N, seed=d)``) and the full test split:
 - **baselines**: every zoo model's last layer + logistic regression, and the best single
   layer + LR, the (model, layer) chosen by the probe's cross-validation on the draw;
 - **autolayer**: ``recommend --labels-per-class N --seed d`` (exhaustive: every layer of the
-  four zoo models and tfidf, cross-validated search), applied like ``apply`` does;
+  four zoo models and tfidf, cross-validated search, anchored on mpnet's last layer: see
+  ``autolayer/anchor.py``), applied like ``apply`` does; entries of an earlier version are
+  kept under ``autolayer:<what it was>`` and drawn as their own curve;
 - **setfit**: SetFit with its default protocol (``TrainingArguments(seed=d)``) on mpnet (and
   minilm with ``--setfit-models``), trained on the draw and scored on test.
 
@@ -104,6 +106,7 @@ def autolayer_arm(
         "test_accuracy": result.accuracy,
         "cv_accuracy": rec.config.validation[options.metric],
         "config": " + ".join(f"{m.spec}:{m.layer}" for m in rec.config.models) + f" ({head})",
+        "why": rec.search.why,
         "baselines": layer_baselines(drawn, models, options),
     }
 
@@ -196,9 +199,15 @@ def summary(results: dict) -> dict[str, dict[int, list[float]]]:
     def add(name: str, size: int, value: float) -> None:
         curves.setdefault(name, {}).setdefault(size, []).append(value)
 
-    for key, entry in results.get("autolayer", {}).items():
+    versions = {arm: e for arm, e in results.items() if arm.split(":")[0] == "autolayer"}
+    draws: dict[str, dict] = {}  # the baselines of each draw, from whichever version ran it
+    for arm, entries in sorted(versions.items(), key=lambda item: item[0] == "autolayer"):
+        draws.update(entries)
+        name = "autolayer (recommended)" if arm == "autolayer" else f"autolayer ({arm[10:]})"
+        for key, entry in entries.items():
+            add(name, int(key.split("/")[0]), entry["test_accuracy"])
+    for key, entry in draws.items():
         size = int(key.split("/")[0])
-        add("autolayer (recommended)", size, entry["test_accuracy"])
         add("best single layer + LR", size, entry["baselines"]["best_layer"]["test_accuracy"])
         for name, baseline in entry["baselines"].items():
             if name.endswith(":last"):
@@ -248,7 +257,7 @@ def report(out: Path) -> None:
                 marker="o",
                 capsize=3,
             )
-        arms = ["autolayer", *(a for a in results if a.startswith("setfit:"))]
+        arms = [a for a in results if a.split(":")[0] in ("autolayer", "setfit")]
         for arm in arms:
             cells = [cpu(results, arm, s) for s in sizes]
             lines.append(

@@ -1,0 +1,120 @@
+"""The few-label anchor: with a few labels per class, recommend what a practitioner would
+use anyway (a sentence encoder's last layer under logistic regression) unless a searched
+configuration beats it clearly, on the same cross-validation folds.
+
+Why: choosing among four models and all their layers by cross-validation over a few dozen
+texts is mostly noise, and the winner of many noisy comparisons is the luckiest, not the
+best. On 5 SST-2 draws each of 8, 16, 32 and 64 labels per class, the (model, layer) with
+the best CV probe score was never better on test than mpnet's last layer + LR, and up to
+11 points worse at 8 per class; departing from that anchor only when the best trial beats it
+by two standard errors of the per-fold difference kept most of the anchor's accuracy and
+spread (``studies/fewshot/priors.py``, results in ``studies/results/fewshot/``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from autolayer.errors import ConfigError
+from autolayer.sources import make_source
+
+AUTO, NONE = "auto", "none"
+Z = 2.0  # standard errors of the paired per-fold difference a trial must win by
+
+
+class _Trial(Protocol):
+    models: tuple[str, ...]
+    layers: tuple[int, ...]
+    head: str
+    values: tuple[float, ...] | None
+    attrs: dict
+
+
+def resolve(anchor: str | None, models: Sequence[str]) -> str | None:
+    """The anchor model of a pool: ``None`` or ``"none"``: no anchor; ``"auto"``: the
+    largest sentence encoder of the pool (most parameters), or none when the pool has no
+    sentence encoder; otherwise a model of the pool, which must be dense (its last layer
+    gets a linear head)."""
+    if anchor is None or anchor == NONE:
+        return None
+    if anchor == AUTO:
+        encoders = [m for m in models if not make_source(m).sparse and _sentence_encoder(m)]
+        if not encoders:
+            return None
+        return max(encoders, key=lambda m: _size(m))
+    if anchor not in models:
+        raise ConfigError(f"anchor {anchor!r} is not one of the models ({', '.join(models)})")
+    if make_source(anchor).sparse:
+        raise ConfigError(
+            f"anchor {anchor!r} is sparse: an anchor is a dense model whose last layer "
+            "gets a linear head"
+        )
+    return anchor
+
+
+def _sentence_encoder(model: str) -> bool:
+    return make_source(model).sentence_encoder
+
+
+def _size(model: str) -> int:
+    source = make_source(model)
+    return source.parameters(source.n_states - 1)
+
+
+def trial_params(anchor: str, n_states: int, heads: Sequence[str]) -> dict:
+    """The Optuna parameters of the anchor's trial: its last layer alone, linear head."""
+    params = {"models": anchor, f"layer:{anchor}": n_states - 1}
+    if len(heads) > 1:
+        params["head"] = "linear"
+    return params
+
+
+def is_anchor(trial: _Trial, anchor: str, layer: int) -> bool:
+    return trial.models == (anchor,) and trial.layers == (layer,) and trial.head == "linear"
+
+
+def against_anchor(
+    complete: Sequence[_Trial], anchor: str, layer: int, z: float = Z
+) -> tuple[_Trial, str] | None:
+    """The recommended trial of ``complete`` (best first, cross-validated): the anchor's,
+    unless some trial beats it by more than ``z`` standard errors of their per-fold score
+    difference; then the best of those. ``None`` when the anchor's trial is not among them
+    (not run yet, or failed). The second item says why, for the report."""
+    found = [t for t in complete if is_anchor(t, anchor, layer)]
+    if not found:
+        return None
+    base = found[0]
+    winners = [t for t in complete if _beats(t, base, z)]
+    if not winners:
+        top = complete[0]
+        if top is base:
+            return base, ""
+        return base, (
+            f"the anchor, {anchor}'s last layer with a linear head: no trial beat it by "
+            f"{z:g} standard errors over the folds (the best, #{_number(top)}, scored "
+            f"{top.values[0]:.4f} against its {base.values[0]:.4f})"
+        )
+    chosen = winners[0]
+    reason = (
+        f"it beat the anchor ({anchor}'s last layer, linear head, {base.values[0]:.4f}) by "
+        f"more than {z:g} standard errors over the folds"
+    )
+    if chosen is not complete[0]:
+        reason += f"; #{_number(complete[0])} scored higher, but not by that margin"
+    return chosen, reason
+
+
+def _beats(trial: _Trial, base: _Trial, z: float) -> bool:
+    a, b = trial.attrs.get("fold_scores"), base.attrs.get("fold_scores")
+    if trial is base or not a or not b or len(a) != len(b) or len(a) < 2:
+        return False
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    margin = diff.mean()
+    return bool(margin > 0 and margin > z * diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
+def _number(trial: _Trial) -> int:
+    return int(getattr(trial, "number", -1))

@@ -1,0 +1,117 @@
+"""The few-label anchor: a sentence encoder's last layer, recommended unless beaten clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import optuna
+import pytest
+
+from autolayer import anchor
+from autolayer.errors import ConfigError
+from autolayer.search import TrialSummary, recommended
+from tests.conftest import run
+
+
+def trial(number, folds, models=("m",), layers=(6,), head="linear"):
+    value = sum(folds) / len(folds)
+    attrs = {"fold_scores": list(folds), "params": 100}
+    return TrialSummary(number, "COMPLETE", (value,), models, layers, "concat", 8, 0.1, attrs, head)
+
+
+def ranked(*trials):
+    return sorted(trials, key=lambda t: -t.values[0])
+
+
+CONTEXT = {"options": {"anchor": "m"}, "models": {"m": {"n_hidden_states": 7}}}
+
+
+def test_the_anchor_stands_unless_a_trial_beats_it_by_two_standard_errors():
+    base = trial(0, [0.6, 0.7, 0.8, 0.6, 0.7])
+    lucky = trial(1, [0.9, 0.7, 0.8, 0.9, 0.7], layers=(3,))  # +0.12, paired SE 0.066
+    best, why = recommended(ranked(base, lucky), CONTEXT)
+    assert best.number == 0
+    assert "no trial beat it by 2 standard errors" in why and "#1" in why
+    clear = trial(2, [0.8, 0.9, 1.0, 0.8, 0.9], layers=(3,))  # +0.2 on every fold
+    best, why = recommended(ranked(base, lucky, clear), CONTEXT)
+    assert best.number == 2 and "beat the anchor" in why
+
+
+def test_a_clear_winner_below_the_top_is_chosen_over_a_lucky_top():
+    base = trial(0, [0.6, 0.7, 0.8, 0.6, 0.7])
+    steady = trial(1, [0.75, 0.85, 0.95, 0.75, 0.85], layers=(3,))  # +0.15 on every fold
+    lucky = trial(2, [1.0, 0.6, 1.0, 0.6, 1.0], layers=(4,))  # higher mean, erratic gain
+    best, why = recommended(ranked(base, steady, lucky), CONTEXT)
+    assert best.number == 1 and "#2 scored higher" in why
+
+
+def test_without_the_anchors_trial_the_one_standard_error_rule_applies():
+    other = trial(0, [0.9, 0.8, 0.9, 0.8, 0.9], layers=(3,))
+    best, why = recommended([other], CONTEXT)
+    assert best.number == 0 and why == ""
+    assert anchor.against_anchor([other], "m", 6) is None
+    mlp = trial(1, [0.9, 0.8, 0.9, 0.8, 0.9], head="mlp")  # the anchor's layer, other head
+    assert anchor.against_anchor([mlp], "m", 6) is None
+
+
+@pytest.fixture()
+def sentence_encoder(tiny_models, tmp_path):
+    """The tiny encoder made a sentence-transformers folder (its modules.json)."""
+    folder = tmp_path / "sbert"
+    shutil.copytree(tiny_models["bert"], folder)
+    (folder / "modules.json").write_text(json.dumps([{"idx": 0, "type": "Transformer"}]))
+    return str(folder)
+
+
+def test_auto_is_the_pools_sentence_encoder(sentence_encoder, tiny_models):
+    plain = str(tiny_models["bert"])
+    assert anchor.resolve("auto", [plain, sentence_encoder]) == sentence_encoder
+    assert anchor.resolve("auto", [plain, str(tiny_models["llama"])]) is None
+    assert anchor.resolve("none", [sentence_encoder]) is None
+    assert anchor.resolve(plain, [plain, sentence_encoder]) == plain
+    with pytest.raises(ConfigError, match="not one of the models"):
+        anchor.resolve("mpnet", [plain])
+    with pytest.raises(ConfigError, match="sparse"):
+        anchor.resolve("tfidf", [plain, "tfidf"])
+
+
+def test_few_labels_search_the_anchors_last_layer_first(
+    tmp_path, home, tiny_dataset, tiny_models, sentence_encoder, one_thread
+):
+    from autolayer import pipeline
+    from autolayer.budgets import Budget
+
+    rec = pipeline.recommend(
+        tiny_dataset,
+        [str(tiny_models["llama"]), sentence_encoder],
+        output_dir=tmp_path / "out",
+        budget=Budget(n_trials=4),
+        labels_per_class=6,
+        top_k=1,
+        max_length=12,
+    )
+    first = min(rec.search.trials, key=lambda t: t.number)
+    assert first.models == (sentence_encoder,) and first.head == "linear"
+    assert first.layers == (4,)  # the tiny encoder's last layer, whatever its probe rank
+    study = optuna.load_study(study_name=rec.search.study_name, storage=rec.search.storage)
+    assert study.user_attrs["context"]["options"]["anchor"] == sentence_encoder
+    searched = {m.model: m.searched for m in rec.reports}
+    assert 4 in searched[sentence_encoder] and len(searched[str(tiny_models["llama"])]) == 1
+
+
+def test_an_anchor_needs_cross_validation(tmp_path, home, tiny_dataset, tiny_models):
+    from autolayer import pipeline
+
+    with pytest.raises(ConfigError, match="needs cross-validation"):
+        pipeline.prepare(tiny_dataset, [str(tiny_models["bert"])], anchor="x")
+
+
+def test_cli_unknown_anchor_is_one_line(capsys, tmp_path, home, tiny_dataset, tiny_models):
+    code, out, err = run(
+        capsys,
+        *("recommend", "-d", tiny_dataset, "--models", tiny_models["bert"]),
+        *("--labels-per-class", 6, "--anchor", "mpnet", "-o", tmp_path / "o"),
+    )
+    assert code != 0 and "not one of the models" in err
+    assert "Traceback" not in err + out
