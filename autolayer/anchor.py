@@ -82,7 +82,8 @@ def against_anchor(
     """The recommended trial of ``complete`` (best first, cross-validated): the anchor's,
     unless some trial beats it by more than ``z`` standard errors of their per-fold score
     difference; then the best of those. ``None`` when the anchor's trial is not among them
-    (not run yet, or failed). The second item says why, for the report."""
+    (not run yet, or failed). The second item says why, for the report (the anchor, or
+    what beat it)."""
     found = [t for t in complete if is_anchor(t, anchor, layer)]
     if not found:
         return None
@@ -91,7 +92,7 @@ def against_anchor(
     if not winners:
         top = complete[0]
         if top is base:
-            return base, ""
+            return base, f"the anchor, {anchor}'s last layer with a linear head, scored best"
         return base, (
             f"the anchor, {anchor}'s last layer with a linear head: no trial beat it by "
             f"{z:g} standard errors over the folds (the best, #{_number(top)}, scored "

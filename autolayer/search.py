@@ -198,7 +198,7 @@ class SearchResult:
     best: TrialSummary
     trials: tuple[TrialSummary, ...]
     pareto: tuple[TrialSummary, ...]
-    why: str = ""  # why ``best`` is not the top-scoring trial, when it is not
+    why: str = ""  # why ``best`` was chosen, when a rule (anchor, one standard error) chose it
 
 
 def subsets(names: Sequence[str], max_models: int) -> list[str]:

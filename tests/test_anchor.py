@@ -100,6 +100,18 @@ def test_few_labels_search_the_anchors_last_layer_first(
     assert 4 in searched[sentence_encoder] and len(searched[str(tiny_models["llama"])]) == 1
 
 
+def test_cli_report_says_the_anchor_decided(
+    capsys, tmp_path, home, tiny_dataset, tiny_models, sentence_encoder, one_thread
+):
+    code, out, err = run(
+        capsys,
+        *("recommend", "-d", tiny_dataset, "--models", sentence_encoder),
+        *("--labels-per-class", 6, "--n-trials", 3, "--max-length", 12, "-o", tmp_path / "o"),
+    )
+    assert code == 0, err
+    assert "the anchor" in " ".join(out.split())  # chosen, or beaten: the report says which
+
+
 def test_an_anchor_needs_cross_validation(tmp_path, home, tiny_dataset, tiny_models):
     from autolayer import pipeline
 
