@@ -381,6 +381,7 @@ class _Objective:
             )
             epochs_run = len(result.curve)
             trial.set_user_attr("fold_scores", list(result.fold_scores))
+            trial.set_user_attr("n_rows", sum(len(fold) for fold in self.folds))  # held out
         else:
             result = train_fusion(
                 train,

@@ -12,7 +12,9 @@ test accuracy (probe fitted on the whole draw). Each selection rule then picks o
   fold scores) of the top, else the top;
 - ``paired z``: the best last layer unless the top beats it on the same held-out rows by
   more than ``z`` standard errors of the paired per-row difference (``fold-paired``: of the
-  per-fold difference); ``to anchor``: the same, against the anchor's last layer.
+  per-fold difference); ``to anchor``: the same, against the anchor's last layer;
+- ``binomial z to anchor``: autolayer's rule (``autolayer/anchor.py``): the top unless it
+  beats the anchor by ``z`` standard errors of a difference of two independent proportions.
 
     .venv/bin/python studies/fewshot/priors.py --set sst2 --work-dir /work/fewshot-work \\
         --out studies/results/fewshot
@@ -83,6 +85,11 @@ def pick(rule: str, cands: list[dict], tests: list[np.ndarray], anchor: str) -> 
         scores = fold_means(top["correct"], tests)
         floor = scores.mean() - scores.std(ddof=1) / np.sqrt(len(scores))
         return default if default["correct"].mean() >= floor else top
+    if rule.startswith("binomial"):  # autolayer's rule (anchor.py): unpaired, conservative
+        z = float(rule.split()[1])
+        a, b = top["correct"].mean(), default["correct"].mean()
+        error = np.sqrt((a * (1 - a) + b * (1 - b)) / len(top["correct"]))
+        return top if a - b > z * error else default
     if rule.startswith("paired") or rule.startswith("fold-paired"):
         z = float(rule.split()[1])
         diff = top["correct"] - default["correct"]
@@ -104,6 +111,7 @@ RULES = (
     "paired 2 to anchor",
     "fold-paired 1 to anchor",
     "fold-paired 2 to anchor",
+    "binomial 2 to anchor",
 )
 
 
