@@ -92,6 +92,7 @@ def test_few_labels_search_the_anchors_last_layer_first(
     )
     first = min(rec.search.trials, key=lambda t: t.number)
     assert first.models == (sentence_encoder,) and first.head == "linear"
+    assert first.attrs["n_rows"] == 12  # every drawn row is held out once: the rule's n
     assert first.layers == (4,)  # the tiny encoder's last layer, whatever its probe rank
     study = optuna.load_study(study_name=rec.search.study_name, storage=rec.search.storage)
     assert study.user_attrs["context"]["options"]["anchor"] == sentence_encoder
