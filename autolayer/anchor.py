@@ -6,14 +6,15 @@ Why: choosing among four models and all their layers by cross-validation over a 
 texts is mostly noise, and the winner of many noisy comparisons is the luckiest, not the
 best. On 5 SST-2 draws each of 8, 16, 32 and 64 labels per class, the (model, layer) with
 the best CV probe score was never better on test than mpnet's last layer + LR, and up to
-11 points worse at 8 per class; departing from that anchor only when the best trial beats it
-by two standard errors of the per-fold difference kept most of the anchor's accuracy and
-spread (``studies/fewshot/priors.py``, results in ``studies/results/fewshot/``).
+11 points worse at 8 per class (``studies/fewshot/priors.py``, results in
+``studies/results/fewshot/``). A trial must therefore beat the anchor by a margin no lucky
+trial among dozens is likely to reach.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Protocol
 
 import numpy as np
@@ -22,7 +23,7 @@ from autolayer.errors import ConfigError
 from autolayer.sources import make_source
 
 AUTO, NONE = "auto", "none"
-Z = 2.0  # standard errors of the score difference a trial must win by
+ALPHA = 0.05  # family-wise: the chance that any of the trials beats the anchor by luck
 
 
 class _Trial(Protocol):
@@ -77,17 +78,19 @@ def is_anchor(trial: _Trial, anchor: str, layer: int) -> bool:
 
 
 def against_anchor(
-    complete: Sequence[_Trial], anchor: str, layer: int, z: float = Z
+    complete: Sequence[_Trial], anchor: str, layer: int, alpha: float = ALPHA
 ) -> tuple[_Trial, str] | None:
     """The recommended trial of ``complete`` (best first, cross-validated): the anchor's,
     unless some trial beats it by more than ``z`` standard errors of the difference (see
-    :func:`_beats`); then the best of those. ``None`` when the anchor's trial is not among them
-    (not run yet, or failed). The second item says why, for the report (the anchor, or
-    what beat it)."""
+    :func:`_beats`), ``z`` being Bonferroni's for ``alpha`` over the other trials (2.9 for
+    30): each trial is one more chance to beat the anchor by luck. Then the best of those.
+    ``None`` when the anchor's trial is not among them (not run yet, or failed). The second
+    item says why, for the report (the anchor, or what beat it)."""
     found = [t for t in complete if is_anchor(t, anchor, layer)]
     if not found:
         return None
     base = found[0]
+    z = NormalDist().inv_cdf(1 - alpha / max(len(complete) - 1, 1))
     winners = [t for t in complete if _beats(t, base, z)]
     if not winners:
         top = complete[0]
@@ -95,13 +98,13 @@ def against_anchor(
             return base, f"the anchor, {anchor}'s last layer with a linear head, scored best"
         return base, (
             f"the anchor, {anchor}'s last layer with a linear head: no trial beat it by "
-            f"{z:g} standard errors (the best, #{_number(top)}, scored "
+            f"{z:.1f} standard errors (the best, #{_number(top)}, scored "
             f"{top.values[0]:.4f} against its {base.values[0]:.4f})"
         )
     chosen = winners[0]
     reason = (
         f"it beat the anchor ({anchor}'s last layer, linear head, {base.values[0]:.4f}) by "
-        f"more than {z:g} standard errors"
+        f"more than {z:.1f} standard errors"
     )
     if chosen is not complete[0]:
         reason += f"; #{_number(complete[0])} scored higher, but not by that margin"

@@ -544,7 +544,7 @@ def _search_options(func):
             "--anchor",
             metavar="MODEL|auto|none",
             help="Under cross-validation, the model whose last layer (linear head) is "
-            "recommended unless a trial beats it by 2 standard errors over the folds "
+            "recommended unless a trial beats it clearly (about 3 standard errors for 30 trials) "
             "(default with --labels-per-class: auto, the largest sentence encoder).",
         ),
         click.option(

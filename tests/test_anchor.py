@@ -26,18 +26,25 @@ def ranked(*trials):
 CONTEXT = {"options": {"anchor": "m"}, "models": {"m": {"n_hidden_states": 7}}}
 
 
-def test_the_anchor_stands_unless_a_trial_beats_it_by_two_standard_errors():
+def test_the_anchor_stands_unless_a_trial_beats_it_clearly():
     base = trial(0, 0.70)
     # on 100 rows the error of 0.80 - 0.70 is sqrt((.16 + .21) / 100) = 0.061: 1.6 errors
     close = trial(1, 0.80, layers=(3,))
     best, why = recommended(ranked(base, close), CONTEXT)
-    assert best.number == 0
-    assert "no trial beat it by 2 standard errors" in why and "#1" in why
-    clear = trial(2, 0.85, layers=(3,))  # 0.15 / 0.058: 2.6 errors
+    assert best.number == 0  # one comparison: z = 1.64 at alpha 0.05
+    assert "no trial beat it by 1.6 standard errors" in why and "#1" in why
+    clear = trial(2, 0.85, layers=(3,))  # 0.15 / 0.058: 2.6 errors > 1.96 (two comparisons)
     best, why = recommended(ranked(base, close, clear), CONTEXT)
     assert best.number == 2 and "beat the anchor" in why
     few = [trial(0, 0.70, n_rows=16), trial(2, 0.85, layers=(3,), n_rows=16)]
     assert recommended(ranked(*few), CONTEXT)[0].number == 0  # 16 rows: 0.15 is 1.0 error
+
+
+def test_more_trials_need_a_wider_margin():
+    base, clear = trial(0, 0.70), trial(2, 0.85, layers=(3,))  # 2.6 errors
+    others = [trial(10 + i, 0.5, layers=(4,)) for i in range(29)]  # 30 comparisons: z = 2.9
+    best, why = recommended(ranked(base, clear, *others), CONTEXT)
+    assert best.number == 0 and "2.9 standard errors" in why
 
 
 def test_the_anchor_scoring_best_is_said():

@@ -13,8 +13,9 @@ test accuracy (probe fitted on the whole draw). Each selection rule then picks o
 - ``paired z``: the best last layer unless the top beats it on the same held-out rows by
   more than ``z`` standard errors of the paired per-row difference (``fold-paired``: of the
   per-fold difference); ``to anchor``: the same, against the anchor's last layer;
-- ``binomial z to anchor``: autolayer's rule (``autolayer/anchor.py``): the top unless it
-  beats the anchor by ``z`` standard errors of a difference of two independent proportions.
+- ``binomial z to anchor``: the top unless it beats the anchor by ``z`` standard errors of
+  a difference of two independent proportions; ``bonferroni``: autolayer's rule
+  (``autolayer/anchor.py``), ``z`` for a 5 % family-wise error over the other candidates.
 
     .venv/bin/python studies/fewshot/priors.py --set sst2 --work-dir /work/fewshot-work \\
         --out studies/results/fewshot
@@ -26,6 +27,7 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -86,7 +88,12 @@ def pick(rule: str, cands: list[dict], tests: list[np.ndarray], anchor: str) -> 
         floor = scores.mean() - scores.std(ddof=1) / np.sqrt(len(scores))
         return default if default["correct"].mean() >= floor else top
     if rule.startswith("binomial"):  # autolayer's rule (anchor.py): unpaired, conservative
-        z = float(rule.split()[1])
+        word = rule.split()[1]  # a z, or Bonferroni's over the other candidates
+        z = (
+            NormalDist().inv_cdf(1 - 0.05 / (len(cands) - 1))
+            if word == "bonferroni"
+            else float(word)
+        )
         a, b = top["correct"].mean(), default["correct"].mean()
         error = np.sqrt((a * (1 - a) + b * (1 - b)) / len(top["correct"]))
         return top if a - b > z * error else default
@@ -112,6 +119,7 @@ RULES = (
     "fold-paired 1 to anchor",
     "fold-paired 2 to anchor",
     "binomial 2 to anchor",
+    "binomial bonferroni to anchor",
 )
 
 
