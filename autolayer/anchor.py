@@ -78,22 +78,34 @@ def is_anchor(trial: _Trial, anchor: str, layer: int) -> bool:
 
 
 def against_anchor(
-    complete: Sequence[_Trial], anchor: str, layer: int, alpha: float = ALPHA
+    complete: Sequence[_Trial],
+    anchor: str,
+    layer: int,
+    alpha: float = ALPHA,
+    stopped: bool = False,
 ) -> tuple[_Trial, str] | None:
     """The recommended trial of ``complete`` (best first, cross-validated): the anchor's,
     unless some trial beats it by more than ``z`` standard errors of the difference (see
     :func:`_beats`), ``z`` being Bonferroni's for ``alpha`` over the other trials (2.9 for
     30): each trial is one more chance to beat the anchor by luck. Then the best of those.
     ``None`` when the anchor's trial is not among them (not run yet, or failed). The second
-    item says why, for the report (the anchor, or what beat it)."""
+    item says why, for the report (the anchor, or what beat it); ``stopped``: the search
+    stopped after the anchor, which no trial could beat (:func:`unbeatable`)."""
     found = [t for t in complete if is_anchor(t, anchor, layer)]
     if not found:
         return None
     base = found[0]
-    z = NormalDist().inv_cdf(1 - alpha / max(len(complete) - 1, 1))
+    z = margin_z(len(complete) - 1, alpha)
     winners = [t for t in complete if _beats(t, base, z)]
     if not winners:
         top = complete[0]
+        if stopped and top is base:
+            return base, (
+                f"the anchor, {anchor}'s last layer with a linear head: on "
+                f"{base.attrs['n_rows']} held-out texts not even a perfect score could beat its "
+                f"{base.values[0]:.4f} by the margin the budget's trials need, so the search "
+                "stopped after it"
+            )
         if top is base:
             return base, f"the anchor, {anchor}'s last layer with a linear head, scored best"
         return base, (
@@ -109,6 +121,20 @@ def against_anchor(
     if chosen is not complete[0]:
         reason += f"; #{_number(complete[0])} scored higher, but not by that margin"
     return chosen, reason
+
+
+def margin_z(comparisons: int, alpha: float = ALPHA) -> float:
+    """Standard errors a trial must win by: Bonferroni's z for ``alpha`` over
+    ``comparisons`` trials (1.6 for one, 2.9 for 29)."""
+    return NormalDist().inv_cdf(1 - alpha / max(comparisons, 1))
+
+
+def unbeatable(score: float, n_rows: int, n_trials: int, alpha: float = ALPHA) -> bool:
+    """Whether even a perfect score could not beat the anchor's ``score`` on ``n_rows``
+    held-out rows by the margin ``n_trials`` trials need (see :func:`_beats`). Then the
+    search cannot change the answer and stops after the anchor: with 16 texts and 30 trials,
+    any anchor above 0.6 or so."""
+    return 1 - score <= margin_z(n_trials - 1, alpha) * np.sqrt(score * (1 - score) / n_rows)
 
 
 def _beats(trial: _Trial, base: _Trial, z: float) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 import optuna
 from scipy.sparse import issparse
 
-from autolayer.anchor import against_anchor
+from autolayer.anchor import against_anchor, is_anchor, unbeatable
 from autolayer.budgets import Budget
 from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
@@ -457,6 +457,28 @@ def slots_taken(study: optuna.Study, number: int) -> int:
     )
 
 
+UNBEATABLE = "anchor_unbeatable"  # study attribute: the search stopped after the anchor
+
+
+def _stop_if_unbeatable(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Stop the study once the anchor's trial is in and no trial of the budget could beat it
+    (:func:`autolayer.anchor.unbeatable`): the rest could not change the answer."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        context = study.user_attrs.get("context") or {}
+        name = (context.get("options") or {}).get("anchor")
+        models = context.get("models", {})
+        if name not in models or trial.state != optuna.trial.TrialState.COMPLETE:
+            return
+        if not is_anchor(_summary(trial), name, models[name]["n_hidden_states"] - 1):
+            return
+        if unbeatable(trial.values[0], trial.user_attrs["n_rows"], n_trials):
+            study.set_user_attr(UNBEATABLE, True)
+            study.stop()
+
+    return callback
+
+
 def _stop_after(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     """Stop once ``n_trials`` trials were trained (finished or pruned by the pruner).
 
@@ -604,7 +626,11 @@ def run_search(
         study.optimize(
             objective,
             timeout=budget.timeout,
-            callbacks=[_stop_after(budget.n_trials), *callbacks],
+            callbacks=[
+                _stop_after(budget.n_trials),
+                _stop_if_unbeatable(budget.n_trials),
+                *callbacks,
+            ],
         )
     with warnings.catch_warnings():  # experimental since Optuna 2.9, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -683,15 +709,18 @@ def within_one_error(complete: Sequence[TrialSummary]) -> TrialSummary:
     return min(close, key=lambda t: (t.attrs.get("params", math.inf), -t.values[0], t.number))
 
 
-def recommended(complete: Sequence[TrialSummary], context: dict | None) -> tuple[TrialSummary, str]:
+def recommended(
+    complete: Sequence[TrialSummary], context: dict | None, stopped: bool = False
+) -> tuple[TrialSummary, str]:
     """The trial to recommend among ``complete`` (best first) and, when it is not the top
     one, why: under cross-validation with an anchor (few labels), the anchor unless beaten
     clearly (:func:`autolayer.anchor.against_anchor`); otherwise the one-standard-error
-    rule, which is the top trial itself without folds."""
+    rule, which is the top trial itself without folds. ``stopped``: the search stopped
+    after the anchor's trial, which no other could beat."""
     anchor = ((context or {}).get("options") or {}).get("anchor")
     info = (context or {}).get("models", {}).get(anchor) if anchor else None
     if info is not None:
-        chosen = against_anchor(complete, anchor, info["n_hidden_states"] - 1)
+        chosen = against_anchor(complete, anchor, info["n_hidden_states"] - 1, stopped=stopped)
         if chosen is not None:
             return chosen
     best, top = within_one_error(complete), complete[0]
@@ -717,7 +746,8 @@ def collect(study: optuna.Study, storage: str) -> SearchResult:
     )
     best, why = complete[0], ""
     if len(study.directions) == 1:
-        best, why = recommended(complete, study.user_attrs.get("context"))
+        attrs = study.user_attrs
+        best, why = recommended(complete, attrs.get("context"), bool(attrs.get(UNBEATABLE)))
     return SearchResult(
         study_name=study.study_name,
         storage=storage,

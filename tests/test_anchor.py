@@ -134,3 +134,34 @@ def test_cli_unknown_anchor_is_one_line(capsys, tmp_path, home, tiny_dataset, ti
     )
     assert code != 0 and "not one of the models" in err
     assert "Traceback" not in err + out
+
+
+def test_unbeatable_is_when_not_even_a_perfect_score_would_win():
+    assert anchor.unbeatable(0.75, 16, 30)  # 0.25 < 2.94 * sqrt(.1875 / 16) = 0.32
+    assert not anchor.unbeatable(0.5, 16, 30)  # 0.5 > 2.94 * 0.125
+    assert not anchor.unbeatable(0.75, 400, 30)  # 0.25 > 2.94 * 0.022
+    assert anchor.unbeatable(1.0, 400, 30)
+
+
+def test_the_search_stops_after_an_anchor_no_trial_could_beat(
+    tmp_path, home, tiny_models, sentence_encoder, one_thread
+):
+    from autolayer import pipeline
+    from autolayer.budgets import Budget
+    from tests.conftest import write_jsonl
+
+    # one text per class, repeated: the anchor separates them perfectly in every fold
+    rows = [{"text": ("good", "bad")[i % 2], "label": ("pos", "neg")[i % 2]} for i in range(40)]
+    write_jsonl(tmp_path / "d" / "train.jsonl", rows)
+    rec = pipeline.recommend(
+        tmp_path / "d",
+        [str(tiny_models["llama"]), sentence_encoder],
+        output_dir=tmp_path / "out",
+        budget=Budget(n_trials=10),
+        labels_per_class=8,
+        max_length=8,
+    )
+    ran = [t.number for t in rec.search.trials if t.state != "WAITING"]  # guided ones wait
+    assert ran == [0]
+    assert rec.search.best.models == (sentence_encoder,) and rec.search.best.value == 1.0
+    assert "search stopped after it" in rec.search.why
