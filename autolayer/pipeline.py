@@ -343,6 +343,7 @@ def prepare(
     probe_max_examples: int | None = PROBE_ROWS,
     fidelity: Fidelity | None = None,
     progress: ProgressFactory | None = None,
+    n_trials: int | None = None,
     **settings,
 ) -> Prepared:
     """Features of each model's top-k layers for the search, and what they cost.
@@ -351,7 +352,9 @@ def prepare(
     with ``fidelity`` multi-fidelity (screen, select, complete: see
     :mod:`autolayer.fidelity`). ``options`` (or keyword ``settings`` such as
     ``pooling="last"``) decide the features and the validation split, and travel with the
-    result into the search and the study.
+    result into the search and the study. With an anchor and ``n_trials`` (the search's
+    budget), the anchor is scored first, and when no trial of that budget could beat it
+    the other models are not extracted at all (:func:`autolayer.anchor.unbeatable`).
     """
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1; got {top_k}")
@@ -363,6 +366,12 @@ def prepare(
     if options.cv_folds is not None:
         _check_cross_validation(data, rows.y_train)
     clock = StageClock()
+    unread = {}
+    if n_trials is not None and options.anchor is not None and len(models) > 1:
+        reason = _unbeaten_anchor(data, rows, options, n_trials, clock, progress)
+        if reason is not None:
+            unread = {name: reason for name in models if name != options.anchor}
+            models = [options.anchor]
     if fidelity is not None and fidelity.screens(len(rows.train)):
         fidelity.check(len(rows.train), len(data.label_names))
         features, dropped, pairs = _screened(
@@ -400,7 +409,7 @@ def prepare(
         reports,
         validation,
         clock.costs(),
-        dropped,
+        {**unread, **dropped},
         pairs,
         folds,
     )
@@ -416,6 +425,36 @@ def _anchor(options: Options, models: Sequence[str]) -> str | None:
             )
         return None
     return anchor.resolve(options.anchor, models)
+
+
+def _unbeaten_anchor(data, rows, options, n_trials, clock, progress) -> str | None:
+    """Why the other models need not be extracted, when the anchor's cross-validated score
+    (its last layer, linear head, as its trial will score it) is out of reach of every
+    trial ``n_trials`` allows; else None."""
+    from autolayer.fusion import FusionParams, cross_validate
+    from autolayer.probe import folds as stratified_folds
+
+    with clock.stage("anchor", "the anchor's last layer, cross-validated") as count:
+        train = embed(options.anchor, data, "train", options, progress)
+        count(computed(train.meta, len(train.layers)))
+        x = np.asarray(train.array[rows.train])[:, -1]
+        folds = stratified_folds(rows.y_train, options.cv_folds, options.seed)
+        params = FusionParams(operator="concat", metric=options.metric, head="linear")
+        score = cross_validate(
+            [x],
+            rows.y_train,
+            folds,
+            params=params,
+            seed=options.seed,
+            n_classes=len(data.label_names),
+        ).best_val_metric
+    n = len(rows.y_train)
+    if not anchor.unbeatable(score, n, n_trials):
+        return None
+    return (
+        f"not extracted: the anchor's CV score {score:.4f} on {n} texts is out of reach of "
+        f"the {n_trials} trials' margin"
+    )
 
 
 def _searched(name: str, scores: LayerScores, options: Options, top_k: int) -> tuple[int, ...]:
@@ -1041,8 +1080,15 @@ def recommend(
         labels_per_class=labels_per_class,
     )
     check_output_dir(Path(output_dir), data, overwrite=overwrite)
+    budget = budget or Budget()
     prepared = prepare(
-        data, models, options=options, top_k=top_k, fidelity=fidelity, progress=progress
+        data,
+        models,
+        options=options,
+        top_k=top_k,
+        fidelity=fidelity,
+        progress=progress,
+        n_trials=budget.n_trials,
     )
     space = space or default_space(options)
     started = time.process_time()

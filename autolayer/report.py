@@ -372,7 +372,7 @@ def stages_table(stages, dropped: dict) -> None:
         )
     console.print(table)
     for model, reason in dropped.items():
-        console.print(f"dropped [bold]{escape(model)}[/] after the screen: {escape(reason)}")
+        console.print(f"dropped [bold]{escape(model)}[/]: {escape(reason)}")
 
 
 def recommendation(rec, output_dir) -> None:

@@ -165,3 +165,8 @@ def test_the_search_stops_after_an_anchor_no_trial_could_beat(
     assert ran == [0]
     assert rec.search.best.models == (sentence_encoder,) and rec.search.best.value == 1.0
     assert "search stopped after it" in rec.search.why
+    llama = str(tiny_models["llama"])
+    assert "not extracted" in rec.dropped[llama]  # decided before the decoder ever ran
+    assert [r.model for r in rec.reports] == [sentence_encoder]
+    cached = [json.loads(m.read_text())["model"] for m in home.rglob("meta.json")]
+    assert cached and all("llama" not in name for name in cached)
