@@ -343,7 +343,7 @@ def prepare(
     probe_max_examples: int | None = PROBE_ROWS,
     fidelity: Fidelity | None = None,
     progress: ProgressFactory | None = None,
-    n_trials: int | None = None,
+    anchor_budget: Budget | None = None,
     **settings,
 ) -> Prepared:
     """Features of each model's top-k layers for the search, and what they cost.
@@ -352,9 +352,10 @@ def prepare(
     with ``fidelity`` multi-fidelity (screen, select, complete: see
     :mod:`autolayer.fidelity`). ``options`` (or keyword ``settings`` such as
     ``pooling="last"``) decide the features and the validation split, and travel with the
-    result into the search and the study. With an anchor and ``n_trials`` (the search's
-    budget), the anchor is scored first, and when no trial of that budget could beat it
-    the other models are not extracted at all (:func:`autolayer.anchor.unbeatable`).
+    result into the search and the study. With an anchor and ``anchor_budget`` (the budget
+    of a single-objective search that offers the linear head), the anchor is scored first,
+    and when it fits that budget and none of its trials could beat it, the other models are
+    not extracted at all (:func:`autolayer.anchor.unbeatable`).
     """
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1; got {top_k}")
@@ -367,8 +368,8 @@ def prepare(
         _check_cross_validation(data, rows.y_train)
     clock = StageClock()
     unread = {}
-    if n_trials is not None and options.anchor is not None and len(models) > 1:
-        reason = _unbeaten_anchor(data, rows, options, n_trials, clock, progress)
+    if anchor_budget is not None and options.anchor is not None and len(models) > 1:
+        reason = _unbeaten_anchor(data, rows, options, anchor_budget, clock, progress)
         if reason is not None:
             unread = {name: reason for name in models if name != options.anchor}
             models = [options.anchor]
@@ -416,8 +417,9 @@ def prepare(
 
 
 def _anchor(options: Options, models: Sequence[str]) -> str | None:
-    """The resolved anchor: only cross-validation gives the per-fold scores that decide
-    whether a trial beats it."""
+    """The resolved anchor (as the pool spells it), or None: the anchor rule judges trials
+    by their scores over every held-out row of a cross-validation, so only
+    cross-validation has one."""
     if options.cv_folds is None:
         if options.anchor not in (None, anchor.AUTO, anchor.NONE):
             raise ConfigError(
@@ -427,10 +429,13 @@ def _anchor(options: Options, models: Sequence[str]) -> str | None:
     return anchor.resolve(options.anchor, models)
 
 
-def _unbeaten_anchor(data, rows, options, n_trials, clock, progress) -> str | None:
+def _unbeaten_anchor(data, rows, options, budget: Budget, clock, progress) -> str | None:
     """Why the other models need not be extracted, when the anchor's cross-validated score
     (its last layer, linear head, as its trial will score it) is out of reach of every
-    trial ``n_trials`` allows; else None."""
+    trial ``budget`` allows and the anchor meets the budget's limits; else None.
+
+    Every layer is kept, not only the last: the forward pass runs the whole backbone for
+    the last layer anyway, and when the search goes on it reads them from the cache."""
     from autolayer.fusion import FusionParams, cross_validate
     from autolayer.probe import folds as stratified_folds
 
@@ -449,11 +454,35 @@ def _unbeaten_anchor(data, rows, options, n_trials, clock, progress) -> str | No
             n_classes=len(data.label_names),
         ).best_val_metric
     n = len(rows.y_train)
-    if not anchor.unbeatable(score, n, n_trials):
+    if not anchor.unbeatable(score, n, budget.n_trials):
         return None
+    if budget.violations(_anchor_cost(options.anchor, train, x, len(data.label_names))):
+        return None  # its trial would be infeasible: the search must find another
     return (
         f"not extracted: the anchor's CV score {score:.4f} on {n} texts is out of reach of "
-        f"the {n_trials} trials' margin"
+        f"the {budget.n_trials} trials' margin"
+    )
+
+
+def _anchor_cost(name: str, train, x: np.ndarray, n_classes: int):
+    """What the anchor's trial (its last layer, linear head) costs, priced as the search
+    prices it (:func:`autolayer.search.cost_of`)."""
+    from autolayer.search import cost_of
+
+    last = train.meta["n_hidden_states"] - 1
+    features = _Features(
+        name, last + 1, (last,), None, x[:, None], x[:0, None], _ms_per_text(train.meta)
+    )
+    space = Space()
+    return cost_of(
+        [_candidate(features)],
+        [last],
+        "concat",
+        min(space.widths),
+        space.hidden,
+        n_classes,
+        len(x),
+        "linear",
     )
 
 
@@ -731,6 +760,8 @@ def study_identity(context: dict) -> dict:
         "features (pooling, max_length)": sorted(
             {(info["pooling"], info["max_length"]) for info in context["models"].values()}
         ),
+        # which trial the others must beat: the same trials, judged by another rule
+        "anchor": (context.get("options") or {}).get("anchor"),
     }
 
 
@@ -742,12 +773,14 @@ def default_space(options: Options) -> Space:
 
 
 def default_study_name(prepared: Prepared) -> str:
-    """Named by data and models (and folds, under cross-validation): a run judged another
-    way is another study, not a refused resume."""
+    """Named by data and models (and folds and anchor, under cross-validation): a run
+    judged another way is another study, not a refused resume."""
     names = ",".join(c.name for c in prepared.candidates)
     key = f"{prepared.data.fingerprint}|{names}"
     if prepared.options.cv_folds is not None:
         key += f"|cv{prepared.options.cv_folds}"
+    if prepared.options.anchor is not None:
+        key += f"|anchor={prepared.options.anchor}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return f"autolayer-{prepared.data.name}-{digest}"
 
@@ -1081,6 +1114,7 @@ def recommend(
     )
     check_output_dir(Path(output_dir), data, overwrite=overwrite)
     budget = budget or Budget()
+    space = space or default_space(options)
     prepared = prepare(
         data,
         models,
@@ -1088,9 +1122,8 @@ def recommend(
         top_k=top_k,
         fidelity=fidelity,
         progress=progress,
-        n_trials=budget.n_trials,
+        anchor_budget=None if multi_objective or "linear" not in space.heads else budget,
     )
-    space = space or default_space(options)
     started = time.process_time()
     result = search(
         prepared,

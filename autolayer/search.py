@@ -465,18 +465,34 @@ def _stop_if_unbeatable(n_trials: int) -> Callable[[optuna.Study, optuna.trial.F
     (:func:`autolayer.anchor.unbeatable`): the rest could not change the answer."""
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        context = study.user_attrs.get("context") or {}
-        name = (context.get("options") or {}).get("anchor")
-        models = context.get("models", {})
-        if name not in models or trial.state != optuna.trial.TrialState.COMPLETE:
-            return
-        if not is_anchor(_summary(trial), name, models[name]["n_hidden_states"] - 1):
-            return
-        if unbeatable(trial.values[0], trial.user_attrs["n_rows"], n_trials):
-            study.set_user_attr(UNBEATABLE, True)
+        if anchor_unbeatable(study, n_trials):
             study.stop()
 
     return callback
+
+
+def anchor_unbeatable(study: optuna.Study, n_trials: int) -> bool:
+    """Whether the study has the anchor's finished trial, out of reach of ``n_trials``
+    trials; then marks the study (:data:`UNBEATABLE`). Read from the storage, so a resumed
+    run, or another worker, sees what an earlier one found and trains nothing more."""
+    if study.user_attrs.get(UNBEATABLE):
+        return True
+    context = study.user_attrs.get("context") or {}
+    name = (context.get("options") or {}).get("anchor")
+    models = context.get("models", {})
+    if name not in models:
+        return False
+    last = models[name]["n_hidden_states"] - 1
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        rows = trial.user_attrs.get("n_rows")  # recorded by cross-validated trials
+        if (
+            rows
+            and is_anchor(_summary(trial), name, last)
+            and unbeatable(trial.values[0], rows, n_trials)
+        ):
+            study.set_user_attr(UNBEATABLE, True)
+            return True
+    return False
 
 
 def _stop_after(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -622,16 +638,12 @@ def run_search(
         for params in first:
             if params["models"] in objective.choices:
                 study.enqueue_trial(params, skip_if_exists=True)
-    if trained_count(study)[0] < budget.n_trials:
-        study.optimize(
-            objective,
-            timeout=budget.timeout,
-            callbacks=[
-                _stop_after(budget.n_trials),
-                _stop_if_unbeatable(budget.n_trials),
-                *callbacks,
-            ],
-        )
+    stops = [_stop_after(budget.n_trials)]
+    if not multi_objective:  # a Pareto front has room beside the anchor
+        stops.append(_stop_if_unbeatable(budget.n_trials))
+    done = multi_objective is False and anchor_unbeatable(study, budget.n_trials)
+    if trained_count(study)[0] < budget.n_trials and not done:
+        study.optimize(objective, timeout=budget.timeout, callbacks=[*stops, *callbacks])
     with warnings.catch_warnings():  # experimental since Optuna 2.9, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not left RUNNING
@@ -712,11 +724,14 @@ def within_one_error(complete: Sequence[TrialSummary]) -> TrialSummary:
 def recommended(
     complete: Sequence[TrialSummary], context: dict | None, stopped: bool = False
 ) -> tuple[TrialSummary, str]:
-    """The trial to recommend among ``complete`` (best first) and, when it is not the top
-    one, why: under cross-validation with an anchor (few labels), the anchor unless beaten
-    clearly (:func:`autolayer.anchor.against_anchor`); otherwise the one-standard-error
-    rule, which is the top trial itself without folds. ``stopped``: the search stopped
-    after the anchor's trial, which no other could beat."""
+    """The trial to recommend among ``complete`` (best first) and why, for the report.
+
+    Under cross-validation with an anchor (few labels) and the anchor's trial among
+    ``complete``: the anchor unless beaten clearly, with the reason either way
+    (:func:`autolayer.anchor.against_anchor`). Otherwise the one-standard-error rule, which
+    picks the top trial itself without folds; the reason is then empty when the top trial
+    is chosen. ``stopped``: the search stopped after the anchor's trial, which no other
+    could beat."""
     anchor = ((context or {}).get("options") or {}).get("anchor")
     info = (context or {}).get("models", {}).get(anchor) if anchor else None
     if info is not None:
