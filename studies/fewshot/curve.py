@@ -219,6 +219,20 @@ def summary(results: dict) -> dict[str, dict[int, list[float]]]:
     return curves
 
 
+def _style(name: str) -> dict:
+    """The compared arms bold, the single-layer baselines thin and dashed."""
+    if name == "autolayer (recommended)":
+        return {"color": "tab:red", "marker": "o", "linewidth": 2.5, "zorder": 3}
+    if name.startswith("SetFit"):
+        return {"color": "black", "marker": "s", "linewidth": 2}
+    if name == "best single layer + LR":
+        return {"color": "tab:purple", "marker": "^", "linestyle": ":"}
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:cyan", "tab:olive", "tab:brown")
+    model = name.split()[0]
+    colour = colours[MODELS.index(model) % len(colours)] if model in MODELS else "tab:gray"
+    return {"color": colour, "marker": ".", "linestyle": "--", "linewidth": 1, "alpha": 0.8}
+
+
 def cpu(results: dict, arm: str, size: int) -> float | None:
     values = [e["cpu_seconds"] for k, e in results.get(arm, {}).items() if k.startswith(f"{size}/")]
     return float(np.mean(values)) if values else None
@@ -248,14 +262,16 @@ def report(out: Path) -> None:
         for name, by_size in curves.items():
             cells = [_cell(by_size[s]) if s in by_size else "—" for s in sizes]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            if name.startswith("autolayer (") and name != "autolayer (recommended)":
+                continue  # earlier versions: in the table, not on the plot
             xs = [s for s in sizes if s in by_size]
             ax.errorbar(
                 xs,
                 [100 * np.mean(by_size[s]) for s in xs],
                 yerr=[100 * np.std(by_size[s]) for s in xs],
                 label=name,
-                marker="o",
                 capsize=3,
+                **_style(name),
             )
         arms = [a for a in results if a.split(":")[0] in ("autolayer", "setfit")]
         for arm in arms:
