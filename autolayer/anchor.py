@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from autolayer import zoo
 from autolayer.errors import AutolayerError, ConfigError
 from autolayer.sources import make_source
 
@@ -58,14 +59,19 @@ def resolve(anchor: str | None, models: Sequence[str]) -> str | None:
 def _in_pool(anchor: str, models: Sequence[str]) -> str:
     """The pool's spelling of ``anchor``: the same model may be named by its zoo name, hub
     id or folder (``mpnet``, ``sentence-transformers/all-mpnet-base-v2``), so names are
-    compared by what they load."""
+    compared by what they load. The anchor is resolved locally only (no download, no GGUF
+    conversion): a model that is not on disk is not in the pool either."""
     if anchor in models:
         return anchor
-    try:
-        identity = make_source(anchor).identity
-    except AutolayerError:  # not a model at all, or not installed: not in the pool either
-        identity = None
-    same = [m for m in models if identity is not None and make_source(m).identity == identity]
+    hub = {m: zoo.ZOO[m].hub_id for m in models if m in zoo.ZOO}
+    alias = zoo.ZOO[anchor].hub_id if anchor in zoo.ZOO else None
+    same = [m for m in models if m == alias or hub.get(m) == anchor]
+    if not same and not anchor.endswith(".gguf") and "::" not in anchor:
+        try:
+            identity = zoo.resolve(anchor, allow_hub=False).identity
+        except AutolayerError:
+            identity = None
+        same = [m for m in models if identity and make_source(m).identity == identity]
     if not same:
         raise ConfigError(f"anchor {anchor!r} is not one of the models ({', '.join(models)})")
     return same[0]

@@ -635,6 +635,9 @@ def _run_search(kw: dict, *, full_report: bool):
                 top_k=kw["top_k"],
                 fidelity=fidelity,
                 progress=report.progress_bar,
+                anchor_budget=pipeline.anchor_budget(
+                    budget, pipeline.default_space(options), kw["multi_objective"]
+                ),
             )
             result = pipeline.search(prepared, callbacks=[on_trial], **study)
     if full_report:

@@ -39,6 +39,7 @@ from autolayer.search import (
     SearchResult,
     Space,
     TrialSummary,
+    anchor_can_stop,
     guided_trials,
     run_search,
 )
@@ -414,6 +415,13 @@ def prepare(
         pairs,
         folds,
     )
+
+
+def anchor_budget(budget: Budget, space: Space, multi_objective: bool = False) -> Budget | None:
+    """``budget``, for :func:`prepare`'s early skip, when an unbeatable anchor may end that
+    search (:func:`autolayer.search.anchor_can_stop`); else None. One rule for ``recommend``
+    and ``search``, so the same command makes the same study."""
+    return budget if anchor_can_stop(budget, space, multi_objective) else None
 
 
 def _anchor(options: Options, models: Sequence[str]) -> str | None:
@@ -1122,7 +1130,7 @@ def recommend(
         top_k=top_k,
         fidelity=fidelity,
         progress=progress,
-        anchor_budget=None if multi_objective or "linear" not in space.heads else budget,
+        anchor_budget=anchor_budget(budget, space, multi_objective),
     )
     started = time.process_time()
     result = search(

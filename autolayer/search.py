@@ -20,7 +20,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -460,39 +460,51 @@ def slots_taken(study: optuna.Study, number: int) -> int:
 UNBEATABLE = "anchor_unbeatable"  # study attribute: the search stopped after the anchor
 
 
-def _stop_if_unbeatable(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+def anchor_can_stop(budget: Budget, space: Space, multi_objective: bool = False) -> bool:
+    """Whether an unbeatable anchor may end the search (and spare the other models'
+    extraction): only one objective (a Pareto front has room beside it), the linear head
+    offered (the anchor's), and no timeout (the margin assumes every trial of the budget
+    runs; fewer trials would need a smaller one)."""
+    return not multi_objective and "linear" in space.heads and budget.timeout is None
+
+
+def _stop_if_unbeatable(budget: Budget) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     """Stop the study once the anchor's trial is in and no trial of the budget could beat it
     (:func:`autolayer.anchor.unbeatable`): the rest could not change the answer."""
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if anchor_unbeatable(study, n_trials):
+        if anchor_unbeatable(study, budget):
             study.stop()
 
     return callback
 
 
-def anchor_unbeatable(study: optuna.Study, n_trials: int) -> bool:
-    """Whether the study has the anchor's finished trial, out of reach of ``n_trials``
-    trials; then marks the study (:data:`UNBEATABLE`). Read from the storage, so a resumed
-    run, or another worker, sees what an earlier one found and trains nothing more."""
-    if study.user_attrs.get(UNBEATABLE):
-        return True
+def anchor_unbeatable(study: optuna.Study, budget: Budget) -> bool:
+    """Whether the study has the anchor's finished trial, within ``budget``'s limits and out
+    of reach of its trials; the study's :data:`UNBEATABLE` mark follows the answer. Read
+    from the storage, so a resumed run, or another worker, sees what an earlier one found;
+    decided afresh each time, because a resumed run may bring another budget."""
     context = study.user_attrs.get("context") or {}
     name = (context.get("options") or {}).get("anchor")
     models = context.get("models", {})
-    if name not in models:
+    found = False
+    if name in models:
+        last = models[name]["n_hidden_states"] - 1
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        found = any(
+            is_anchor(_summary(t), name, last) and _out_of_reach(t, budget) for t in complete
+        )
+    if found != bool(study.user_attrs.get(UNBEATABLE)):
+        study.set_user_attr(UNBEATABLE, found)
+    return found
+
+
+def _out_of_reach(trial: optuna.trial.FrozenTrial, budget: Budget) -> bool:
+    rows = trial.user_attrs.get("n_rows")  # recorded by cross-validated trials
+    if not rows or not unbeatable(trial.values[0], rows, budget.n_trials):
         return False
-    last = models[name]["n_hidden_states"] - 1
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        rows = trial.user_attrs.get("n_rows")  # recorded by cross-validated trials
-        if (
-            rows
-            and is_anchor(_summary(trial), name, last)
-            and unbeatable(trial.values[0], rows, n_trials)
-        ):
-            study.set_user_attr(UNBEATABLE, True)
-            return True
-    return False
+    cost = Cost(**{f.name: trial.user_attrs[f.name] for f in fields(Cost)})
+    return not budget.violations(cost)
 
 
 def _stop_after(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -639,10 +651,12 @@ def run_search(
             if params["models"] in objective.choices:
                 study.enqueue_trial(params, skip_if_exists=True)
     stops = [_stop_after(budget.n_trials)]
-    if not multi_objective:  # a Pareto front has room beside the anchor
-        stops.append(_stop_if_unbeatable(budget.n_trials))
-    done = multi_objective is False and anchor_unbeatable(study, budget.n_trials)
-    if trained_count(study)[0] < budget.n_trials and not done:
+    decides = anchor_can_stop(budget, space, multi_objective)
+    if decides:
+        stops.append(_stop_if_unbeatable(budget))
+    if trained_count(study)[0] < budget.n_trials and not (
+        decides and anchor_unbeatable(study, budget)
+    ):
         study.optimize(objective, timeout=budget.timeout, callbacks=[*stops, *callbacks])
     with warnings.catch_warnings():  # experimental since Optuna 2.9, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

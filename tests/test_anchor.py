@@ -94,26 +94,25 @@ def test_few_labels_search_the_anchors_last_layer_first(
 ):
     from autolayer import pipeline
     from autolayer.budgets import Budget
+    from autolayer.options import Options
 
-    rec = pipeline.recommend(
-        tiny_dataset,
-        [str(tiny_models["llama"]), sentence_encoder],
-        output_dir=tmp_path / "out",
-        budget=Budget(n_trials=4),
-        labels_per_class=6,
-        top_k=1,
-        max_length=12,
+    drawn, options = pipeline.restrict(
+        pipeline.load_dataset(tiny_dataset), Options(max_length=12), labels_per_class=6
     )
-    first = min(rec.search.trials, key=lambda t: t.number)
+    llama = str(tiny_models["llama"])
+    # prepared without the budget, so no early skip: both models are searched
+    prepared = pipeline.prepare(drawn, [llama, sentence_encoder], options=options, top_k=1)
+    result = pipeline.search(prepared, output_dir=tmp_path / "out", budget=Budget(n_trials=4))
+    first = min(result.trials, key=lambda t: t.number)
     assert first.models == (sentence_encoder,) and first.head == "linear"
     assert first.attrs["n_rows"] == 12  # every drawn row is held out once: the rule's n
     assert first.layers == (4,)  # the tiny encoder's last layer, whatever its probe rank
-    study = optuna.load_study(study_name=rec.search.study_name, storage=rec.search.storage)
+    study = optuna.load_study(study_name=result.study_name, storage=result.storage)
     assert study.user_attrs["context"]["options"]["anchor"] == sentence_encoder
-    reports = {m.model: m for m in rec.reports}
+    reports = {m.model: m for m in prepared.reports}
     top = int(reports[sentence_encoder].scores.ranking("accuracy")[0])
     assert reports[sentence_encoder].searched == tuple(dict.fromkeys((top, 4)))
-    assert len(reports[str(tiny_models["llama"])].searched) == 1
+    assert len(reports[llama].searched) == 1
 
 
 def test_cli_report_says_why_the_anchor_was_chosen(
@@ -272,3 +271,65 @@ def test_an_anchor_the_budget_excludes_spares_no_model(
     rec = recommend_on(perfect, tmp_path, [llama, sentence_encoder], budget=budget)
     assert llama not in rec.dropped and llama in [r.model for r in rec.reports]
     assert rec.search.best.head == "mlp" and "anchor" not in rec.search.why
+
+
+def anchor_study(score: float, latency_ms: float = 5.0) -> optuna.Study:
+    """An in-memory study holding only the anchor's finished trial (16 held-out rows)."""
+    from optuna.distributions import CategoricalDistribution
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("context", CONTEXT)
+    costs = {"latency_ms": latency_ms, "memory_mb": 10.0, "params": 66, "fused_dim": 32}
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"models": "m", "layer:m": 6, "head": "linear"},
+            distributions={
+                "models": CategoricalDistribution(["m"]),
+                "layer:m": CategoricalDistribution([6]),
+                "head": CategoricalDistribution(["mlp", "linear"]),
+            },
+            value=score,
+            user_attrs={"n_rows": 16, **costs},
+        )
+    )
+    return study
+
+
+def test_an_unbeatable_anchor_is_decided_afresh_for_each_budget():
+    from autolayer.budgets import Budget
+    from autolayer.search import UNBEATABLE, anchor_unbeatable
+
+    study = anchor_study(0.6)  # out of reach of 30 trials (z 2.9), not of 10 (z 2.5)
+    assert anchor_unbeatable(study, Budget(n_trials=30)) and study.user_attrs[UNBEATABLE]
+    assert not anchor_unbeatable(study, Budget(n_trials=10))  # a resume with fewer trials
+    assert study.user_attrs[UNBEATABLE] is False  # the report no longer says it stopped
+    assert not anchor_unbeatable(study, Budget(n_trials=30, max_latency_ms=4.0))
+    assert anchor_unbeatable(study, Budget(n_trials=30, max_latency_ms=5.0))
+
+
+def test_no_early_stop_with_a_timeout_or_without_the_linear_head():
+    from autolayer.budgets import Budget
+    from autolayer.search import Space, anchor_can_stop
+
+    linear = Space(heads=("mlp", "linear"))
+    assert anchor_can_stop(Budget(), linear)
+    assert not anchor_can_stop(Budget(timeout=60), linear)  # fewer trials may run
+    assert not anchor_can_stop(Budget(), Space())
+    assert not anchor_can_stop(Budget(), linear, multi_objective=True)
+
+
+def test_cli_search_skips_like_recommend(
+    capsys, tmp_path, home, tiny_models, sentence_encoder, perfect, one_thread
+):
+    llama = str(tiny_models["llama"])
+    args = ("-d", perfect, "--models", f"{llama},{sentence_encoder}", "-o", tmp_path / "o")
+    args += ("--labels-per-class", 8, "--n-trials", 3, "--max-length", 8)
+    code, out, err = run(capsys, "search", *args)
+    assert code == 0, err
+    assert "not extracted" in " ".join(out.split())
+    code, out, err = run(capsys, "recommend", *args)
+    assert code == 0, err
+    storage = f"sqlite:///{tmp_path / 'o' / 'study.db'}"
+    [summary] = optuna.get_all_study_summaries(storage)  # the same command, the same study
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert [t.number for t in study.trials if t.state.name != "WAITING"] == [0]

@@ -54,8 +54,12 @@ ESTIMATES = (
 )
 
 
-def pairs_of(name: str, work: Path, screen_size: int, results: Path) -> list[dict]:
-    """Estimates and measured gains of every pair on one set."""
+def pairs_of(
+    name: str, work: Path, screen_size: int, results: Path, screen_only: bool = False
+) -> list[dict]:
+    """Estimates and measured gains of every pair on one set. ``screen_only``: embed only
+    the screen's rows (when the exhaustive arm's cache of the whole train split is gone),
+    in their own batches, so values may differ from the whole split's in the last digits."""
     bench = json.loads((results / f"fidelity-{name}.json").read_text())["brute_force"]
     settings = SETS[name]
     data = autolayer.load_dataset(ROOT.parent / "shared" / "data" / name)
@@ -70,7 +74,10 @@ def pairs_of(name: str, work: Path, screen_size: int, results: Path) -> list[dic
     screen, y = train[pick], y_train[pick]
     features = {}
     for model in bench["singles"]:
-        x = np.asarray(pipeline.embed(model, data, "train", options).array[screen])
+        if screen_only:
+            x = np.asarray(pipeline.embed(model, data, "train", options, rows=screen).array)
+        else:
+            x = np.asarray(pipeline.embed(model, data, "train", options).array[screen])
         best = probe_layers(x, y, seed=options.seed).best_layer
         features[model] = x[:, best]
     out = []
@@ -84,6 +91,7 @@ def pairs_of(name: str, work: Path, screen_size: int, results: Path) -> list[dic
         out.append(
             {
                 "set": name,
+                "embedded": "screen rows" if screen_only else "train split",
                 **estimate.as_dict(),
                 "cka": linear_cka(xa, xb),
                 "cka_standardised": linear_cka(_standardised(xa), _standardised(xb)),
@@ -130,11 +138,22 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--screen-size", type=int, default=2000)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--screen-only", action="store_true", help="embed only the screen's rows of each set"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the other sets' rows of --out's validation.json"
+    )
     args = parser.parse_args()
+    sets = args.sets.split(",")
     rows = []
-    for name in args.sets.split(","):
+    if args.keep and (args.out / "validation.json").exists():
+        kept = json.loads((args.out / "validation.json").read_text())
+        rows = [r for r in kept if r["set"] not in sets]
+    for name in sets:
         if (args.results / f"fidelity-{name}.json").exists():
-            rows += pairs_of(name, args.work_dir, args.screen_size, args.results)
+            rows += pairs_of(name, args.work_dir, args.screen_size, args.results, args.screen_only)
+    rows.sort(key=lambda r: list(SETS).index(r["set"]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "validation.json").write_text(json.dumps(rows, indent=1))
     lines = []
