@@ -645,7 +645,7 @@ def _drop_empty(raw: _Raw, empty: str) -> list[int]:
         raise DataError(f"{raw.source}: {found}; remove them or pass empty='drop'")
     if len(blank) == len(raw.texts):
         raise DataError(f"{raw.source}: every text is empty or whitespace-only")
-    _log.warning("%s: dropped %s; pass empty='error' to fail instead", raw.source, found)
+    _log.warning("%s: dropped %s", raw.source, found)
     blank_set = set(blank)
     return [i for i in range(len(raw.texts)) if i not in blank_set]
 

@@ -51,6 +51,7 @@ DEFAULT_MODELS = ("minilm", "smollm2")  # the neural defaults (zoo aliases)
 LEXICAL_DEFAULT = "tfidf"  # always in the default pool: nothing to install
 CKA_ROWS = 5000
 PROBE_ROWS = 4000  # probes of the layers run on a stratified sample of at most this many rows
+PROBE_FOLDS = 5  # folds of the layer probes (with a few labels, the search's own folds)
 PAIR_ROWS = 2000  # pairs are estimated on this many search-train rows (the screen's, if any)
 ProgressFactory = Callable[[str, int], object]
 
@@ -366,7 +367,7 @@ def prepare(
     options = replace(options, anchor=_anchor(options, models))
     rows = _split_rows(data, options)
     if options.cv_folds is not None:
-        _check_cross_validation(data, rows.y_train)
+        options = _fit_folds(data, rows.y_train, options)
     clock = StageClock()
     unread = {}
     if anchor_budget is not None and options.anchor is not None and len(models) > 1:
@@ -502,8 +503,11 @@ def _searched(name: str, scores: LayerScores, options: Options, top_k: int) -> t
     return top + (last,) if name == options.anchor and last not in top else top
 
 
-def _check_cross_validation(data: LabelledDataset, y_train: np.ndarray) -> None:
-    """Refuse before any extraction a class that no fold could both train and judge."""
+def _fit_folds(data: LabelledDataset, y_train: np.ndarray, options: Options) -> Options:
+    """Before any extraction: refuse a class that no fold could both train and judge, and
+    use no more folds than the rarest class has examples (said once, here, and recorded
+    in the study as the folds that ran, so a 5-fold request that ran 3 folds is the same
+    study as a 3-fold one)."""
     counts = np.bincount(y_train, minlength=len(data.label_names))
     rarest = int(np.argmin(counts))
     if counts[rarest] < 2:
@@ -511,6 +515,16 @@ def _check_cross_validation(data: LabelledDataset, y_train: np.ndarray) -> None:
             f"dataset {data.name!r}: cross-validation needs 2 or more examples of every class; "
             f"class {data.label_names[rarest]!r} has {counts[rarest]}"
         )
+    if counts[rarest] >= options.cv_folds:
+        return options
+    logger.warning(
+        "cross-validation over %d folds, not %d: class %r has %d training examples",
+        counts[rarest],
+        options.cv_folds,
+        data.label_names[rarest],
+        counts[rarest],
+    )
+    return replace(options, cv_folds=int(counts[rarest]))
 
 
 class _Rows:
@@ -553,7 +567,11 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
             x_train, x_val, ms, memory = _lexical(data, name, rows)
         with clock.stage("probe", "every layer"):
             scores = probe_layers(
-                x_train, rows.y_train, seed=options.seed, max_examples=probe_max_examples
+                x_train,
+                rows.y_train,
+                n_folds=options.cv_folds or PROBE_FOLDS,
+                seed=options.seed,
+                max_examples=probe_max_examples,
             )
         return _Features(name, 1, (0,), scores, x_train, x_val, ms, memory)
     with clock.stage("extract", "every layer, every row") as count:
@@ -570,6 +588,7 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
         scores = probe_layers(
             x_train,
             rows.y_train,
+            n_folds=options.cv_folds or PROBE_FOLDS,  # a few labels: the search's folds
             seed=options.seed,
             max_examples=probe_max_examples,
             device=options.device,
@@ -1144,7 +1163,7 @@ def recommend(
         callbacks=callbacks,
         heartbeat=heartbeat,
     )
-    trained = sum("train_seconds" in t.attrs for t in result.trials)
+    trained = result.trained or 0
     searched = StageCost("search", time.process_time() - started, 0, f"{trained} heads trained")
     context = study_context(prepared, space)
     config = trial_config(result.best, context, result.study_name, result.storage)

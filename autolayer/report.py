@@ -331,11 +331,13 @@ def search_summary(result, metric: str = "metric", judged: str = "val") -> None:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     console.print(
         f"study [bold]{escape(result.study_name)}[/] ({escape(result.storage)}): {counts}"
-        + (f" ({untrained} infeasible or surplus, never trained)" if untrained else "")
+        + (f" ({untrained} infeasible, surplus or repeated, never trained)" if untrained else "")
     )
     best = result.best
     why = f" ({escape(result.why)})" if result.why else ""
     console.print(f"best trial #{best.number}: {best.values[0]:.4f}{why}")
+    for note in result.notes:
+        console.print(f"note: {escape(note)}")
     if len(best.values) > 1:
         pareto_table(result.pareto, metric, judged)
 

@@ -20,7 +20,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +48,7 @@ SEPARATOR = " + "
 # Trial attributes of configurations that were never trained (they cost no budget).
 INFEASIBLE = "infeasible"  # breaks a budget: its reasons
 SURPLUS = "surplus"  # other workers' running trials already fill the budget
+REPEAT = "repeat_of"  # a linear head on layers already tried: the earlier trial's number
 
 
 class LayerCost(NamedTuple):
@@ -199,6 +200,8 @@ class SearchResult:
     trials: tuple[TrialSummary, ...]
     pareto: tuple[TrialSummary, ...]
     why: str = ""  # why ``best`` was chosen, when a rule (anchor, one standard error) chose it
+    notes: tuple[str, ...] = ()  # what the report must say: trials left out, a timeout
+    trained: int | None = None  # heads this run trained (None: read from storage only)
 
 
 def subsets(names: Sequence[str], max_models: int) -> list[str]:
@@ -352,6 +355,10 @@ class _Objective:
         if broken:
             trial.set_user_attr(INFEASIBLE, "; ".join(broken))
             raise optuna.TrialPruned("infeasible: " + "; ".join(broken))
+        earlier = _same_linear_head(trial) if head == "linear" else None
+        if earlier is not None:
+            trial.set_user_attr(REPEAT, earlier)
+            raise optuna.TrialPruned(f"repeat: trial {earlier} trained this linear head")
         if slots_taken(trial.study, trial.number) >= self.budget.n_trials:
             # Other workers' running trials fill the budget: wait for them instead of
             # training one too many. If one of them died, its retry will need a worker.
@@ -424,9 +431,18 @@ def _pruning_hook(trial: optuna.Trial) -> Callable[[int, float], bool]:
 
 
 def counts(attrs: Mapping) -> bool:
-    """Whether a trial (by its user attributes) used the budget: infeasible and surplus
-    trials are never trained."""
-    return INFEASIBLE not in attrs and SURPLUS not in attrs
+    """Whether a trial (by its user attributes) used the budget: infeasible, surplus and
+    repeated trials are never trained."""
+    return INFEASIBLE not in attrs and SURPLUS not in attrs and REPEAT not in attrs
+
+
+def _same_linear_head(trial: optuna.Trial) -> int | None:
+    """The number of a finished trial with the same parameters, if any. A linear head has
+    no width or learning rate to vary, so TPE often proposes one again (6 of 10 trials on
+    a latency budget that allowed little else); training it twice would only spend the
+    budget."""
+    done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return next((t.number for t in done if t.params == trial.params), None)
 
 
 def trained_count(study: optuna.Study) -> tuple[int, int]:
@@ -503,8 +519,8 @@ def _out_of_reach(trial: optuna.trial.FrozenTrial, budget: Budget) -> bool:
     rows = trial.user_attrs.get("n_rows")  # recorded by cross-validated trials
     if not rows or not unbeatable(trial.values[0], rows, budget.n_trials):
         return False
-    cost = Cost(**{f.name: trial.user_attrs[f.name] for f in fields(Cost)})
-    return not budget.violations(cost)
+    cost = _cost(trial.user_attrs)
+    return cost is not None and not budget.violations(cost)
 
 
 def _stop_after(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -654,14 +670,21 @@ def run_search(
     decides = anchor_can_stop(budget, space, multi_objective)
     if decides:
         stops.append(_stop_if_unbeatable(budget))
-    if trained_count(study)[0] < budget.n_trials and not (
-        decides and anchor_unbeatable(study, budget)
-    ):
+    before = trained_count(study)[0]
+    if before < budget.n_trials and not (decides and anchor_unbeatable(study, budget)):
         study.optimize(objective, timeout=budget.timeout, callbacks=[*stops, *callbacks])
     with warnings.catch_warnings():  # experimental since Optuna 2.9, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not left RUNNING
-    return collect(study, storage)
+    after = trained_count(study)[0]
+    result = collect(study, storage, budget)
+    notes = result.notes
+    if budget.timeout is not None and before < after < budget.n_trials:
+        notes += (
+            f"the timeout ({budget.timeout:g} s) ended the search after {after} of "
+            f"{budget.n_trials} trials",
+        )
+    return replace(result, notes=notes, trained=after - before)
 
 
 def space_signature(candidates: Sequence[Candidate], choices: Sequence[str], space: Space) -> dict:
@@ -761,8 +784,12 @@ def recommended(
     )
 
 
-def collect(study: optuna.Study, storage: str) -> SearchResult:
-    """Read-only summary of a study: completed trials best first, and its Pareto front."""
+def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> SearchResult:
+    """Read-only summary of a study: completed trials best first, and its Pareto front.
+
+    With ``budget``, finished trials that break its limits (an earlier run's, under another
+    budget) are left out of the choice, and the notes say so: a resumed study never
+    recommends what the budget now forbids."""
     trials = [_summary(t) for t in study.get_trials(deepcopy=False)]
     complete = sorted(
         (t for t in trials if t.state == "COMPLETE"),
@@ -770,6 +797,17 @@ def collect(study: optuna.Study, storage: str) -> SearchResult:
     )
     if not complete:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
+    over = [t for t in complete if budget is not None and _breaks(t, budget)]
+    notes = tuple(_anchor_notes(study, trials))
+    if over:
+        complete = [t for t in complete if t not in over]
+        if not complete:
+            raise ConfigError(
+                f"no finished trial of study {study.study_name!r} meets this budget (e.g. "
+                f"#{over[0].number}: {'; '.join(budget.violations(_cost(over[0].attrs)))}); "
+                "run more trials, or relax the budget"
+            )
+        notes += (f"{len(over)} finished trial(s) of an earlier run break this budget: left out",)
     front = (
         {t.number for t in study.best_trials} if len(study.directions) > 1 else {complete[0].number}
     )
@@ -781,7 +819,42 @@ def collect(study: optuna.Study, storage: str) -> SearchResult:
         study_name=study.study_name,
         storage=storage,
         best=best,
-        trials=tuple(complete) + tuple(t for t in trials if t.state != "COMPLETE"),
+        trials=tuple(complete) + tuple(t for t in trials if t not in complete),
         pareto=tuple(t for t in complete if t.number in front),
         why=why,
+        notes=notes,
     )
+
+
+def _cost(attrs: dict) -> Cost | None:
+    """A trial's stored cost (None for a trial recorded before costs were stored)."""
+    try:
+        return Cost(**{f.name: attrs[f.name] for f in fields(Cost)})
+    except KeyError:
+        return None
+
+
+def _breaks(trial: TrialSummary, budget: Budget) -> bool:
+    cost = _cost(trial.attrs)
+    return cost is not None and bool(budget.violations(cost))
+
+
+def _anchor_notes(study: optuna.Study, trials: Sequence[TrialSummary]) -> list[str]:
+    """What the report must say about the anchor rule when it did not apply."""
+    context = study.user_attrs.get("context") or {}
+    name = (context.get("options") or {}).get("anchor")
+    info = context.get("models", {}).get(name) if name else None
+    if info is None:
+        return []
+    if len(study.directions) > 1:
+        return [
+            "the anchor rule applies to single-objective searches only: with two objectives "
+            "the most accurate trial is recommended, and the Pareto front shown"
+        ]
+    last = info["n_hidden_states"] - 1
+    broken = [
+        t.attrs[INFEASIBLE] for t in trials if is_anchor(t, name, last) and INFEASIBLE in t.attrs
+    ]
+    if broken:
+        return [f"the anchor ({name}'s last layer, linear head) breaks the budget ({broken[0]})"]
+    return []

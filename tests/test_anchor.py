@@ -213,6 +213,7 @@ def test_a_resumed_stopped_study_trains_nothing_more(
     first = pipeline.search(prepared, output_dir=tmp_path / "o", budget=Budget(n_trials=10))
     again = pipeline.search(prepared, output_dir=tmp_path / "o", budget=Budget(n_trials=10))
     assert ran(first) == ran(again) == [0]
+    assert (first.trained, again.trained) == (1, 0)
     assert again.study_name == first.study_name and "stopped after it" in again.why
     # the same trials under another rule are another study: by name, or refused by identity
     plain = pipeline.prepare(

@@ -209,3 +209,20 @@ def test_a_budget_only_the_linear_head_meets_is_not_refused():
     check_feasible([dense], budget, Space(heads=("mlp", "linear")), 2, 4)
     with pytest.raises(ConfigError, match="head parameters"):
         check_feasible([dense], budget, Space(), 2, 4)
+
+
+def test_a_repeated_linear_head_is_not_trained_again(home, tmp_path, tiny_dataset, tiny_models):
+    from autolayer.search import REPEAT
+
+    prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=1)
+    result = pipeline.search(
+        prepared,
+        output_dir=tmp_path,
+        budget=Budget(n_trials=3),
+        space=Space(heads=("linear",)),  # one model, one layer: one configuration
+    )
+    complete = [t for t in result.trials if t.state == "COMPLETE"]
+    repeats = [t for t in result.trials if REPEAT in t.attrs]
+    assert len(complete) == 1 and repeats  # drawn again, never trained again
+    assert {t.attrs[REPEAT] for t in repeats} == {complete[0].number}
+    assert result.trained == 1
