@@ -694,7 +694,11 @@ def search(**kw) -> None:
 @cli.command()
 @click.argument("output_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--storage", help="Optuna storage URL (default: OUTPUT_DIR/study.db).")
-@click.option("--study-name", help="Default: the only study in the storage.")
+@click.option(
+    "--study-name",
+    help="Default: the only study in the storage, else the one named by "
+    "OUTPUT_DIR's recommendation.yaml.",
+)
 @click.option("--trial", "trial_number", type=int, help="Trial number (default: the best).")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path))
 def export(

@@ -997,13 +997,18 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
             continue
         best, last = report.best_layer, report.last_layer
         accuracy = report.scores.accuracy
-        gap = 100 * (accuracy[best] - accuracy[last])
+        gap, error = 100 * (accuracy[best] - accuracy[last]), 100 * _gap_error(report, best)
         if best == last:
             out.append(f"{report.model}: the last layer ({last}) is its best layer by probe")
+        elif gap <= 2 * error:
+            out.append(
+                f"{report.model}: layer {best}/{last} scores {gap:.1f} ± {error:.1f} pt above "
+                "the last layer by probe, within two standard errors: no clear best layer"
+            )
         else:
             out.append(
-                f"{report.model}: layer {best}/{last} beats the last layer by {gap:.1f} pt "
-                f"(probe CV accuracy {100 * accuracy[best]:.1f}% "
+                f"{report.model}: layer {best}/{last} beats the last layer by {gap:.1f} "
+                f"± {error:.1f} pt (probe CV accuracy {100 * accuracy[best]:.1f}% "
                 f"vs {100 * accuracy[last]:.1f}%)"
             )
     names = [c.name for c in prepared.candidates]
@@ -1020,6 +1025,15 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
             f"{100 * (best.value - top_single.value):.1f} pt on validation"
         )
     return out
+
+
+def _gap_error(report: ModelScores, layer: int) -> float:
+    """Standard error of a layer's probe accuracy minus the last layer's, from their spread
+    over the folds (as if independent): on a few dozen texts it is often larger than the
+    gap itself."""
+    scores = report.scores
+    spread = scores.accuracy_std[layer] ** 2 + scores.accuracy_std[report.last_layer] ** 2
+    return float(np.sqrt(spread / max(scores.n_folds, 1)))
 
 
 def _pair_reason(pairs: Sequence[PairEstimate], models: Sequence[str], similarity: float) -> str:
@@ -1094,10 +1108,21 @@ def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool
         ) from None
     if fingerprint != data.fingerprint and not overwrite:
         raise ConfigError(
-            f"{path} was made for other data ({previous['dataset'].get('name', '?')}, "
-            f"fingerprint {str(fingerprint)[:12]}); choose another output folder, or pass "
-            "--overwrite to replace it"
+            f"{path} was made for {_other_data(previous['dataset'], data)}; choose another "
+            "output folder, or pass --overwrite to replace it"
         )
+
+
+def _other_data(previous: dict, data: LabelledDataset) -> str:
+    """What differs: another draw of the same data (few labels), or other data."""
+    draw = previous.get("draw") or {}
+    source = draw.get("source_fingerprint", previous["fingerprint"])
+    if draw and source == (data.draw or {}).get("source_fingerprint", data.fingerprint):
+        return (
+            f"another draw of the same data ({draw.get('labels_per_class')} labels per class, "
+            f"seed {draw.get('seed')})"
+        )
+    return f"other data ({previous.get('name', '?')}, fingerprint {str(source)[:12]})"
 
 
 def recommend(

@@ -109,3 +109,47 @@ def test_two_labels_per_class_probe_and_search_with_two_folds(
     )
     assert rec.reports[0].scores.n_folds == 2
     assert rec.config.dataset["validation"]["cv_folds"] == 2
+
+
+def scores(accuracy, std, n_folds=5):
+    import numpy as np
+
+    from autolayer.probe import LayerScores
+
+    a = np.asarray(accuracy)
+    return LayerScores(a, np.full_like(a, std), a, np.full_like(a, std), n_folds, 16)
+
+
+@pytest.mark.parametrize(
+    ("std", "said"),
+    [
+        (0.30, "scores 25.0 ± 19.0 pt above the last layer by probe, within two standard errors"),
+        (0.02, "layer 1/2 beats the last layer by 25.0 ± 1.3 pt"),
+    ],
+)
+def test_a_best_layer_is_claimed_only_beyond_the_probes_noise(std, said):
+    from types import SimpleNamespace
+
+    from autolayer.pipeline import ModelScores, reasons
+
+    report = ModelScores("m", 3, scores([0.5, 0.75, 0.5], std), searched=(1, 2))
+    best = SimpleNamespace(models=("m",))
+    prepared = SimpleNamespace(reports=(report,), candidates=(), pairs=())
+    [reason] = reasons(prepared, SimpleNamespace(best=best, trials=()), None)
+    assert said in reason
+
+
+def test_another_draw_of_the_same_data_is_named_as_such(tmp_path, tiny_dataset):
+    import yaml
+
+    from autolayer import pipeline
+    from autolayer.data import load_dataset
+
+    data = load_dataset(tiny_dataset)
+    draw = {"labels_per_class": 8, "seed": 0, "source_fingerprint": data.fingerprint}
+    previous = {"dataset": {"name": "tiny", "fingerprint": "f" * 64, "draw": draw}}
+    (tmp_path / "recommendation.yaml").write_text(yaml.safe_dump(previous))
+    with pytest.raises(ConfigError, match=r"another draw of the same data \(8 labels per class"):
+        pipeline.check_output_dir(tmp_path, data.per_class(16, seed=0), overwrite=False)
+    with pytest.raises(ConfigError, match="other data"):
+        pipeline.check_output_dir(tmp_path, data.subsample(10), overwrite=False)
