@@ -34,6 +34,7 @@ from autolayer.fidelity import Fidelity, StageClock, StageCost, computed, select
 from autolayer.options import Options
 from autolayer.probe import LayerScores
 from autolayer.search import (
+    OVER_BUDGET,
     Candidate,
     LayerCost,
     SearchResult,
@@ -996,27 +997,34 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
         if report.n_hidden_states == 1:  # one state (TF-IDF): no layer to choose
             continue
         best, last = report.best_layer, report.last_layer
-        accuracy = report.scores.accuracy
-        gap, error = 100 * (accuracy[best] - accuracy[last]), 100 * _gap_error(report, best)
+        metric = prepared.options.metric
+        score = getattr(report.scores, metric)
+        gap = 100 * (score[best] - score[last])
+        error = 100 * _gap_error(report, best, metric)
+        name = metric.replace("_", "-")
         if best == last:
             out.append(f"{report.model}: the last layer ({last}) is its best layer by probe")
-        elif gap <= 2 * error:
+        elif abs(gap) <= 2 * error:
             out.append(
-                f"{report.model}: layer {best}/{last} scores {gap:.1f} ± {error:.1f} pt above "
-                "the last layer by probe, within two standard errors: no clear best layer"
+                f"{report.model}: layer {best}/{last} and the last layer differ by {gap:+.1f} "
+                f"± {error:.1f} pt of probe {name}, within two standard errors: no clear best"
             )
         else:
             out.append(
                 f"{report.model}: layer {best}/{last} beats the last layer by {gap:.1f} "
-                f"± {error:.1f} pt (probe CV accuracy {100 * accuracy[best]:.1f}% "
-                f"vs {100 * accuracy[last]:.1f}%)"
+                f"± {error:.1f} pt (probe CV {name} {100 * score[best]:.1f}% "
+                f"vs {100 * score[last]:.1f}%)"
             )
     names = [c.name for c in prepared.candidates]
     best = result.best
     if len(best.models) > 1:
         i, j = names.index(best.models[0]), names.index(best.models[1])
         out.append(_pair_reason(prepared.pairs, best.models, cka[i, j]))
-    singles = [t for t in result.trials if t.state == "COMPLETE" and len(t.models) == 1]
+    singles = [
+        t
+        for t in result.trials
+        if t.state == "COMPLETE" and len(t.models) == 1 and OVER_BUDGET not in t.attrs
+    ]
     top_single = max(singles, key=lambda t: t.value) if singles else None
     if top_single is not None and len(best.models) > 1 and best.value > top_single.value:
         out.append(
@@ -1027,13 +1035,13 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
     return out
 
 
-def _gap_error(report: ModelScores, layer: int) -> float:
-    """Standard error of a layer's probe accuracy minus the last layer's, from their spread
+def _gap_error(report: ModelScores, layer: int, metric: str) -> float:
+    """Standard error of a layer's probe score minus the last layer's, from their spread
     over the folds (as if independent): on a few dozen texts it is often larger than the
     gap itself."""
-    scores = report.scores
-    spread = scores.accuracy_std[layer] ** 2 + scores.accuracy_std[report.last_layer] ** 2
-    return float(np.sqrt(spread / max(scores.n_folds, 1)))
+    std = getattr(report.scores, f"{metric}_std")
+    spread = std[layer] ** 2 + std[report.last_layer] ** 2
+    return float(np.sqrt(spread / max(report.scores.n_folds, 1)))
 
 
 def _pair_reason(pairs: Sequence[PairEstimate], models: Sequence[str], similarity: float) -> str:

@@ -301,7 +301,10 @@ def trials_table(
         "train s",
     ):
         table.add_column(column, justify="right")
-    for trial in [t for t in trials if t.state == "COMPLETE"][:limit]:
+    from autolayer.search import OVER_BUDGET
+
+    within = [t for t in trials if t.state == "COMPLETE" and OVER_BUDGET not in t.attrs]
+    for trial in within[:limit]:  # a trial an earlier run's budget allowed is not a choice
         a = trial.attrs
         table.add_row(
             str(trial.number),

@@ -49,6 +49,9 @@ SEPARATOR = " + "
 INFEASIBLE = "infeasible"  # breaks a budget: its reasons
 SURPLUS = "surplus"  # other workers' running trials already fill the budget
 REPEAT = "repeat_of"  # a linear head on layers already tried: the earlier trial's number
+EXHAUSTED = "space_exhausted"  # study attribute: draws kept repeating trained configurations
+REPEATS_IN_A_ROW = 10  # that many repeats in a row end the search: nothing new is left
+OVER_BUDGET = "over_budget"  # (in a summary only) why a finished trial breaks this budget
 
 
 class LayerCost(NamedTuple):
@@ -359,7 +362,7 @@ class _Objective:
         if earlier is not None:
             trial.set_user_attr(REPEAT, earlier)
             raise optuna.TrialPruned(f"repeat: trial {earlier} trained this linear head")
-        if slots_taken(trial.study, trial.number) >= self.budget.n_trials:
+        if slots_taken(trial.study, trial.number, self.budget) >= self.budget.n_trials:
             # Other workers' running trials fill the budget: wait for them instead of
             # training one too many. If one of them died, its retry will need a worker.
             trial.set_user_attr(SURPLUS, True)
@@ -430,10 +433,14 @@ def _pruning_hook(trial: optuna.Trial) -> Callable[[int, float], bool]:
     return on_epoch
 
 
-def counts(attrs: Mapping) -> bool:
+def counts(attrs: Mapping, budget: Budget | None = None) -> bool:
     """Whether a trial (by its user attributes) used the budget: infeasible, surplus and
-    repeated trials are never trained."""
-    return INFEASIBLE not in attrs and SURPLUS not in attrs and REPEAT not in attrs
+    repeated trials are never trained, and a trial whose stored cost breaks ``budget`` (an
+    earlier run's, under a looser one) is not counted against it."""
+    if INFEASIBLE in attrs or SURPLUS in attrs or REPEAT in attrs:
+        return False
+    cost = _cost(attrs) if budget is not None else None
+    return cost is None or not budget.violations(cost)
 
 
 def _same_linear_head(trial: optuna.Trial) -> int | None:
@@ -441,21 +448,24 @@ def _same_linear_head(trial: optuna.Trial) -> int | None:
     no width or learning rate to vary, so TPE often proposes one again (6 of 10 trials on
     a latency budget that allowed little else); training it twice would only spend the
     budget."""
-    done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return next((t.number for t in done if t.params == trial.params), None)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    done = trial.study.get_trials(deepcopy=False, states=states)
+    same = (t for t in done if t.number < trial.number and t.params == trial.params)
+    return next((t.number for t in same if counts(t.user_attrs)), None)
 
 
-def trained_count(study: optuna.Study) -> tuple[int, int]:
-    """(trials trained, trials finished): infeasible and surplus trials finish untrained."""
+def trained_count(study: optuna.Study, budget: Budget | None = None) -> tuple[int, int]:
+    """(trials trained within ``budget``, trials finished): infeasible, surplus and repeated
+    trials finish untrained (see :func:`counts`)."""
     done = study.get_trials(
         deepcopy=False,
         states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED),
     )
-    counted = [t for t in done if counts(t.user_attrs)]
+    counted = [t for t in done if counts(t.user_attrs, budget)]
     return len(counted), len(done) - sum(SURPLUS in t.user_attrs for t in done)
 
 
-def slots_taken(study: optuna.Study, number: int) -> int:
+def slots_taken(study: optuna.Study, number: int, budget: Budget | None = None) -> int:
     """Trials trained, plus trials still running that started before trial ``number``.
 
     Two workers that start together both see the other running; counting only earlier
@@ -468,12 +478,14 @@ def slots_taken(study: optuna.Study, number: int) -> int:
         optuna.trial.TrialState.RUNNING,
     )
     return sum(
-        counts(t.user_attrs) and (t.state != optuna.trial.TrialState.RUNNING or t.number < number)
+        counts(t.user_attrs, budget)
+        and (t.state != optuna.trial.TrialState.RUNNING or t.number < number)
         for t in study.get_trials(deepcopy=False, states=states)
     )
 
 
 UNBEATABLE = "anchor_unbeatable"  # study attribute: the search stopped after the anchor
+LIMITS = "budget_limits"  # study attribute: the limits of the latest run's budget
 
 
 def anchor_can_stop(budget: Budget, space: Space, multi_objective: bool = False) -> bool:
@@ -523,20 +535,32 @@ def _out_of_reach(trial: optuna.trial.FrozenTrial, budget: Budget) -> bool:
     return cost is not None and not budget.violations(cost)
 
 
-def _stop_after(n_trials: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    """Stop once ``n_trials`` trials were trained (finished or pruned by the pruner).
+def _stop_after(budget: Budget) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Stop once ``budget.n_trials`` trials were trained (finished or pruned by the pruner).
 
-    Infeasible trials cost nothing and do not count, but at most ``20 × n_trials`` trials
-    are drawn so a nearly infeasible space still ends. Counting in the shared storage makes
-    the limit global across workers and across resumed runs.
+    Infeasible and repeated trials cost nothing and do not count, but at most
+    ``20 × n_trials`` trials are drawn so a nearly infeasible space still ends, and
+    :data:`REPEATS_IN_A_ROW` repeats in a row end it too (marked :data:`EXHAUSTED`): a
+    space of a few linear heads has nothing new to offer. Counting in the shared storage
+    makes the limit global across workers and across resumed runs.
     """
 
-    def callback(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
-        trained, done = trained_count(study)
-        if trained >= n_trials or done >= 20 * n_trials:
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trained, done = trained_count(study, budget)
+        if trained >= budget.n_trials or done >= 20 * budget.n_trials:
+            study.stop()
+        elif REPEAT in trial.user_attrs and _repeats_in_a_row(study) >= REPEATS_IN_A_ROW:
+            study.set_user_attr(EXHAUSTED, True)
             study.stop()
 
     return callback
+
+
+def _repeats_in_a_row(study: optuna.Study) -> int:
+    """Finished trials at the end of the study (by number) that were repeats."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = sorted(study.get_trials(deepcopy=False, states=states), key=lambda t: -t.number)
+    return next((i for i, t in enumerate(finished) if REPEAT not in t.user_attrs), len(finished))
 
 
 def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStorage:
@@ -666,25 +690,46 @@ def run_search(
         for params in first:
             if params["models"] in objective.choices:
                 study.enqueue_trial(params, skip_if_exists=True)
-    stops = [_stop_after(budget.n_trials)]
+    stops = [_stop_after(budget)]
     decides = anchor_can_stop(budget, space, multi_objective)
     if decides:
         stops.append(_stop_if_unbeatable(budget))
-    before = trained_count(study)[0]
+    study.set_user_attr(LIMITS, budget.limits)  # export judges the study by this run's
+    if study.user_attrs.get(EXHAUSTED):
+        study.set_user_attr(EXHAUSTED, False)  # a resume tries again
+    before = trained_count(study, budget)[0]
+    started = time.monotonic()
     if before < budget.n_trials and not (decides and anchor_unbeatable(study, budget)):
         study.optimize(objective, timeout=budget.timeout, callbacks=[*stops, *callbacks])
     with warnings.catch_warnings():  # experimental since Optuna 2.9, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not left RUNNING
-    after = trained_count(study)[0]
+    after = trained_count(study, budget)[0]
     result = collect(study, storage, budget)
-    notes = result.notes
-    if budget.timeout is not None and before < after < budget.n_trials:
-        notes += (
-            f"the timeout ({budget.timeout:g} s) ended the search after {after} of "
+    return replace(
+        result,
+        notes=result.notes + _stop_notes(study, budget, after, time.monotonic() - started),
+        trained=after - before,
+    )
+
+
+def _stop_notes(study: optuna.Study, budget: Budget, trained: int, seconds: float) -> tuple:
+    """Why the search ended before its trials, when it did (the anchor's stop is said by
+    the recommendation's reason)."""
+    if trained >= budget.n_trials or study.user_attrs.get(UNBEATABLE):
+        return ()
+    if study.user_attrs.get(EXHAUSTED):
+        return (
+            f"{REPEATS_IN_A_ROW} draws in a row repeated configurations already trained: the "
+            f"space within the budget looks exhausted after {trained} of {budget.n_trials} "
+            "trials",
+        )
+    if budget.timeout is not None and seconds >= budget.timeout:
+        return (
+            f"the timeout ({budget.timeout:g} s) ended the search after {trained} of "
             f"{budget.n_trials} trials",
         )
-    return replace(result, notes=notes, trained=after - before)
+    return ()
 
 
 def space_signature(candidates: Sequence[Candidate], choices: Sequence[str], space: Space) -> dict:
@@ -787,9 +832,10 @@ def recommended(
 def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> SearchResult:
     """Read-only summary of a study: completed trials best first, and its Pareto front.
 
-    With ``budget``, finished trials that break its limits (an earlier run's, under another
-    budget) are left out of the choice, and the notes say so: a resumed study never
-    recommends what the budget now forbids."""
+    Finished trials that break ``budget`` (default: the limits of the study's latest run)
+    are left out of the choice and of the front, marked :data:`OVER_BUDGET`, and the notes
+    say so: a resumed study, or its export, never recommends what the budget forbids."""
+    budget = budget or _stored_budget(study)
     trials = [_summary(t) for t in study.get_trials(deepcopy=False)]
     complete = sorted(
         (t for t in trials if t.state == "COMPLETE"),
@@ -798,19 +844,18 @@ def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> 
     if not complete:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
     over = [t for t in complete if budget is not None and _breaks(t, budget)]
-    notes = tuple(_anchor_notes(study, trials))
+    notes = tuple(_anchor_notes(study, trials, budget))
     if over:
-        complete = [t for t in complete if t not in over]
+        for t in over:
+            t.attrs[OVER_BUDGET] = "; ".join(budget.violations(_cost(t.attrs)))
+        complete = [t for t in complete if OVER_BUDGET not in t.attrs]
         if not complete:
             raise ConfigError(
                 f"no finished trial of study {study.study_name!r} meets this budget (e.g. "
-                f"#{over[0].number}: {'; '.join(budget.violations(_cost(over[0].attrs)))}); "
-                "run more trials, or relax the budget"
+                f"#{over[0].number}: {over[0].attrs[OVER_BUDGET]}); run more trials, or "
+                "relax the budget"
             )
         notes += (f"{len(over)} finished trial(s) of an earlier run break this budget: left out",)
-    front = (
-        {t.number for t in study.best_trials} if len(study.directions) > 1 else {complete[0].number}
-    )
     best, why = complete[0], ""
     if len(study.directions) == 1:
         attrs = study.user_attrs
@@ -820,10 +865,33 @@ def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> 
         storage=storage,
         best=best,
         trials=tuple(complete) + tuple(t for t in trials if t not in complete),
-        pareto=tuple(t for t in complete if t.number in front),
+        pareto=_front(complete) if len(study.directions) > 1 else (complete[0],),
         why=why,
         notes=notes,
     )
+
+
+def _front(complete: Sequence[TrialSummary]) -> tuple[TrialSummary, ...]:
+    """The trials no other beats on both objectives (higher metric, lower latency), among
+    those ``complete`` (the budget's), in their order."""
+
+    def dominated(t: TrialSummary) -> bool:
+        (m, lat) = t.values[:2]
+        return any(
+            o.values[0] >= m and o.values[1] <= lat and (o.values[0] > m or o.values[1] < lat)
+            for o in complete
+        )
+
+    return tuple(t for t in complete if not dominated(t))
+
+
+def _stored_budget(study: optuna.Study) -> Budget | None:
+    """The limits of the study's latest run (known kinds only), or None."""
+    from autolayer.budgets import CONSTRAINTS
+
+    limits = study.user_attrs.get(LIMITS) or {}
+    known = {k: v for k, v in limits.items() if k in CONSTRAINTS}
+    return Budget(**known) if known else None
 
 
 def _cost(attrs: dict) -> Cost | None:
@@ -839,8 +907,12 @@ def _breaks(trial: TrialSummary, budget: Budget) -> bool:
     return cost is not None and bool(budget.violations(cost))
 
 
-def _anchor_notes(study: optuna.Study, trials: Sequence[TrialSummary]) -> list[str]:
-    """What the report must say about the anchor rule when it did not apply."""
+def _anchor_notes(
+    study: optuna.Study, trials: Sequence[TrialSummary], budget: Budget | None
+) -> list[str]:
+    """What the report must say about the anchor rule when it did not apply: two
+    objectives, or an anchor that breaks the present budget (an earlier run's limits do
+    not count) and never finished within it."""
     context = study.user_attrs.get("context") or {}
     name = (context.get("options") or {}).get("anchor")
     info = context.get("models", {}).get(name) if name else None
@@ -852,9 +924,14 @@ def _anchor_notes(study: optuna.Study, trials: Sequence[TrialSummary]) -> list[s
             "the most accurate trial is recommended, and the Pareto front shown"
         ]
     last = info["n_hidden_states"] - 1
+    anchors = [t for t in trials if is_anchor(t, name, last)]
+    if any(t.state == "COMPLETE" and not (budget and _breaks(t, budget)) for t in anchors):
+        return []
     broken = [
-        t.attrs[INFEASIBLE] for t in trials if is_anchor(t, name, last) and INFEASIBLE in t.attrs
+        "; ".join(budget.violations(_cost(t.attrs))) if budget and _cost(t.attrs) else ""
+        for t in anchors
     ]
+    broken = [b for b in broken if b]
     if broken:
         return [f"the anchor ({name}'s last layer, linear head) breaks the budget ({broken[0]})"]
     return []

@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution
 
 from autolayer.budgets import Budget
 from autolayer.errors import ConfigError
-from autolayer.search import INFEASIBLE, collect
+from autolayer.search import INFEASIBLE, LIMITS, OVER_BUDGET, Cost, collect
 
 CONTEXT = {"options": {"anchor": "m"}, "models": {"m": {"n_hidden_states": 7}}}
 
@@ -42,7 +42,10 @@ def test_a_resumed_study_never_recommends_what_the_budget_now_forbids():
     result = collect(study, "mem", Budget(max_latency_ms=10))
     assert result.best.layers == (4,)
     assert any("1 finished trial(s) of an earlier run break this budget" in n for n in result.notes)
-    assert result.best not in [t for t in result.trials if t.layers == (3,)]
+    [left_out] = [t for t in result.trials if OVER_BUDGET in t.attrs]
+    assert left_out.layers == (3,) and "latency" in left_out.attrs[OVER_BUDGET]
+    study.set_user_attr(LIMITS, {"max_latency_ms": 10})  # as the last run stored it
+    assert collect(study, "mem").best.layers == (4,)  # export: judged by the stored limits
     with pytest.raises(ConfigError, match="meets this budget.*latency 50"):
         collect(study, "mem", Budget(max_latency_ms=1))
 
@@ -53,11 +56,15 @@ def test_the_report_says_the_anchor_broke_the_budget():
     pruned = optuna.trial.TrialState.PRUNED
     add(study, 6, None, latency_ms=50.0, state=pruned, **{INFEASIBLE: "latency 50 ms > 10"})
     add(study, 4, 0.8, latency_ms=5.0, n_rows=16)
-    result = collect(study, "mem", Budget(max_latency_ms=10))
+    budget = Budget(max_latency_ms=10)
+    result = collect(study, "mem", budget)
     assert result.best.layers == (4,)
+    [broken] = budget.violations(Cost(50.0, 10.0, 66, 32))
     assert result.notes == (
-        "the anchor (m's last layer, linear head) breaks the budget (latency 50 ms > 10)",
+        f"the anchor (m's last layer, linear head) breaks the budget ({broken})",
     )
+    # judged by the present budget: under a looser one the old reason is not repeated
+    assert collect(study, "mem", Budget(max_latency_ms=100)).notes == ()
 
 
 def test_two_objectives_say_the_anchor_rule_does_not_apply():
@@ -121,20 +128,22 @@ def scores(accuracy, std, n_folds=5):
 
 
 @pytest.mark.parametrize(
-    ("std", "said"),
+    ("std", "metric", "said"),
     [
-        (0.30, "scores 25.0 ± 19.0 pt above the last layer by probe, within two standard errors"),
-        (0.02, "layer 1/2 beats the last layer by 25.0 ± 1.3 pt"),
+        (0.30, "accuracy", "differ by +25.0 ± 19.0 pt of probe accuracy, within two standard"),
+        (0.02, "accuracy", "layer 1/2 beats the last layer by 25.0 ± 1.3 pt (probe CV accuracy"),
+        (0.02, "macro_f1", "beats the last layer by 25.0 ± 1.3 pt (probe CV macro-f1 75.0%"),
     ],
 )
-def test_a_best_layer_is_claimed_only_beyond_the_probes_noise(std, said):
+def test_a_best_layer_is_claimed_only_beyond_the_probes_noise(std, metric, said):
     from types import SimpleNamespace
 
     from autolayer.pipeline import ModelScores, reasons
 
     report = ModelScores("m", 3, scores([0.5, 0.75, 0.5], std), searched=(1, 2))
     best = SimpleNamespace(models=("m",))
-    prepared = SimpleNamespace(reports=(report,), candidates=(), pairs=())
+    options = SimpleNamespace(metric=metric)
+    prepared = SimpleNamespace(reports=(report,), candidates=(), pairs=(), options=options)
     [reason] = reasons(prepared, SimpleNamespace(best=best, trials=()), None)
     assert said in reason
 
@@ -153,3 +162,16 @@ def test_another_draw_of_the_same_data_is_named_as_such(tmp_path, tiny_dataset):
         pipeline.check_output_dir(tmp_path, data.per_class(16, seed=0), overwrite=False)
     with pytest.raises(ConfigError, match="other data"):
         pipeline.check_output_dir(tmp_path, data.subsample(10), overwrite=False)
+
+
+def test_the_pareto_front_is_the_budgets():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for value, latency, params in ((0.9, 1.0, 10**6), (0.8, 3.0, 66), (0.7, 2.0, 66)):
+        costs = {"latency_ms": latency, "memory_mb": 1.0, "params": params, "fused_dim": 8}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={}, distributions={}, values=[value, latency], user_attrs=costs
+            )
+        )
+    result = collect(study, "mem", Budget(max_params=1000))  # the fastest, best one is out
+    assert [t.values[0] for t in result.pareto] == [0.8, 0.7]

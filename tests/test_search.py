@@ -212,7 +212,7 @@ def test_a_budget_only_the_linear_head_meets_is_not_refused():
 
 
 def test_a_repeated_linear_head_is_not_trained_again(home, tmp_path, tiny_dataset, tiny_models):
-    from autolayer.search import REPEAT
+    from autolayer.search import REPEAT, REPEATS_IN_A_ROW
 
     prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=1)
     result = pipeline.search(
@@ -226,3 +226,5 @@ def test_a_repeated_linear_head_is_not_trained_again(home, tmp_path, tiny_datase
     assert len(complete) == 1 and repeats  # drawn again, never trained again
     assert {t.attrs[REPEAT] for t in repeats} == {complete[0].number}
     assert result.trained == 1
+    assert len(repeats) == REPEATS_IN_A_ROW  # then the space is exhausted: no 20× n_trials
+    assert any("looks exhausted after 1 of 3 trials" in note for note in result.notes)
