@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -151,6 +152,17 @@ def embed_tests(data, models, options: Options) -> dict:
     return out
 
 
+def _commit() -> str:
+    """The code a draw ran (draws of one set run across processes and sessions)."""
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return out.stdout.strip() or "unknown"
+
+
+COMMIT = _commit()
+
+
 def run(args) -> None:
     data = autolayer.load_dataset(args.dataset or ROOT.parent / "shared" / "data" / args.set)
     work = args.work_dir / data.name
@@ -188,7 +200,7 @@ def run(args) -> None:
                     entry = setfit_arm(
                         data, size, draw, arm.split(":")[1], args.setfit_iterations, work
                     )
-                save(arm, {**results.get(arm, {}), key: entry})
+                save(arm, {**results.get(arm, {}), key: {**entry, "commit": COMMIT}})
                 print(arm, key, json.dumps(entry)[:200], flush=True)
 
 
