@@ -14,8 +14,10 @@ test accuracy (probe fitted on the whole draw). Each selection rule then picks o
   more than ``z`` standard errors of the paired per-row difference (``fold-paired``: of the
   per-fold difference); ``to anchor``: the same, against the anchor's last layer;
 - ``binomial z to anchor``: the top unless it beats the anchor by ``z`` standard errors of
-  a difference of two independent proportions; ``bonferroni``: autolayer's rule
-  (``autolayer/anchor.py``), ``z`` for a 5 % family-wise error over the other candidates.
+  a difference of two independent proportions (Wald's error); ``bonferroni``: autolayer's
+  rule as it was when ``priors-sst2`` ran (``autolayer/anchor.py`` now uses Agresti and
+  Caffo's error, whose z is never larger here), ``z`` for a 5 % family-wise error over the
+  other candidates.
 
     .venv/bin/python studies/fewshot/priors.py --set sst2 --work-dir /work/fewshot-work \\
         --out studies/results/fewshot
@@ -87,7 +89,8 @@ def pick(rule: str, cands: list[dict], tests: list[np.ndarray], anchor: str) -> 
         scores = fold_means(top["correct"], tests)
         floor = scores.mean() - scores.std(ddof=1) / np.sqrt(len(scores))
         return default if default["correct"].mean() >= floor else top
-    if rule.startswith("binomial"):  # autolayer's rule (anchor.py): unpaired, conservative
+    if rule.startswith("binomial"):  # unpaired, with Wald's error, as anchor.py had it when
+        # priors-sst2 was run; anchor.py now uses Agresti-Caffo's, whose z is never larger
         word = rule.split()[1]  # a z, or Bonferroni's over the other candidates
         z = (
             NormalDist().inv_cdf(1 - 0.05 / (len(cands) - 1))
