@@ -49,8 +49,6 @@ SEPARATOR = " + "
 INFEASIBLE = "infeasible"  # breaks a budget: its reasons
 SURPLUS = "surplus"  # other workers' running trials already fill the budget
 REPEAT = "repeat_of"  # a linear head on layers already tried: the earlier trial's number
-EXHAUSTED = "space_exhausted"  # study attribute: draws kept repeating trained configurations
-REPEATS_IN_A_ROW = 10  # that many repeats in a row end the search: nothing new is left
 OVER_BUDGET = "over_budget"  # (in a summary only) why a finished trial breaks this budget
 
 
@@ -358,7 +356,7 @@ class _Objective:
         if broken:
             trial.set_user_attr(INFEASIBLE, "; ".join(broken))
             raise optuna.TrialPruned("infeasible: " + "; ".join(broken))
-        earlier = _same_linear_head(trial) if head == "linear" else None
+        earlier = _same_linear_head(trial, self.budget) if head == "linear" else None
         if earlier is not None:
             trial.set_user_attr(REPEAT, earlier)
             raise optuna.TrialPruned(f"repeat: trial {earlier} trained this linear head")
@@ -443,7 +441,7 @@ def counts(attrs: Mapping, budget: Budget | None = None) -> bool:
     return cost is None or not budget.violations(cost)
 
 
-def _same_linear_head(trial: optuna.Trial) -> int | None:
+def _same_linear_head(trial: optuna.Trial, budget: Budget) -> int | None:
     """The number of a finished trial with the same parameters, if any. A linear head has
     no width or learning rate to vary, so TPE often proposes one again (6 of 10 trials on
     a latency budget that allowed little else); training it twice would only spend the
@@ -451,7 +449,7 @@ def _same_linear_head(trial: optuna.Trial) -> int | None:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     done = trial.study.get_trials(deepcopy=False, states=states)
     same = (t for t in done if t.number < trial.number and t.params == trial.params)
-    return next((t.number for t in same if counts(t.user_attrs)), None)
+    return next((t.number for t in same if counts(t.user_attrs, budget)), None)
 
 
 def trained_count(study: optuna.Study, budget: Budget | None = None) -> tuple[int, int]:
@@ -535,32 +533,47 @@ def _out_of_reach(trial: optuna.trial.FrozenTrial, budget: Budget) -> bool:
     return cost is not None and not budget.violations(cost)
 
 
-def _stop_after(budget: Budget) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+def _stop_after(
+    budget: Budget, finite: int | None = None
+) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     """Stop once ``budget.n_trials`` trials were trained (finished or pruned by the pruner).
 
     Infeasible and repeated trials cost nothing and do not count, but at most
-    ``20 × n_trials`` trials are drawn so a nearly infeasible space still ends, and
-    :data:`REPEATS_IN_A_ROW` repeats in a row end it too (marked :data:`EXHAUSTED`): a
-    space of a few linear heads has nothing new to offer. Counting in the shared storage
-    makes the limit global across workers and across resumed runs.
+    ``20 × n_trials`` trials are drawn so a nearly infeasible space still ends; a space of
+    ``finite`` configurations (linear heads only) ends once each was tried
+    (:func:`exhausted`). Counting in the shared storage makes the limit global across
+    workers and across resumed runs.
     """
 
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def callback(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
         trained, done = trained_count(study, budget)
-        if trained >= budget.n_trials or done >= 20 * budget.n_trials:
-            study.stop()
-        elif REPEAT in trial.user_attrs and _repeats_in_a_row(study) >= REPEATS_IN_A_ROW:
-            study.set_user_attr(EXHAUSTED, True)
+        if trained >= budget.n_trials or done >= 20 * budget.n_trials or exhausted(study, finite):
             study.stop()
 
     return callback
 
 
-def _repeats_in_a_row(study: optuna.Study) -> int:
-    """Finished trials at the end of the study (by number) that were repeats."""
+def exhausted(study: optuna.Study, finite: int | None) -> bool:
+    """Whether every one of a space's ``finite`` configurations was tried (trained, found
+    infeasible, or pruned); never for an infinite space (``None``: an MLP head's learning
+    rate is continuous)."""
+    if finite is None:
+        return False
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    finished = sorted(study.get_trials(deepcopy=False, states=states), key=lambda t: -t.number)
-    return next((i for i, t in enumerate(finished) if REPEAT not in t.user_attrs), len(finished))
+    tried = {
+        tuple(sorted(t.params.items()))
+        for t in study.get_trials(deepcopy=False, states=states)
+        if SURPLUS not in t.user_attrs
+    }
+    return len(tried) >= finite
+
+
+def _finite(candidates: Sequence[Candidate], choices: Sequence[str], space: Space) -> int | None:
+    """How many configurations a space of linear heads only has (None with an MLP head)."""
+    if "mlp" in space.heads:
+        return None
+    layers = {c.name: len(c.layers) for c in candidates}
+    return sum(math.prod(layers[m] for m in choice.split(SEPARATOR)) for choice in choices)
 
 
 def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStorage:
@@ -690,13 +703,14 @@ def run_search(
         for params in first:
             if params["models"] in objective.choices:
                 study.enqueue_trial(params, skip_if_exists=True)
-    stops = [_stop_after(budget)]
+    finite = _finite(candidates, objective.choices, space)
+    stops = [_stop_after(budget, finite)]
     decides = anchor_can_stop(budget, space, multi_objective)
     if decides:
         stops.append(_stop_if_unbeatable(budget))
     study.set_user_attr(LIMITS, budget.limits)  # export judges the study by this run's
-    if study.user_attrs.get(EXHAUSTED):
-        study.set_user_attr(EXHAUSTED, False)  # a resume tries again
+    if not decides and study.user_attrs.get(UNBEATABLE):
+        study.set_user_attr(UNBEATABLE, False)  # not this run's rule: no stale "stopped"
     before = trained_count(study, budget)[0]
     started = time.monotonic()
     if before < budget.n_trials and not (decides and anchor_unbeatable(study, budget)):
@@ -708,26 +722,32 @@ def run_search(
     result = collect(study, storage, budget)
     return replace(
         result,
-        notes=result.notes + _stop_notes(study, budget, after, time.monotonic() - started),
+        notes=result.notes + _stop_notes(study, budget, after, time.monotonic() - started, finite),
         trained=after - before,
     )
 
 
-def _stop_notes(study: optuna.Study, budget: Budget, trained: int, seconds: float) -> tuple:
+def _stop_notes(
+    study: optuna.Study, budget: Budget, trained: int, seconds: float, finite: int | None
+) -> tuple:
     """Why the search ended before its trials, when it did (the anchor's stop is said by
     the recommendation's reason)."""
     if trained >= budget.n_trials or study.user_attrs.get(UNBEATABLE):
         return ()
-    if study.user_attrs.get(EXHAUSTED):
+    if exhausted(study, finite):
         return (
-            f"{REPEATS_IN_A_ROW} draws in a row repeated configurations already trained: the "
-            f"space within the budget looks exhausted after {trained} of {budget.n_trials} "
-            "trials",
+            f"all {finite} configurations of the space (linear heads) were tried: "
+            f"{trained} of {budget.n_trials} trials trained",
         )
     if budget.timeout is not None and seconds >= budget.timeout:
         return (
             f"the timeout ({budget.timeout:g} s) ended the search after {trained} of "
             f"{budget.n_trials} trials",
+        )
+    if trained_count(study, budget)[1] >= 20 * budget.n_trials:
+        return (
+            f"{20 * budget.n_trials} draws ended the search after {trained} of "
+            f"{budget.n_trials} trials: most configurations break the budget or repeat one",
         )
     return ()
 
@@ -928,7 +948,9 @@ def _anchor_notes(
     if any(t.state == "COMPLETE" and not (budget and _breaks(t, budget)) for t in anchors):
         return []
     broken = [
-        "; ".join(budget.violations(_cost(t.attrs))) if budget and _cost(t.attrs) else ""
+        "; ".join(budget.violations(_cost(t.attrs)))
+        if budget and _cost(t.attrs)
+        else t.attrs.get(INFEASIBLE, "")  # a study that stored no limits: as its run judged
         for t in anchors
     ]
     broken = [b for b in broken if b]

@@ -212,19 +212,34 @@ def test_a_budget_only_the_linear_head_meets_is_not_refused():
 
 
 def test_a_repeated_linear_head_is_not_trained_again(home, tmp_path, tiny_dataset, tiny_models):
-    from autolayer.search import REPEAT, REPEATS_IN_A_ROW
+    from autolayer.search import REPEAT
 
+    prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=2)
+    result = pipeline.search(
+        prepared,
+        output_dir=tmp_path,
+        budget=Budget(n_trials=5),
+        space=Space(heads=("linear",)),  # one model, two layers: two configurations
+    )
+    complete = [t for t in result.trials if t.state == "COMPLETE"]
+    repeats = [t for t in result.trials if REPEAT in t.attrs]
+    assert sorted(t.layers for t in complete) == [
+        (a,) for a in sorted(prepared.candidates[0].layers)
+    ]
+    assert {t.attrs[REPEAT] for t in repeats} <= {t.number for t in complete}  # never trained
+    assert len(result.trials) == len(complete) + len(repeats)
+    assert result.trained == 2
+    assert result.notes == (
+        "all 2 configurations of the space (linear heads) were tried: 2 of 5 trials trained",
+    )
+
+
+def test_with_an_mlp_head_the_space_is_never_exhausted(home, tmp_path, tiny_dataset, tiny_models):
     prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=1)
     result = pipeline.search(
         prepared,
         output_dir=tmp_path,
-        budget=Budget(n_trials=3),
-        space=Space(heads=("linear",)),  # one model, one layer: one configuration
+        budget=Budget(n_trials=4),
+        space=Space(heads=("mlp", "linear")),
     )
-    complete = [t for t in result.trials if t.state == "COMPLETE"]
-    repeats = [t for t in result.trials if REPEAT in t.attrs]
-    assert len(complete) == 1 and repeats  # drawn again, never trained again
-    assert {t.attrs[REPEAT] for t in repeats} == {complete[0].number}
-    assert result.trained == 1
-    assert len(repeats) == REPEATS_IN_A_ROW  # then the space is exhausted: no 20× n_trials
-    assert any("looks exhausted after 1 of 3 trials" in note for note in result.notes)
+    assert result.trained == 4 and result.notes == ()
