@@ -211,16 +211,18 @@ def test_a_budget_only_the_linear_head_meets_is_not_refused():
         check_feasible([dense], budget, Space(), 2, 4)
 
 
+def search_bert(tmp_path, tiny_dataset, tiny_models, top_k, n_trials, heads):
+    """The tiny encoder alone, its ``top_k`` layers, searched with ``heads``."""
+    prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=top_k)
+    budget, space = Budget(n_trials=n_trials), Space(heads=heads)
+    return prepared, pipeline.search(prepared, output_dir=tmp_path, budget=budget, space=space)
+
+
 def test_a_repeated_linear_head_is_not_trained_again(home, tmp_path, tiny_dataset, tiny_models):
     from autolayer.search import REPEAT
 
-    prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=2)
-    result = pipeline.search(
-        prepared,
-        output_dir=tmp_path,
-        budget=Budget(n_trials=5),
-        space=Space(heads=("linear",)),  # one model, two layers: two configurations
-    )
+    # one model, two layers, linear heads only: two configurations
+    prepared, result = search_bert(tmp_path, tiny_dataset, tiny_models, 2, 5, ("linear",))
     complete = [t for t in result.trials if t.state == "COMPLETE"]
     repeats = [t for t in result.trials if REPEAT in t.attrs]
     assert sorted(t.layers for t in complete) == [
@@ -235,11 +237,5 @@ def test_a_repeated_linear_head_is_not_trained_again(home, tmp_path, tiny_datase
 
 
 def test_with_an_mlp_head_the_space_is_never_exhausted(home, tmp_path, tiny_dataset, tiny_models):
-    prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=1)
-    result = pipeline.search(
-        prepared,
-        output_dir=tmp_path,
-        budget=Budget(n_trials=4),
-        space=Space(heads=("mlp", "linear")),
-    )
+    _, result = search_bert(tmp_path, tiny_dataset, tiny_models, 1, 4, ("mlp", "linear"))
     assert result.trained == 4 and result.notes == ()
