@@ -34,7 +34,9 @@ from autolayer.fidelity import Fidelity, StageClock, StageCost, computed, select
 from autolayer.options import Options
 from autolayer.probe import LayerScores
 from autolayer.search import (
+    INFEASIBLE,
     OVER_BUDGET,
+    REPEAT,
     Candidate,
     LayerCost,
     SearchResult,
@@ -959,9 +961,25 @@ def export(
     for trial in result.trials:
         if trial.number == trial_number:
             if trial.state != "COMPLETE":
-                raise ConfigError(f"trial {trial_number} is {trial.state}, not COMPLETE")
+                why = _untrained(trial)
+                raise ConfigError(f"trial {trial_number} is {trial.state}{why}, not COMPLETE")
+            if OVER_BUDGET in trial.attrs:  # asked for by number: exported, but said
+                logger.warning(
+                    "trial %d breaks the latest run's budget (%s)",
+                    trial_number,
+                    trial.attrs[OVER_BUDGET],
+                )
             return trial_config(trial, context, study_name, storage)
     raise ConfigError(f"study {study_name!r} has no trial {trial_number}")
+
+
+def _untrained(trial: TrialSummary) -> str:
+    """Why a trial was never trained, for an error: the budget it broke, or what it repeats."""
+    if INFEASIBLE in trial.attrs:
+        return f" (infeasible: {trial.attrs[INFEASIBLE]})"
+    if REPEAT in trial.attrs:
+        return f" (a repeat of trial {trial.attrs[REPEAT]})"
+    return ""
 
 
 def _recommended_study(output_dir: Path) -> str | None:

@@ -175,3 +175,15 @@ def test_the_pareto_front_is_the_budgets():
         )
     result = collect(study, "mem", Budget(max_params=1000))  # the fastest, best one is out
     assert [t.values[0] for t in result.pareto] == [0.8, 0.7]
+
+
+def test_an_untrained_trial_is_refused_with_its_reason():
+    from types import SimpleNamespace
+
+    from autolayer.pipeline import _untrained
+
+    assert _untrained(SimpleNamespace(attrs={INFEASIBLE: "latency 50 > 10"})) == (
+        " (infeasible: latency 50 > 10)"
+    )
+    assert _untrained(SimpleNamespace(attrs={"repeat_of": 3})) == " (a repeat of trial 3)"
+    assert _untrained(SimpleNamespace(attrs={})) == ""  # pruned by the pruner: no reason
