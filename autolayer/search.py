@@ -510,12 +510,10 @@ def anchor_unbeatable(study: optuna.Study, budget: Budget) -> bool:
     of reach of its trials; the study's :data:`UNBEATABLE` mark follows the answer. Read
     from the storage, so a resumed run, or another worker, sees what an earlier one found;
     decided afresh each time, because a resumed run may bring another budget."""
-    context = study.user_attrs.get("context") or {}
-    name = (context.get("options") or {}).get("anchor")
-    models = context.get("models", {})
+    anchor = _anchor_of(study)
     found = False
-    if name in models:
-        last = models[name]["n_hidden_states"] - 1
+    if anchor is not None:
+        name, last = anchor
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         found = any(
             is_anchor(_summary(t), name, last) and _out_of_reach(t, budget) for t in complete
@@ -523,6 +521,14 @@ def anchor_unbeatable(study: optuna.Study, budget: Budget) -> bool:
     if found != bool(study.user_attrs.get(UNBEATABLE)):
         study.set_user_attr(UNBEATABLE, found)
     return found
+
+
+def _anchor_of(study: optuna.Study) -> tuple[str, int] | None:
+    """The study's anchor and its last layer, from the stored context (None: no anchor)."""
+    context = study.user_attrs.get("context") or {}
+    name = (context.get("options") or {}).get("anchor")
+    info = context.get("models", {}).get(name) if name else None
+    return None if info is None else (name, info["n_hidden_states"] - 1)
 
 
 def _out_of_reach(trial: optuna.trial.FrozenTrial, budget: Budget) -> bool:
@@ -933,17 +939,15 @@ def _anchor_notes(
     """What the report must say about the anchor rule when it did not apply: two
     objectives, or an anchor that breaks the present budget (an earlier run's limits do
     not count) and never finished within it."""
-    context = study.user_attrs.get("context") or {}
-    name = (context.get("options") or {}).get("anchor")
-    info = context.get("models", {}).get(name) if name else None
-    if info is None:
+    anchor = _anchor_of(study)
+    if anchor is None:
         return []
     if len(study.directions) > 1:
         return [
             "the anchor rule applies to single-objective searches only: with two objectives "
             "the most accurate trial is recommended, and the Pareto front shown"
         ]
-    last = info["n_hidden_states"] - 1
+    name, last = anchor
     anchors = [t for t in trials if is_anchor(t, name, last)]
     if any(t.state == "COMPLETE" and not (budget and _breaks(t, budget)) for t in anchors):
         return []
