@@ -339,6 +339,14 @@ def _split_rows(data: LabelledDataset, options: Options) -> _Rows:
     return _Rows(data, train, val, external=False)
 
 
+def _split_kind(rows: _Rows, options: Options) -> str:
+    """What validated, recorded so that a config never claims a split it did not use (a
+    few-label run has no validation rows; a dataset's own split has no carved size)."""
+    if options.cv_folds is not None:
+        return "cross-validation"
+    return "dataset" if rows.external else "carved"
+
+
 def prepare(
     dataset: str | Path | LabelledDataset = "demo",
     models: Sequence[str] | None = None,
@@ -395,7 +403,8 @@ def prepare(
     candidates = tuple(_candidate(f) for f in features)
     reports = tuple(ModelScores(f.name, f.n_states, f.scores, searched=f.top) for f in features)
     validation = {
-        "size": options.validation_size,
+        "split": (split := _split_kind(rows, options)),
+        **({"size": options.validation_size} if split == "carved" else {}),
         "seed": options.seed,
         "n_train": len(rows.y_train),
         "n_val": len(rows.y_val),
@@ -783,7 +792,7 @@ def study_identity(context: dict) -> dict:
         "dataset fingerprint": context["dataset"]["fingerprint"],
         "validation split": {
             k: context["dataset"]["validation"][k]
-            for k in ("size", "seed", "n_train", "n_val", "cv_folds")
+            for k in ("split", "size", "seed", "n_train", "n_val", "cv_folds")
             if k in context["dataset"]["validation"]
         },
         "model pool": {name: info["identity"] for name, info in context["models"].items()},

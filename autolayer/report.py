@@ -210,8 +210,10 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def layer_table(title: str, accuracy, std, f1, searched=()) -> None:
-    """Probe accuracy per layer; the best and the last layer (and searched ones) marked."""
+def layer_table(title: str, accuracy, std, f1, offered=(), tried=()) -> None:
+    """Probe accuracy per layer; the best and the last layer marked, and the layers the
+    search was offered: "searched" when a trained trial used them, "offered" when none did
+    (the search stopped early, after the anchor for one)."""
     n = len(accuracy)
     order = np.argsort(-np.asarray(accuracy), kind="stable")
     rank = {int(layer): i + 1 for i, layer in enumerate(order)}
@@ -222,7 +224,8 @@ def layer_table(title: str, accuracy, std, f1, searched=()) -> None:
         marks = [
             ("best", layer == order[0]),
             ("last", layer == n - 1),
-            ("searched", layer in searched),
+            ("searched", layer in tried),
+            ("offered", layer in offered and layer not in tried),
         ]
         table.add_row(
             str(layer),
@@ -380,15 +383,27 @@ def stages_table(stages, dropped: dict) -> None:
         console.print(f"dropped [bold]{escape(model)}[/]: {escape(reason)}")
 
 
+def _tried(trials) -> dict[str, set[int]]:
+    """The layers of each model that a trained trial used."""
+    out: dict[str, set[int]] = {}
+    for t in trials:
+        if t.value is not None:
+            for model, layer in zip(t.models, t.layers, strict=True):
+                out.setdefault(model, set()).add(layer)
+    return out
+
+
 def recommendation(rec, output_dir) -> None:
     """The full recommend report: rankings, CKA, trials, the choice and why."""
+    tried = _tried(rec.search.trials)
     for r in rec.reports:
         layer_table(
             f"{r.model}: linear-probe accuracy per layer (CV on search-train)",
             r.scores.accuracy,
             r.scores.accuracy_std,
             r.scores.macro_f1,
-            searched=r.searched,
+            offered=r.searched,
+            tried=tried.get(r.model, set()),
         )
     if len(rec.cka_names) > 1:
         cka_table(rec.cka_names, rec.cka, "linear CKA at each model's best layer (similarity)")

@@ -693,7 +693,6 @@ def run_search(
         storage=opened,
         study_name=study_name,
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=(
             optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
             if prune
@@ -701,6 +700,7 @@ def run_search(
         ),
         directions=directions,
     )
+    study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(seed, len(study.trials)))
     if "signature" not in study.user_attrs:
         study.set_user_attr("signature", signature)
         study.set_user_attr("metric", metric)
@@ -731,6 +731,18 @@ def run_search(
         notes=result.notes + _stop_notes(study, budget, after, time.monotonic() - started, finite),
         trained=after - before,
     )
+
+
+def _sampler_seed(seed: int, existing: int) -> int:
+    """The sampler's seed for a run joining a study that holds ``existing`` trials.
+
+    A new study takes ``seed`` itself. A resumed run, or a second worker joining, would
+    otherwise replay the first run's random draws and retrain its configurations; mixing in
+    the trials already there gives each a seed of its own, still reproducible from the
+    study's history."""
+    if existing == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, existing]).generate_state(1)[0])
 
 
 def _stop_notes(

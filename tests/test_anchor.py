@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import optuna
 import pytest
 
@@ -334,3 +335,15 @@ def test_cli_search_skips_like_recommend(
     [summary] = optuna.get_all_study_summaries(storage)  # the same command, the same study
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     assert [t.number for t in study.trials if t.state.name != "WAITING"] == [0]
+
+
+@pytest.mark.parametrize("n", [8, 16, 30, 64, 128])
+def test_agresti_caffo_is_never_bolder_than_wald(n):
+    """The README says every draw whose anchor stood under Wald's rule keeps it under
+    Agresti and Caffo's: that holds only if their z is never the larger, on any scores."""
+    scores = np.arange(n + 1) / n
+    for i, a in enumerate(scores):
+        for b in scores[:i]:
+            wald_variance = (a * (1 - a) + b * (1 - b)) / n
+            wald = np.inf if wald_variance == 0 else (a - b) / np.sqrt(wald_variance)
+            assert anchor.difference_z(a, b, n) <= wald + 1e-12, (a, b)

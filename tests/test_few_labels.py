@@ -84,6 +84,9 @@ def test_recommend_with_labels_per_class_cross_validates_and_apply_reuses_the_dr
     assert config.dataset["validation"]["cv_folds"] == 5
     assert config.dataset["validation"]["n_train"] == 12
     assert config.dataset["validation"]["n_val"] == 0
+    # no validation rows: the config must not claim a carved split's size
+    assert config.dataset["validation"]["split"] == "cross-validation"
+    assert "size" not in config.dataset["validation"]
     assert config.dataset["draw"]["source_fingerprint"] == full.fingerprint
     trained = [t for t in rec.search.trials if t.value is not None]
     assert trained and all(

@@ -32,6 +32,8 @@ def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_da
     assert (out_dir / "cka.png").exists()
     config = load_config(out_dir / "recommendation.yaml")
     assert config.dataset["fingerprint"] and config.versions["torch"]
+    assert config.dataset["validation"]["split"] == "carved"
+    assert config.dataset["validation"]["size"] == 0.2
     assert {m.max_length for m in config.models} == {12}
     storage = f"sqlite:///{out_dir / 'study.db'}"
     study_name = config.validation["study"]

@@ -137,3 +137,11 @@ def test_multi_objective_search_prints_the_pareto_front(capsys, tiny_models, tin
     assert "Pareto front" in out
     table = out[out.index("Pareto front") : out.index("best trials")]
     assert re.search(r"│\s+\d+ │ .*bert │ .* │\s+[\d.]+ │\s+\d+\.\d\d │", table), table
+
+
+def test_layers_offered_to_a_search_that_never_tried_them_are_not_called_searched(capsys):
+    report.layer_table("m", [0.5, 0.8, 0.7], [0.0] * 3, [0.5] * 3, offered=(1, 2), tried={1})
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if "│" in line}
+    assert "searched" in rows["1"] and "offered" not in rows["1"]
+    assert "offered" in rows["2"] and "searched" not in rows["2"]
+    assert "offered" not in rows["0"] and "searched" not in rows["0"]

@@ -26,6 +26,10 @@ def test_search_resumes_and_counts_trials_across_runs(home, tmp_path, tiny_datas
     )
     study = optuna.load_study(study_name="s", storage=storage)
     assert trained_count(study)[0] == 5
+    # the resumed run draws afresh: it does not replay the first run's sampled trials
+    sampled = [t.params for t in study.trials if "fixed_params" not in t.system_attrs]
+    assert len(sampled) >= 2
+    assert all(a != b for i, a in enumerate(sampled) for b in sampled[:i])
     kept = {t.number for t in first.trials if t.state == "COMPLETE"}
     assert kept <= {t.number for t in again.trials}
     for trial in again.trials:

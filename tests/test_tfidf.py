@@ -101,7 +101,9 @@ def test_a_validation_split_of_its_own_is_transformed_not_fitted(home, tmp_path)
     valid = [{"text": "unseen words good", "label": "pos"}, {"text": "unseen bad", "label": "neg"}]
     write_jsonl(tmp_path / "d" / "validation.jsonl", valid * 2)
     write_jsonl(tmp_path / "d" / "test.jsonl", valid)
-    [candidate] = pipeline.prepare(tmp_path / "d", ["tfidf"], top_k=1).candidates
+    prepared = pipeline.prepare(tmp_path / "d", ["tfidf"], top_k=1)
+    assert prepared.validation["split"] == "dataset" and "size" not in prepared.validation
+    [candidate] = prepared.candidates
     refit = make_source("tfidf").fit([r["text"] for r in rows])
     assert candidate.width == refit.width and candidate.features(0, "val").shape[0] == 4
     expected = refit.transform([v["text"] for v in valid * 2])
