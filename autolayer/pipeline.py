@@ -792,7 +792,7 @@ def study_identity(context: dict) -> dict:
         "dataset fingerprint": context["dataset"]["fingerprint"],
         "validation split": {
             k: context["dataset"]["validation"][k]
-            for k in ("split", "size", "seed", "n_train", "n_val", "cv_folds")
+            for k in ("size", "seed", "n_train", "n_val", "cv_folds")
             if k in context["dataset"]["validation"]
         },
         "model pool": {name: info["identity"] for name, info in context["models"].items()},
