@@ -7,7 +7,9 @@ guided (the best model alone and the pairs with the largest predicted gain enque
 as ``recommend`` does). The seed changes the sampler and the heads' initialisation, not the
 split. A run's curve is the best validation accuracy after each trained trial; "trials to
 target" is the first trial whose best is within 0.3 pt of brute force's best (censored at
-``--n-trials`` when never). Resumes: finished runs are kept in the JSON.
+``--n-trials`` when never). Resumes: finished runs are kept in the JSON. Two processes may
+share the JSON, one per arm (``--arms guided`` beside ``--arms unguided``, each on its own
+core): each run is merged into it under a lock.
 
     .venv/bin/python studies/complementarity/guided.py --set mr --work-dir /work/fidelity-work \
         --out studies/results/complementarity
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import tempfile
 from pathlib import Path
@@ -66,7 +69,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--n-trials", type=int, default=40)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--arms", default="unguided,guided", help="the arms this process runs")
     args = parser.parse_args()
+    arms = [{"unguided": False, "guided": True}[a] for a in args.arms.split(",")]
     bench = json.loads((args.results / f"fidelity-{args.set}.json").read_text())
     target = bench["brute_force"]["val_accuracy"] - MARGIN
     settings = SETS[args.set]
@@ -79,11 +84,10 @@ def main() -> None:
     )
     prepared = pipeline.prepare(data, list(MODELS), options=options)
     path = args.out / f"guided-{args.set}.json"
-    runs = json.loads(path.read_text()) if path.exists() else {}
     for seed in range(args.seeds):
-        for guide in (False, True):
+        for guide in arms:
             key = f"{'guided' if guide else 'unguided'}-{seed}"
-            if key in runs:
+            if key in merged(path):
                 continue
             seeded = dataclasses.replace(prepared, options=dataclasses.replace(options, seed=seed))
             with tempfile.TemporaryDirectory() as tmp:
@@ -91,16 +95,33 @@ def main() -> None:
                     seeded, output_dir=tmp, budget=Budget(n_trials=args.n_trials), guide=guide
                 )
                 study = optuna.load_study(study_name=result.study_name, storage=result.storage)
-                runs[key] = curve(study)
-            args.out.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(runs, indent=1))
-            print(key, trials_to(runs[key], target), f"best {100 * runs[key][-1]:.2f}")
+                values = curve(study)
+            merged(path, {key: values})
+            print(key, trials_to(values, target), f"best {100 * values[-1]:.2f}", flush=True)
+    runs = merged(path)
+    if any(f"{kind}-{s}" not in runs for kind in ("unguided", "guided") for s in range(args.seeds)):
+        return  # the other arm's process summarises
     summary = {
         kind: [trials_to(runs[f"{kind}-{s}"], target) for s in range(args.seeds)]
         for kind in ("unguided", "guided")
     }
     print(f"target {100 * target:.2f} (brute force best − {100 * MARGIN:.1f} pt): {summary}")
     plot(runs, target, args.set, args.out / f"guided-{args.set}.png")
+
+
+def merged(path: Path, new: dict | None = None) -> dict:
+    """The runs in ``path``, with ``new`` merged in and written (under a lock, so one process
+    per arm can share the file without losing the other's runs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / f"{path.stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(path.read_text()) if path.exists() else {}
+        if new:
+            runs.update(new)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(runs, indent=1))
+            tmp.replace(path)
+        return runs
 
 
 def plot(runs: dict, target: float, name: str, path: Path) -> None:
