@@ -430,11 +430,44 @@ def prepare(
     )
 
 
-def anchor_budget(budget: Budget, space: Space, multi_objective: bool = False) -> Budget | None:
+def anchor_budget(
+    budget: Budget,
+    space: Space,
+    multi_objective: bool = False,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> Budget | None:
     """``budget``, for :func:`prepare`'s early skip, when an unbeatable anchor may end that
     search (:func:`autolayer.search.anchor_can_stop`); else None. One rule for ``recommend``
-    and ``search``, so the same command makes the same study."""
-    return budget if anchor_can_stop(budget, space, multi_objective) else None
+    and ``search``, so the same command makes the same study.
+
+    The skip leaves the anchor alone in the pool, and a study's pool is part of its identity:
+    so a study named by ``study_name`` that already searched more models than one (a run
+    whose budget did not allow the skip) is resumed with its whole pool, not refused."""
+    if not anchor_can_stop(budget, space, multi_objective):
+        return None
+    if storage and study_name and len(_stored_pool(storage, study_name)) > 1:
+        return None
+    return budget
+
+
+def default_storage(output_dir: str | Path) -> str:
+    """The study database of an output folder."""
+    return f"sqlite:///{(Path(output_dir) / 'study.db').resolve()}"
+
+
+def _stored_pool(storage: str, study_name: str) -> list[str]:
+    """The models of the stored study ``study_name`` (none when there is no such study);
+    never creates a storage."""
+    from autolayer.search import open_existing_storage
+
+    try:
+        opened = open_existing_storage(storage, study_name)
+        attrs = opened.get_study_user_attrs(opened.get_study_id_from_name(study_name))
+    except (ConfigError, KeyError):
+        return []
+    return list((attrs.get("context") or {}).get("models") or {})
 
 
 def _anchor(options: Options, models: Sequence[str]) -> str | None:
@@ -788,13 +821,13 @@ def study_context(prepared: Prepared, space: Space) -> dict:
 def study_identity(context: dict) -> dict:
     """What makes two runs the same study: trials of another dataset, validation split,
     model pool or feature settings are not comparable, so such a study is refused."""
+    validation = context["dataset"]["validation"]
+    split = {k: validation[k] for k in ("seed", "n_train", "n_val", "cv_folds") if k in validation}
+    # the option, whichever split validated: studies have always been identified by it
+    size = (context.get("options") or {}).get("validation_size", validation.get("size"))
     return {
         "dataset fingerprint": context["dataset"]["fingerprint"],
-        "validation split": {
-            k: context["dataset"]["validation"][k]
-            for k in ("size", "seed", "n_train", "n_val", "cv_folds")
-            if k in context["dataset"]["validation"]
-        },
+        "validation split": {**({"size": size} if size is not None else {}), **split},
         "model pool": {name: info["identity"] for name, info in context["models"].items()},
         "features (pooling, max_length)": sorted(
             {(info["pooling"], info["max_length"]) for info in context["models"].values()}
@@ -848,7 +881,7 @@ def search(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(output_dir / 'study.db').resolve()}"
+    storage = storage or default_storage(output_dir)
     study_name = study_name or default_study_name(prepared)
     space = space or default_space(prepared.options)
     context = study_context(prepared, space)
@@ -950,7 +983,7 @@ def export(
             raise ConfigError(
                 "give the output folder of search/recommend, or --storage and --study-name"
             )
-        storage = f"sqlite:///{(Path(output_dir) / 'study.db').resolve()}"
+        storage = default_storage(output_dir)
     opened = open_existing_storage(storage, study_name)
     names = sorted(s.study_name for s in opened.get_all_studies())
     if study_name is None and len(names) == 1:
@@ -1209,7 +1242,13 @@ def recommend(
         top_k=top_k,
         fidelity=fidelity,
         progress=progress,
-        anchor_budget=anchor_budget(budget, space, multi_objective),
+        anchor_budget=anchor_budget(
+            budget,
+            space,
+            multi_objective,
+            storage=storage or default_storage(output_dir),
+            study_name=study_name,
+        ),
     )
     started = time.process_time()
     result = search(

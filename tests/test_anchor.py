@@ -337,6 +337,34 @@ def test_cli_search_skips_like_recommend(
     assert [t.number for t in study.trials if t.state.name != "WAITING"] == [0]
 
 
+def test_a_named_study_of_the_whole_pool_resumes_where_the_skip_would_fire(
+    tmp_path, home, tiny_models, sentence_encoder, perfect, one_thread
+):
+    """A budget with a timeout searches every model; the same study, resumed without it,
+    must keep its pool rather than skip the others and be refused as another pool."""
+    from autolayer.budgets import Budget
+
+    llama = str(tiny_models["llama"])
+    first = recommend_on(
+        perfect,
+        tmp_path,
+        [llama, sentence_encoder],
+        budget=Budget(n_trials=2, timeout=600),
+        study_name="S",
+    )
+    assert llama in {m for t in first.search.trials for m in t.models}
+    again = recommend_on(
+        perfect,
+        tmp_path,
+        [llama, sentence_encoder],
+        budget=Budget(n_trials=3),
+        study_name="S",
+        overwrite=True,
+    )
+    assert again.search.study_name == "S" and llama not in again.dropped
+    assert {r.model for r in again.reports} == {llama, sentence_encoder}
+
+
 @pytest.mark.parametrize("n", [8, 16, 30, 64, 128])
 def test_agresti_caffo_is_never_bolder_than_wald(n):
     """The README says every draw whose anchor stood under Wald's rule keeps it under

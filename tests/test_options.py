@@ -56,3 +56,18 @@ def test_unknown_settings_are_named():
     assert pipeline.resolve_options(Options(seed=2), {"pooling": "cls"}) == Options(
         seed=2, pooling="cls"
     )
+
+
+def test_a_study_identified_before_the_split_kind_was_recorded_still_resumes():
+    """Studies stored ``size`` (the option) under every split; a config now records it only
+    for a carved split, and the identity must not change with that."""
+    from autolayer.pipeline import study_identity
+
+    validation = {"split": "cross-validation", "seed": 0, "n_train": 16, "n_val": 0, "cv_folds": 5}
+    context = {
+        "dataset": {"fingerprint": "f", "validation": validation},
+        "models": {},
+        "options": {"validation_size": 0.2, "anchor": None},
+    }
+    stored = {"size": 0.2, "seed": 0, "n_train": 16, "n_val": 0, "cv_folds": 5}  # as made then
+    assert study_identity(context)["validation split"] == stored
