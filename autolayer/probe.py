@@ -484,13 +484,15 @@ def _positive(alpha: float) -> float:
 
 
 def _summarise(runs: list[tuple[torch.Tensor, ...]], n_examples: int) -> LayerScores:
-    """Mean and std over folds of per-fold (accuracy [L], macro-F1 [L]) tensors."""
+    """Mean and sample std (ddof 1, as the standard errors built on it need; 0 for one
+    split) over folds of per-fold (accuracy [L], macro-F1 [L]) tensors."""
     acc, f1 = (torch.stack(parts).cpu().numpy() for parts in zip(*runs, strict=True))
+    ddof = 1 if len(runs) > 1 else 0
     return LayerScores(
         accuracy=acc.mean(0),
-        accuracy_std=acc.std(0),
+        accuracy_std=acc.std(0, ddof=ddof),
         macro_f1=f1.mean(0),
-        macro_f1_std=f1.std(0),
+        macro_f1_std=f1.std(0, ddof=ddof),
         n_folds=len(runs),
         n_examples=n_examples,
     )

@@ -384,10 +384,13 @@ def stages_table(stages, dropped: dict) -> None:
 
 
 def _tried(trials) -> dict[str, set[int]]:
-    """The layers of each model that a trained trial used."""
+    """The layers of each model that a trained trial used (finished, or stopped by the
+    pruner after some epochs; never an infeasible or repeated one)."""
+    from autolayer.search import counts
+
     out: dict[str, set[int]] = {}
     for t in trials:
-        if t.value is not None:
+        if t.state in ("COMPLETE", "PRUNED") and counts(t.attrs):
             for model, layer in zip(t.models, t.layers, strict=True):
                 out.setdefault(model, set()).add(layer)
     return out

@@ -553,30 +553,43 @@ def _stop_after(
 
     def callback(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
         trained, done = trained_count(study, budget)
-        if trained >= budget.n_trials or done >= 20 * budget.n_trials or exhausted(study, finite):
+        if (
+            trained >= budget.n_trials
+            or done >= 20 * budget.n_trials
+            or exhausted(study, finite, budget)
+        ):
             study.stop()
 
     return callback
 
 
-def exhausted(study: optuna.Study, finite: int | None) -> bool:
+def exhausted(study: optuna.Study, finite: int | None, budget: Budget | None = None) -> bool:
     """Whether every one of a space's ``finite`` configurations was tried (trained, found
     infeasible, or pruned); never for an infinite space (``None``: an MLP head's learning
-    rate is continuous)."""
+    rate is continuous). Under ``budget``, a configuration an earlier run found infeasible
+    counts as tried only if it still breaks this budget."""
     if finite is None:
         return False
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     tried = {
         tuple(sorted(t.params.items()))
         for t in study.get_trials(deepcopy=False, states=states)
-        if SURPLUS not in t.user_attrs
+        if SURPLUS not in t.user_attrs and _still_tried(t.user_attrs, budget)
     }
     return len(tried) >= finite
 
 
+def _still_tried(attrs: Mapping, budget: Budget | None) -> bool:
+    if INFEASIBLE not in attrs or budget is None:
+        return True
+    cost = _cost(dict(attrs))
+    return cost is None or bool(budget.violations(cost))
+
+
 def _finite(candidates: Sequence[Candidate], choices: Sequence[str], space: Space) -> int | None:
-    """How many configurations a space of linear heads only has (None with an MLP head)."""
-    if "mlp" in space.heads:
+    """How many configurations a space of linear heads only has (None with an MLP head, or
+    with a sparse source, which always takes the MLP head: see :func:`_suggest_head`)."""
+    if "mlp" in space.heads or any(c.sparse for c in candidates):
         return None
     layers = {c.name: len(c.layers) for c in candidates}
     return sum(math.prod(layers[m] for m in choice.split(SEPARATOR)) for choice in choices)
@@ -752,7 +765,7 @@ def _stop_notes(
     the recommendation's reason)."""
     if trained >= budget.n_trials or study.user_attrs.get(UNBEATABLE):
         return ()
-    if exhausted(study, finite):
+    if exhausted(study, finite, budget):
         return (
             f"all {finite} configurations of the space (linear heads) were tried: "
             f"{trained} of {budget.n_trials} trials trained",

@@ -243,3 +243,49 @@ def test_a_repeated_linear_head_is_not_trained_again(home, tmp_path, tiny_datase
 def test_with_an_mlp_head_the_space_is_never_exhausted(home, tmp_path, tiny_dataset, tiny_models):
     _, result = search_bert(tmp_path, tiny_dataset, tiny_models, 1, 4, ("mlp", "linear"))
     assert result.trained == 4 and result.notes == ()
+
+
+def _two_models(rng, n, n_val=0):
+    from autolayer.search import Candidate, LayerCost
+
+    costs = {1: LayerCost(0.5, 1.0), 2: LayerCost(1.0, 2.0)}
+
+    def features(rows):
+        return rng.normal(size=(rows, 2, 8)).astype("float32")
+
+    return [
+        Candidate(name, (1, 2), 3, features(n), features(n_val), 1.0, costs) for name in ("a", "b")
+    ]
+
+
+def test_a_space_with_a_sparse_source_is_never_finite():
+    """A sparse source always takes the MLP head (a continuous learning rate), so even a
+    linear-only space never runs out of configurations."""
+    from scipy import sparse
+
+    from autolayer.search import SEPARATOR, Candidate, LayerCost, _finite
+
+    a, b = _two_models(np.random.default_rng(0), 4)
+    lexical = Candidate("t", (0,), 1, sparse.csr_matrix(np.eye(4)), None, 0.1, {0: LayerCost(0, 1)})
+    linear = Space(heads=("linear",))
+    assert _finite([a, b], ["a", "b", f"a{SEPARATOR}b"], linear) == 8
+    assert _finite([lexical, a], ["t", "a"], linear) is None
+
+
+def test_configurations_an_earlier_budget_excluded_are_tried_when_resumed(tmp_path):
+    from autolayer.search import run_search
+
+    rng = np.random.default_rng(0)
+    models = _two_models(rng, 40, 10)
+    y, y_val = np.arange(40) % 2, np.arange(10) % 2
+    settings = {
+        "storage": f"sqlite:///{tmp_path / 's.db'}",
+        "study_name": "s",
+        "space": Space(heads=("linear",)),
+        "prune": False,
+    }
+    tight = run_search(models, y, y_val, budget=Budget(n_trials=10, max_latency_ms=1.2), **settings)
+    assert tight.trained < 8  # pairs of layer 2 break the latency limit
+    loose = run_search(models, y, y_val, budget=Budget(n_trials=10), **settings)
+    trained = {(t.models, t.layers) for t in loose.trials if t.state == "COMPLETE"}
+    assert len(trained) == 8 and loose.trained == 8 - tight.trained
