@@ -595,6 +595,26 @@ def _finite(candidates: Sequence[Candidate], choices: Sequence[str], space: Spac
     return sum(math.prod(layers[m] for m in choice.split(SEPARATOR)) for choice in choices)
 
 
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random state is set from (seed, trial number) before each trial.
+
+    A seeded sampler replays its random draws in every process: a resumed run would retrain
+    the first run's configurations, and workers sharing a study would train the same ones
+    side by side. Seeding each trial by its number (unique within a study) keeps a run
+    reproducible from its seed and the study's history, and gives each trial draws of its
+    own."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        state = np.random.SeedSequence([self._seed, trial.number]).generate_state(2)
+        self._rng.rng.seed(int(state[0]))  # TPE's own draws
+        self._random_sampler._rng.rng.seed(int(state[1]))  # its random start
+
+
 def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats: a killed worker's trial is marked failed and retried
     once, never left RUNNING forever.
@@ -706,6 +726,7 @@ def run_search(
         storage=opened,
         study_name=study_name,
         load_if_exists=True,
+        sampler=TrialSeededTPE(seed),
         pruner=(
             optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
             if prune
@@ -713,7 +734,6 @@ def run_search(
         ),
         directions=directions,
     )
-    study.sampler = optuna.samplers.TPESampler(seed=_sampler_seed(seed, len(study.trials)))
     if "signature" not in study.user_attrs:
         study.set_user_attr("signature", signature)
         study.set_user_attr("metric", metric)
@@ -744,18 +764,6 @@ def run_search(
         notes=result.notes + _stop_notes(study, budget, after, time.monotonic() - started, finite),
         trained=after - before,
     )
-
-
-def _sampler_seed(seed: int, existing: int) -> int:
-    """The sampler's seed for a run joining a study that holds ``existing`` trials.
-
-    A new study takes ``seed`` itself. A resumed run, or a second worker joining, would
-    otherwise replay the first run's random draws and retrain its configurations; mixing in
-    the trials already there gives each a seed of its own, still reproducible from the
-    study's history."""
-    if existing == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, existing]).generate_state(1)[0])
 
 
 def _stop_notes(

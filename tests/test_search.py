@@ -289,3 +289,18 @@ def test_configurations_an_earlier_budget_excluded_are_tried_when_resumed(tmp_pa
     loose = run_search(models, y, y_val, budget=Budget(n_trials=10), **settings)
     trained = {(t.models, t.layers) for t in loose.trials if t.state == "COMPLETE"}
     assert len(trained) == 8 and loose.trained == 8 - tight.trained
+
+
+def test_workers_sharing_a_study_draw_their_own_trials_and_a_seed_still_reproduces(tmp_path):
+    from autolayer.search import TrialSeededTPE
+
+    def lr(study):
+        return study.ask().suggest_float("lr", 1e-4, 1e-2, log=True)
+
+    storage = f"sqlite:///{tmp_path / 'w.db'}"
+    first = optuna.create_study(storage=storage, study_name="w", sampler=TrialSeededTPE(0))
+    second = optuna.load_study(storage=storage, study_name="w", sampler=TrialSeededTPE(0))
+    a, b = lr(first), lr(second)  # two processes started together: trials 0 and 1
+    assert a != b
+    again = optuna.create_study(sampler=TrialSeededTPE(0))
+    assert lr(again) == a and lr(again) == b  # the same seed, the same trials by number
