@@ -523,6 +523,26 @@ def anchor_unbeatable(study: optuna.Study, budget: Budget) -> bool:
     return found
 
 
+def _requeue_anchor(study: optuna.Study, first: Sequence[dict], budget: Budget) -> None:
+    """Queue the anchor's trial again when a resumed study holds none that ran or will run
+    under ``budget``: an earlier run's tighter limits made it infeasible, and without it
+    every other trial would go unjudged by the anchor rule."""
+    anchor = _anchor_of(study)
+    if anchor is None:
+        return
+    name, last = anchor
+    params = next(
+        (p for p in first if p.get("models") == name and p.get(f"layer:{name}") == last), None
+    )
+    if params is None:
+        return
+    for t in study.get_trials(deepcopy=False):
+        same = t.params == params or t.system_attrs.get("fixed_params") == params
+        if same and t.state != optuna.trial.TrialState.FAIL and _still_tried(t.user_attrs, budget):
+            return  # trained, queued, running, or still breaking this budget
+    study.enqueue_trial(params)
+
+
 def _anchor_of(study: optuna.Study) -> tuple[str, int] | None:
     """The study's anchor and its last layer, from the stored context (None: no anchor)."""
     context = study.user_attrs.get("context") or {}
@@ -742,6 +762,8 @@ def run_search(
         for params in first:
             if params["models"] in objective.choices:
                 study.enqueue_trial(params, skip_if_exists=True)
+    else:
+        _requeue_anchor(study, first, budget)
     finite = _finite(candidates, objective.choices, space)
     stops = [_stop_after(budget, finite)]
     decides = anchor_can_stop(budget, space, multi_objective)
@@ -993,4 +1015,7 @@ def _anchor_notes(
     broken = [b for b in broken if b]
     if broken:
         return [f"the anchor ({name}'s last layer, linear head) breaks the budget ({broken[0]})"]
-    return []
+    return [
+        f"the anchor ({name}'s last layer, linear head) has not finished in this study: "
+        "trials were ranked without it"
+    ]

@@ -375,3 +375,34 @@ def test_agresti_caffo_is_never_bolder_than_wald(n):
             wald_variance = (a * (1 - a) + b * (1 - b)) / n
             wald = np.inf if wald_variance == 0 else (a - b) / np.sqrt(wald_variance)
             assert anchor.difference_z(a, b, n) <= wald + 1e-12, (a, b)
+
+
+def test_an_anchor_an_earlier_budget_excluded_runs_when_the_study_resumes(tmp_path, one_thread):
+    import numpy as np
+
+    from autolayer.budgets import Budget
+    from autolayer.probe import folds
+    from autolayer.search import Candidate, LayerCost, Space, is_anchor, run_search
+
+    rng = np.random.default_rng(0)
+    y = np.arange(16) % 2
+    costs = {1: LayerCost(0.5, 1.0), 2: LayerCost(1.0, 2.0)}
+    pool = [
+        Candidate(m, (1, 2), 3, rng.normal(size=(16, 2, 8)).astype("float32"), y[:0], 1.0, costs)
+        for m in ("a", "b")
+    ]
+    context = {"options": {"anchor": "a"}, "models": {m: {"n_hidden_states": 3} for m in "ab"}}
+    settings = {
+        "storage": f"sqlite:///{tmp_path / 's.db'}",
+        "study_name": "s",
+        "space": Space(heads=("mlp", "linear"), max_epochs=3, widths=(8,), hidden=8),
+        "prune": False,
+        "context": context,
+        "first": [anchor.trial_params("a", 3, ("mlp", "linear"))],
+        "folds": folds(y, 4, 0),
+    }
+    tight = run_search(pool, y, y[:0], budget=Budget(n_trials=3, max_latency_ms=0.9), **settings)
+    assert "breaks the budget" in tight.notes[0]
+    loose = run_search(pool, y, y[:0], budget=Budget(n_trials=6), **settings)
+    assert any(is_anchor(t, "a", 2) and t.state == "COMPLETE" for t in loose.trials)
+    assert "the anchor" in loose.why and loose.notes == ()
