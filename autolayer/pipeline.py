@@ -976,7 +976,7 @@ def export(
     """
     import optuna
 
-    from autolayer.search import collect, open_existing_storage
+    from autolayer.search import collect, open_existing_storage, summarise_trial
 
     if storage is None:
         if output_dir is None:
@@ -997,22 +997,19 @@ def export(
     context = study.user_attrs.get("context")
     if context is None:
         raise ConfigError(f"study {study_name!r} was not made by autolayer (no context attribute)")
-    result = collect(study, storage)
     if trial_number is None:
-        return trial_config(result.best, context, study_name, storage)
-    for trial in result.trials:
-        if trial.number == trial_number:
-            if trial.state != "COMPLETE":
-                why = _untrained(trial)
-                raise ConfigError(f"trial {trial_number} is {trial.state}{why}, not COMPLETE")
-            if OVER_BUDGET in trial.attrs:  # asked for by number: exported, but said
-                logger.warning(
-                    "trial %d breaks the latest run's budget (%s)",
-                    trial_number,
-                    trial.attrs[OVER_BUDGET],
-                )
-            return trial_config(trial, context, study_name, storage)
-    raise ConfigError(f"study {study_name!r} has no trial {trial_number}")
+        return trial_config(collect(study, storage).best, context, study_name, storage)
+    trial = summarise_trial(study, trial_number)
+    if trial is None:
+        raise ConfigError(f"study {study_name!r} has no trial {trial_number}")
+    if trial.state != "COMPLETE":
+        why = _untrained(trial)
+        raise ConfigError(f"trial {trial_number} is {trial.state}{why}, not COMPLETE")
+    if OVER_BUDGET in trial.attrs:  # asked for by number: exported, but said
+        logger.warning(
+            "trial %d breaks the latest run's budget (%s)", trial_number, trial.attrs[OVER_BUDGET]
+        )
+    return trial_config(trial, context, study_name, storage)
 
 
 def _untrained(trial: TrialSummary) -> str:

@@ -952,6 +952,19 @@ def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> 
     )
 
 
+def summarise_trial(study: optuna.Study, number: int) -> TrialSummary | None:
+    """One trial by number (None if the study has none), marked :data:`OVER_BUDGET` when it
+    breaks the limits of the study's latest run; unlike :func:`collect`, it never refuses a
+    study none of whose trials meets them."""
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not found:
+        return None
+    trial, budget = _summary(found[0]), _stored_budget(study)
+    if trial.state == "COMPLETE" and budget is not None and _breaks(trial, budget):
+        trial.attrs[OVER_BUDGET] = "; ".join(budget.violations(_cost(trial.attrs)))
+    return trial
+
+
 def _front(complete: Sequence[TrialSummary]) -> tuple[TrialSummary, ...]:
     """The trials no other beats on both objectives (higher metric, lower latency), among
     those ``complete`` (the budget's), in their order."""

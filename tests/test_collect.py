@@ -189,3 +189,16 @@ def test_an_untrained_trial_is_refused_with_its_reason():
     )
     assert _untrained(SimpleNamespace(attrs={"repeat_of": 3})) == " (a repeat of trial 3)"
     assert _untrained(SimpleNamespace(attrs={})) == ""  # pruned by the pruner: no reason
+
+
+def test_a_trial_asked_for_by_number_is_read_even_when_none_meets_the_budget():
+    from autolayer.search import summarise_trial
+
+    study = optuna.create_study(direction="maximize")
+    add(study, 3, 0.9, latency_ms=50.0)
+    study.set_user_attr(LIMITS, {"max_latency_ms": 10})  # a tighter run, interrupted
+    with pytest.raises(ConfigError, match="meets this budget"):
+        collect(study, "mem")  # nothing to recommend
+    trial = summarise_trial(study, 0)  # but `export --trial 0` exports it, with a warning
+    assert trial.layers == (3,) and "latency" in trial.attrs[OVER_BUDGET]
+    assert summarise_trial(study, 7) is None
