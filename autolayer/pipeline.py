@@ -998,7 +998,10 @@ def export(
     if context is None:
         raise ConfigError(f"study {study_name!r} was not made by autolayer (no context attribute)")
     if trial_number is None:
-        return trial_config(collect(study, storage).best, context, study_name, storage)
+        result = collect(study, storage)
+        for note in result.notes:  # trials left out, an anchor that never ran: said
+            logger.warning("%s", note)
+        return trial_config(result.best, context, study_name, storage)
     trial = summarise_trial(study, trial_number)
     if trial is None:
         raise ConfigError(f"study {study_name!r} has no trial {trial_number}")

@@ -202,7 +202,9 @@ class SearchResult:
     pareto: tuple[TrialSummary, ...]
     why: str = ""  # why ``best`` was chosen, when a rule (anchor, one standard error) chose it
     notes: tuple[str, ...] = ()  # what the report must say: trials left out, a timeout
-    trained: int | None = None  # heads this run trained (None: read from storage only)
+    # heads trained in the study while this run searched (other workers' included; None:
+    # read from storage only)
+    trained: int | None = None
 
 
 def subsets(names: Sequence[str], max_models: int) -> list[str]:

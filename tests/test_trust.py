@@ -6,6 +6,7 @@ Each test here failed on the main branch before the fix it pins down.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_a_study_name_reused_with_other_data_is_refused(
 
 
 def test_ctrl_c_is_one_line_and_an_interrupted_first_run_can_be_exported(
-    capsys, tmp_path, home, tiny_models, tiny_dataset, monkeypatch
+    capsys, tmp_path, home, tiny_models, tiny_dataset, monkeypatch, caplog
 ):
     from autolayer import fusion, search
 
@@ -202,7 +203,7 @@ def test_ctrl_c_is_one_line_and_an_interrupted_first_run_can_be_exported(
 
 
 def test_export_from_an_output_folder_needs_no_storage_or_name(
-    capsys, tmp_path, home, tiny_models, tiny_dataset
+    capsys, tmp_path, home, tiny_models, tiny_dataset, monkeypatch, caplog
 ):
     out = tmp_path / "s"
     code, out_text, err = _search(capsys, tiny_dataset, tiny_models["bert"], out, "--n-trials", "2")
@@ -212,6 +213,21 @@ def test_export_from_an_output_folder_needs_no_storage_or_name(
     assert code == 0, err
     code, _, err = run(capsys, "export", out, "--study-name", "nope", "-o", tmp_path / "d.yaml")
     assert code != 0 and "autolayer-tiny-" in one_error_line(err)  # the names that exist
+    # what the study's summary must say (trials left out, an anchor that never ran) is said
+    from dataclasses import replace
+
+    import autolayer.search as search
+
+    real = search.collect
+
+    def noted(*args, **kwargs):
+        return replace(real(*args, **kwargs), notes=("2 finished trial(s) left out",))
+
+    monkeypatch.setattr(search, "collect", noted)
+    with caplog.at_level(logging.WARNING, logger="autolayer"):
+        code, _, err = run(capsys, "export", out, "-o", tmp_path / "e.yaml")
+    assert code == 0, err
+    assert "2 finished trial(s) left out" in [r.getMessage() for r in caplog.records]
 
 
 def test_export_writes_the_metric_the_study_was_made_with(
