@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -826,12 +827,34 @@ def predict(
         report.console.print(f"wrote {len(rows)} predictions to {output}")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler), handled like Ctrl-C."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise _Terminated
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point; returns the exit code so tests can drive the CLI in-process.
 
     Whatever goes wrong ends in one ``error:`` line: autolayer's own errors, click's usage
-    errors, Ctrl-C, OS errors, and (as a last resort) bugs, whose traceback ``-v`` shows.
+    errors, Ctrl-C and SIGTERM (the trial under way is marked failed, not left RUNNING
+    until a heartbeat gives up on it), OS errors, and (as a last resort) bugs, whose
+    traceback ``-v`` shows.
     """
+    import signal
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        return _run(args)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: list[str] | None) -> int:
     from autolayer import report
 
     try:
@@ -848,12 +871,13 @@ def main(args: list[str] | None = None) -> int:
     except click.ClickException as exc:
         report.error(exc.format_message())
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        terminated = isinstance(exc.__cause__ or exc, _Terminated)  # click wraps it in Abort
         report.error(
-            "interrupted: finished work is kept (cached embeddings, finished trials); "
-            "run the same command to resume"
+            f"{'terminated' if terminated else 'interrupted'}: finished work is kept "
+            "(cached embeddings, finished trials); run the same command to resume"
         )
-        return 130
+        return 143 if terminated else 130
     except OSError as exc:
         report.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
         return 1

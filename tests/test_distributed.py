@@ -207,3 +207,16 @@ def test_a_killed_search_resumes_and_keeps_its_finished_trials(workload, tmp_pat
     after = {t.number: t.values for t in _trained(study)}
     assert after.items() >= before.items(), "finished trials are kept as they were"
     assert study.trials[killed].state == optuna.trial.TrialState.FAIL
+
+
+def test_sigterm_ends_a_search_in_one_line_and_leaves_no_trial_running(workload, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    worker = _worker(workload, storage, "term", tmp_path / "out")
+    _wait_for_running_trial(storage, "term", worker.pid)
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = worker.communicate(timeout=TIMEOUT)
+    assert worker.returncode == 143, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: terminated") and "Traceback" not in stderr
+    trials = _load(storage, "term").get_trials()
+    assert not [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
