@@ -637,11 +637,11 @@ def _run_search(kw: dict, *, full_report: bool):
                 fidelity=fidelity,
                 progress=report.progress_bar,
                 anchor_budget=pipeline.anchor_budget(
-                    budget,
-                    pipeline.default_space(options),
-                    kw["multi_objective"],
-                    storage=kw["storage"] or pipeline.default_storage(kw["output_dir"]),
-                    study_name=kw["study_name"],
+                    budget, pipeline.default_space(options), kw["multi_objective"]
+                ),
+                resumed_pool=pipeline.study_pool(
+                    kw["storage"] or pipeline.default_storage(kw["output_dir"]),
+                    kw["study_name"],
                 ),
             )
             result = pipeline.search(prepared, callbacks=[on_trial], **study)

@@ -357,6 +357,7 @@ def prepare(
     fidelity: Fidelity | None = None,
     progress: ProgressFactory | None = None,
     anchor_budget: Budget | None = None,
+    resumed_pool: Sequence[str] = (),
     **settings,
 ) -> Prepared:
     """Features of each model's top-k layers for the search, and what they cost.
@@ -368,7 +369,9 @@ def prepare(
     result into the search and the study. With an anchor and ``anchor_budget`` (the budget
     of a single-objective search that offers the linear head), the anchor is scored first,
     and when it fits that budget and none of its trials could beat it, the other models are
-    not extracted at all (:func:`autolayer.anchor.unbeatable`).
+    not extracted at all (:func:`autolayer.anchor.unbeatable`). ``resumed_pool`` (see
+    :func:`study_pool`) overrides that decision for a study being resumed: a pool of more
+    models keeps every model, and the anchor alone keeps the anchor alone.
     """
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1; got {top_k}")
@@ -381,8 +384,13 @@ def prepare(
         options = _fit_folds(data, rows.y_train, options)
     clock = StageClock()
     unread = {}
-    if anchor_budget is not None and options.anchor is not None and len(models) > 1:
-        reason = _unbeaten_anchor(data, rows, options, anchor_budget, clock, progress)
+    if options.anchor is not None and len(models) > 1:
+        if list(resumed_pool) == [options.anchor]:
+            reason = "not extracted: the study being resumed holds the anchor alone"
+        elif anchor_budget is None or len(resumed_pool) > 1:
+            reason = None
+        else:
+            reason = _unbeaten_anchor(data, rows, options, anchor_budget, clock, progress)
         if reason is not None:
             unread = {name: reason for name in models if name != options.anchor}
             models = [options.anchor]
@@ -430,26 +438,11 @@ def prepare(
     )
 
 
-def anchor_budget(
-    budget: Budget,
-    space: Space,
-    multi_objective: bool = False,
-    *,
-    storage: str | None = None,
-    study_name: str | None = None,
-) -> Budget | None:
+def anchor_budget(budget: Budget, space: Space, multi_objective: bool = False) -> Budget | None:
     """``budget``, for :func:`prepare`'s early skip, when an unbeatable anchor may end that
     search (:func:`autolayer.search.anchor_can_stop`); else None. One rule for ``recommend``
-    and ``search``, so the same command makes the same study.
-
-    The skip leaves the anchor alone in the pool, and a study's pool is part of its identity:
-    so a study named by ``study_name`` that already searched more models than one (a run
-    whose budget did not allow the skip) is resumed with its whole pool, not refused."""
-    if not anchor_can_stop(budget, space, multi_objective):
-        return None
-    if storage and study_name and len(_stored_pool(storage, study_name)) > 1:
-        return None
-    return budget
+    and ``search``, so the same command makes the same study."""
+    return budget if anchor_can_stop(budget, space, multi_objective) else None
 
 
 def default_storage(output_dir: str | Path) -> str:
@@ -457,17 +450,21 @@ def default_storage(output_dir: str | Path) -> str:
     return f"sqlite:///{(Path(output_dir) / 'study.db').resolve()}"
 
 
-def _stored_pool(storage: str, study_name: str) -> list[str]:
-    """The models of the stored study ``study_name`` (none when there is no such study);
-    never creates a storage."""
-    from autolayer.search import open_existing_storage
+def study_pool(storage: str, study_name: str | None) -> tuple[str, ...]:
+    """The models of the stored study a run will resume (none for a new study, or a name
+    left to be derived from the pool): :func:`prepare` keeps a resumed study's pool whole,
+    or the anchor alone, whatever the early skip would decide under this budget. Never
+    creates a storage; a storage that cannot be opened is an error here, before any work."""
+    from autolayer.search import make_storage, missing_sqlite_file
 
+    if study_name is None or missing_sqlite_file(storage):
+        return ()
+    opened = make_storage(storage)
     try:
-        opened = open_existing_storage(storage, study_name)
         attrs = opened.get_study_user_attrs(opened.get_study_id_from_name(study_name))
-    except (ConfigError, KeyError):
-        return []
-    return list((attrs.get("context") or {}).get("models") or {})
+    except KeyError:
+        return ()
+    return tuple((attrs.get("context") or {}).get("models") or {})
 
 
 def _anchor(options: Options, models: Sequence[str]) -> str | None:
@@ -1242,13 +1239,8 @@ def recommend(
         top_k=top_k,
         fidelity=fidelity,
         progress=progress,
-        anchor_budget=anchor_budget(
-            budget,
-            space,
-            multi_objective,
-            storage=storage or default_storage(output_dir),
-            study_name=study_name,
-        ),
+        anchor_budget=anchor_budget(budget, space, multi_objective),
+        resumed_pool=study_pool(storage or default_storage(output_dir), study_name),
     )
     started = time.process_time()
     result = search(

@@ -526,9 +526,10 @@ def anchor_unbeatable(study: optuna.Study, budget: Budget) -> bool:
 
 
 def _requeue_anchor(study: optuna.Study, first: Sequence[dict], budget: Budget) -> None:
-    """Queue the anchor's trial again when a resumed study holds none that ran or will run
-    under ``budget``: an earlier run's tighter limits made it infeasible, and without it
-    every other trial would go unjudged by the anchor rule."""
+    """Queue the anchor's trial again when a resumed study holds none that was trained or
+    will run under ``budget``: an earlier run's tighter limits made it infeasible, or a
+    worker's trial limit left it untrained (surplus), and without it every other trial
+    would go unjudged by the anchor rule."""
     anchor = _anchor_of(study)
     if anchor is None:
         return
@@ -538,10 +539,16 @@ def _requeue_anchor(study: optuna.Study, first: Sequence[dict], budget: Budget) 
     )
     if params is None:
         return
+    state = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False):
-        same = t.params == params or t.system_attrs.get("fixed_params") == params
-        if same and t.state != optuna.trial.TrialState.FAIL and _still_tried(t.user_attrs, budget):
-            return  # trained, queued, running, or still breaking this budget
+        if t.params != params and t.system_attrs.get("fixed_params") != params:
+            continue
+        if t.state in (state.WAITING, state.RUNNING):
+            return  # it will run
+        if t.state in (state.COMPLETE, state.PRUNED) and counts(t.user_attrs):
+            return  # it was trained
+        if INFEASIBLE in t.user_attrs and _still_tried(t.user_attrs, budget):
+            return  # it breaks this budget too
     study.enqueue_trial(params)
 
 
@@ -562,12 +569,13 @@ def _out_of_reach(trial: optuna.trial.FrozenTrial, budget: Budget) -> bool:
 
 
 def _stop_after(
-    budget: Budget, finite: int | None = None
+    budget: Budget, finite: int | None = None, drawn_before: int = 0
 ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     """Stop once ``budget.n_trials`` trials were trained (finished or pruned by the pruner).
 
     Infeasible and repeated trials cost nothing and do not count, but at most
-    ``20 × n_trials`` trials are drawn so a nearly infeasible space still ends; a space of
+    ``20 × n_trials`` trials are drawn by this run (``drawn_before`` were drawn earlier) so
+    a nearly infeasible space still ends, and a resumed run gets its own draws; a space of
     ``finite`` configurations (linear heads only) ends once each was tried
     (:func:`exhausted`). Counting in the shared storage makes the limit global across
     workers and across resumed runs.
@@ -577,7 +585,7 @@ def _stop_after(
         trained, done = trained_count(study, budget)
         if (
             trained >= budget.n_trials
-            or done >= 20 * budget.n_trials
+            or done - drawn_before >= 20 * budget.n_trials
             or exhausted(study, finite, budget)
         ):
             study.stop()
@@ -665,12 +673,25 @@ def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStora
 def open_existing_storage(url: str, study_name: str | None = None) -> optuna.storages.BaseStorage:
     """A storage to read from: a SQLite file that does not exist is an error, not a new
     empty database left behind by a mistyped path."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            named = f"no study named {study_name!r}: " if study_name else ""
-            raise ConfigError(f"{named}storage file {str(path)!r} does not exist")
+    if missing_sqlite_file(url):
+        named = f"no study named {study_name!r}: " if study_name else ""
+        raise ConfigError(f"{named}storage file {missing_sqlite_file(url)!r} does not exist")
     return make_storage(url)
+
+
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite storage whose file does not exist (opening it would create it),
+    else None; read with SQLAlchemy's own parser (``sqlite+pysqlite:///x.db?timeout=60``)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: make_storage says so in one line
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    path = Path(parsed.database)
+    return None if path.is_file() else str(path)
 
 
 def _rdb_storage(url: str, heartbeat: float, attempts: int = 3) -> optuna.storages.RDBStorage:
@@ -767,14 +788,14 @@ def run_search(
     else:
         _requeue_anchor(study, first, budget)
     finite = _finite(candidates, objective.choices, space)
-    stops = [_stop_after(budget, finite)]
+    before, drawn_before = trained_count(study, budget)
+    stops = [_stop_after(budget, finite, drawn_before)]
     decides = anchor_can_stop(budget, space, multi_objective)
     if decides:
         stops.append(_stop_if_unbeatable(budget))
     study.set_user_attr(LIMITS, budget.limits)  # export judges the study by this run's
     if not decides and study.user_attrs.get(UNBEATABLE):
         study.set_user_attr(UNBEATABLE, False)  # not this run's rule: no stale "stopped"
-    before = trained_count(study, budget)[0]
     started = time.monotonic()
     if before < budget.n_trials and not (decides and anchor_unbeatable(study, budget)):
         study.optimize(objective, timeout=budget.timeout, callbacks=[*stops, *callbacks])
@@ -785,13 +806,19 @@ def run_search(
     result = collect(study, storage, budget)
     return replace(
         result,
-        notes=result.notes + _stop_notes(study, budget, after, time.monotonic() - started, finite),
+        notes=result.notes
+        + _stop_notes(study, budget, after, time.monotonic() - started, finite, drawn_before),
         trained=after - before,
     )
 
 
 def _stop_notes(
-    study: optuna.Study, budget: Budget, trained: int, seconds: float, finite: int | None
+    study: optuna.Study,
+    budget: Budget,
+    trained: int,
+    seconds: float,
+    finite: int | None,
+    drawn_before: int = 0,
 ) -> tuple:
     """Why the search ended before its trials, when it did (the anchor's stop is said by
     the recommendation's reason)."""
@@ -807,7 +834,7 @@ def _stop_notes(
             f"the timeout ({budget.timeout:g} s) ended the search after {trained} of "
             f"{budget.n_trials} trials",
         )
-    if trained_count(study, budget)[1] >= 20 * budget.n_trials:
+    if trained_count(study, budget)[1] - drawn_before >= 20 * budget.n_trials:
         return (
             f"{20 * budget.n_trials} draws ended the search after {trained} of "
             f"{budget.n_trials} trials: most configurations break the budget or repeat one",

@@ -365,6 +365,29 @@ def test_a_named_study_of_the_whole_pool_resumes_where_the_skip_would_fire(
     assert {r.model for r in again.reports} == {llama, sentence_encoder}
 
 
+def test_a_named_study_of_the_anchor_alone_resumes_with_it_alone(
+    tmp_path, home, tiny_models, sentence_encoder, perfect, one_thread
+):
+    """The other way round: a study the skip left with the anchor alone, resumed under a
+    budget that allows no skip, is not refused after extracting every model."""
+    from autolayer.budgets import Budget
+
+    llama = str(tiny_models["llama"])
+    pool = [llama, sentence_encoder]
+    first = recommend_on(perfect, tmp_path, pool, budget=Budget(n_trials=3), study_name="A")
+    assert "not extracted" in first.dropped[llama]
+    again = recommend_on(
+        perfect,
+        tmp_path,
+        pool,
+        budget=Budget(n_trials=3, timeout=600),
+        study_name="A",
+        overwrite=True,
+    )
+    assert "holds the anchor alone" in again.dropped[llama]
+    assert [r.model for r in again.reports] == [sentence_encoder]
+
+
 @pytest.mark.parametrize("n", [8, 16, 30, 64, 128])
 def test_agresti_caffo_is_never_bolder_than_wald(n):
     """The README says every draw whose anchor stood under Wald's rule keeps it under
@@ -406,3 +429,7 @@ def test_an_anchor_an_earlier_budget_excluded_runs_when_the_study_resumes(tmp_pa
     loose = run_search(pool, y, y[:0], budget=Budget(n_trials=6), **settings)
     assert any(is_anchor(t, "a", 2) and t.state == "COMPLETE" for t in loose.trials)
     assert "the anchor" in loose.why and loose.notes == ()
+    # queued again by the resumed run, not drawn by chance (TPE may draw it too)
+    study = optuna.load_study(study_name="s", storage=settings["storage"])
+    queued = [t for t in study.trials if t.system_attrs.get("fixed_params") == settings["first"][0]]
+    assert [t.state.name for t in queued] == ["PRUNED", "COMPLETE"]

@@ -202,3 +202,30 @@ def test_a_trial_asked_for_by_number_is_read_even_when_none_meets_the_budget():
     trial = summarise_trial(study, 0)  # but `export --trial 0` exports it, with a warning
     assert trial.layers == (3,) and "latency" in trial.attrs[OVER_BUDGET]
     assert summarise_trial(study, 7) is None
+
+
+@pytest.mark.parametrize(
+    ("state", "attrs", "queued"),
+    [
+        ("PRUNED", {"surplus": True}, True),  # never trained: a worker's trial limit
+        ("PRUNED", {INFEASIBLE: "latency 50 ms > 10"}, True),  # no limit breaks it now
+        ("COMPLETE", {}, False),  # trained
+    ],
+)
+def test_a_resumed_study_queues_an_anchor_that_was_never_trained(state, attrs, queued):
+    from autolayer.search import _requeue_anchor
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("context", CONTEXT)
+    add(
+        study,
+        6,
+        0.8 if state == "COMPLETE" else None,
+        latency_ms=50.0,
+        state=getattr(optuna.trial.TrialState, state),
+        **attrs,
+    )
+    params = {"models": "m", "layer:m": 6, "head": "linear"}
+    _requeue_anchor(study, [params], Budget())
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == ([params] if queued else [])

@@ -304,3 +304,58 @@ def test_workers_sharing_a_study_draw_their_own_trials_and_a_seed_still_reproduc
     assert a != b
     again = optuna.create_study(sampler=TrialSeededTPE(0))
     assert lr(again) == a and lr(again) == b  # the same seed, the same trials by number
+
+
+def test_reading_a_storage_that_is_not_there_never_creates_it(tmp_path):
+    from autolayer.pipeline import study_pool
+    from autolayer.search import missing_sqlite_file
+
+    path = tmp_path / "none.db"
+    for url in (f"sqlite:///{path}", f"sqlite+pysqlite:///{path}?timeout=60"):
+        assert missing_sqlite_file(url) == str(path)
+        assert study_pool(url, "s") == ()
+    assert not path.exists()
+    optuna.create_study(storage=f"sqlite:///{path}", study_name="other")
+    assert missing_sqlite_file(f"sqlite+pysqlite:///{path}?timeout=60") is None
+    assert study_pool(f"sqlite:///{path}", "s") == ()  # no such study in it
+
+
+def test_a_resumed_run_gets_draws_of_its_own(tmp_path, one_thread):
+    """The cap of 20 draws per trial ends a nearly infeasible search; it counts this run's
+    draws, so a resumed run under a looser budget does not stop at once."""
+    from autolayer.search import run_search
+
+    models = _two_models(np.random.default_rng(0), 40, 10)
+    y, y_val = np.arange(40) % 2, np.arange(10) % 2
+    settings = {
+        "storage": f"sqlite:///{tmp_path / 's.db'}",
+        "study_name": "s",
+        "space": Space(heads=("mlp", "linear"), max_epochs=3, widths=(8,), hidden=8),
+        "prune": False,
+    }
+    tight = run_search(models, y, y_val, budget=Budget(n_trials=6, max_params=20), **settings)
+    assert tight.trained < 6 and "120 draws ended the search" in tight.notes[0]
+    loose = run_search(models, y, y_val, budget=Budget(n_trials=6), **settings)
+    assert loose.trained == 6 - tight.trained and loose.notes == ()
+
+
+def test_a_study_resumed_by_a_new_process_draws_what_one_run_would_have():
+    """Past TPE's random start too: 25 trials in one run, and 12 + 13 with a fresh sampler
+    (a resumed run), draw the same values, all different."""
+    from autolayer.search import TrialSeededTPE
+
+    def objective(trial):
+        x = trial.suggest_float("x", -3, 3)
+        return (x - 1) ** 2 + trial.suggest_int("k", 0, 4)
+
+    def draws(study):
+        return [t.params for t in study.trials]
+
+    once = optuna.create_study(sampler=TrialSeededTPE(0))
+    once.optimize(objective, n_trials=25)
+    resumed = optuna.create_study(sampler=TrialSeededTPE(0))
+    resumed.optimize(objective, n_trials=12)
+    resumed.sampler = TrialSeededTPE(0)
+    resumed.optimize(objective, n_trials=13)
+    assert draws(once) == draws(resumed)
+    assert len({t["x"] for t in draws(once)}) == 25
