@@ -11,6 +11,7 @@ import pytest
 
 from autolayer import anchor
 from autolayer.budgets import Constraint
+from autolayer.data import load_dataset
 from autolayer.errors import ConfigError
 from autolayer.search import TrialSummary, recommended
 from tests.conftest import run, write_jsonl
@@ -98,7 +99,7 @@ def test_few_labels_search_the_anchors_last_layer_first(
     from autolayer.options import Options
 
     drawn, options = pipeline.restrict(
-        pipeline.load_dataset(tiny_dataset), Options(max_length=12), labels_per_class=6
+        load_dataset(tiny_dataset), Options(max_length=12), labels_per_class=6
     )
     llama = str(tiny_models["llama"])
     # prepared without the budget, so no early skip: both models are searched
@@ -205,7 +206,7 @@ def test_a_resumed_stopped_study_trains_nothing_more(
     from autolayer.options import Options
 
     drawn, options = pipeline.restrict(
-        pipeline.load_dataset(perfect), Options(max_length=8), labels_per_class=8
+        load_dataset(perfect), Options(max_length=8), labels_per_class=8
     )
     # prepared without the budget: both models extracted, so the search alone must stop
     prepared = pipeline.prepare(

@@ -10,6 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 
 from autolayer.budgets import Budget
+from autolayer.data import load_dataset
 from autolayer.errors import ConfigError
 from autolayer.search import INFEASIBLE, LIMITS, OVER_BUDGET, Cost, collect
 
@@ -92,7 +93,7 @@ def test_folds_fit_the_rarest_class_before_any_extraction(
     from autolayer import pipeline
 
     drawn, options = pipeline.restrict(
-        pipeline.load_dataset(tiny_dataset),
+        load_dataset(tiny_dataset),
         pipeline.Options(max_length=12, cv_folds=5),
         labels_per_class=3,
     )
