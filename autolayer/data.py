@@ -146,7 +146,12 @@ class LabelledDataset:
             raise DataError(
                 f"dataset {self.name!r}: {n} labels per class is more than class "
                 f"{self.label_names[rarest]!r} has ({counts[rarest]} training examples); "
-                f"use at most {counts[rarest]}"
+                + (
+                    f"use at most {counts[rarest]}"
+                    if counts[rarest] >= 2
+                    else "cross-validation needs 2 or more of every class: add examples "
+                    "of it or leave it out"
+                )
             )
         rng = np.random.default_rng(seed)
         picks = [rng.choice(np.flatnonzero(labels == c), n, False) for c in range(counts.size)]

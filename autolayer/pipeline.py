@@ -216,6 +216,27 @@ def default_storage(output_dir: str | Path) -> str:
     return f"sqlite:///{(Path(output_dir) / 'study.db').resolve()}"
 
 
+def _check_own_database(path: Path) -> None:
+    """Refuse to add a study's tables to a user's own SQLite file that happens to be named
+    like the output folder's study database (autolayer never writes into what it did not
+    write)."""
+    import sqlite3
+    from contextlib import closing
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError:
+        tables = {"not a database"}
+    if tables and "studies" not in tables:
+        raise ConfigError(
+            f"{path} is not a study database (autolayer's or Optuna's): refusing to write "
+            "into it; choose another output folder"
+        )
+
+
 def study_pool(storage: str, study_name: str | None) -> tuple[str, ...]:
     """The models of the stored study a run will resume (none for a new study, or a name
     left to be derived from the pool): :func:`prepare` keeps a resumed study's pool whole,
@@ -324,6 +345,8 @@ def search(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if storage is None:
+        _check_own_database(output_dir / "study.db")
     storage = storage or default_storage(output_dir)
     study_name = study_name or default_study_name(prepared)
     space = space or default_space(prepared.options)

@@ -797,7 +797,9 @@ def run_search(
     if not decides and study.user_attrs.get(UNBEATABLE):
         study.set_user_attr(UNBEATABLE, False)  # not this run's rule: no stale "stopped"
     started = time.monotonic()
-    if before < budget.n_trials and not (decides and anchor_unbeatable(study, budget)):
+    # decided afresh on every run, the budget already met or not: the report reads the mark
+    stopped = decides and anchor_unbeatable(study, budget)
+    if before < budget.n_trials and not stopped:
         study.optimize(objective, timeout=budget.timeout, callbacks=[*stops, *callbacks])
     with warnings.catch_warnings():  # experimental since Optuna 2.9, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -38,6 +38,11 @@ def test_per_class_larger_than_a_class_names_the_class(tmp_path):
         data.per_class(8)
     with pytest.raises(ConfigError):
         data.per_class(0)
+    rows[50:] = [{"text": "t50", "label": "b"}]  # one example: no draw can cross-validate it
+    write_jsonl(tmp_path / "e" / "train.jsonl", rows)
+    with pytest.raises(DataError, match="needs 2 or more of every class") as said:
+        load_dataset(tmp_path / "e").per_class(8)
+    assert "use at most" not in str(said.value)
 
 
 def test_cross_validation_never_trains_on_the_rows_it_judges(one_thread):

@@ -451,3 +451,20 @@ def test_export_of_a_folder_with_two_studies_takes_its_recommendation(
     code, _, err = run(capsys, "export", out, "-o", tmp_path / "c.yaml")
     assert code == 0, err
     assert load_config(tmp_path / "c.yaml").models[0].spec == llama
+
+
+def test_a_users_own_sqlite_file_named_study_db_is_never_written_into(
+    capsys, tmp_path, home, tiny_models, tiny_dataset
+):
+    import sqlite3
+    from contextlib import closing
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    with closing(sqlite3.connect(out / "study.db")) as db:
+        db.execute("CREATE TABLE customers (name TEXT)")
+        db.commit()
+    before = (out / "study.db").read_bytes()
+    code, _, err = _search(capsys, tiny_dataset, tiny_models["bert"], out, "--n-trials", "2")
+    assert code != 0 and "not a study database" in one_error_line(err)
+    assert (out / "study.db").read_bytes() == before
