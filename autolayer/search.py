@@ -610,6 +610,8 @@ def exhausted(study: optuna.Study, finite: int | None, budget: Budget | None = N
 
 
 def _still_tried(attrs: Mapping, budget: Budget | None) -> bool:
+    """Whether a trial (by its user attributes) counts as tried under ``budget``: all do,
+    except one found infeasible whose stored cost this budget allows."""
     if INFEASIBLE not in attrs or budget is None:
         return True
     cost = _cost(dict(attrs))
@@ -673,9 +675,10 @@ def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStora
 def open_existing_storage(url: str, study_name: str | None = None) -> optuna.storages.BaseStorage:
     """A storage to read from: a SQLite file that does not exist is an error, not a new
     empty database left behind by a mistyped path."""
-    if missing_sqlite_file(url):
+    missing = missing_sqlite_file(url)
+    if missing:
         named = f"no study named {study_name!r}: " if study_name else ""
-        raise ConfigError(f"{named}storage file {missing_sqlite_file(url)!r} does not exist")
+        raise ConfigError(f"{named}storage file {missing!r} does not exist")
     return make_storage(url)
 
 
@@ -955,11 +958,9 @@ def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> 
     )
     if not complete:
         raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
-    over = [t for t in complete if budget is not None and _breaks(t, budget)]
+    over = [t for t in complete if _mark_over_budget(t, budget)]
     notes = tuple(_anchor_notes(study, trials, budget))
     if over:
-        for t in over:
-            t.attrs[OVER_BUDGET] = "; ".join(budget.violations(_cost(t.attrs)))
         complete = [t for t in complete if OVER_BUDGET not in t.attrs]
         if not complete:
             raise ConfigError(
@@ -990,10 +991,19 @@ def summarise_trial(study: optuna.Study, number: int) -> TrialSummary | None:
     found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
     if not found:
         return None
-    trial, budget = _summary(found[0]), _stored_budget(study)
-    if trial.state == "COMPLETE" and budget is not None and _breaks(trial, budget):
-        trial.attrs[OVER_BUDGET] = "; ".join(budget.violations(_cost(trial.attrs)))
+    trial = _summary(found[0])
+    if trial.state == "COMPLETE":
+        _mark_over_budget(trial, _stored_budget(study))
     return trial
+
+
+def _mark_over_budget(trial: TrialSummary, budget: Budget | None) -> bool:
+    """Mark a finished trial :data:`OVER_BUDGET` (with the limits it breaks) when its
+    stored cost breaks ``budget``; whether it does."""
+    if budget is None or not _breaks(trial, budget):
+        return False
+    trial.attrs[OVER_BUDGET] = "; ".join(budget.violations(_cost(trial.attrs)))
+    return True
 
 
 def _front(complete: Sequence[TrialSummary]) -> tuple[TrialSummary, ...]:
