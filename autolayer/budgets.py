@@ -153,3 +153,13 @@ class Budget:
         """Human-readable list of the limits ``cost`` exceeds (empty when feasible)."""
         broken = (CONSTRAINTS[name].violation(limit, cost) for name, limit in self.limits.items())
         return [reason for reason in broken if reason]
+
+    def shortfall(self, cost: Cost) -> tuple[int, float]:
+        """How far ``cost`` is from meeting the limits: how many it breaks, then by how much
+        in all (each excess relative to its limit), so that the nearest miss can be named
+        whichever limit binds."""
+        excess = [
+            CONSTRAINTS[name].measure(cost) / max(limit, 1e-12) - 1
+            for name, limit in self.limits.items()
+        ]
+        return sum(e > 0 for e in excess), sum(e for e in excess if e > 0)

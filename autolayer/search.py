@@ -267,8 +267,9 @@ def guided_trials(
 def check_feasible(
     candidates: Sequence[Candidate], budget: Budget, space: Space, n_classes: int, n_rows: int
 ) -> None:
-    """Fail fast, naming the binding limit, when not even the cheapest configuration fits."""
-    cheapest = None
+    """Fail fast, naming the binding limits, when not even the cheapest configuration fits
+    (the nearest miss: fewest limits broken, then least in excess)."""
+    smallest = []
     for cand in candidates:
         layer = min(cand.layers)
         for head in ("mlp",) if cand.sparse else space.heads:
@@ -277,9 +278,8 @@ def check_feasible(
             )
             if not budget.violations(cost):
                 return
-            if cheapest is None or cost.latency_ms < cheapest[1].latency_ms:
-                cheapest = (f"{cand.name} layer {layer}", cost)
-    where, cost = cheapest
+            smallest.append((f"{cand.name} layer {layer}", cost))
+    where, cost = min(smallest, key=lambda item: budget.shortfall(item[1]))
     raise ConfigError(
         f"no configuration meets the budget; the cheapest ({where}) breaks: "
         + "; ".join(budget.violations(cost))

@@ -215,6 +215,19 @@ def test_a_budget_only_the_linear_head_meets_is_not_refused():
         check_feasible([dense], budget, Space(), 2, 4)
 
 
+def test_an_infeasible_budget_names_the_nearest_miss_for_its_own_limit():
+    from autolayer.search import Candidate, LayerCost, check_feasible
+
+    fast = LayerCost(latency_ms=1.0, memory_mb=1.0)
+    slow = LayerCost(latency_ms=9.0, memory_mb=1.0)
+    wide = Candidate("wide", (1,), 3, np.zeros((4, 1, 4096)), None, 1.0, {1: fast})
+    narrow = Candidate("narrow", (1,), 3, np.zeros((4, 1, 64)), None, 9.0, {1: slow})
+    with pytest.raises(ConfigError, match=r"cheapest \(narrow layer 1\).*head parameters"):
+        check_feasible([wide, narrow], Budget(max_params=10), Space(), 2, 4)
+    with pytest.raises(ConfigError, match=r"cheapest \(wide layer 1\).*latency"):
+        check_feasible([wide, narrow], Budget(max_latency_ms=0.5), Space(), 2, 4)
+
+
 def search_bert(tmp_path, tiny_dataset, tiny_models, top_k, n_trials, heads):
     """The tiny encoder alone, its ``top_k`` layers, searched with ``heads``."""
     prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=top_k)
