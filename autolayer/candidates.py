@@ -155,12 +155,11 @@ def embed(
     texts = data.split(split).texts
     where = f"{data.name}/{split}"
     if rows is not None:
-        texts = [texts[i] for i in rows]
         where += f" ({len(rows)} rows)"
-    settings = {"layers": layers, "source": where, **options.extraction()}
+    settings = {"layers": layers, "source": where, "rows": rows, **options.extraction()}
     if progress is None:
         return embed_texts(model, texts, **settings)
-    with progress(f"{model} · {where}", len(texts)) as advance:
+    with progress(f"{model} · {where}", len(texts) if rows is None else len(rows)) as advance:
         return embed_texts(model, texts, progress=advance, **settings)
 
 

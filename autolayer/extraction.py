@@ -53,6 +53,11 @@ class Embeddings:
             raise ConfigError(f"layer {index} was not extracted; extracted: {list(self.layers)}")
         return np.asarray(self.array[:, self.layers.index(wanted)])
 
+    def take(self, rows: Sequence[int]) -> Embeddings:
+        """The embeddings of ``rows`` only (read into memory)."""
+        array = np.asarray(self.array[np.asarray(rows)])
+        return Embeddings(array, self.layers, self.model, self.meta)
+
 
 # ---------------------------------------------------------------------------------------------
 # Cached extraction
@@ -95,14 +100,19 @@ def embed_texts(
     trust_remote_code: bool = False,
     progress: Progress | None = None,
     source: str = "texts",
+    rows: Sequence[int] | None = None,
 ) -> Embeddings:
-    """Pooled embeddings of the chosen (default: all) states of ``model`` for ``texts``.
+    """Pooled embeddings of the chosen (default: all) states of ``model`` for ``texts``, or
+    for the ``rows`` of it only.
 
     ``model`` is a spec (resolved by :func:`autolayer.sources.make_source`) or a source.
     Results are cached under ``cache_dir`` (default ``$AUTOLAYER_HOME/embeddings``) keyed by
     the source's identity, the texts' fingerprint, pooling, max_length and dtype; a repeated
     call does no model work, an interrupted one resumes at its first unfinished chunk. A
-    layer subset is served from a cached all-layer entry when there is one.
+    layer subset is served from a cached all-layer entry when there is one, and ``rows``
+    from a finished entry of all of ``texts`` (a split already extracted whole, e.g. by
+    ``autolayer extract``, costs a multi-fidelity run no model work); otherwise the rows'
+    texts are extracted and cached as texts of their own.
     """
     from autolayer import zoo
     from autolayer.data import text_fingerprint
@@ -129,23 +139,24 @@ def embed_texts(
     max_length = feature_source.max_length(max_length)
     root = Path(cache_dir) if cache_dir else zoo.home() / "embeddings"
     device = str(resolve_device(device))
-    fields = {
+    settings = {
         "model": feature_source.identity,
-        "texts": text_fingerprint(texts),
         "pooling": pooling,
         "max_length": max_length,
         "dtype": "bfloat16" if device.startswith("cuda") else "float32",
     }
     base = {"model": name, "source": source, "n_hidden_states": n_states}
-    full = CacheEntry(root, {**fields, "layers": "all"})
-    entry = full
-    if wanted != tuple(range(n_states)):
-        entry = CacheEntry(root, {**fields, "layers": wanted})
-    for candidate in dict.fromkeys((full, entry)):
-        hit = candidate.load()
+    if rows is not None:
+        whole = _entries(root, {**settings, "texts": text_fingerprint(texts)}, wanted, n_states)
+        hit = _cached(whole, wanted, name, base)
         if hit is not None:
-            candidate.remove_chunks()
-            return _from_cache(hit, wanted, name, base)
+            return hit.take(rows)
+        texts = [texts[i] for i in rows]
+    entries = _entries(root, {**settings, "texts": text_fingerprint(texts)}, wanted, n_states)
+    hit = _cached(entries, wanted, name, base)
+    if hit is not None:
+        return hit
+    entry = entries[-1]
     with entry.lock():
         hit = entry.load()
         if hit is not None:
@@ -153,6 +164,29 @@ def embed_texts(
         work = {"pooling": pooling, "max_length": max_length, "device": device}
         run = _Run(feature_source, wanted, batch_size, max_tokens, work)
         return _extract_into(entry, run, texts, chunk_size, progress, base)
+
+
+def _entries(
+    root: Path, fields: dict, wanted: tuple[int, ...], n_states: int
+) -> tuple[CacheEntry, ...]:
+    """The entries that could hold ``wanted``: all layers, then exactly these (the last is
+    the one an extraction writes)."""
+    full = CacheEntry(root, {**fields, "layers": "all"})
+    if wanted == tuple(range(n_states)):
+        return (full,)
+    return full, CacheEntry(root, {**fields, "layers": wanted})
+
+
+def _cached(
+    entries: Sequence[CacheEntry], wanted: tuple[int, ...], model: str, base: dict
+) -> Embeddings | None:
+    """``wanted`` from the first finished entry (its leftover chunks removed), or None."""
+    for entry in entries:
+        hit = entry.load()
+        if hit is not None:
+            entry.remove_chunks()
+            return _from_cache(hit, wanted, model, base)
+    return None
 
 
 def _from_cache(

@@ -30,6 +30,27 @@ def test_extract_caches_and_second_call_does_no_model_work(
     assert subset.layer(-1).shape == (40, 32)
 
 
+def test_rows_come_from_a_whole_entry_or_are_cached_on_their_own(
+    tiny_models, tiny_dataset, home, monkeypatch
+):
+    from autolayer.data import split_texts
+
+    model, (_, texts) = str(tiny_models["bert"]), split_texts(str(tiny_dataset), "train")
+    rows = np.array([3, 0, 17, 9])
+    alone = ex.embed_texts(model, texts, rows=rows, layers=[1, 2])
+    assert not alone.meta["cached"] and alone.meta["computed_rows"] == 4  # the rows only
+    whole = ex.embed_texts(model, texts)
+    np.testing.assert_allclose(alone.array, whole.array[rows][:, [1, 2]], atol=1e-5)
+
+    def boom(*a, **k):
+        raise AssertionError("model was loaded although the whole split is cached")
+
+    monkeypatch.setattr(tr, "Backbone", boom)
+    served = ex.embed_texts(model, texts, rows=[5, 2, 30], layers=[2])
+    assert served.meta["cached"]
+    np.testing.assert_array_equal(served.array, whole.array[[5, 2, 30]][:, [2]])
+
+
 def test_cache_key_changes_with_pooling_and_max_length(tiny_models, tiny_dataset, home):
     model = str(tiny_models["bert"])
     a = ex.extract(model, str(tiny_dataset), "test")

@@ -159,6 +159,26 @@ def test_screen_select_complete(home, toys, reviews, tiny_models):
                 )
 
 
+def test_a_split_extracted_whole_costs_the_screen_and_completion_nothing(
+    home, reviews, tiny_models
+):
+    models = [str(tiny_models["bert"]), str(tiny_models["llama"])]
+    exhaustive = pipeline.prepare(str(reviews), models, top_k=2)
+    fidelity = Fidelity(screen_size=32, keep_at_least=2, n_folds=4)
+    quick = pipeline.prepare(str(reviews), models, top_k=2, fidelity=fidelity)
+    assert {s.name: s.texts_layers for s in quick.stages} == {
+        "screen": 0,
+        "select": 0,
+        "complete": 0,
+    }
+    for fast, full in zip(quick.candidates, exhaustive.candidates, strict=True):
+        for layer in set(fast.layers) & set(full.layers):
+            for split in ("train", "val"):
+                np.testing.assert_array_equal(
+                    fast.features(layer, split), full.features(layer, split)
+                )
+
+
 def test_completion_runs_each_backbone_only_up_to_its_deepest_kept_layer(
     home, reviews, tiny_models, monkeypatch
 ):
