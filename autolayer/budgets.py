@@ -139,6 +139,9 @@ class Budget:
             raise ConfigError(
                 f"unknown budget(s) {', '.join(unknown)}; known: {', '.join(CONSTRAINTS)}"
             )
+        negative = sorted(name for name, limit in limits.items() if limit is not None and limit < 0)
+        if negative:
+            raise ConfigError(f"budget limits must be >= 0; got {', '.join(negative)} < 0")
         object.__setattr__(self, "n_trials", n_trials)
         object.__setattr__(self, "timeout", timeout)
         object.__setattr__(self, "max_models", max_models)

@@ -33,6 +33,8 @@ logger = logging.getLogger("autolayer")
 FORMAT_VERSION = 1
 ARRAY = "embeddings.npy"
 META = "meta.json"
+TIMING = "timing.json"
+_VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of arrays hashed in this process
 
 
 def entry_key(fields: dict) -> str:
@@ -73,7 +75,7 @@ class CacheEntry:
             path = self.directory / ARRAY
             if path.stat().st_size != meta["nbytes"]:
                 raise CacheError("size differs from the recorded size")
-            if verify and file_sha256(path) != meta["sha256"]:
+            if verify and not self._verified(path, meta["sha256"]):
                 raise CacheError("content hash differs from the recorded hash")
             array = np.load(path, mmap_mode="r")
             if list(array.shape) != meta["shape"]:
@@ -83,6 +85,19 @@ class CacheEntry:
             self.discard()
             return None
         return array, meta
+
+    @staticmethod
+    def _verified(path: Path, sha256: str) -> bool:
+        """The file's hash matches, checked once per process while the file is unchanged (a
+        multi-fidelity run reads the same whole-split entry for its screen and completion)."""
+        stat = path.stat()
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key in _VERIFIED:
+            return True
+        if file_sha256(path) != sha256:
+            return False
+        _VERIFIED.add(key)
+        return True
 
     def discard(self) -> None:
         """Remove the finished array and meta (keeps chunks, which are checked separately)."""
@@ -134,6 +149,17 @@ class CacheEntry:
 
     def write_chunk(self, index: int, chunk: np.ndarray) -> None:
         atomic_save_npy(self.chunk_path(index), chunk)
+
+    def chunk_timing(self) -> dict[str, list[float]]:
+        """Rows and seconds of each chunk computed so far, by any run of this extraction, so a
+        resumed one still knows what a text costs (empty when unknown)."""
+        try:
+            return json.loads((self.directory / "chunks" / TIMING).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_chunk_timing(self, timing: dict[str, list[float]]) -> None:
+        atomic_write_bytes(self.directory / "chunks" / TIMING, json.dumps(timing).encode())
 
     def finalize(self, order: np.ndarray, chunk_size: int, shape: tuple, meta: dict) -> np.ndarray:
         """Assemble chunks (rows in ``order``) into the final array in original row order.

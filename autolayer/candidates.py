@@ -412,6 +412,10 @@ class _Features:
 
 
 def _ms_per_text(meta: dict) -> float:
+    """Measured time per text, over every chunk any run of the extraction computed (an
+    extraction resumed after its last chunk computed none itself)."""
+    if "timed_rows" in meta:
+        return 1000 * meta["timed_seconds"] / max(meta["timed_rows"], 1)
     return 1000 * meta["seconds"] / max(meta["computed_rows"], 1)
 
 

@@ -53,11 +53,6 @@ class Embeddings:
             raise ConfigError(f"layer {index} was not extracted; extracted: {list(self.layers)}")
         return np.asarray(self.array[:, self.layers.index(wanted)])
 
-    def take(self, rows: Sequence[int]) -> Embeddings:
-        """The embeddings of ``rows`` only (read into memory)."""
-        array = np.asarray(self.array[np.asarray(rows)])
-        return Embeddings(array, self.layers, self.model, self.meta)
-
 
 # ---------------------------------------------------------------------------------------------
 # Cached extraction
@@ -148,9 +143,9 @@ def embed_texts(
     base = {"model": name, "source": source, "n_hidden_states": n_states}
     if rows is not None:
         whole = _entries(root, {**settings, "texts": text_fingerprint(texts)}, wanted, n_states)
-        hit = _cached(whole, wanted, name, base)
+        hit = _cached(whole, wanted, name, base, rows)
         if hit is not None:
-            return hit.take(rows)
+            return hit
         texts = [texts[i] for i in rows]
     entries = _entries(root, {**settings, "texts": text_fingerprint(texts)}, wanted, n_states)
     hit = _cached(entries, wanted, name, base)
@@ -178,21 +173,32 @@ def _entries(
 
 
 def _cached(
-    entries: Sequence[CacheEntry], wanted: tuple[int, ...], model: str, base: dict
+    entries: Sequence[CacheEntry],
+    wanted: tuple[int, ...],
+    model: str,
+    base: dict,
+    rows: Sequence[int] | None = None,
 ) -> Embeddings | None:
-    """``wanted`` from the first finished entry (its leftover chunks removed), or None."""
+    """``wanted`` (of ``rows`` only, when given) from the first finished entry (its leftover
+    chunks removed), or None."""
     for entry in entries:
         hit = entry.load()
         if hit is not None:
             entry.remove_chunks()
-            return _from_cache(hit, wanted, model, base)
+            return _from_cache(hit, wanted, model, base, rows)
     return None
 
 
 def _from_cache(
-    hit: tuple[np.ndarray, dict], wanted: tuple[int, ...], model: str, base: dict
+    hit: tuple[np.ndarray, dict],
+    wanted: tuple[int, ...],
+    model: str,
+    base: dict,
+    rows: Sequence[int] | None = None,
 ) -> Embeddings:
     array, meta = hit
+    if rows is not None:  # rows first: only they are read from the memory-mapped file
+        array = np.asarray(array[np.asarray(rows, dtype=np.int64)])
     stored = tuple(meta["layers"])
     if stored != wanted:
         array = array[:, [stored.index(i) for i in wanted]]
@@ -235,6 +241,7 @@ def _extract_into(
     n, width = len(texts), run.source.width
     computed, seconds = 0, 0.0  # seconds: embedding only, what a prediction pays per text
     entry.start_chunks({"chunk_size": chunk_size, "rows": n})
+    timing = entry.chunk_timing()  # this run's chunks and those of the runs it resumes
     for index, start in enumerate(range(0, n, chunk_size)):
         rows = order[start : start + chunk_size]
         if entry.read_chunk(index, (len(rows), len(run.layers), width)) is not None:
@@ -245,9 +252,14 @@ def _extract_into(
             run.source.preload(run.layers, run.work["device"])  # once, and not timed
         started = time.perf_counter()
         chunk = run.embed([texts[r] for r in rows], progress)
-        seconds += time.perf_counter() - started
+        took = time.perf_counter() - started
         entry.write_chunk(index, chunk)
-        computed += len(rows)
+        timing[str(index)] = [len(rows), took]
+        entry.write_chunk_timing(timing)
+        seconds, computed = seconds + took, computed + len(rows)
+    timed_rows, timed_seconds = (
+        (sum(t) for t in zip(*timing.values(), strict=True)) if timing else (0, 0.0)
+    )
     meta = {
         **base,
         "identity": run.source.identity,
@@ -258,6 +270,8 @@ def _extract_into(
         "tokens": int(lengths.sum()),
         "seconds": seconds,
         "computed_rows": computed,
+        "timed_seconds": timed_seconds,
+        "timed_rows": int(timed_rows),
     }
     array = entry.finalize(order, chunk_size, (n, len(run.layers), width), meta)
     return Embeddings(array, run.layers, base["model"], {**meta, "cached": False})

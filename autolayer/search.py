@@ -278,10 +278,10 @@ def check_feasible(
             )
             if not budget.violations(cost):
                 return
-            smallest.append((f"{cand.name} layer {layer}", cost))
+            smallest.append((f"{cand.name} layer {layer}, {head} head", cost))
     where, cost = min(smallest, key=lambda item: budget.shortfall(item[1]))
     raise ConfigError(
-        f"no configuration meets the budget; the cheapest ({where}) breaks: "
+        f"no configuration meets the budget; the nearest miss ({where}) breaks: "
         + "; ".join(budget.violations(cost))
     )
 

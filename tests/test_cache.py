@@ -80,6 +80,8 @@ def test_interrupted_extraction_resumes_from_finished_chunks(tiny_models, tiny_d
         )
     resumed = ex.extract(model, str(tiny_dataset), "train", chunk_size=8, batch_size=4)
     assert resumed.meta["computed_rows"] == 40 - 16
+    assert resumed.meta["timed_rows"] == 40  # what a text costs knows the first run's chunks
+    assert resumed.meta["timed_seconds"] > resumed.meta["seconds"] > 0
     clean = ex.extract(
         model, str(tiny_dataset), "train", chunk_size=8, batch_size=4, cache_dir=home / "other"
     )

@@ -172,6 +172,7 @@ def test_a_split_extracted_whole_costs_the_screen_and_completion_nothing(
         "complete": 0,
     }
     for fast, full in zip(quick.candidates, exhaustive.candidates, strict=True):
+        assert set(fast.layers) & set(full.layers)
         for layer in set(fast.layers) & set(full.layers):
             for split in ("train", "val"):
                 np.testing.assert_array_equal(

@@ -222,10 +222,17 @@ def test_an_infeasible_budget_names_the_nearest_miss_for_its_own_limit():
     slow = LayerCost(latency_ms=9.0, memory_mb=1.0)
     wide = Candidate("wide", (1,), 3, np.zeros((4, 1, 4096)), None, 1.0, {1: fast})
     narrow = Candidate("narrow", (1,), 3, np.zeros((4, 1, 64)), None, 9.0, {1: slow})
-    with pytest.raises(ConfigError, match=r"cheapest \(narrow layer 1\).*head parameters"):
+    with pytest.raises(
+        ConfigError, match=r"nearest miss \(narrow layer 1, \w+ head\).*head parameters"
+    ):
         check_feasible([wide, narrow], Budget(max_params=10), Space(), 2, 4)
-    with pytest.raises(ConfigError, match=r"cheapest \(wide layer 1\).*latency"):
+    with pytest.raises(ConfigError, match=r"nearest miss \(wide layer 1, \w+ head\).*latency"):
         check_feasible([wide, narrow], Budget(max_latency_ms=0.5), Space(), 2, 4)
+
+
+def test_a_negative_limit_is_refused():
+    with pytest.raises(ConfigError, match="max_latency_ms < 0"):
+        Budget(max_latency_ms=-1)
 
 
 def search_bert(tmp_path, tiny_dataset, tiny_models, top_k, n_trials, heads):
