@@ -154,15 +154,19 @@ def _held_out(X, labels: np.ndarray, tests: list[np.ndarray], alpha: float | Non
 def _sparse_out_of_fold(
     X, labels: np.ndarray, tests: list[np.ndarray], alpha: float | None
 ) -> torch.Tensor:
-    """Held-out class index [1, N] of a sparse matrix's rows: scikit-learn's
-    ``LogisticRegression`` (the objective the dense probe reproduces), fold by fold."""
-    from sklearn.linear_model import LogisticRegression
+    """Held-out class index [1, N] of a sparse matrix's rows: scikit-learn's ``LinearSVC``
+    (the TF-IDF baseline a practitioner fits), fold by fold. Not the dense probe's logistic
+    regression: its penalty suits standardised features, and on unit-norm TF-IDF rows it
+    underfits (R8, 2,000 screen rows: 89.5 % against the SVM's 96.3 %), which dropped a
+    member as strong as the best model."""
+    from sklearn.svm import LinearSVC
 
     out = np.empty(len(labels), dtype=np.int64)
     penalty = DEFAULT_ALPHA if alpha is None else _positive(alpha)
     for te in tests:
         train = np.setdiff1d(np.arange(len(labels)), te)
-        model = LogisticRegression(C=1 / penalty, max_iter=MAX_ITER).fit(X[train], labels[train])
+        model = LinearSVC(C=1 / penalty, max_iter=MAX_ITER, random_state=0)
+        model.fit(X[train], labels[train])
         out[te] = model.predict(X[te])
     return torch.as_tensor(out)[None]
 
