@@ -257,9 +257,8 @@ def _extract_into(
         timing[str(index)] = [len(rows), took]
         entry.write_chunk_timing(timing)
         seconds, computed = seconds + took, computed + len(rows)
-    timed_rows, timed_seconds = (
-        (sum(t) for t in zip(*timing.values(), strict=True)) if timing else (0, 0.0)
-    )
+    timed_rows = sum(n_rows for n_rows, _ in timing.values())
+    timed_seconds = sum(took for _, took in timing.values())
     meta = {
         **base,
         "identity": run.source.identity,

@@ -269,7 +269,7 @@ def check_feasible(
 ) -> None:
     """Fail fast, naming the binding limits, when not even the cheapest configuration fits
     (the nearest miss: fewest limits broken, then least in excess)."""
-    smallest = []
+    misses = []
     for cand in candidates:
         layer = min(cand.layers)
         for head in ("mlp",) if cand.sparse else space.heads:
@@ -278,8 +278,8 @@ def check_feasible(
             )
             if not budget.violations(cost):
                 return
-            smallest.append((f"{cand.name} layer {layer}, {head} head", cost))
-    where, cost = min(smallest, key=lambda item: budget.shortfall(item[1]))
+            misses.append((f"{cand.name} layer {layer}, {head} head", cost))
+    where, cost = min(misses, key=lambda item: budget.shortfall(item[1]))
     raise ConfigError(
         f"no configuration meets the budget; the nearest miss ({where}) breaks: "
         + "; ".join(budget.violations(cost))
