@@ -74,9 +74,14 @@ def test_fewshot_curve_runs_every_draw_resumes_and_reports(tmp_path, tiny_models
         *("--work-dir", tmp_path / "work", "--out", out),
     ]
     env = {**os.environ, "AUTOLAYER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    one = [*command, "--draw-ids", 1]
+    run = subprocess.run([str(c) for c in one], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert set(json.loads((out / "curve-data.json").read_text())["autolayer"]) == {"4/1"}
     run = subprocess.run([str(c) for c in command], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "30 labels per class is more than its rarest class has" in run.stdout
+    assert "autolayer 4/0" in run.stdout and "autolayer 4/1" not in run.stdout
     results = json.loads((out / "curve-data.json").read_text())
     assert set(results["autolayer"]) == {"4/0", "4/1"}
     entry = results["autolayer"]["4/0"]

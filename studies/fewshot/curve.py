@@ -18,7 +18,9 @@ every draw (frozen features are the same for every draw); that one-time cost is 
 its own. SetFit fine-tunes its encoder, so it encodes the test split again for each draw.
 
 Results go to one JSON per set, keyed by arm, N and draw; finished entries are kept, so the
-study resumes. ``--report`` renders the table and PNG of every set's JSON in ``--out``.
+study resumes. Each entry is merged into the file under a lock, so processes given disjoint
+``--draw-ids`` can share one set's JSON (one per core). ``--report`` renders the table and
+PNG of every set's JSON in ``--out``.
 
     .venv/bin/python studies/fewshot/curve.py --set sst2 --work-dir /work/fewshot-work \\
         --out studies/results/fewshot
@@ -28,7 +30,9 @@ study resumes. ``--report`` renders the table and PNG of every set's JSON in ``-
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import subprocess
 import time
 from dataclasses import replace
@@ -170,22 +174,34 @@ def _commit() -> str:
 COMMIT = _commit()
 
 
+def _merge(path: Path, update) -> dict:
+    """Re-read ``path``, apply ``update`` to it and replace it atomically, under a lock: other
+    processes on other draws write to the same file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.exists() else {}
+        update(results)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, path)
+    return results
+
+
 def run(args) -> None:
     data = autolayer.load_dataset(args.dataset or ROOT.parent / "shared" / "data" / args.set)
     work = args.work_dir / data.name
     options = Options(max_length=args.max_length or SETS[args.set], cache_dir=work / "cache")
     path = args.out / f"curve-{data.name}.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results.setdefault("dataset", data.name)
-    results.setdefault("n_test", len(data.split("test")))
 
-    def save(key: str, value) -> None:
-        results[key] = value
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1))
+    def header(results: dict) -> None:
+        results.setdefault("dataset", data.name)
+        results.setdefault("n_test", len(data.split("test")))
 
+    results = _merge(path, header)
     if "test_embedding_cpu_seconds" not in results:
-        save("test_embedding_cpu_seconds", embed_tests(data, args.models, options))
+        seconds = embed_tests(data, args.models, options)
+        _merge(path, lambda r: r.setdefault("test_embedding_cpu_seconds", seconds))
     rarest = int(np.bincount(data.split("train").labels).min())
     arms = {"autolayer": args.sizes}
     for backbone in args.setfit_models:
@@ -194,10 +210,10 @@ def run(args) -> None:
         if size > rarest:
             print(f"{data.name}: {size} labels per class is more than its rarest class has")
             continue
-        for draw in range(args.draws):
+        for draw in args.draw_ids or range(args.draws):
             for arm, sizes in arms.items():
                 key = f"{size}/{draw}"
-                if size not in sizes or key in results.get(arm, {}):
+                if size not in sizes or key in _merge(path, header).get(arm, {}):
                     continue
                 if arm == "autolayer":
                     entry = autolayer_arm(
@@ -211,9 +227,10 @@ def run(args) -> None:
                         arm.split(":")[1],
                         args.setfit_iterations,
                         options.max_length,
-                        work,
+                        work / f"setfit-{os.getpid()}",
                     )
-                save(arm, {**results.get(arm, {}), key: {**entry, "commit": COMMIT}})
+                entry = {**entry, "commit": COMMIT}
+                _merge(path, lambda r, a=arm, k=key, e=entry: r.setdefault(a, {}).update({k: e}))
                 print(arm, key, json.dumps(entry)[:200], flush=True)
 
 
@@ -341,6 +358,11 @@ def main() -> None:
     )
     parser.add_argument("--setfit-iterations", type=int, help="default: SetFit's own default")
     parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument(
+        "--draw-ids",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="run only these draws (default: 0 .. --draws - 1), e.g. to split them over cores",
+    )
     parser.add_argument("--n-trials", type=int, default=30)
     parser.add_argument("--report", action="store_true", help="render curves.md and curves.png")
     args = parser.parse_args()
