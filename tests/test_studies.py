@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import REPO, WORDS, write_jsonl
@@ -98,3 +99,39 @@ def test_fewshot_curve_runs_every_draw_resumes_and_reports(tmp_path, tiny_models
     mean, std = 100 * sum(accuracies) / 2, 100 * abs(accuracies[0] - accuracies[1]) / 2
     assert f"| autolayer (recommended) | {mean:.2f} ± {std:.2f} (2) |" in table
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fewshot_setfit_draw_resumes_from_its_last_checkpoint(tmp_path, tiny_models, monkeypatch):
+    pytest.importorskip("setfit")  # a benchmark extra (pyproject's "bench")
+    import autolayer
+
+    monkeypatch.syspath_prepend(str(REPO / "studies/fewshot"))
+    import curve
+
+    rows = [{"text": f"{WORDS[i % 7]} {WORDS[(i * 3) % 11]}", "label": i % 2} for i in range(40)]
+    write_jsonl(tmp_path / "data" / "train.jsonl", rows[:30])
+    write_jsonl(tmp_path / "data" / "test.jsonl", rows[30:])
+    data = autolayer.load_dataset(tmp_path / "data")
+    arm = (data, 4, 0, str(tiny_models["bert"]), 4, 12, tmp_path / "work")  # 64 pairs: 4 steps
+
+    class Killed(RuntimeError):
+        pass
+
+    class KilledAfterSave(curve._CpuAtSave):
+        def on_save(self, args, state, control, **kwargs):
+            super().on_save(args, state, control, **kwargs)
+            raise Killed
+
+    monkeypatch.setattr(curve, "_CpuAtSave", KilledAfterSave)
+    with pytest.raises(Killed):
+        curve.setfit_arm(*arm, save_steps=2)
+    saved = list((tmp_path / "work").glob("setfit-bert-4-0/checkpoint-2"))
+    assert len(saved) == 1
+    earlier = json.loads((saved[0] / curve.CPU_FILE).read_text())
+    monkeypatch.setattr(curve, "_CpuAtSave", KilledAfterSave.__mro__[1])
+    entry = curve.setfit_arm(*arm, save_steps=2)
+    assert entry["resumed_at_step"] == 2 and entry["train_cpu_seconds"] > earlier > 0
+    assert not list((tmp_path / "work").glob("setfit-*"))  # its checkpoints, removed
+    fresh = curve.setfit_arm(*arm[:-1], tmp_path / "fresh", save_steps=2)
+    assert fresh["resumed_at_step"] is None
+    assert fresh["test_accuracy"] == entry["test_accuracy"]

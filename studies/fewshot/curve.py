@@ -33,12 +33,15 @@ import argparse
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from transformers import TrainerCallback
 
 import autolayer
 from autolayer import pipeline, zoo
@@ -117,21 +120,34 @@ def autolayer_arm(
 
 
 def setfit_arm(
-    data, n: int, seed: int, backbone: str, iterations: int | None, max_length: int, work: Path
+    data,
+    n: int,
+    seed: int,
+    backbone: str,
+    iterations: int | None,
+    max_length: int,
+    work: Path,
+    save_steps: int = 40,
 ) -> dict:
     """SetFit's default protocol on ``backbone`` (a zoo sentence-transformer), its texts cut
     at the set's ``max_length`` tokens like autolayer's. Uncut, mpnet's 384 tokens on R8's
     documents took 86 s per training step on this CPU and 21 GB before the OOM killer
-    ended the run (8 labels per class, 160 steps)."""
+    ended the run (8 labels per class, 160 steps).
+
+    Resumable within a draw: an R8 draw at 32 per class (640 steps) outlasts a session, so
+    the encoder's training is checkpointed every ``save_steps`` steps under ``work`` with
+    the CPU seconds spent up to it, and a rerun resumes from the last checkpoint (the work
+    after it, lost, is not counted)."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     drawn = data.per_class(n, seed=seed)
     train, test = drawn.split("train"), drawn.split("test")
     start = time.process_time()
+    folder = work / f"setfit-{Path(backbone).name}-{n}-{seed}"
     model = SetFitModel.from_pretrained(str(zoo.resolve(backbone).folder))
     model.model_body.max_seq_length = min(model.model_body.max_seq_length, max_length)
-    settings = {"seed": seed, "output_dir": str(work / "setfit-checkpoints")}
+    settings = {"seed": seed, "output_dir": str(folder), "save_steps": save_steps}
     if iterations is not None:
         settings["num_iterations"] = iterations
     trainer = Trainer(
@@ -141,16 +157,46 @@ def setfit_arm(
             {"text": list(train.texts), "label": train.labels.tolist()}
         ),
     )
+    checkpoint, earlier = _last_checkpoint(folder)
+    trainer.st_trainer.add_callback(_CpuAtSave(earlier - start))
+    trainer.st_trainer.train = partial(trainer.st_trainer.train, resume_from_checkpoint=checkpoint)
     trainer.train()
     trained = time.process_time()
     predicted = np.asarray(model.predict(list(test.texts)))
+    shutil.rmtree(folder, ignore_errors=True)  # this draw's own checkpoints
     return {
-        "cpu_seconds": time.process_time() - start,
-        "train_cpu_seconds": trained - start,
+        "cpu_seconds": earlier + time.process_time() - start,
+        "train_cpu_seconds": earlier + trained - start,
         "test_accuracy": float((predicted == test.labels).mean()),
         "num_iterations": iterations,
         "max_length": model.model_body.max_seq_length,
+        "resumed_at_step": int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None,
     }
+
+
+CPU_FILE = "autolayer_cpu_seconds.json"
+
+
+def _last_checkpoint(folder: Path) -> tuple[str | None, float]:
+    """The last checkpoint a killed run of this draw left and the CPU seconds spent up to
+    it, or ``(None, 0.0)``; one saved without its CPU seconds is not resumed from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if last is None or not (Path(last) / CPU_FILE).exists():
+        return None, 0.0
+    return last, float(json.loads((Path(last) / CPU_FILE).read_text()))
+
+
+class _CpuAtSave(TrainerCallback):
+    """Writes into each checkpoint the CPU seconds spent on the draw up to it."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset  # earlier runs' seconds, less this run's start
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (checkpoint / CPU_FILE).write_text(json.dumps(self.offset + time.process_time()))
 
 
 def embed_tests(data, models, options: Options) -> dict:
@@ -227,7 +273,8 @@ def run(args) -> None:
                         arm.split(":")[1],
                         args.setfit_iterations,
                         options.max_length,
-                        work / f"setfit-{os.getpid()}",
+                        work,
+                        args.setfit_save_steps,
                     )
                 entry = {**entry, "commit": COMMIT}
                 _merge(path, lambda r, a=arm, k=key, e=entry: r.setdefault(a, {}).update({k: e}))
@@ -357,6 +404,9 @@ def main() -> None:
         "--setfit-models", type=lambda s: s.split(",") if s else [], default=["mpnet"]
     )
     parser.add_argument("--setfit-iterations", type=int, help="default: SetFit's own default")
+    parser.add_argument(
+        "--setfit-save-steps", type=int, default=40, help="SetFit checkpoints every N steps"
+    )
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument(
         "--draw-ids",
