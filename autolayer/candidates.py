@@ -244,7 +244,7 @@ def prepare(
         dropped, pairs = {}, ()
         if len(features) > 1:
             with clock.stage("pairs", f"each pair probed on ≤ {PAIR_ROWS} rows"):
-                pairs = _pairs(features, rows.y_train, options)
+                pairs = _pairs(features, rows, options)
     candidates = tuple(_candidate(f) for f in features)
     reports = tuple(ModelScores(f.name, f.n_states, f.scores, searched=f.top) for f in features)
     validation = {
@@ -394,6 +394,7 @@ class _Rows:
         labels = data.split("train").labels
         self.train, self.val, self.external = train, val, external
         self.y_train = labels[train]
+        self.names = data.label_names  # what the labels index, for messages
         self.y_val = data.split("validation").labels if external else labels[val]
 
 
@@ -433,6 +434,7 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
                 n_folds=options.cv_folds or PROBE_FOLDS,
                 seed=options.seed,
                 max_examples=probe_max_examples,
+                class_names=rows.names,
             )
         return _Features(name, 1, (0,), scores, x_train, x_val, ms, memory)
     with clock.stage("extract", "every layer, every row") as count:
@@ -453,6 +455,7 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
             seed=options.seed,
             max_examples=probe_max_examples,
             device=options.device,
+            class_names=rows.names,
         )
     top = _searched(name, scores, options, top_k)
     keep = list(top)
@@ -487,7 +490,11 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
                 lexical[name] = _lexical(data, name, rows)
                 screened[name] = lexical[name][0][pick]
                 scores[name] = probe_layers(
-                    screened[name], rows.y_train[pick], n_folds=fidelity.n_folds, seed=options.seed
+                    screened[name],
+                    rows.y_train[pick],
+                    n_folds=fidelity.n_folds,
+                    seed=options.seed,
+                    class_names=rows.names,
                 )
             continue
         with clock.stage("screen", f"every layer, {len(screen)} rows") as count:
@@ -499,6 +506,7 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
                 n_folds=fidelity.n_folds,
                 seed=options.seed,
                 device=options.device,
+                class_names=rows.names,
             )
         screened[name] = emb
     with clock.stage("select", "each pair probed on the screen"):
@@ -511,6 +519,7 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
             rows.y_train[pick],
             options,
             fidelity.n_folds,
+            rows.names,
         )
         survivors, dropped = select(scores, options.metric, fidelity, pairs)
         if dropped.pop(options.anchor, None) is not None:  # the anchor is always searched
@@ -542,29 +551,41 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
 
 
 def _pairs(
-    features: Sequence[_Features], y_train: np.ndarray, options: Options
+    features: Sequence[_Features], rows: _Rows, options: Options
 ) -> tuple[PairEstimate, ...]:
     """Pair estimates at each model's best layer on a stratified sample of search-train rows."""
     from autolayer.sampling import stratified_rows
 
+    y_train = rows.y_train
     sample = np.arange(len(y_train))
     if len(sample) > PAIR_ROWS:
         sample = stratified_rows(y_train, PAIR_ROWS, options.seed, per_class=1)
     at_best = {
         f.name: f.train[sample] if issparse(f.train) else f.train[sample, 0] for f in features
     }
-    return pair_estimates(at_best, y_train[sample], options)
+    return pair_estimates(at_best, y_train[sample], options, class_names=rows.names)
 
 
 def pair_estimates(
-    features: dict[str, np.ndarray], y: np.ndarray, options: Options, n_folds: int = 5
+    features: dict[str, np.ndarray],
+    y: np.ndarray,
+    options: Options,
+    n_folds: int = 5,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[PairEstimate, ...]:
     """Each pair's held-out probe evidence (:func:`autolayer.complementarity.estimate_pairs`)
     on the same rows, seeded and placed on the device by ``options``."""
     if len(features) < 2:
         return ()
     return tuple(
-        estimate_pairs(features, y, n_folds=n_folds, seed=options.seed, device=options.device)
+        estimate_pairs(
+            features,
+            y,
+            n_folds=n_folds,
+            seed=options.seed,
+            device=options.device,
+            class_names=class_names,
+        )
     )
 
 

@@ -116,12 +116,20 @@ def cli(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )
     warnings.showwarning = _one_line_warning
+    _SHOWN.clear()
 
 
 def _one_line_warning(message, category, *_args, **_kwargs) -> None:
     """Library warnings (a probe's shrunk folds, say) as one ``WARNING:`` line, without
-    the Python source line that ``warnings`` would print under it."""
+    the Python source line that ``warnings`` would print under it, and each once: every
+    ``warnings.catch_warnings`` (the search has some) resets what Python has shown."""
+    if str(message) in _SHOWN:
+        return
+    _SHOWN.add(str(message))
     logging.getLogger("autolayer").warning("%s", message)
+
+
+_SHOWN: set[str] = set()  # the warnings this command has shown
 
 
 def _quiet() -> None:

@@ -20,7 +20,7 @@ four benchmark sets, and the search and the screen use only what it supports.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -55,15 +55,18 @@ def estimate_pairs(
     n_folds: int = 5,
     seed: int = 0,
     device: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[PairEstimate]:
     """Every pair of ``features`` (model → ``[N, D]`` at its chosen layer, same rows), in
-    the mapping's order. Each model alone is probed once; each pair once more, jointly."""
+    the mapping's order. Each model alone is probed once; each pair once more, jointly.
+    ``class_names`` (``y`` being indices into it) names the classes a warning is about."""
+    probe = {"n_folds": n_folds, "seed": seed, "device": device, "class_names": class_names}
     alone, truth = {}, None
     for name, x in features.items():
-        alone[name], truth = _held_out(x, y, n_folds, seed, device)
+        alone[name], truth = _held_out(x, y, **probe)
     out = []
     for a, b in itertools.combinations(features, 2):
-        joint, _ = _held_out(_side_by_side(features[a], features[b]), y, n_folds, seed, device)
+        joint, _ = _held_out(_side_by_side(features[a], features[b]), y, **probe)
         out.append(_estimate((a, b), alone[a], alone[b], joint, truth))
     return out
 
@@ -77,9 +80,9 @@ def _side_by_side(a, b):
     return hstack([csr_matrix(x) for x in blocks], format="csr")
 
 
-def _held_out(x, y: np.ndarray, n_folds: int, seed: int, device: str | None):
+def _held_out(x, y: np.ndarray, **probe):
     x = x if issparse(x) else np.asarray(x)[:, None]
-    predicted, kept = out_of_fold(x, y, n_folds=n_folds, seed=seed, device=device)
+    predicted, kept = out_of_fold(x, y, **probe)
     return predicted[0], kept
 
 

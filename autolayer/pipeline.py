@@ -139,7 +139,12 @@ def score(
     for model in models:
         emb = embed(model, data, split, options, progress)
         X = np.asarray(emb.array)
-        probe = {"n_folds": n_folds, "max_examples": max_examples, "device": options.device}
+        probe = {
+            "n_folds": n_folds,
+            "max_examples": max_examples,
+            "device": options.device,
+            "class_names": data.label_names,
+        }
         run = probe_layers(X, labels, seed=options.seed, **probe)
         stability = None
         if max_examples is not None and max_examples < len(labels):
@@ -198,6 +203,7 @@ def complementarity(
                 seed=options.seed,
                 max_examples=PROBE_ROWS,
                 device=options.device,
+                class_names=data.label_names,
             )
             chosen.append(probe.best_layer)
     at_layers = {m: arrays[m][:, layer] for m, layer in zip(models, chosen, strict=True)}
@@ -207,7 +213,7 @@ def complementarity(
         for i, a in enumerate(models)
         for b in models[i + 1 :]
     }
-    pairs = pair_estimates(at_layers, labels[rows], options)
+    pairs = pair_estimates(at_layers, labels[rows], options, class_names=data.label_names)
     return Complementarity(tuple(models), tuple(chosen), matrix, grids, len(rows), debiased, pairs)
 
 

@@ -10,7 +10,7 @@ points below it on R52's many unbalanced classes, too far from the usual referen
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +67,7 @@ def probe_layers(
     alpha: float | None = None,
     max_examples: int | None = None,
     device: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> LayerScores:
     """Stratified k-fold probe accuracy and macro-F1 of every layer of ``X`` [N, L+1, D]
     (or of a sparse matrix ``[N, V]``, one state: TF-IDF, fitted by scikit-learn).
@@ -74,12 +75,13 @@ def probe_layers(
     ``alpha`` is the L2 penalty 1/C of sklearn's ``LogisticRegression`` (None: 1.0, its
     default). ``max_examples`` first draws a seeded stratified subsample, to bound the cost on big
     sets. Folds shrink (with a warning) when a class has fewer examples than ``n_folds``.
+    ``class_names`` (``y`` being indices into it) names the classes a warning is about.
 
     All folds are fitted at once on one feature matrix (held-out rows weigh 0), a few layers
     at a time: on a CPU the solver is bound by reading the features, and one layer's rows fit
     in the cache where the whole ``[L+1, N, D]`` stack does not.
     """
-    X, y = _prepared(X, y, n_folds, seed, max_examples)
+    X, y = _prepared(X, y, n_folds, seed, max_examples, class_names)
     labels = _encode(y)
     tests = folds(labels, n_folds, seed)
     dev = resolve_device(device)
@@ -101,6 +103,7 @@ def out_of_fold(
     seed: int = 0,
     alpha: float | None = None,
     device: str | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's probe prediction from the fold that held it out, for every layer of ``X``
     [N, L+1, D]: ``(predicted [L+1, N'], y [N'])`` as labels of ``y``'s type.
@@ -108,9 +111,10 @@ def out_of_fold(
     The folds are :func:`probe_layers`' for the same ``y``, ``n_folds`` and ``seed``, so two
     calls on different features of the same rows predict the same rows under the same
     folds: their errors can be compared row by row (see :mod:`autolayer.complementarity`).
-    ``N'`` < ``N`` only when a class has a single example (left out, warned).
+    ``N'`` < ``N`` only when a class has a single example (left out, warned, by its name in
+    ``class_names`` when ``y`` indexes it).
     """
-    X, y = _prepared(X, y, n_folds, seed, None)
+    X, y = _prepared(X, y, n_folds, seed, None, class_names)
     labels = _encode(y)
     tests = folds(labels, n_folds, seed)
     pred = _held_out(X, labels, tests, alpha, resolve_device(device))
@@ -118,7 +122,12 @@ def out_of_fold(
 
 
 def _prepared(
-    X: np.ndarray, y: np.ndarray, n_folds: int, seed: int, max_examples: int | None
+    X: np.ndarray,
+    y: np.ndarray,
+    n_folds: int,
+    seed: int,
+    max_examples: int | None,
+    class_names: Sequence[str] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Checked inputs, subsampled to ``max_examples`` (stratified, seeded), singletons out."""
     if issparse(X):
@@ -134,7 +143,7 @@ def _prepared(
     if max_examples is not None and max_examples < len(y):
         keep = stratified_rows(np.asarray(y), max_examples, seed)
         X, y = X[keep], np.asarray(y)[keep]
-    return _without_singletons(X, np.asarray(y))
+    return _without_singletons(X, np.asarray(y), class_names)
 
 
 def folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
@@ -537,16 +546,19 @@ def _encode_like(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.searchsorted(classes, y)
 
 
-def _without_singletons(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Leave out classes with one example (warned): no stratified fold can test them, and
-    they move a layer's score by at most one example."""
+def _without_singletons(
+    X: np.ndarray, y: np.ndarray, class_names: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Leave out classes with one example (warned, by name): no stratified fold can test
+    them, and they move a layer's score by at most one example."""
     classes, counts = np.unique(y, return_counts=True)
     single = classes[counts == 1]
     if len(single) == 0:
         return X, y
     if len(classes) - len(single) < 2:
         raise DataError("fewer than 2 classes have 2+ examples; a probe needs at least 2")
-    shown = ", ".join(str(c) for c in single[:5]) + (" …" if len(single) > 5 else "")
+    named = [repr(class_names[c]) if class_names is not None else str(c) for c in single[:5]]
+    shown = ", ".join(named) + (" …" if len(single) > 5 else "")
     warnings.warn(
         f"{len(single)} class(es) with a single example left out of the probe: {shown}",
         stacklevel=3,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from autolayer import zoo
-from tests.conftest import run, write_jsonl
+from tests.conftest import WORDS, run, write_jsonl
 
 
 def test_help_lists_every_command(capsys):
@@ -92,6 +92,19 @@ def test_whitespace_texts_are_dropped_with_a_warning(capsys, tmp_path, tiny_mode
     assert code == 0
     assert "[10, 5, 32]" in out
     assert "2" in caplog.text and "empty" in caplog.text.lower()
+
+
+def test_a_one_example_class_is_named_once(capsys, tmp_path, tiny_models, home, caplog):
+    rows = [{"text": f"text {WORDS[i % 7]} {i % 5}", "label": "ab"[i % 2]} for i in range(40)]
+    path = write_jsonl(tmp_path / "rare.jsonl", [*rows, {"text": "lonely", "label": "rare"}])
+    code, *_ = run(
+        capsys,
+        *("recommend", "-d", path, "--models", f"{tiny_models['bert']},tfidf"),
+        *("--n-trials", 2, "--max-length", 12, "-o", tmp_path / "out"),
+    )
+    assert code == 0
+    shown = [r.getMessage() for r in caplog.records if "single example" in r.getMessage()]
+    assert shown == ["1 class(es) with a single example left out of the probe: 'rare'"]
 
 
 def test_gguf_without_gguf_package_is_a_clear_error(capsys, tmp_path, home, monkeypatch):

@@ -134,6 +134,8 @@ def test_a_class_with_one_example_is_left_out_with_a_warning() -> None:
     with pytest.warns(UserWarning, match="1 class\\(es\\) with a single example left out"):
         scores = probe_layers(X, y, n_folds=5)
     assert scores.n_folds == 5 and scores.n_examples == 60
+    with pytest.warns(UserWarning, match="left out of the probe: 'rare'$"):
+        probe_layers(X, y, n_folds=5, class_names=("a", "b", "rare"))
 
 
 @pytest.mark.parametrize(
