@@ -560,7 +560,7 @@ def _without_singletons(
     named = [repr(class_names[c]) if class_names is not None else str(c) for c in single[:5]]
     shown = ", ".join(named) + (" …" if len(single) > 5 else "")
     warnings.warn(
-        f"{len(single)} class(es) with a single example left out of the probe: {shown}",
+        f"{len(single)} class(es) with a single example among the rows probed, left out: {shown}",
         stacklevel=3,
     )
     keep = np.flatnonzero(~np.isin(y, single))

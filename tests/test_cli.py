@@ -104,7 +104,7 @@ def test_a_one_example_class_is_named_once(capsys, tmp_path, tiny_models, home, 
     )
     assert code == 0
     shown = [r.getMessage() for r in caplog.records if "single example" in r.getMessage()]
-    assert shown == ["1 class(es) with a single example left out of the probe: 'rare'"]
+    assert shown == ["1 class(es) with a single example among the rows probed, left out: 'rare'"]
 
 
 def test_gguf_without_gguf_package_is_a_clear_error(capsys, tmp_path, home, monkeypatch):

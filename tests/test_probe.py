@@ -131,10 +131,10 @@ def test_a_class_with_one_example_is_left_out_with_a_warning() -> None:
     X, y = _layered(n=60, classes=2)
     y = np.append(y, 2)
     X = np.concatenate([X, X[:1]])
-    with pytest.warns(UserWarning, match="1 class\\(es\\) with a single example left out"):
+    with pytest.warns(UserWarning, match="1 class\\(es\\) with a single example among the rows"):
         scores = probe_layers(X, y, n_folds=5)
     assert scores.n_folds == 5 and scores.n_examples == 60
-    with pytest.warns(UserWarning, match="left out of the probe: 'rare'$"):
+    with pytest.warns(UserWarning, match="left out: 'rare'$"):
         probe_layers(X, y, n_folds=5, class_names=("a", "b", "rare"))
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import yaml
@@ -102,7 +103,9 @@ def test_fewshot_curve_runs_every_draw_resumes_and_reports(tmp_path, tiny_models
 
 
 def test_fewshot_setfit_draw_resumes_from_its_last_checkpoint(tmp_path, tiny_models, monkeypatch):
-    pytest.importorskip("setfit")  # a benchmark extra (pyproject's "bench")
+    setfit = pytest.importorskip("setfit")  # a benchmark extra (pyproject's "bench")
+    import numpy as np
+
     import autolayer
 
     monkeypatch.syspath_prepend(str(REPO / "studies/fewshot"))
@@ -112,7 +115,13 @@ def test_fewshot_setfit_draw_resumes_from_its_last_checkpoint(tmp_path, tiny_mod
     write_jsonl(tmp_path / "data" / "train.jsonl", rows[:30])
     write_jsonl(tmp_path / "data" / "test.jsonl", rows[30:])
     data = autolayer.load_dataset(tmp_path / "data")
-    arm = (data, 4, 0, str(tiny_models["bert"]), 4, 12, tmp_path / "work")  # 64 pairs: 4 steps
+    arm = (data, 4, 0, str(tiny_models["bert"]), 4, 12)  # 4 iterations: 64 pairs, 4 steps
+    probabilities, steps = [], []
+    predict = setfit.SetFitModel.predict
+
+    def recorded(model, texts, *args, **kwargs):
+        probabilities.append(np.asarray(model.predict_proba(texts)))
+        return predict(model, texts, *args, **kwargs)
 
     class Killed(RuntimeError):
         pass
@@ -122,16 +131,23 @@ def test_fewshot_setfit_draw_resumes_from_its_last_checkpoint(tmp_path, tiny_mod
             super().on_save(args, state, control, **kwargs)
             raise Killed
 
+    class Counted(curve._CpuAtSave):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+            super().on_step_end(args, state, control, **kwargs)
+
+    monkeypatch.setattr(setfit.SetFitModel, "predict", recorded)
     monkeypatch.setattr(curve, "_CpuAtSave", KilledAfterSave)
+    folder = curve.setfit_folder(tmp_path / "work", *arm[3:4], 4, 0, 4, 12)
     with pytest.raises(Killed):
-        curve.setfit_arm(*arm, save_steps=2)
-    saved = list((tmp_path / "work").glob("setfit-bert-4-0/checkpoint-2"))
-    assert len(saved) == 1
-    earlier = json.loads((saved[0] / curve.CPU_FILE).read_text())
-    monkeypatch.setattr(curve, "_CpuAtSave", KilledAfterSave.__mro__[1])
-    entry = curve.setfit_arm(*arm, save_steps=2)
-    assert entry["resumed_at_step"] == 2 and entry["train_cpu_seconds"] > earlier > 0
-    assert not list((tmp_path / "work").glob("setfit-*"))  # its checkpoints, removed
-    fresh = curve.setfit_arm(*arm[:-1], tmp_path / "fresh", save_steps=2)
-    assert fresh["resumed_at_step"] is None
-    assert fresh["test_accuracy"] == entry["test_accuracy"]
+        curve.setfit_arm(*arm, folder, save_steps=2)
+    earlier = json.loads((folder / "checkpoint-2" / curve.CPU_FILE).read_text())
+    (folder / "checkpoint-3").mkdir()  # killed mid-save: no CPU seconds, passed over
+    monkeypatch.setattr(curve, "_CpuAtSave", Counted)
+    monkeypatch.setattr(curve, "time", types.SimpleNamespace(process_time=lambda: 7.0))
+    entry = curve.setfit_arm(*arm, folder, save_steps=2)
+    assert entry["resumed_at_step"] == 2 and steps == [3, 4]
+    assert entry["train_cpu_seconds"] == earlier > 0  # this run's clock stood still
+    fresh = curve.setfit_arm(*arm, tmp_path / "fresh", save_steps=2)
+    assert fresh["resumed_at_step"] is None and steps == [3, 4, 1, 2, 3, 4]
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-6)

@@ -126,7 +126,7 @@ def setfit_arm(
     backbone: str,
     iterations: int | None,
     max_length: int,
-    work: Path,
+    folder: Path,
     save_steps: int = 40,
 ) -> dict:
     """SetFit's default protocol on ``backbone`` (a zoo sentence-transformer), its texts cut
@@ -135,19 +135,22 @@ def setfit_arm(
     ended the run (8 labels per class, 160 steps).
 
     Resumable within a draw: an R8 draw at 32 per class (640 steps) outlasts a session, so
-    the encoder's training is checkpointed every ``save_steps`` steps under ``work`` with
-    the CPU seconds spent up to it, and a rerun resumes from the last checkpoint (the work
-    after it, lost, is not counted)."""
+    the encoder's training is checkpointed in ``folder`` (:func:`setfit_folder`) every
+    ``save_steps`` steps with the CPU seconds spent up to it, and a rerun resumes from the
+    last checkpoint. The work after it, lost, is not counted; nor are the checkpoints' own
+    writes (``checkpoint_cpu_seconds``: SetFit's default saves every 500 steps, and the
+    figure should not depend on how often the study saves). A resumed run loads the model
+    again, which is counted."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     drawn = data.per_class(n, seed=seed)
     train, test = drawn.split("train"), drawn.split("test")
     start = time.process_time()
-    folder = work / f"setfit-{Path(backbone).name}-{n}-{seed}"
     model = SetFitModel.from_pretrained(str(zoo.resolve(backbone).folder))
     model.model_body.max_seq_length = min(model.model_body.max_seq_length, max_length)
     settings = {"seed": seed, "output_dir": str(folder), "save_steps": save_steps}
+    settings["save_total_limit"] = 2  # one with its CPU seconds survives a kill mid-save
     if iterations is not None:
         settings["num_iterations"] = iterations
     trainer = Trainer(
@@ -158,15 +161,16 @@ def setfit_arm(
         ),
     )
     checkpoint, earlier = _last_checkpoint(folder)
-    trainer.st_trainer.add_callback(_CpuAtSave(earlier - start))
+    clock = _CpuAtSave(earlier - start)
+    trainer.st_trainer.add_callback(clock)
     trainer.st_trainer.train = partial(trainer.st_trainer.train, resume_from_checkpoint=checkpoint)
     trainer.train()
     trained = time.process_time()
     predicted = np.asarray(model.predict(list(test.texts)))
-    shutil.rmtree(folder, ignore_errors=True)  # this draw's own checkpoints
     return {
-        "cpu_seconds": earlier + time.process_time() - start,
-        "train_cpu_seconds": earlier + trained - start,
+        "cpu_seconds": earlier + time.process_time() - start - clock.saving,
+        "train_cpu_seconds": earlier + trained - start - clock.saving,
+        "checkpoint_cpu_seconds": clock.saving,  # this run's saves only
         "test_accuracy": float((predicted == test.labels).mean()),
         "num_iterations": iterations,
         "max_length": model.model_body.max_seq_length,
@@ -174,29 +178,44 @@ def setfit_arm(
     }
 
 
+def setfit_folder(work: Path, backbone: str, n: int, seed: int, iterations, max_length) -> Path:
+    """One draw's checkpoints, named by all that shapes its training: a rerun with other
+    settings starts afresh instead of resuming another protocol's weights."""
+    return work / f"setfit-{Path(backbone).name}-{n}-{seed}-it{iterations}-len{max_length}"
+
+
 CPU_FILE = "autolayer_cpu_seconds.json"
 
 
 def _last_checkpoint(folder: Path) -> tuple[str | None, float]:
-    """The last checkpoint a killed run of this draw left and the CPU seconds spent up to
-    it, or ``(None, 0.0)``; one saved without its CPU seconds is not resumed from."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    if last is None or not (Path(last) / CPU_FILE).exists():
-        return None, 0.0
-    return last, float(json.loads((Path(last) / CPU_FILE).read_text()))
+    """The newest checkpoint a killed run of this draw left with the CPU seconds spent up
+    to it (one killed mid-save has none, and is passed over), or ``(None, 0.0)``."""
+    found = folder.glob("checkpoint-*") if folder.is_dir() else []
+    for path in sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True):
+        if (path / CPU_FILE).is_file():
+            return str(path), float(json.loads((path / CPU_FILE).read_text()))
+    return None, 0.0
 
 
 class _CpuAtSave(TrainerCallback):
-    """Writes into each checkpoint the CPU seconds spent on the draw up to it."""
+    """Writes into each checkpoint the CPU seconds spent on the draw up to it, less the
+    checkpoints' own writes (``saving``, the time from a step's end to its save)."""
 
     def __init__(self, offset: float) -> None:
         self.offset = offset  # earlier runs' seconds, less this run's start
+        self.saving = 0.0
+        self.step_end = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_end = time.process_time()
 
     def on_save(self, args, state, control, **kwargs):
+        now = time.process_time()
+        self.saving += now - self.step_end
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        (checkpoint / CPU_FILE).write_text(json.dumps(self.offset + time.process_time()))
+        tmp = checkpoint / f"{CPU_FILE}.tmp"
+        tmp.write_text(json.dumps(self.offset + now - self.saving))
+        os.replace(tmp, checkpoint / CPU_FILE)
 
 
 def embed_tests(data, models, options: Options) -> dict:
@@ -220,12 +239,13 @@ def _commit() -> str:
 COMMIT = _commit()
 
 
-def _merge(path: Path, update) -> dict:
-    """Re-read ``path``, apply ``update`` to it and replace it atomically, under a lock: other
-    processes on other draws write to the same file."""
+def _merge(path: Path, lock: Path, update) -> dict:
+    """Re-read ``path``, apply ``update`` to it and replace it atomically, holding ``lock``
+    (in the work folder): other processes on other draws write to the same file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
         results = json.loads(path.read_text()) if path.exists() else {}
         update(results)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -234,20 +254,27 @@ def _merge(path: Path, update) -> dict:
     return results
 
 
+def _most(results: dict, seconds: dict) -> dict:
+    """Each model's test-embedding seconds: the larger of two processes' (started together,
+    one computes while the other waits on the cache, then reads it)."""
+    earlier = results.get("test_embedding_cpu_seconds", {})
+    return {m: max(seconds[m], earlier.get(m, 0.0)) for m in seconds}
+
+
 def run(args) -> None:
     data = autolayer.load_dataset(args.dataset or ROOT.parent / "shared" / "data" / args.set)
     work = args.work_dir / data.name
     options = Options(max_length=args.max_length or SETS[args.set], cache_dir=work / "cache")
     path = args.out / f"curve-{data.name}.json"
+    merge = partial(_merge, path, work / "curve.lock")
 
     def header(results: dict) -> None:
         results.setdefault("dataset", data.name)
         results.setdefault("n_test", len(data.split("test")))
 
-    results = _merge(path, header)
-    if "test_embedding_cpu_seconds" not in results:
+    if "test_embedding_cpu_seconds" not in merge(header):
         seconds = embed_tests(data, args.models, options)
-        _merge(path, lambda r: r.setdefault("test_embedding_cpu_seconds", seconds))
+        merge(lambda r: r.__setitem__("test_embedding_cpu_seconds", _most(r, seconds)))
     rarest = int(np.bincount(data.split("train").labels).min())
     arms = {"autolayer": args.sizes}
     for backbone in args.setfit_models:
@@ -259,13 +286,15 @@ def run(args) -> None:
         for draw in args.draw_ids or range(args.draws):
             for arm, sizes in arms.items():
                 key = f"{size}/{draw}"
-                if size not in sizes or key in _merge(path, header).get(arm, {}):
+                if size not in sizes or key in merge(header).get(arm, {}):
                     continue
                 if arm == "autolayer":
                     entry = autolayer_arm(
                         data, args.models, size, draw, options, work, args.n_trials
                     )
                 else:
+                    setting = (size, draw, args.setfit_iterations, options.max_length)
+                    folder = setfit_folder(work, arm.split(":")[1], *setting)
                     entry = setfit_arm(
                         data,
                         size,
@@ -273,11 +302,13 @@ def run(args) -> None:
                         arm.split(":")[1],
                         args.setfit_iterations,
                         options.max_length,
-                        work,
+                        folder,
                         args.setfit_save_steps,
                     )
                 entry = {**entry, "commit": COMMIT}
-                _merge(path, lambda r, a=arm, k=key, e=entry: r.setdefault(a, {}).update({k: e}))
+                merge(lambda r, a=arm, k=key, e=entry: r.setdefault(a, {}).update({k: e}))
+                if arm != "autolayer":
+                    shutil.rmtree(folder, ignore_errors=True)  # its checkpoints, once saved
                 print(arm, key, json.dumps(entry)[:200], flush=True)
 
 
