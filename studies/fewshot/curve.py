@@ -10,7 +10,11 @@ seeded draw (``LabelledDataset.per_class(N, seed=d)``) and the full test split:
   ``autolayer/anchor.py``), applied like ``apply`` does; entries of an earlier version are
   kept under ``autolayer:<what it was>`` and drawn as their own curve;
 - **setfit**: SetFit with its default protocol (``TrainingArguments(seed=d)``) on mpnet (and
-  minilm with ``--setfit-models``), trained on the draw and scored on test.
+  minilm with ``--setfit-models``), trained on the draw and scored on test. On R8 it runs
+  with ``--setfit-iterations 20`` (the SetFit paper's 20 pair-sampling iterations): the
+  library's default samples every unique pair, 224 steps at 8 labels per class against 160,
+  at about 20 CPU s a step here. A draw checkpoints every ``--setfit-save-steps`` and
+  resumes from the last checkpoint (an R8 draw at 32 per class takes about 4 CPU hours).
 
 Compute is this process's CPU seconds (``time.process_time``; pin one thread and one core
 to compare arms). The test split of every zoo model is embedded once per set and reused by
