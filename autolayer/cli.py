@@ -121,8 +121,9 @@ def cli(verbose: bool) -> None:
 
 def _one_line_warning(message, category, *_args, **_kwargs) -> None:
     """Library warnings (a probe's shrunk folds, say) as one ``WARNING:`` line, without
-    the Python source line that ``warnings`` would print under it, and each once: every
-    ``warnings.catch_warnings`` (the search has some) resets what Python has shown."""
+    the Python source line that ``warnings`` would print under it, and each once: one
+    warning comes from several call sites (the screen, the pairs, the search), each
+    remembered apart, and every ``warnings.catch_warnings`` resets what Python has shown."""
     if str(message) in _SHOWN:
         return
     _SHOWN.add(str(message))

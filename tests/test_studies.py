@@ -138,7 +138,7 @@ def test_fewshot_setfit_draw_resumes_from_its_last_checkpoint(tmp_path, tiny_mod
 
     monkeypatch.setattr(setfit.SetFitModel, "predict", recorded)
     monkeypatch.setattr(curve, "_CpuAtSave", KilledAfterSave)
-    folder = curve.setfit_folder(tmp_path / "work", *arm[3:4], 4, 0, 4, 12)
+    folder = curve.setfit_folder(tmp_path / "work", *arm[1:])
     with pytest.raises(Killed):
         curve.setfit_arm(*arm, folder, save_steps=2)
     earlier = json.loads((folder / "checkpoint-2" / curve.CPU_FILE).read_text())

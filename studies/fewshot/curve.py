@@ -14,7 +14,7 @@ seeded draw (``LabelledDataset.per_class(N, seed=d)``) and the full test split:
   with ``--setfit-iterations 20`` (the SetFit paper's 20 pair-sampling iterations): the
   library's default samples every unique pair, 224 steps at 8 labels per class against 160,
   at about 20 CPU s a step here. A draw checkpoints every ``--setfit-save-steps`` and
-  resumes from the last checkpoint (an R8 draw at 32 per class takes about 4 CPU hours).
+  resumes from the last checkpoint (an R8 draw at 32 per class takes about 3.5 CPU hours).
 
 Compute is this process's CPU seconds (``time.process_time``; pin one thread and one core
 to compare arms). The test split of every zoo model is embedded once per set and reused by
@@ -182,7 +182,7 @@ def setfit_arm(
     }
 
 
-def setfit_folder(work: Path, backbone: str, n: int, seed: int, iterations, max_length) -> Path:
+def setfit_folder(work: Path, n: int, seed: int, backbone: str, iterations, max_length) -> Path:
     """One draw's checkpoints, named by all that shapes its training: a rerun with other
     settings starts afresh instead of resuming another protocol's weights."""
     return work / f"setfit-{Path(backbone).name}-{n}-{seed}-it{iterations}-len{max_length}"
@@ -243,6 +243,11 @@ def _commit() -> str:
 COMMIT = _commit()
 
 
+def _read(path: Path) -> dict:
+    """The results so far (written only whole, by :func:`_merge`, so readable unlocked)."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _merge(path: Path, lock: Path, update) -> dict:
     """Re-read ``path``, apply ``update`` to it and replace it atomically, holding ``lock``
     (in the work folder): other processes on other draws write to the same file."""
@@ -250,7 +255,7 @@ def _merge(path: Path, lock: Path, update) -> dict:
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        results = json.loads(path.read_text()) if path.exists() else {}
+        results = _read(path)
         update(results)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(results, indent=1))
@@ -278,7 +283,7 @@ def run(args) -> None:
 
     if "test_embedding_cpu_seconds" not in merge(header):
         seconds = embed_tests(data, args.models, options)
-        merge(lambda r: r.__setitem__("test_embedding_cpu_seconds", _most(r, seconds)))
+        merge(lambda r: r.update(test_embedding_cpu_seconds=_most(r, seconds)))
     rarest = int(np.bincount(data.split("train").labels).min())
     arms = {"autolayer": args.sizes}
     for backbone in args.setfit_models:
@@ -290,25 +295,17 @@ def run(args) -> None:
         for draw in args.draw_ids or range(args.draws):
             for arm, sizes in arms.items():
                 key = f"{size}/{draw}"
-                if size not in sizes or key in merge(header).get(arm, {}):
+                if size not in sizes or key in _read(path).get(arm, {}):
                     continue
                 if arm == "autolayer":
                     entry = autolayer_arm(
                         data, args.models, size, draw, options, work, args.n_trials
                     )
                 else:
-                    setting = (size, draw, args.setfit_iterations, options.max_length)
-                    folder = setfit_folder(work, arm.split(":")[1], *setting)
-                    entry = setfit_arm(
-                        data,
-                        size,
-                        draw,
-                        arm.split(":")[1],
-                        args.setfit_iterations,
-                        options.max_length,
-                        folder,
-                        args.setfit_save_steps,
-                    )
+                    backbone = arm.split(":")[1]
+                    setting = (size, draw, backbone, args.setfit_iterations, options.max_length)
+                    folder = setfit_folder(work, *setting)
+                    entry = setfit_arm(data, *setting, folder, args.setfit_save_steps)
                 entry = {**entry, "commit": COMMIT}
                 merge(lambda r, a=arm, k=key, e=entry: r.setdefault(a, {}).update({k: e}))
                 if arm != "autolayer":
