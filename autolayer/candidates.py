@@ -570,13 +570,18 @@ def pair_estimates(
     features: dict[str, np.ndarray],
     y: np.ndarray,
     options: Options,
-    n_folds: int = 5,
+    n_folds: int | None = None,
     class_names: Sequence[str] | None = None,
 ) -> tuple[PairEstimate, ...]:
     """Each pair's held-out probe evidence (:func:`autolayer.complementarity.estimate_pairs`)
-    on the same rows, seeded and placed on the device by ``options``."""
+    on the same rows, seeded and placed on the device by ``options``. ``n_folds`` defaults
+    to the probes' folds, or the search's when it cross-validates over fewer: a few labels
+    were already fitted to their folds (and said so once), and asking for more would say it
+    again, with another number."""
     if len(features) < 2:
         return ()
+    if n_folds is None:
+        n_folds = min(PROBE_FOLDS, options.cv_folds or PROBE_FOLDS)
     return tuple(
         estimate_pairs(
             features,

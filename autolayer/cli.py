@@ -713,7 +713,12 @@ def search(**kw) -> None:
     help="Default: the only study in the storage, else the one named by "
     "OUTPUT_DIR's recommendation.yaml.",
 )
-@click.option("--trial", "trial_number", type=int, help="Trial number (default: the best).")
+@click.option(
+    "--trial",
+    "trial_number",
+    type=int,
+    help="Trial number (default: the one recommend chose: the best, unless the anchor stood).",
+)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path))
 def export(
     output_dir: Path | None,
@@ -726,7 +731,7 @@ def export(
 
     \b
     Examples:
-      autolayer export autolayer-out -o config.yaml                  # best trial of its study
+      autolayer export autolayer-out -o config.yaml              # the trial recommend chose
       autolayer export autolayer-out --trial 7 -o config.yaml
       autolayer export --storage postgresql://me@db/autolayer --study-name mr-1 -o config.yaml
     """
@@ -736,7 +741,7 @@ def export(
     _output(output, "config")
     config = run_export(storage, study_name, trial_number, output_dir=output_dir)
     config.save(output)
-    report.console.print(f"wrote {output}")
+    report.exported(config, output)
 
 
 @cli.command()

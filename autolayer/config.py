@@ -101,6 +101,8 @@ def library_versions() -> dict:
 def load_config(path: str | Path) -> FusionConfig:
     """Read and validate a config file; every problem is a one-line ``ConfigError``."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(_folder_given(path))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -110,6 +112,15 @@ def load_config(path: str | Path) -> FusionConfig:
             f"config {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}"
         ) from None
     return from_dict(data, str(path))
+
+
+def _folder_given(path: Path) -> str:
+    """The config a folder holds, named: ``recommend`` and ``apply`` write folders, so
+    passing one where a config file belongs is an easy slip."""
+    inside = [path / name for name in ("recommendation.yaml", "config.yaml")]
+    found = [str(p) for p in inside if p.is_file()]
+    hint = f"; did you mean {found[0]!r}?" if found else ", not a config file"
+    return f"config {str(path)!r} is a folder{hint}"
 
 
 def from_dict(data: object, where: str = "config") -> FusionConfig:

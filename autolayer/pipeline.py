@@ -564,7 +564,25 @@ def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[s
             f"({top_single.models[0]} layer {top_single.layers[0]}) by "
             f"{100 * (best.value - top_single.value):.1f} pt on validation"
         )
-    return out
+    return out + _no_better_than_majority(prepared, best.value)
+
+
+def _no_better_than_majority(prepared: Prepared, score: float) -> list[str]:
+    """Say so when the chosen score does not beat always answering the majority class: on
+    a few labels the anchor can stand at a CV accuracy below it (and does better on test
+    than the trial that scored higher: ``studies/results/fewshot``), which a reader would
+    otherwise take for a broken result."""
+    if prepared.options.metric != "accuracy":
+        return []
+    judged = prepared.y_train if prepared.folds else prepared.y_val
+    majority = float(np.bincount(judged).max() / len(judged))
+    if score > majority:
+        return []
+    noise = "; on so few rows a score is mostly noise" if len(judged) < FEW_ROWS else ""
+    return [
+        f"its {100 * score:.1f}% is no better than always answering the majority class "
+        f"({100 * majority:.1f}%) on these {len(judged):,} rows{noise}"
+    ]
 
 
 def _gap_error(report: ModelScores, layer: int, metric: str) -> float:
@@ -591,6 +609,7 @@ def _pair_reason(pairs: Sequence[PairEstimate], models: Sequence[str], similarit
     )
 
 
+FEW_ROWS = 100  # below it, a score judged on these rows is said to be mostly noise
 RECOMMENDATION = "recommendation.yaml"
 PLOTS = {"layers.png", "cka.png"}  # what report.recommendation draws into the output folder
 

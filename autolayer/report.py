@@ -442,6 +442,16 @@ def recommendation(rec, output_dir) -> None:
     console.print(f"wrote {', '.join(files)} in {escape(str(output_dir))}")
 
 
+def exported(config, output) -> None:
+    """Which trial went into the file and how it scored, so a default choice is visible."""
+    judged = judged_by(config.dataset.get("validation", {}))
+    console.print(
+        f"wrote {escape(str(output))}: trial #{config.validation.get('trial')}, "
+        f"{'validation' if judged == 'val' else judged} {config.metric} "
+        f"{_pct(config.validation.get(config.metric))}%"
+    )
+
+
 def apply_result(result) -> None:
     if result.accuracy is None:
         console.print(

@@ -30,6 +30,16 @@ def _rows(tmp: Path, model: Path, dataset: Path) -> dict[str, tuple[list, str]]:
         ["apply", tmp / "bad.yaml", "-d", dataset, "-o", tmp / "m"],
         "not valid YAML",
     )
+    (tmp / "run").mkdir()
+    (tmp / "run" / "recommendation.yaml").write_text("models: []\n")
+    rows["a recommend folder given as the config"] = (
+        ["apply", tmp / "run", "-d", dataset, "-o", tmp / "m"],
+        f"is a folder; did you mean '{tmp / 'run' / 'recommendation.yaml'}'?",
+    )
+    rows["a folder without a config given as the config"] = (
+        ["apply", tmp, "-d", dataset, "-o", tmp / "m"],
+        "is a folder, not a config file",
+    )
     (tmp / "list.yaml").write_text("- a\n- b\n")
     rows["tampered config (not a mapping)"] = (
         ["apply", tmp / "list.yaml", "-d", dataset, "-o", tmp / "m"],

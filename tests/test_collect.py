@@ -104,6 +104,31 @@ def test_folds_fit_the_rarest_class_before_any_extraction(
     assert said == ["cross-validation over 3 folds, not 5: class 'neg' has 3 training examples"]
 
 
+def test_fitted_folds_are_said_once_with_two_sources(
+    tmp_path, home, tiny_dataset, tiny_models, one_thread, caplog
+):
+    """The pair estimates use the folds fitted to the rarest class, not 5 of their own
+    (which said a second time, with another number, that the folds had been cut)."""
+    import warnings
+
+    from autolayer import pipeline
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        pipeline.recommend(
+            tiny_dataset,
+            [str(tiny_models["bert"]), "tfidf"],
+            output_dir=tmp_path / "out",
+            budget=Budget(n_trials=2),
+            labels_per_class=3,
+            cv_folds=5,
+            max_length=12,
+        )
+    said = [r.getMessage() for r in caplog.records if "folds" in r.getMessage()]
+    said += [str(w.message) for w in caught if "folds" in str(w.message)]
+    assert said == ["cross-validation over 3 folds, not 5: class 'neg' has 3 training examples"]
+
+
 def test_two_labels_per_class_probe_and_search_with_two_folds(
     tmp_path, home, tiny_dataset, tiny_models, one_thread
 ):

@@ -229,3 +229,27 @@ def test_cross_validated_choice_is_the_smallest_head_within_one_standard_error()
     assert within_one_error([top, linear, tiny]).number == 1
     carved = trial(0, 0.8667, 500_000)  # a validation split: no folds, the top one stands
     assert within_one_error([carved, trial(1, 0.80, 1_538)]).number == 0
+
+
+def test_a_choice_no_better_than_the_majority_class_is_said():
+    """The anchor can stand at a CV accuracy below always answering the majority class (on
+    a few labels, by design): the report says so, and that a score on so few rows is noise."""
+    from types import SimpleNamespace
+
+    from autolayer.pipeline import reasons
+
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    prepared = SimpleNamespace(
+        reports=(), candidates=(), options=Options(), y_train=y, y_val=y[:0], folds=(y,)
+    )
+
+    def said(value, metric="accuracy"):
+        prepared.options = Options(metric=metric)
+        best = SimpleNamespace(models=("m",), value=value, operator="concat")
+        return reasons(prepared, SimpleNamespace(best=best, trials=()), np.ones((1, 1)))
+
+    assert said(0.625) == [
+        "its 62.5% is no better than always answering the majority class (62.5%) on these "
+        "8 rows; on so few rows a score is mostly noise"
+    ]
+    assert said(0.75) == [] and said(0.5, metric="macro_f1") == []

@@ -37,7 +37,7 @@ def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_da
     assert {m.max_length for m in config.models} == {12}
     storage = f"sqlite:///{out_dir / 'study.db'}"
     study_name = config.validation["study"]
-    code, _, err = run(
+    code, said, err = run(
         capsys,
         "export",
         "--storage",
@@ -50,7 +50,10 @@ def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_da
         tmp_path / "trial0.yaml",
     )
     assert code == 0, err
-    assert load_config(tmp_path / "trial0.yaml").validation["trial"] == 0
+    trial0 = load_config(tmp_path / "trial0.yaml")
+    assert trial0.validation["trial"] == 0
+    score = f"{100 * trial0.validation['accuracy']:.1f}%"
+    assert f"trial0.yaml: trial #0, validation accuracy {score}" in " ".join(said.split())
 
     code, out, err = run(
         capsys,
