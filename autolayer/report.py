@@ -439,7 +439,18 @@ def recommendation(rec, output_dir) -> None:
     if len(rec.cka_names) > 1:
         plot_cka_matrix(rec.cka_names, rec.cka, Path(output_dir) / "cka.png")
         files.append("cka.png")
+    else:
+        _remove_ours(Path(output_dir) / "cka.png")  # an earlier run's, now beside this one
     console.print(f"wrote {', '.join(files)} in {escape(str(output_dir))}")
+
+
+def _remove_ours(path: Path) -> None:
+    """Delete a plot an earlier run wrote that this one does not replace (a reader would take
+    it for part of this result); a file autolayer did not write is left alone."""
+    from autolayer.files import OURS
+
+    if path.is_file() and OURS["plot"](path):
+        path.unlink()
 
 
 def exported(config, output) -> None:

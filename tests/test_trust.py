@@ -115,9 +115,17 @@ def test_recommend_refuses_a_folder_made_for_other_data_unless_overwrite(
     code, _, err = run(capsys, *args, "--n-trials", "2")
     assert code != 0 and "other data" in one_error_line(err)
     assert (out / "recommendation.yaml").read_text() == earlier
+    import numpy as np
+
+    from autolayer.report import plot_cka_matrix
+
+    plot_cka_matrix(["a", "b"], np.eye(2), out / "cka.png")  # the earlier run's, two models
+    (out / "notes.png").write_bytes(b"the user's own")
     code, _, err = run(capsys, *args, "--n-trials", "2", "--overwrite")
     assert code == 0, err
     assert load_config(out / "recommendation.yaml").dataset["name"] == "tiny"
+    assert not (out / "cka.png").exists()  # one model now: no stale plot beside the result
+    assert (out / "notes.png").read_bytes() == b"the user's own"
 
 
 # ---------------------------------------------------------------------------------------------
