@@ -480,12 +480,13 @@ def predict_file(
     input_path: str | Path,
     output: str | Path | None = None,
     *,
-    text_column: str = "text",
+    text_column: str | None = None,
     id_column: str | None = None,
     device: str | None = None,
 ) -> list[dict]:
     """Label every text of ``input_path``; write them to ``output`` (format by extension)
-    when given, and return the rows.
+    when given, and return the rows. A table's texts are read from ``text_column``, by
+    default the column the model's training data had them in (else "text").
 
     Each row keeps ``row``, the text's 0-based position in the input (and the value of
     ``id_column`` when given), so outputs match inputs even where empty texts were skipped.
@@ -503,6 +504,9 @@ def predict_file(
         check_prediction_output(output, Path(input_path))
     resolve_device(device)
     estimator = FusionTextClassifier.load(model_dir, device=device, use_cache=False)
+    if text_column is None:
+        origin = estimator._config().dataset.get("origin") or {}
+        text_column = origin.get("text_column", "text")
     inputs = read_inputs(input_path, text_column=text_column, id_column=id_column)
     proba = estimator.predict_proba(list(inputs.texts))
     classes = [str(c) for c in estimator.classes_]

@@ -43,6 +43,23 @@ def _dataset_options(func):
     )(func)
 
 
+def _config_dataset_options(func):
+    """``_dataset_options`` whose defaults are the config's: the data, and the columns, the
+    recommendation was read from (``dataset.origin``), else the bundled demo's."""
+    func = click.option(
+        "--label-column", help="Label column name (default: the config's, else 'label')."
+    )(func)
+    func = click.option(
+        "--text-column", help="Text column name (default: the config's, else 'text')."
+    )(func)
+    return click.option(
+        "--dataset",
+        "-d",
+        help="Folder with train/test files, a CSV/TSV/JSONL/Parquet file, a Hugging Face "
+        "dataset name, or 'demo' (default: the data the config was made on, else 'demo').",
+    )(func)
+
+
 def _parse_layers(value: str | None) -> list[int] | None:
     if not value:
         return None
@@ -746,7 +763,7 @@ def export(
 
 @cli.command()
 @click.argument("config", type=click.Path(path_type=Path))
-@_dataset_options
+@_config_dataset_options
 @click.option(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="Model folder."
 )
@@ -755,9 +772,9 @@ def export(
 @click.option("--cache-dir", type=click.Path(path_type=Path))
 def apply(
     config: Path,
-    dataset: str,
-    text_column: str,
-    label_column: str,
+    dataset: str | None,
+    text_column: str | None,
+    label_column: str | None,
     output: Path,
     overwrite: bool,
     device,
@@ -765,22 +782,36 @@ def apply(
 ) -> None:
     """Train the configured classifier on train (+ validation), test it, save it.
 
+    Without -d it trains on the data the config was made on, read with the same columns.
     The model folder must be new or empty; an existing autolayer model is replaced only with
     --overwrite, and a folder holding other files is never touched. A dataset without a
     test split is trained on in full (nothing is held out, so no test metrics).
 
     \b
-    Example:
+    Examples:
+      autolayer apply autolayer-out/recommendation.yaml -o mr-model/
       autolayer apply autolayer-out/recommendation.yaml -d ../shared/data/mr -o mr-model/
     """
     _quiet()
+    from rich.markup import escape
+
     from autolayer import report
     from autolayer.classifier import apply as run_apply
+    from autolayer.config import load_config
     from autolayer.data import load_dataset
 
-    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
+    loaded = load_config(config)
+    origin = loaded.dataset.get("origin") or {}
+    if dataset is None:
+        said = f"{escape(origin['source'])} (the config's" if origin else "demo (the bundled set"
+        report.console.print(f"data: {said}; -d for other data)")
+    data = load_dataset(
+        dataset or origin.get("source", "demo"),
+        text_column=text_column or origin.get("text_column", "text"),
+        label_column=label_column or origin.get("label_column", "label"),
+    )
     result = run_apply(
-        config, data, output, device=device, cache_dir=cache_dir, overwrite=overwrite
+        loaded, data, output, device=device, cache_dir=cache_dir, overwrite=overwrite
     )
     report.apply_result(result)
 
@@ -801,14 +832,16 @@ def apply(
     type=click.Path(path_type=Path),
     help="JSONL, CSV, TSV or Parquet, by extension (default: JSONL on standard output).",
 )
-@click.option("--text-column", default="text", show_default=True)
+@click.option(
+    "--text-column", help="Column of the texts in a table (default: the training data's)."
+)
 @click.option("--id-column", help="Column copied to each prediction (e.g. a row id).")
 @_device_option(default=None)
 def predict(
     model_dir: Path,
     input_path: Path,
     output: Path | None,
-    text_column: str,
+    text_column: str | None,
     id_column: str | None,
     device,
 ) -> None:

@@ -234,6 +234,19 @@ def _check_head(config: FusionConfig, where: str) -> None:
                 f"{where}: the linear head takes dense features; {sparse[0]} is sparse"
             )
     _check_draw(config.dataset.get("draw"), where)
+    _check_origin(config.dataset.get("origin"), where)
+
+
+def _check_origin(origin: object, where: str) -> None:
+    """Where the data was read (``apply``'s default data): three strings, or absent."""
+    keys = ("source", "text_column", "label_column")
+    if origin is not None and (
+        not isinstance(origin, dict) or not all(isinstance(origin.get(k), str) for k in keys)
+    ):
+        raise ConfigError(
+            f"{where}: dataset.origin must map source, text_column and label_column to "
+            f"text; got {origin!r}"
+        )
 
 
 def _check_draw(draw: object, where: str) -> None:

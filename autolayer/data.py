@@ -82,6 +82,7 @@ class LabelledDataset:
     label_names: tuple[str, ...]
     fingerprint: str
     draw: dict | None = None  # few-label mode: labels per class, seed, source fingerprint
+    origin: dict | None = None  # where it was read: source and columns (see `load_dataset`)
 
     def split(self, name: str) -> Split:
         """Return a source split by name, with an error that lists what is there."""
@@ -172,7 +173,9 @@ class LabelledDataset:
             "label_names": self.label_names,
             "splits": {s: v.fingerprint for s, v in splits.items()},
         }
-        return LabelledDataset(self.name, splits, self.label_names, _sha256(summary))
+        return LabelledDataset(
+            self.name, splits, self.label_names, _sha256(summary), origin=self.origin
+        )
 
 
 def _missing_split(dataset: str, split: str, available: Iterable[str]) -> DataError:
@@ -263,7 +266,17 @@ def load_dataset(
             "the texts themselves; name two different columns"
         )
     name, raws = _read_spec(spec, text_column, label_column)
-    return _assemble(name, raws, empty)
+    origin = {"source": _source(spec), "text_column": text_column, "label_column": label_column}
+    return replace(_assemble(name, raws, empty), origin=origin)
+
+
+def _source(spec: str | os.PathLike[str]) -> str:
+    """``spec`` as another working directory can read it again: a local path made absolute,
+    'demo' and a hub id as given. A config records it, so ``apply`` finds the data itself."""
+    path = Path(spec).expanduser()
+    if spec == "demo" or not path.exists():
+        return str(spec)
+    return str(path.resolve())
 
 
 def split_texts(

@@ -280,6 +280,7 @@ def study_context(prepared: Prepared, space: Space) -> dict:
             "fingerprint": prepared.data.fingerprint,
             "validation": prepared.validation,
             **({"draw": prepared.data.draw} if prepared.data.draw else {}),
+            **({"origin": prepared.data.origin} if prepared.data.origin else {}),
         },
         "head": {"hidden": space.hidden, "dropout": space.dropout, "batch_size": 100},
         "options": options.results(),

@@ -56,6 +56,12 @@ def _rows(tmp: Path, model: Path, dataset: Path) -> dict[str, tuple[list, str]]:
         ["apply", config, "-d", dataset, "-o", tmp / "m"],
         "operator",
     )
+    (tmp / "o").mkdir()
+    config = _config(tmp / "o", model, dataset={"origin": {"source": 3}})
+    rows["tampered config (where its data was read)"] = (
+        ["apply", config, "-o", tmp / "m"],
+        "dataset.origin must map source",
+    )
     (tmp / "w").mkdir()
     config = _config(
         tmp / "w",

@@ -375,6 +375,30 @@ def test_apply_on_a_single_file_trains_on_all_of_it(capsys, tmp_path, home, conf
     assert metrics["n_train"] == 40 and metrics["accuracy"] is None
 
 
+def test_apply_and_predict_read_the_data_and_columns_the_config_was_made_on(
+    capsys, tmp_path, home, tiny_models, tiny_dataset, one_thread, monkeypatch
+):
+    for split in ("train", "test"):
+        lines = (tiny_dataset / f"{split}.jsonl").read_text().splitlines()
+        rows = [{"sentence": r["text"], "sentiment": r["label"]} for r in map(json.loads, lines)]
+        write_jsonl(tmp_path / "renamed" / f"{split}.jsonl", rows)
+    monkeypatch.chdir(tmp_path)
+    columns = ["--text-column", "sentence", "--label-column", "sentiment"]
+    model = ["--models", tiny_models["bert"], "--n-trials", "1"]
+    code, _, err = run(capsys, "recommend", "-d", "renamed", *columns, *model, "-o", "out")
+    assert code == 0, err
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a relative path was recorded absolute
+    code, said, err = run(capsys, "apply", "../out/recommendation.yaml", "-o", "model")
+    assert code == 0, err
+    assert "(the config's; -d for other data)" in said and "made on other data" not in err
+    assert json.loads(Path("model/metrics.json").read_text())["n_test"] == 20
+    Path("new.csv").write_text("sentence\ngood fun\n")
+    code, out, err = run(capsys, "predict", "model", "-i", "new.csv")
+    assert code == 0, err
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["good fun"]
+
+
 def test_files_and_folders_follow_the_umask(capsys, tmp_path, home, config, tiny_dataset):
     previous = os.umask(0o022)
     try:
