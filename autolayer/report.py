@@ -499,11 +499,13 @@ def trial_progress(
     return _trial_lines(n_trials, clock)
 
 
-def _trained(trial) -> bool:
-    """Whether a finished trial used the budget: infeasible and surplus ones never train."""
-    from autolayer.search import counts
+def _trained(study) -> int:
+    """Trials the study has trained, earlier runs' and other workers' included: ``n_trials``
+    is the study's total, so a resumed run's bar starts where the last one stopped.
+    Infeasible and surplus trials never train."""
+    from autolayer.search import trained_count
 
-    return trial.state.name in ("COMPLETE", "PRUNED") and counts(trial.user_attrs)
+    return trained_count(study)[0]
 
 
 def _best_value(study) -> float | None:
@@ -532,8 +534,7 @@ def _trials_bar(n_trials: int) -> Iterator[Callable]:
     def on_trial(study, trial) -> None:
         if not bar.live.is_started:
             bar.start()
-        if _trained(trial):
-            bar.advance(task, 1)
+        bar.update(task, completed=_trained(study))
         best = _best_value(study)
         if best is not None:
             bar.update(task, best=f"best {100 * best:.1f}%")
@@ -561,7 +562,7 @@ def _trial_lines(n_trials: int, clock: Clock) -> Iterator[Callable]:
     def on_trial(study, trial) -> None:
         nonlocal best
         best = _best_value(study)
-        lines.advance(int(_trained(trial)))
+        lines.advance(_trained(study) - lines.done)
 
     yield on_trial
     lines.finish()

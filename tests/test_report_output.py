@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from types import SimpleNamespace
 
 import pytest
 
@@ -61,24 +60,34 @@ def test_plain_progress_prints_nothing_before_work_starts_and_no_duplicate_final
     assert len(_lines(capsys.readouterr().err)) == 1
 
 
-def test_trial_lines_count_trained_trials_and_show_the_best_of_the_front(capsys):
-    clock = FakeClock()
-    front = [SimpleNamespace(values=(0.8, 1.0)), SimpleNamespace(values=(0.9, 2.0))]
-    study = SimpleNamespace(best_trials=front)
+def test_trial_lines_count_the_studys_trained_trials_and_show_the_best_of_the_front(capsys):
+    import optuna
 
-    def trial(state: str, **attrs) -> SimpleNamespace:
-        return SimpleNamespace(state=SimpleNamespace(name=state), user_attrs=attrs)
+    clock = FakeClock()
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def finish(state: str, values=None, **attrs) -> None:
+        trial = optuna.trial.create_trial(
+            state=optuna.trial.TrialState[state], values=values, user_attrs=attrs
+        )
+        study.add_trial(trial)
+        on_trial(study, trial)
 
     with report.trial_progress(10, clock=clock) as on_trial:
-        on_trial(study, trial("PRUNED", infeasible="latency"))
+        finish("PRUNED", infeasible="latency")
         clock.now = 50
-        on_trial(study, trial("COMPLETE"))
+        finish("COMPLETE", (0.8, 1.0))
         clock.now = 60
-        on_trial(study, trial("PRUNED"))
+        finish("COMPLETE", (0.9, 2.0))
     assert _lines(capsys.readouterr().err) == [
-        "search: 0/10 trials (0 %), best 90.0 %, 0 s elapsed",
-        "search: 1/10 trials (10 %), best 90.0 %, 50 s elapsed",
+        "search: 0/10 trials (0 %), 0 s elapsed",
+        "search: 1/10 trials (10 %), best 80.0 %, 50 s elapsed",
         "search: 2/10 trials (20 %), best 90.0 %, 60 s elapsed",
+    ]
+    with report.trial_progress(10, clock=clock) as on_trial:  # resumed: counts from 2
+        finish("COMPLETE", (0.7, 1.0))
+    assert _lines(capsys.readouterr().err) == [
+        "search: 3/10 trials (30 %), best 90.0 %, 0 s elapsed"
     ]
 
 
