@@ -555,7 +555,10 @@ def write_predictions(rows: list[dict], output: Path) -> None:
         buffer = io.StringIO()
         flat = [_flat(r) for r in rows]
         writer = csv.DictWriter(
-            buffer, fieldnames=list(flat[0]), delimiter="\t" if suffix == ".tsv" else ","
+            buffer,
+            fieldnames=list(flat[0]),
+            delimiter="\t" if suffix == ".tsv" else ",",
+            lineterminator="\n",  # as pandas writes it, and the JSONL beside it
         )
         writer.writeheader()
         writer.writerows(flat)

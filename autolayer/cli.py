@@ -901,6 +901,23 @@ def main(args: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+KEPT = {  # what an interrupted command leaves, by command (default: work that resumes)
+    "predict": "no predictions were written",
+    "apply": "cached embeddings are kept and no model was written (an earlier one is unchanged)",
+}
+
+
+def _kept(args: list[str] | None) -> str:
+    """What an interrupted command leaves behind, said truthfully for the command that ran."""
+    words = sys.argv[1:] if args is None else args
+    command = next((w for w in words if w in cli.commands), None)
+    return KEPT.get(
+        command,
+        "finished work is kept (cached embeddings, finished trials); run the same command "
+        "to resume",
+    )
+
+
 def _run(args: list[str] | None) -> int:
     from autolayer import report
 
@@ -920,10 +937,7 @@ def _run(args: list[str] | None) -> int:
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         terminated = isinstance(exc.__cause__ or exc, _Terminated)  # click wraps it in Abort
-        report.error(
-            f"{'terminated' if terminated else 'interrupted'}: finished work is kept "
-            "(cached embeddings, finished trials); run the same command to resume"
-        )
+        report.error(f"{'terminated' if terminated else 'interrupted'}: {_kept(args)}")
         return 143 if terminated else 130
     except OSError as exc:
         report.error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))

@@ -203,11 +203,25 @@ def test_ctrl_c_is_one_line_and_an_interrupted_first_run_can_be_exported(
     out = tmp_path / "s"
     code, _, err = _search(capsys, tiny_dataset, tiny_models["bert"], out, "--n-trials", "5")
     assert code == 130
-    assert "interrupted" in one_error_line(err)
+    assert "interrupted: finished work is kept" in one_error_line(err)
     assert not [r for r in logged if r.exc_info or "KeyboardInterrupt" in r.getMessage()]
     code, _, err = run(capsys, "export", out, "-o", tmp_path / "c.yaml")
     assert code == 0, err
     assert load_config(tmp_path / "c.yaml").validation["trial"] in (0, 1)
+
+
+def test_an_interrupted_predict_says_what_it_left(capsys, tmp_path, saved_model, monkeypatch):
+    """No trials to resume: predict says that nothing was written, not that work is kept."""
+    from autolayer import classifier
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(classifier, "predict_file", interrupted)
+    (tmp_path / "in.txt").write_text("good film\n")
+    code, _, err = run(capsys, "predict", saved_model, "-i", tmp_path / "in.txt")
+    assert code == 130
+    assert one_error_line(err) == "error: interrupted: no predictions were written"
 
 
 def test_export_from_an_output_folder_needs_no_storage_or_name(
@@ -315,7 +329,8 @@ def test_predictions_are_written_in_the_format_the_extension_names(capsys, tmp_p
         capsys, "predict", saved_model, "-i", tmp_path / "in.txt", "-o", tmp_path / "p.csv"
     )
     assert code == 0, err
-    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "row,text,label,p_neg,p_pos"
+    written = (tmp_path / "p.csv").read_bytes()
+    assert written.startswith(b"row,text,label,p_neg,p_pos\n") and b"\r" not in written
 
 
 def test_predict_passes_an_id_column_through(capsys, tmp_path, saved_model):
