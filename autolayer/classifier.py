@@ -392,9 +392,9 @@ def apply(
     names = [s for s in ("train", "validation") if s in data.splits]
     labels = [data.label_names[i] for s in names for i in data.split(s).labels]
     if "test" not in data.splits:
+        rows = f"the {len(labels)} rows of the draw" if drawn else f"all {len(labels)} rows"
         notes.append(
-            f"dataset {data.name!r} has no test split: trained on all {len(labels)} rows, "
-            "none held out to test on"
+            f"dataset {data.name!r} has no test split: trained on {rows}, none held out to test on"
         )
     for note in notes:
         logger.warning(note)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -106,6 +108,12 @@ def test_recommend_with_labels_per_class_cross_validates_and_apply_reuses_the_dr
     )
     result = apply(config, other, tmp_path / "model2")
     assert result.n_train == 8  # other data: trained on what it has, nothing redrawn
+    assert any("no test split: trained on all 8 rows" in w for w in result.warnings)
+    one_file = tiny_dataset / "train.jsonl"  # a draw of a single file: no test split
+    draw = {**config.dataset["draw"], "source_fingerprint": load_dataset(one_file).fingerprint}
+    config = replace(config, dataset={**config.dataset, "draw": draw})
+    result = apply(config, one_file, tmp_path / "model3")
+    assert any("trained on the 12 rows of the draw, none held out" in w for w in result.warnings)
 
 
 def test_cli_labels_per_class_beyond_a_class_is_one_line(capsys, tmp_path, home, tiny_dataset):
