@@ -726,17 +726,19 @@ def _fit_linear(
     y_val: Tensor,
     metric: str,
 ) -> float:
-    """Fit the linear head to convergence (the probe's solver: sklearn's logistic regression
-    at C = 1) on the standardised, concatenated features; returns the validation metric.
-    On a few labels per class it beats the MLP head on the same features, which early
-    stopping on a handful of rows cannot regularise (``studies/fewshot``)."""
-    from autolayer.probe import DEFAULT_ALPHA, fit_logistic
+    """Fit the linear head to convergence (the probe's solver: sklearn's logistic regression,
+    its L2 penalty chosen by CV on the training rows: :func:`autolayer.probe.chosen_alpha`)
+    on the standardised, concatenated features; returns the validation metric. On a few
+    labels per class it beats the MLP head on the same features, which early stopping on a
+    handful of rows cannot regularise (``studies/fewshot``)."""
+    from autolayer.probe import chosen_alpha, fit_logistic
 
     with torch.no_grad():
         x = torch.cat([p(t) for p, t in zip(model.projections, train, strict=True)], dim=1)
+        alpha = chosen_alpha(x.cpu().numpy(), y_train.cpu().numpy(), metric)
         x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
         # tol: a probe ranking layers can stop early; a head that predicts cannot
-        weights = fit_logistic(x[None], y_train, DEFAULT_ALPHA, tol=1e-6)[0]  # [K', D+1]
+        weights = fit_logistic(x[None], y_train, alpha, tol=1e-6)[0]  # [K', D+1]
         k = weights.shape[0]  # K' < C when the top classes are missing from training
         model.head.weight.zero_()
         model.head.bias.fill_(-30.0)  # a class never seen never wins

@@ -21,6 +21,7 @@ from sklearn.model_selection import StratifiedKFold
 from autolayer.device import resolve_device
 from autolayer.errors import ConfigError, DataError
 from autolayer.metrics import METRICS, macro_f1
+from autolayer.metrics import score as metric_value
 from autolayer.sampling import stratified_rows
 
 DEFAULT_ALPHA = 1.0  # L2 penalty = 1/C; 1.0 is sklearn's default C
@@ -119,6 +120,33 @@ def out_of_fold(
     tests = folds(labels, n_folds, seed)
     pred = _held_out(X, labels, tests, alpha, resolve_device(device))
     return np.unique(y)[pred.cpu().numpy()], y
+
+
+PENALTIES = (1.0, 10.0, 100.0, 1000.0)  # alpha = 1/C: sklearn's default C, then stronger
+
+
+def chosen_alpha(x: np.ndarray, y: np.ndarray, metric: str = "accuracy", seed: int = 0) -> float:
+    """The L2 penalty among ``PENALTIES`` whose CV ``metric`` on ``x`` [N, D], ``y`` [N] is
+    highest (ties: the weakest), for a linear head on a few labels per class.
+
+    With a few dozen rows and hundreds of standardised features sklearn's default (alpha 1)
+    overfits: on mpnet's last layer at 32 labels per class, choosing it by CV this way
+    lifted test accuracy 2.3 pt on MR and 1.0 on SST-2 and never lowered it, at 8 or 32
+    labels per class on SST-2, MR or R8 (``studies/fewshot/penalty.py``). Rows of a class
+    too rare to fill two folds leave the default."""
+    labels = np.unique(np.asarray(y), return_inverse=True)[1]
+    rarest = int(np.bincount(labels).min())
+    if labels.max() < 1 or rarest < 2:
+        return DEFAULT_ALPHA
+    tests = folds(labels, min(5, rarest), seed)
+    X = np.asarray(x)[:, None, :]  # one "layer": the whole feature vector
+    dev = resolve_device(None)
+    truth = torch.as_tensor(labels, device=dev)
+    scores = [
+        metric_value(_held_out(X, labels, tests, alpha, dev)[0], truth, metric)
+        for alpha in PENALTIES
+    ]
+    return PENALTIES[int(np.argmax(scores))]  # the first of the best: the weakest
 
 
 def _prepared(

@@ -279,8 +279,11 @@ def test_mismatched_inputs_raise_config_error() -> None:
 
 
 def test_linear_head_is_sklearns_logistic_regression_on_standardised_concat() -> None:
+    """At the penalty CV chooses from the training rows (``probe.chosen_alpha``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+
+    from autolayer.probe import chosen_alpha
 
     inputs = [x * 100 for x in random_inputs(60, DIMS[:2])]  # uneven scales: standardised first
     y = np.random.default_rng(1).integers(0, 3, 60)
@@ -288,7 +291,9 @@ def test_linear_head_is_sklearns_logistic_regression_on_standardised_concat() ->
     result = train_fusion(inputs, y, None, None, params=params)
     joined = np.concatenate(inputs, axis=1)
     scaler = StandardScaler().fit(joined)
-    reference = LogisticRegression(max_iter=5000, tol=1e-8).fit(scaler.transform(joined), y)
+    alpha = chosen_alpha(scaler.transform(joined), y)
+    reference = LogisticRegression(C=1 / alpha, max_iter=5000, tol=1e-8)
+    reference.fit(scaler.transform(joined), y)
     ours = predict_proba(result.model, inputs)
     theirs = reference.predict_proba(scaler.transform(joined))
     assert np.abs(ours - theirs).max() < 2e-3

@@ -206,3 +206,22 @@ def test_a_sparse_source_is_probed_like_a_linear_svm():
         train = np.setdiff1d(np.arange(120), te)
         svm.append(LinearSVC(random_state=0).fit(X[train], y[train]).score(X[te], y[te]))
     assert scores.accuracy[0] == pytest.approx(np.mean(svm), abs=1e-9)
+
+
+def test_the_head_penalty_is_the_one_cv_scores_best_weakest_on_ties() -> None:
+    """``chosen_alpha`` picks by the probe's own CV on the same folds; with a weak signal
+    spread over many features (as in an embedding) and a few rows per class, a stronger
+    penalty than sklearn's default wins."""
+    from autolayer.probe import DEFAULT_ALPHA, PENALTIES, chosen_alpha
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 8)
+    x = rng.normal(size=(24, 300))
+    x[:, :90] += 0.8 * np.repeat(np.eye(3)[y], 30, axis=1)  # 30 weak features per class
+    scores = [
+        probe_layers(x[:, None], y, n_folds=5, seed=0, alpha=a).accuracy[0] for a in PENALTIES
+    ]
+    picked = chosen_alpha(x, y)
+    assert picked == PENALTIES[int(np.argmax(scores))]
+    assert picked > DEFAULT_ALPHA and max(scores) > scores[0]
+    assert chosen_alpha(x[:17], y[:17]) == DEFAULT_ALPHA  # class 2 has one row: no CV
