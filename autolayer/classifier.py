@@ -475,6 +475,25 @@ def check_prediction_output(output: Path, input_path: Path) -> None:
     check_output(output, "predictions")
 
 
+def _read_texts(estimator, input_path, text_column: str | None, id_column: str | None):
+    """The input's texts, from ``text_column`` or else the column the model's training data
+    had them in (else "text"); a missing column that the user did not name says where its
+    name came from."""
+    from autolayer.data import read_inputs
+
+    if text_column is not None:
+        return read_inputs(input_path, text_column=text_column, id_column=id_column)
+    recorded = (estimator._config().dataset.get("origin") or {}).get("text_column", "text")
+    try:
+        return read_inputs(input_path, text_column=recorded, id_column=id_column)
+    except DataError as exc:
+        if f"text_column={recorded!r}" not in str(exc):
+            raise
+        raise DataError(
+            f"{exc} (the column the model's training data had its texts in; pass --text-column)"
+        ) from None
+
+
 def predict_file(
     model_dir: str | Path,
     input_path: str | Path,
@@ -491,7 +510,6 @@ def predict_file(
     Each row keeps ``row``, the text's 0-based position in the input (and the value of
     ``id_column`` when given), so outputs match inputs even where empty texts were skipped.
     """
-    from autolayer.data import read_inputs
     from autolayer.device import resolve_device
 
     if id_column in ("row", "text", "label", "probabilities"):
@@ -504,10 +522,7 @@ def predict_file(
         check_prediction_output(output, Path(input_path))
     resolve_device(device)
     estimator = FusionTextClassifier.load(model_dir, device=device, use_cache=False)
-    if text_column is None:
-        origin = estimator._config().dataset.get("origin") or {}
-        text_column = origin.get("text_column", "text")
-    inputs = read_inputs(input_path, text_column=text_column, id_column=id_column)
+    inputs = _read_texts(estimator, input_path, text_column, id_column)
     proba = estimator.predict_proba(list(inputs.texts))
     classes = [str(c) for c in estimator.classes_]
     rows = []

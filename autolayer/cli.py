@@ -641,7 +641,7 @@ def _run_search(kw: dict, *, full_report: bool):
         "multi_objective": kw["multi_objective"],
         "heartbeat": kw["heartbeat"],
     }
-    with report.trial_progress(kw["n_trials"]) as on_trial:
+    with report.trial_progress(kw["n_trials"], budget) as on_trial:
         if full_report:
             rec = pipeline.recommend(
                 data,
@@ -734,7 +734,7 @@ def search(**kw) -> None:
     "--trial",
     "trial_number",
     type=int,
-    help="Trial number (default: the one recommend chose: the best, unless the anchor stood).",
+    help="Trial number (default: the one recommend chose).",
 )
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path))
 def export(
@@ -805,10 +805,11 @@ def apply(
     if dataset is None:
         said = f"{escape(origin['source'])} (the config's" if origin else "demo (the bundled set"
         report.console.print(f"data: {said}; -d for other data)")
+    recorded = origin if dataset is None else {}  # other data: the usual column names
     data = load_dataset(
         dataset or origin.get("source", "demo"),
-        text_column=text_column or origin.get("text_column", "text"),
-        label_column=label_column or origin.get("label_column", "label"),
+        text_column=text_column or recorded.get("text_column", "text"),
+        label_column=label_column or recorded.get("label_column", "label"),
     )
     result = run_apply(
         loaded, data, output, device=device, cache_dir=cache_dir, overwrite=overwrite
@@ -903,7 +904,7 @@ def main(args: list[str] | None = None) -> int:
 
 KEPT = {  # what an interrupted command leaves, by command (default: work that resumes)
     "predict": "no predictions were written",
-    "apply": "cached embeddings are kept and no model was written (an earlier one is unchanged)",
+    "apply": "cached embeddings are kept; run the same command to train and save the model",
 }
 
 

@@ -735,7 +735,7 @@ def _fit_linear(
 
     with torch.no_grad():
         x = torch.cat([p(t) for p, t in zip(model.projections, train, strict=True)], dim=1)
-        alpha = chosen_alpha(x.cpu().numpy(), y_train.cpu().numpy(), metric)
+        alpha = chosen_alpha(x.cpu().numpy(), y_train.cpu().numpy(), metric, device=x.device)
         x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
         # tol: a probe ranking layers can stop early; a head that predicts cannot
         weights = fit_logistic(x[None], y_train, alpha, tol=1e-6)[0]  # [K', D+1]

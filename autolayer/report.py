@@ -490,22 +490,23 @@ def apply_result(result) -> None:
 
 
 def trial_progress(
-    n_trials: int, *, clock: Clock = time.monotonic
+    n_trials: int, budget=None, *, clock: Clock = time.monotonic
 ) -> AbstractContextManager[Callable]:
-    """Progress over trained trials; the context yields an Optuna callback. A rich bar on a
-    terminal, rate-limited plain lines in a file or pipe (see ``progress_bar``)."""
+    """Progress over the trials trained within ``budget``; the context yields an Optuna
+    callback. A rich bar on a terminal, rate-limited plain lines in a file or pipe (see
+    ``progress_bar``)."""
     if errors.is_terminal:
-        return _trials_bar(n_trials)
-    return _trial_lines(n_trials, clock)
+        return _trials_bar(n_trials, budget)
+    return _trial_lines(n_trials, budget, clock)
 
 
-def _trained(study) -> int:
-    """Trials the study has trained, earlier runs' and other workers' included: ``n_trials``
-    is the study's total, so a resumed run's bar starts where the last one stopped.
-    Infeasible and surplus trials never train."""
+def _trained(study, budget) -> int:
+    """Trials the study has trained within ``budget``, earlier runs' and other workers'
+    included, as the search counts them to stop: ``n_trials`` is the study's total, so a
+    resumed run's bar starts where the last one stopped."""
     from autolayer.search import trained_count
 
-    return trained_count(study)[0]
+    return trained_count(study, budget)[0]
 
 
 def _best_value(study) -> float | None:
@@ -518,7 +519,7 @@ def _best_value(study) -> float | None:
 
 
 @contextmanager
-def _trials_bar(n_trials: int) -> Iterator[Callable]:
+def _trials_bar(n_trials: int, budget) -> Iterator[Callable]:
     """A rich bar over trained trials with the best metric so far."""
     bar = Progress(
         TextColumn("[bold]search"),
@@ -534,7 +535,7 @@ def _trials_bar(n_trials: int) -> Iterator[Callable]:
     def on_trial(study, trial) -> None:
         if not bar.live.is_started:
             bar.start()
-        bar.update(task, completed=_trained(study))
+        bar.update(task, completed=_trained(study, budget))
         best = _best_value(study)
         if best is not None:
             bar.update(task, best=f"best {100 * best:.1f}%")
@@ -546,7 +547,7 @@ def _trials_bar(n_trials: int) -> Iterator[Callable]:
 
 
 @contextmanager
-def _trial_lines(n_trials: int, clock: Clock) -> Iterator[Callable]:
+def _trial_lines(n_trials: int, budget, clock: Clock) -> Iterator[Callable]:
     """Plain lines like ``search: 3/30 trials (10 %), best 81.5 %, 95 s elapsed``."""
     best: float | None = None
 
@@ -562,7 +563,7 @@ def _trial_lines(n_trials: int, clock: Clock) -> Iterator[Callable]:
     def on_trial(study, trial) -> None:
         nonlocal best
         best = _best_value(study)
-        lines.advance(_trained(study) - lines.done)
+        lines.advance(_trained(study, budget) - lines.done)
 
     yield on_trial
     lines.finish()

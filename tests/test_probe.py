@@ -212,14 +212,15 @@ def test_the_head_penalty_is_the_one_cv_scores_best_weakest_on_ties() -> None:
     """``chosen_alpha`` picks by the probe's own CV on the same folds; with a weak signal
     spread over many features (as in an embedding) and a few rows per class, a stronger
     penalty than sklearn's default wins."""
-    from autolayer.probe import DEFAULT_ALPHA, PENALTIES, chosen_alpha
+    from autolayer.probe import DEFAULT_ALPHA, PENALTIES, chosen_alpha, out_of_fold
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 8)
     x = rng.normal(size=(24, 300))
     x[:, :90] += 0.8 * np.repeat(np.eye(3)[y], 30, axis=1)  # 30 weak features per class
-    scores = [
-        probe_layers(x[:, None], y, n_folds=5, seed=0, alpha=a).accuracy[0] for a in PENALTIES
+    scores = [  # pooled over the held-out rows, on the probe's folds
+        np.mean(out_of_fold(x[:, None], y, n_folds=5, seed=0, alpha=a)[0][0] == y)
+        for a in PENALTIES
     ]
     picked = chosen_alpha(x, y)
     assert picked == PENALTIES[int(np.argmax(scores))]

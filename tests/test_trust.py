@@ -120,12 +120,11 @@ def test_recommend_refuses_a_folder_made_for_other_data_unless_overwrite(
     from autolayer.report import plot_cka_matrix
 
     plot_cka_matrix(["a", "b"], np.eye(2), out / "cka.png")  # the earlier run's, two models
-    (out / "notes.png").write_bytes(b"the user's own")
+    assert (out / "cka.png").is_file()
     code, _, err = run(capsys, *args, "--n-trials", "2", "--overwrite")
     assert code == 0, err
     assert load_config(out / "recommendation.yaml").dataset["name"] == "tiny"
     assert not (out / "cka.png").exists()  # one model now: no stale plot beside the result
-    assert (out / "notes.png").read_bytes() == b"the user's own"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +411,16 @@ def test_apply_and_predict_read_the_data_and_columns_the_config_was_made_on(
     code, out, err = run(capsys, "predict", "model", "-i", "new.csv")
     assert code == 0, err
     assert [json.loads(line)["text"] for line in out.splitlines()] == ["good fun"]
+    Path("other.csv").write_text("text\ngood fun\n")
+    code, _, err = run(capsys, "predict", "model", "-i", "other.csv")
+    assert code != 0 and "text_column='sentence' is not a column" in err
+    assert "training data had its texts in; pass --text-column" in err
+    code, _, err = run(capsys, "predict", "model", "-i", "other.csv", "--text-column", "text")
+    assert code == 0, err
+    code, _, err = run(  # other data: the usual column names, not the recorded ones
+        capsys, "apply", "../out/recommendation.yaml", "-d", tiny_dataset, "-o", "model2"
+    )
+    assert code == 0, err
 
 
 def test_files_and_folders_follow_the_umask(capsys, tmp_path, home, config, tiny_dataset):
