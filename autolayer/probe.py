@@ -124,6 +124,7 @@ def out_of_fold(
 
 PENALTIES = (1.0, 10.0, 100.0, 1000.0)  # alpha = 1/C: sklearn's default C, then stronger
 PENALTY_ROWS = 2000  # above it, chosen_alpha keeps the default
+PENALTY_FOLDS = 5  # chosen_alpha's folds, each with 2 or more rows of every class
 
 
 def chosen_alpha(
@@ -141,14 +142,15 @@ def chosen_alpha(
     overfits: on mpnet's last layer over 5 draws of 32 labels per class, choosing it this
     way lifted test accuracy by 1.4 pt on MR and 0.9 on SST-2, and moved it by at most
     0.11 pt at 8 per class on SST-2, MR and R8 and at 32 on R8
-    (``studies/results/fewshot/penalty.md``). A class too rare to fill two folds, or more
-    than ``PENALTY_ROWS`` rows (where the choice matters little and 20 fits cost much),
-    leave the default."""
+    (``studies/results/fewshot/penalty.md``). Fewer than ``PENALTY_FOLDS`` × 2 rows of a
+    class (a fold would judge it by one row: noise, and the search's CV would pay 20 fits
+    per linear head for it; at 8 per class it gained nothing), or more than
+    ``PENALTY_ROWS`` rows (where the choice matters little), leave the default."""
     labels = np.unique(np.asarray(y), return_inverse=True)[1]
     rarest = int(np.bincount(labels).min())
-    if labels.max() < 1 or rarest < 2 or len(labels) > PENALTY_ROWS:
+    if labels.max() < 1 or rarest < 2 * PENALTY_FOLDS or len(labels) > PENALTY_ROWS:
         return DEFAULT_ALPHA
-    tests = folds(labels, min(5, rarest), seed)
+    tests = folds(labels, PENALTY_FOLDS, seed)
     X = np.asarray(x)[:, None, :]  # one "layer": the whole feature vector
     dev = resolve_device(device)
     truth = torch.as_tensor(labels, device=dev)

@@ -215,8 +215,8 @@ def test_the_head_penalty_is_the_one_cv_scores_best_weakest_on_ties() -> None:
     from autolayer.probe import DEFAULT_ALPHA, PENALTIES, chosen_alpha, out_of_fold
 
     rng = np.random.default_rng(0)
-    y = np.repeat([0, 1, 2], 8)
-    x = rng.normal(size=(24, 300))
+    y = np.repeat([0, 1, 2], 12)
+    x = rng.normal(size=(36, 600))
     x[:, :90] += 0.8 * np.repeat(np.eye(3)[y], 30, axis=1)  # 30 weak features per class
     scores = [  # pooled over the held-out rows, on the probe's folds
         np.mean(out_of_fold(x[:, None], y, n_folds=5, seed=0, alpha=a)[0][0] == y)
@@ -225,4 +225,4 @@ def test_the_head_penalty_is_the_one_cv_scores_best_weakest_on_ties() -> None:
     picked = chosen_alpha(x, y)
     assert picked == PENALTIES[int(np.argmax(scores))]
     assert picked > DEFAULT_ALPHA and max(scores) > scores[0]
-    assert chosen_alpha(x[:17], y[:17]) == DEFAULT_ALPHA  # class 2 has one row: no CV
+    assert chosen_alpha(x[:33], y[:33]) == DEFAULT_ALPHA  # 9 rows of class 2: no choice
