@@ -140,8 +140,7 @@ def chosen_alpha(
 
     With a few dozen rows and hundreds of standardised features sklearn's default (alpha 1)
     overfits: on mpnet's last layer over 5 draws of 32 labels per class, choosing it this
-    way lifted test accuracy by 1.4 pt on MR and 0.9 on SST-2, and moved it by at most
-    0.11 pt at 8 per class on SST-2, MR and R8 and at 32 on R8
+    way lifted test accuracy by 1.4 pt on MR, 0.9 on SST-2 and 0.01 on R8
     (``studies/results/fewshot/penalty.md``). Fewer than ``PENALTY_FOLDS`` × 2 rows of a
     class (a fold would judge it by one row: noise, and the search's CV would pay 20 fits
     per linear head for it; at 8 per class it gained nothing), or more than
