@@ -169,9 +169,14 @@ def test_a_best_layer_is_claimed_only_beyond_the_probes_noise(std, metric, said)
     from autolayer.pipeline import ModelScores, reasons
 
     report = ModelScores("m", 3, scores([0.5, 0.75, 0.5], std), searched=(1, 2))
-    best = SimpleNamespace(models=("m",))
+    import numpy as np
+
+    best = SimpleNamespace(models=("m",), value=1.0)  # above the majority class's 50 %
     options = SimpleNamespace(metric=metric)
-    prepared = SimpleNamespace(reports=(report,), candidates=(), pairs=(), options=options)
+    y = np.array([0, 1])
+    prepared = SimpleNamespace(
+        reports=(report,), candidates=(), pairs=(), options=options, y_train=y, y_val=y, folds=()
+    )
     [reason] = reasons(prepared, SimpleNamespace(best=best, trials=()), None)
     assert said in reason
 
