@@ -10,6 +10,7 @@ import logging
 import sys
 import threading
 import warnings
+from functools import partial
 from pathlib import Path
 
 import click
@@ -26,37 +27,36 @@ Examples:
 """
 
 
-def _dataset_options(func):
+DATASET_HELP = (
+    "Folder with train/test files, a CSV/TSV/JSONL/Parquet file, a Hugging Face dataset "
+    "name, or 'demo' (bundled)"
+)
+
+
+def _dataset_options(func, *, from_config: bool = False):
+    """``-d``, ``--text-column`` and ``--label-column``; ``from_config``: no fixed defaults,
+    the command takes the config's (``dataset.origin``: the data and columns the
+    recommendation was read from), else the demo's."""
+    config = " (default: the config's, else {!r})." if from_config else "."
     func = click.option(
-        "--label-column", default="label", show_default=True, help="Label column name."
+        "--label-column",
+        default=None if from_config else "label",
+        show_default=not from_config,
+        help="Label column name" + config.format("label"),
     )(func)
     func = click.option(
-        "--text-column", default="text", show_default=True, help="Text column name."
+        "--text-column",
+        default=None if from_config else "text",
+        show_default=not from_config,
+        help="Text column name" + config.format("text"),
     )(func)
     return click.option(
         "--dataset",
         "-d",
-        default="demo",
-        show_default=True,
-        help="Folder with train/test files, a CSV/TSV/JSONL/Parquet file, "
-        "a Hugging Face dataset name, or 'demo' (bundled).",
-    )(func)
-
-
-def _config_dataset_options(func):
-    """``_dataset_options`` whose defaults are the config's: the data, and the columns, the
-    recommendation was read from (``dataset.origin``), else the bundled demo's."""
-    func = click.option(
-        "--label-column", help="Label column name (default: the config's, else 'label')."
-    )(func)
-    func = click.option(
-        "--text-column", help="Text column name (default: the config's, else 'text')."
-    )(func)
-    return click.option(
-        "--dataset",
-        "-d",
-        help="Folder with train/test files, a CSV/TSV/JSONL/Parquet file, a Hugging Face "
-        "dataset name, or 'demo' (default: the data the config was made on, else 'demo').",
+        default=None if from_config else "demo",
+        show_default=not from_config,
+        help=DATASET_HELP
+        + (" (default: the data the config was made on, else 'demo')." if from_config else "."),
     )(func)
 
 
@@ -763,7 +763,7 @@ def export(
 
 @cli.command()
 @click.argument("config", type=click.Path(path_type=Path))
-@_config_dataset_options
+@partial(_dataset_options, from_config=True)
 @click.option(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="Model folder."
 )

@@ -142,8 +142,8 @@ def chosen_alpha(
     overfits: on mpnet's last layer over 5 draws of 32 labels per class, choosing it this
     way lifted test accuracy by 1.4 pt on MR, 0.9 on SST-2 and 0.01 on R8
     (``studies/results/fewshot/penalty.md``). Fewer than ``PENALTY_FOLDS`` × 2 rows of a
-    class (a fold would judge it by one row: noise, and the search's CV would pay 20 fits
-    per linear head for it; at 8 per class it gained nothing), or more than
+    class (a fold would judge it by one or two rows, and the search's CV would pay 20 fits
+    per linear head for it; at 8 per class no penalty was better on every set), or more than
     ``PENALTY_ROWS`` rows (where the choice matters little), leave the default."""
     labels = np.unique(np.asarray(y), return_inverse=True)[1]
     rarest = int(np.bincount(labels).min())

@@ -407,7 +407,9 @@ def report(out: Path) -> None:
         lines += [
             "",
             "mean ± std over draws (number of draws). Test split embedded once for all draws: "
-            f"{sum(once.values()):.0f} CPU s ({each}).",
+            f"{sum(once.values()):.0f} CPU s ({each}). A draw's CPU counts only the "
+            "extraction its cache did not already hold: a re-run of a draw reads what an "
+            "earlier run cached, so its CPU is not comparable to a first run's.",
             "",
         ]
         ax.set_xscale("log", base=2)
