@@ -289,6 +289,8 @@ def check_feasible(
 def _summary(trial: optuna.trial.FrozenTrial) -> TrialSummary:
     params = trial.params
     models = tuple(params["models"].split(SEPARATOR)) if "models" in params else ()
+    if any(f"layer:{m}" not in params for m in models):
+        models = ()  # another worker is still suggesting this trial's parameters
     return TrialSummary(
         number=trial.number,
         state=trial.state.name,

@@ -260,3 +260,14 @@ def test_a_resumed_study_queues_an_anchor_that_was_never_trained(state, attrs, q
     _requeue_anchor(study, [params], Budget())
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting] == ([params] if queued else [])
+
+
+def test_a_trial_another_worker_is_still_suggesting_is_read_without_its_models():
+    study = optuna.create_study(direction="maximize")
+    add(study, 3, 0.9, latency_ms=5.0)
+    running = study.ask()
+    running.suggest_categorical("models", ["m"])  # its layer is not suggested yet
+    result = collect(study, "mem")
+    assert result.best.layers == (3,)
+    [partial] = [t for t in result.trials if t.state == "RUNNING"]
+    assert partial.models == () and partial.layers == ()
