@@ -410,15 +410,21 @@ def apply(
 
 
 def _as_drawn(config: FusionConfig, data) -> tuple[object, list[str]]:
-    """The config's few-label draw of ``data`` (and a note saying so) when it was
-    recommended on such a draw of this very data: applying it then trains on the labels it
-    was chosen with, not on all of them."""
+    """The config's few-label draw, or capped train sample, of ``data`` (and a note saying
+    so) when it was recommended on such a draw of this very data: applying it then trains
+    on the rows it was chosen with, not on all of them (which, for a sample capped because
+    the set is too large to embed, could take hours)."""
     draw = config.dataset.get("draw")
-    if not draw or data.fingerprint != draw.get("source_fingerprint"):
-        return data, []
-    n, seed = int(draw["labels_per_class"]), int(draw["seed"])
-    note = f"trained on the config's draw of {n} labels per class (seed {seed}) of {data.name!r}"
-    return data.per_class(n, seed=seed), [note]
+    if draw and data.fingerprint == draw.get("source_fingerprint"):
+        n, seed = int(draw["labels_per_class"]), int(draw["seed"])
+        note = f"trained on the config's draw of {n} labels per class (seed {seed})"
+        return data.per_class(n, seed=seed), [f"{note} of {data.name!r}"]
+    sample = config.dataset.get("sample")
+    if sample and data.fingerprint == sample.get("source_fingerprint"):
+        n, seed = int(sample["max_train_samples"]), int(sample["seed"])
+        note = f"trained on the config's sample of {n} training rows (seed {seed})"
+        return data.subsample(n, seed=seed), [f"{note} of {data.name!r}"]
+    return data, []
 
 
 def _test_metrics(estimator, config, data, cache_dir, device) -> dict:

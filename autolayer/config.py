@@ -234,6 +234,7 @@ def _check_head(config: FusionConfig, where: str) -> None:
                 f"{where}: the linear head takes dense features; {sparse[0]} is sparse"
             )
     _check_draw(config.dataset.get("draw"), where)
+    _check_draw(config.dataset.get("sample"), where, "sample", "max_train_samples")
     _check_origin(config.dataset.get("origin"), where)
 
 
@@ -249,16 +250,19 @@ def _check_origin(origin: object, where: str) -> None:
         )
 
 
-def _check_draw(draw: object, where: str) -> None:
-    """A few-label draw that ``apply`` can repeat: labels per class, seed, source data."""
+def _check_draw(
+    draw: object, where: str, key: str = "draw", count: str = "labels_per_class"
+) -> None:
+    """A draw that ``apply`` can repeat (few labels: ``draw``, labels per class; a capped
+    train split: ``sample``, max_train_samples): its size, seed and source data."""
     if draw is None:
         return
-    kinds = {"labels_per_class": int, "seed": int, "source_fingerprint": str}
+    kinds = {count: int, "seed": int, "source_fingerprint": str}
     if not isinstance(draw, dict) or any(
         not isinstance(draw.get(k), kind) or isinstance(draw.get(k), bool)
         for k, kind in kinds.items()
     ):
         raise ConfigError(
-            f"{where}: dataset.draw must map labels_per_class and seed (integers) and "
+            f"{where}: dataset.{key} must map {count} and seed (integers) and "
             f"source_fingerprint (text); got {draw!r}"
         )

@@ -82,6 +82,7 @@ class LabelledDataset:
     label_names: tuple[str, ...]
     fingerprint: str
     draw: dict | None = None  # few-label mode: labels per class, seed, source fingerprint
+    sample: dict | None = None  # a capped train split: max_train_samples, seed, source fingerprint
     origin: dict | None = None  # where it was read: source and columns (see `load_dataset`)
 
     def split(self, name: str) -> Split:
@@ -120,7 +121,8 @@ class LabelledDataset:
         For sets too large to embed on a CPU (SST-2 has 67k training sentences): every class
         keeps at least one row and the rest follow class proportions, so the label
         vocabulary is unchanged; the same seed always picks the same rows, hence the same
-        embedding cache entry. Rows stay in file order.
+        embedding cache entry. Rows stay in file order. A train sample records how it was
+        drawn (``sample``), so that ``apply`` can repeat it rather than embed every row.
         """
         source = self.split(split)
         n_classes = len(self.label_names)
@@ -129,7 +131,11 @@ class LabelledDataset:
         if size >= len(source):
             return self
         rows = stratified_rows(source.labels, size, seed, per_class=1)
-        return self._with_rows(split, rows, self.splits)
+        sampled = self._with_rows(split, rows, self.splits)
+        if split != "train":
+            return sampled
+        record = {"max_train_samples": size, "seed": seed, "source_fingerprint": self.fingerprint}
+        return replace(sampled, sample=record)
 
     def per_class(self, n: int, *, seed: int = 0) -> LabelledDataset:
         """A copy whose train split keeps ``n`` seeded rows of every class (few-label mode).

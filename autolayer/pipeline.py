@@ -280,6 +280,7 @@ def study_context(prepared: Prepared, space: Space) -> dict:
             "fingerprint": prepared.data.fingerprint,
             "validation": prepared.validation,
             **({"draw": prepared.data.draw} if prepared.data.draw else {}),
+            **({"sample": prepared.data.sample} if prepared.data.sample else {}),
             **({"origin": prepared.data.origin} if prepared.data.origin else {}),
         },
         "head": {"hidden": space.hidden, "dropout": space.dropout, "batch_size": 100},
@@ -674,15 +675,20 @@ def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool
 
 
 def _other_data(previous: dict, data: LabelledDataset) -> str:
-    """What differs: another draw of the same data (few labels), or other data."""
-    draw = previous.get("draw") or {}
+    """What differs: another draw or sample of the same data, or other data."""
+    draw = previous.get("draw") or previous.get("sample") or {}
     source = draw.get("source_fingerprint", previous["fingerprint"])
-    if draw and source == (data.draw or {}).get("source_fingerprint", data.fingerprint):
-        return (
-            f"another draw of the same data ({draw.get('labels_per_class')} labels per class, "
-            f"seed {draw.get('seed')})"
-        )
+    ours = data.draw or data.sample or {}
+    if draw and source == ours.get("source_fingerprint", data.fingerprint):
+        return f"another draw of the same data ({_drawn(draw)})"
     return f"other data ({previous.get('name', '?')}, fingerprint {str(source)[:12]})"
+
+
+def _drawn(record: dict) -> str:
+    """A recorded draw (few labels) or sample (capped train split), in words."""
+    if "labels_per_class" in record:
+        return f"{record['labels_per_class']} labels per class, seed {record['seed']}"
+    return f"a sample of {record['max_train_samples']} training rows, seed {record['seed']}"
 
 
 def recommend(

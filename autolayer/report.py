@@ -466,7 +466,7 @@ def exported(config, output) -> None:
 def apply_result(result) -> None:
     if result.accuracy is None:
         console.print(
-            f"trained on all {result.n_train} texts (no test split: nothing held out, no test "
+            f"trained on {result.n_train} texts (no test split: nothing held out, no test "
             f"metrics); saved {escape(str(result.directory))}"
         )
         return

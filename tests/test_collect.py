@@ -193,8 +193,17 @@ def test_another_draw_of_the_same_data_is_named_as_such(tmp_path, tiny_dataset):
     (tmp_path / "recommendation.yaml").write_text(yaml.safe_dump(previous))
     with pytest.raises(ConfigError, match=r"another draw of the same data \(8 labels per class"):
         pipeline.check_output_dir(tmp_path, data.per_class(16, seed=0), overwrite=False)
-    with pytest.raises(ConfigError, match="other data"):
+    with pytest.raises(ConfigError, match=r"another draw of the same data \(8 labels per class"):
         pipeline.check_output_dir(tmp_path, data.subsample(10), overwrite=False)
+    sample = {"max_train_samples": 12, "seed": 1, "source_fingerprint": data.fingerprint}
+    previous["dataset"] = {"name": "tiny", "fingerprint": "f" * 64, "sample": sample}
+    (tmp_path / "recommendation.yaml").write_text(yaml.safe_dump(previous))
+    with pytest.raises(ConfigError, match=r"same data \(a sample of 12 training rows, seed 1"):
+        pipeline.check_output_dir(tmp_path, data, overwrite=False)
+    previous["dataset"]["sample"]["source_fingerprint"] = "e" * 64
+    (tmp_path / "recommendation.yaml").write_text(yaml.safe_dump(previous))
+    with pytest.raises(ConfigError, match="other data"):
+        pipeline.check_output_dir(tmp_path, data, overwrite=False)
 
 
 def test_the_pareto_front_is_the_budgets():

@@ -469,6 +469,8 @@ def test_subsample_is_stratified_seeded_and_keeps_every_class(tmp_path: Path) ->
     again = data.subsample(21, seed=3).split("train")
     assert again.text_fingerprint == train.text_fingerprint
     assert data.subsample(21, seed=4).split("train").text_fingerprint != train.text_fingerprint
-    assert data.subsample(1000) is data
+    recorded = {"max_train_samples": 21, "seed": 3, "source_fingerprint": data.fingerprint}
+    assert small.sample == recorded
+    assert data.subsample(1000) is data and data.sample is None
     with pytest.raises(ConfigError, match="one per class"):
         data.subsample(2)

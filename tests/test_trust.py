@@ -390,7 +390,7 @@ def test_apply_on_a_single_file_trains_on_all_of_it(capsys, tmp_path, home, conf
 
 
 def test_apply_and_predict_read_the_data_and_columns_the_config_was_made_on(
-    capsys, tmp_path, home, tiny_models, tiny_dataset, one_thread, monkeypatch
+    capsys, caplog, tmp_path, home, tiny_models, tiny_dataset, one_thread, monkeypatch
 ):
     for split in ("train", "test"):
         lines = (tiny_dataset / f"{split}.jsonl").read_text().splitlines()
@@ -403,9 +403,10 @@ def test_apply_and_predict_read_the_data_and_columns_the_config_was_made_on(
     assert code == 0, err
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # a relative path was recorded absolute
+    caplog.clear()
     code, said, err = run(capsys, "apply", "../out/recommendation.yaml", "-o", "model")
     assert code == 0, err
-    assert "(the config's; -d for other data)" in said and "made on other data" not in err
+    assert "(the config's; -d for other data)" in said and "made on other data" not in caplog.text
     assert json.loads(Path("model/metrics.json").read_text())["n_test"] == 20
     Path("new.csv").write_text("sentence\ngood fun\n")
     code, out, err = run(capsys, "predict", "model", "-i", "new.csv")
@@ -421,6 +422,23 @@ def test_apply_and_predict_read_the_data_and_columns_the_config_was_made_on(
         capsys, "apply", "../out/recommendation.yaml", "-d", tiny_dataset, "-o", "model2"
     )
     assert code == 0, err
+
+
+def test_apply_repeats_the_capped_sample_the_recommendation_was_made_on(
+    capsys, caplog, tmp_path, home, tiny_models, tiny_dataset, one_thread
+):
+    model = ["--models", tiny_models["bert"], "--n-trials", "1", "--max-train-samples", "24"]
+    code, _, err = run(capsys, "recommend", "-d", tiny_dataset, *model, "-o", tmp_path / "out")
+    assert code == 0, err
+    config = tmp_path / "out" / "recommendation.yaml"
+    sample = load_config(config).dataset["sample"]
+    assert sample["max_train_samples"] == 24 and sample["seed"] == 0
+    caplog.clear()
+    code, _, err = run(capsys, "apply", config, "-o", tmp_path / "model")
+    assert code == 0, err
+    assert "sample of 24 training rows (seed 0)" in caplog.text
+    assert "made on other data" not in caplog.text
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["n_train"] == 24
 
 
 def test_files_and_folders_follow_the_umask(capsys, tmp_path, home, config, tiny_dataset):
