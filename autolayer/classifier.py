@@ -370,12 +370,14 @@ def apply(
     device: str | None = None,
     cache_dir: str | Path | None = None,
     overwrite: bool = False,
+    all_rows: bool = False,
 ) -> ApplyResult:
     """Train on train (+ validation), evaluate on test, save to ``output``.
 
     ``output`` is checked before any work (see :meth:`FusionTextClassifier.save`). A
     dataset without a test split is trained on in full and the result says that nothing
-    was held out (its metrics are ``None``).
+    was held out (its metrics are ``None``). On the data whose few-label draw or capped
+    sample the config was chosen on, it trains on that draw again unless ``all_rows``.
     """
     from autolayer.data import load_dataset
     from autolayer.device import resolve_device
@@ -386,13 +388,14 @@ def apply(
     resolve_device(device)
     config = config if isinstance(config, FusionConfig) else load_config(config)
     data = dataset if not isinstance(dataset, str | Path) else load_dataset(dataset)
-    data, drawn = _as_drawn(config, data)
+    data, drawn = _as_drawn(config, data, all_rows)
     check_labels(config, data)
-    notes = [*drawn, *check_provenance(config, data.fingerprint)]
+    notes = [*drawn, *check_provenance(config, None if drawn else data.fingerprint)]
     names = [s for s in ("train", "validation") if s in data.splits]
     labels = [data.label_names[i] for s in names for i in data.split(s).labels]
     if "test" not in data.splits:
-        rows = f"the {len(labels)} rows of the draw" if drawn else f"all {len(labels)} rows"
+        redrawn = bool(drawn) and not all_rows
+        rows = f"the {len(labels)} rows drawn" if redrawn else f"all {len(labels)} rows"
         notes.append(
             f"dataset {data.name!r} has no test split: trained on {rows}, none held out to test on"
         )
@@ -409,21 +412,23 @@ def apply(
     return ApplyResult(directory=directory, warnings=tuple(notes), **metrics)
 
 
-def _as_drawn(config: FusionConfig, data) -> tuple[object, list[str]]:
+def _as_drawn(config: FusionConfig, data, all_rows: bool = False) -> tuple[object, list[str]]:
     """The config's few-label draw, or capped train sample, of ``data`` (and a note saying
     so) when it was recommended on such a draw of this very data: applying it then trains
     on the rows it was chosen with, not on all of them (which, for a sample capped because
-    the set is too large to embed, could take hours)."""
-    draw = config.dataset.get("draw")
-    if draw and data.fingerprint == draw.get("source_fingerprint"):
-        n, seed = int(draw["labels_per_class"]), int(draw["seed"])
-        note = f"trained on the config's draw of {n} labels per class (seed {seed})"
-        return data.per_class(n, seed=seed), [f"{note} of {data.name!r}"]
-    sample = config.dataset.get("sample")
-    if sample and data.fingerprint == sample.get("source_fingerprint"):
-        n, seed = int(sample["max_train_samples"]), int(sample["seed"])
-        note = f"trained on the config's sample of {n} training rows (seed {seed})"
-        return data.subsample(n, seed=seed), [f"{note} of {data.name!r}"]
+    the set is too large to embed, could take hours), unless ``all_rows``."""
+    for key, count, redraw, what in (
+        ("draw", "labels_per_class", data.per_class, "draw of {} labels per class"),
+        ("sample", "max_train_samples", data.subsample, "sample of {} training rows"),
+    ):
+        record = config.dataset.get(key)
+        if record and data.fingerprint == record.get("source_fingerprint"):
+            drawn = f"{what.format(record[count])} (seed {record['seed']}) of {data.name!r}"
+            if all_rows:
+                return data, [f"trained on every row; the config was chosen on its {drawn}"]
+            return redraw(int(record[count]), seed=int(record["seed"])), [
+                f"trained on the config's {drawn}"
+            ]
     return data, []
 
 

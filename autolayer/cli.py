@@ -768,6 +768,12 @@ def export(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="Model folder."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an autolayer model already in --output.")
+@click.option(
+    "--all-rows",
+    is_flag=True,
+    help="Train on every training row, not on the draw (--labels-per-class) or sample "
+    "(--max-train-samples) of it the config was chosen on.",
+)
 @_device_option(default=None)
 @click.option("--cache-dir", type=click.Path(path_type=Path))
 def apply(
@@ -777,12 +783,15 @@ def apply(
     label_column: str | None,
     output: Path,
     overwrite: bool,
+    all_rows: bool,
     device,
     cache_dir,
 ) -> None:
     """Train the configured classifier on train (+ validation), test it, save it.
 
-    Without -d it trains on the data the config was made on, read with the same columns.
+    Without -d it trains on the data the config was made on, read with the same columns;
+    a config chosen on a draw (--labels-per-class) or sample (--max-train-samples) of that
+    data trains on the same rows again, unless --all-rows.
     The model folder must be new or empty; an existing autolayer model is replaced only with
     --overwrite, and a folder holding other files is never touched. A dataset without a
     test split is trained on in full (nothing is held out, so no test metrics).
@@ -812,7 +821,13 @@ def apply(
         label_column=label_column or recorded.get("label_column", "label"),
     )
     result = run_apply(
-        loaded, data, output, device=device, cache_dir=cache_dir, overwrite=overwrite
+        loaded,
+        data,
+        output,
+        device=device,
+        cache_dir=cache_dir,
+        overwrite=overwrite,
+        all_rows=all_rows,
     )
     report.apply_result(result)
 

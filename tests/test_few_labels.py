@@ -113,7 +113,7 @@ def test_recommend_with_labels_per_class_cross_validates_and_apply_reuses_the_dr
     draw = {**config.dataset["draw"], "source_fingerprint": load_dataset(one_file).fingerprint}
     config = replace(config, dataset={**config.dataset, "draw": draw})
     result = apply(config, one_file, tmp_path / "model3")
-    assert any("trained on the 12 rows of the draw, none held out" in w for w in result.warnings)
+    assert any("trained on the 12 rows drawn, none held out" in w for w in result.warnings)
 
 
 def test_cli_labels_per_class_beyond_a_class_is_one_line(capsys, tmp_path, home, tiny_dataset):

@@ -439,6 +439,12 @@ def test_apply_repeats_the_capped_sample_the_recommendation_was_made_on(
     assert "sample of 24 training rows (seed 0)" in caplog.text
     assert "made on other data" not in caplog.text
     assert json.loads((tmp_path / "model" / "metrics.json").read_text())["n_train"] == 24
+    caplog.clear()
+    code, _, err = run(capsys, "apply", config, "--all-rows", "-o", tmp_path / "all")
+    assert code == 0, err
+    assert "trained on every row; the config was chosen on its sample of 24" in caplog.text
+    assert "made on other data" not in caplog.text
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["n_train"] == 40
 
 
 def test_files_and_folders_follow_the_umask(capsys, tmp_path, home, config, tiny_dataset):
