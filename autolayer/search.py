@@ -11,6 +11,7 @@ so re-running the same command resumes, and several workers can share one study.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
@@ -699,6 +700,24 @@ def missing_sqlite_file(url: str) -> str | None:
     return None if path.is_file() else str(path)
 
 
+class _RetryUndecided(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a dead worker's trial, without the marks of what that attempt
+    decided (surplus, repeat, infeasible). Optuna copies the user attributes into the
+    retry; a copied surplus mark would leave the retry's trained head uncounted, and the
+    study would train one more than its budget."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        decided = (SURPLUS, REPEAT, INFEASIBLE)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in decided}
+        super().__call__(study, trial)
+
+
+# Workers that open a new storage together race to create its tables; each database says
+# so in its own words (PostgreSQL: the first two; SQLite: the third).
+_CREATION_RACE = ("already exists", "duplicate key", "UNIQUE constraint failed")
+
+
 def _rdb_storage(url: str, heartbeat: float, attempts: int = 3) -> optuna.storages.RDBStorage:
     """Open the storage; retry when workers starting together race to create its tables."""
 
@@ -707,16 +726,14 @@ def _rdb_storage(url: str, heartbeat: float, attempts: int = 3) -> optuna.storag
             url,
             heartbeat_interval=max(1, round(heartbeat)),
             grace_period=max(2, round(3 * heartbeat)),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1
-            ),
+            heartbeat_stale_trial_callback=_RetryUndecided(max_retry=1),
         )
 
     for attempt in range(attempts - 1):
         try:
             return open_storage()
         except Exception as exc:
-            if "already exists" not in str(exc) and "duplicate key" not in str(exc):
+            if not any(words in str(exc) for words in _CREATION_RACE):
                 raise
             time.sleep(0.5 * (attempt + 1))
     return open_storage()

@@ -7,6 +7,7 @@ fails the run instead of skipping these tests.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -100,8 +101,15 @@ def _finish(worker: subprocess.Popen) -> str:
     return stdout
 
 
+@functools.cache
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage, so one connection pool, per URL: polling with a new one each time opens
+    connections faster than they are closed, until PostgreSQL refuses ("too many clients")."""
+    return optuna.storages.RDBStorage(url)
+
+
 def _load(storage: str, study: str) -> optuna.Study:
-    return optuna.load_study(study_name=study, storage=storage)
+    return optuna.load_study(study_name=study, storage=_storage(storage))
 
 
 def _trained(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
