@@ -10,6 +10,7 @@ from autolayer.search import INFEASIBLE, REPEAT, SURPLUS, make_storage, trained_
 
 
 @pytest.mark.parametrize("mark", [SURPLUS, REPEAT, INFEASIBLE])
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell, as a worker's trial
 def test_a_dead_workers_trial_is_retried_without_what_it_had_decided(tmp_path, mark):
     storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=1)
     study = optuna.create_study(storage=storage, direction="maximize")
