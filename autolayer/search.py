@@ -469,20 +469,18 @@ def trained_count(study: optuna.Study, budget: Budget | None = None) -> tuple[in
 
 
 def slots_taken(study: optuna.Study, number: int, budget: Budget | None = None) -> int:
-    """Trials trained, plus trials still running that started before trial ``number``.
+    """Trials trained, plus trials still to train that were created before trial ``number``.
 
     Two workers that start together both see the other running; counting only earlier
     trials gives the budget's last slot to exactly one of them, so a shared study trains
-    exactly ``n_trials`` however many workers it has.
+    exactly ``n_trials`` however many workers it has. An earlier trial still waiting (a
+    dead worker's retry, queued but not yet taken) holds its slot too: whoever takes it
+    counts only trials before it, so without it both would train.
     """
-    states = (
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.PRUNED,
-        optuna.trial.TrialState.RUNNING,
-    )
+    state = optuna.trial.TrialState
+    states = (state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING)
     return sum(
-        counts(t.user_attrs, budget)
-        and (t.state != optuna.trial.TrialState.RUNNING or t.number < number)
+        counts(t.user_attrs, budget) and (t.state.is_finished() or t.number < number)
         for t in study.get_trials(deepcopy=False, states=states)
     )
 
@@ -786,27 +784,23 @@ def run_search(
         "search space": space_signature(candidates, objective.choices, space),
     }
     opened = make_storage(storage, heartbeat)
-    check_same_study(opened, storage, study_name, signature)
-    study = optuna.create_study(
-        storage=opened,
-        study_name=study_name,
-        load_if_exists=True,
-        sampler=TrialSeededTPE(seed),
-        pruner=(
-            optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
-            if prune
-            else optuna.pruners.NopPruner()
-        ),
-        directions=directions,
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
+        if prune
+        else optuna.pruners.NopPruner()
     )
+    study, created = _create_or_load(opened, study_name, TrialSeededTPE(seed), pruner, directions)
+    if not created:
+        _await_signature(study)  # a worker that created it together with this one
+        check_same_study(opened, storage, study_name, signature)
     if "signature" not in study.user_attrs:
-        study.set_user_attr("signature", signature)
         study.set_user_attr("metric", metric)
         if context is not None:
             study.set_user_attr("context", context)
         for params in first:
             if params["models"] in objective.choices:
                 study.enqueue_trial(params, skip_if_exists=True)
+        study.set_user_attr("signature", signature)  # last: other workers wait for it
     else:
         _requeue_anchor(study, first, budget)
     finite = _finite(candidates, objective.choices, space)
@@ -822,7 +816,7 @@ def run_search(
     # decided afresh on every run, the budget already met or not: the report reads the mark
     stopped = decides and anchor_unbeatable(study, budget)
     if before < budget.n_trials and not stopped:
-        study.optimize(objective, timeout=budget.timeout, callbacks=[*stops, *callbacks])
+        _optimize(study, objective, budget.timeout, [*stops, *callbacks])
     with warnings.catch_warnings():  # experimental since Optuna 2.9, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not left RUNNING
@@ -834,6 +828,84 @@ def run_search(
         + _stop_notes(study, budget, after, time.monotonic() - started, finite, drawn_before),
         trained=after - before,
     )
+
+
+def _create_or_load(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    directions: list[str],
+) -> tuple[optuna.Study, bool]:
+    """The study, and whether this worker created it: of workers starting a new study
+    together, only its creator writes the signature and queues the guided trials."""
+    kwargs = {"storage": storage, "study_name": name, "sampler": sampler, "pruner": pruner}
+    try:
+        return optuna.create_study(**kwargs, directions=directions), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(**kwargs), False
+
+
+def _await_signature(study: optuna.Study, patience: float = 30.0) -> None:
+    """Wait until the signature of a study another worker has just created is written (its
+    creator writes it once the guided trials are queued). A study without one that has
+    finished trials (made by an earlier version), or whose creator died before writing it,
+    is not waited for: this worker writes it."""
+    deadline = time.monotonic() + patience
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    while "signature" not in study.user_attrs:
+        if study.get_trials(deepcopy=False, states=finished) or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
+def _optimize(
+    study: optuna.Study, objective: Callable, timeout: float | None, callbacks: Sequence[Callable]
+) -> None:
+    """``study.optimize``, going on when another worker took this one's trial from it.
+
+    A worker whose heartbeat thread was starved of CPU for three beats looks dead: another
+    worker fails its trial and queues a retry. When the live worker then reports its result,
+    Optuna refuses it ("Cannot tell a FAIL trial") and ends the whole run with an internal
+    assertion. The retry trains that configuration again, so this worker only says so and
+    takes the next trial; any other error still ends the run.
+    """
+    ended: list[int] = []  # the trial the objective last ended without an error of its own
+
+    def tracked(trial: optuna.Trial) -> float | tuple[float, float]:
+        ended.clear()
+        try:
+            outcome = objective(trial)
+        except (optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
+            ended.append(trial.number)  # pruned, or its result refused: it was failed
+            raise
+        ended.append(trial.number)
+        return outcome
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        try:
+            study.optimize(tracked, timeout=remaining, callbacks=callbacks)
+            return
+        except Exception:
+            if not ended or not _failed_by_another(study, ended[0]):
+                raise
+            logger.warning(
+                "trial %d was failed by another worker while this one trained it (no "
+                "heartbeat for three beats: is the machine overloaded?); its retry trains "
+                "it again",
+                ended[0],
+            )
+
+
+def _failed_by_another(study: optuna.Study, number: int) -> bool:
+    """Whether trial ``number``, which this worker's objective ended without an error of its
+    own, is stored as failed: only another worker's stale-trial check fails such a trial."""
+    [trial] = (t for t in study.get_trials(deepcopy=False) if t.number == number)
+    return trial.state == optuna.trial.TrialState.FAIL
 
 
 def _stop_notes(

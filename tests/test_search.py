@@ -3,6 +3,8 @@ front, and a search space read when the search starts."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import optuna
 import pytest
@@ -379,3 +381,54 @@ def test_a_study_resumed_by_a_new_process_draws_what_one_run_would_have():
     resumed.optimize(objective, n_trials=13)
     assert draws(once) == draws(resumed)
     assert len({t["x"] for t in draws(once)}) == 25
+
+
+def _created_by_another_worker(url: str, write) -> threading.Timer:
+    """Study "s", created by a worker that started a moment before this one and writes its
+    signature (``write``) 0.3 s later."""
+    study = optuna.create_study(storage=url, study_name="s", direction="maximize")
+    timer = threading.Timer(0.3, write, args=(study,))
+    timer.start()
+    return timer
+
+
+def test_a_worker_checks_the_signature_of_a_study_another_just_created(tmp_path):
+    from autolayer.search import run_search
+
+    models = _two_models(np.random.default_rng(0), 40, 10)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    other = {"objectives": ["maximize"], "metric": "f1"}
+    timer = _created_by_another_worker(url, lambda s: s.set_user_attr("signature", other))
+    with pytest.raises(ConfigError, match="differs in its metric"):
+        run_search(
+            models, np.arange(40) % 2, np.arange(10) % 2, storage=url, study_name="s",
+            budget=Budget(n_trials=2), space=Space(heads=("linear",)), prune=False,
+        )  # fmt: skip
+    timer.join()
+
+
+def test_guided_trials_are_queued_once_by_workers_starting_together(tmp_path):
+    from autolayer.search import run_search, space_signature, subsets
+
+    models, space, budget = _two_models(np.random.default_rng(0), 40, 10), Space(), Budget(1)
+    url, guided = f"sqlite:///{tmp_path / 's.db'}", {"models": "a", "layer:a": 2}
+    choices = subsets(["a", "b"], budget.max_models)
+    signature = {
+        "objectives": ["maximize"],
+        "metric": "accuracy",
+        "search space": space_signature(models, choices, space),
+    }
+
+    def create(study: optuna.Study) -> None:  # what run_search does for the worker it creates
+        study.enqueue_trial(guided)
+        study.set_user_attr("signature", signature)
+
+    timer = _created_by_another_worker(url, create)
+    y, y_val = np.arange(40) % 2, np.arange(10) % 2
+    run_search(
+        models, y, y_val, storage=url, study_name="s", budget=budget, space=space,
+        first=[guided], prune=False,
+    )  # fmt: skip
+    timer.join()
+    queued = optuna.load_study(storage=url, study_name="s").get_trials()
+    assert [t.system_attrs.get("fixed_params") for t in queued] == [guided]
