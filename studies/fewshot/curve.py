@@ -360,6 +360,9 @@ def cpu(results: dict, arm: str, size: int) -> float | None:
 
 
 def _cell(values: list[float]) -> str:
+    """Mean ± std (draws); one draw has no spread to show, not a spread of zero."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f} (1)"
     return f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f} ({len(values)})"
 
 
