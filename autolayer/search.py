@@ -870,16 +870,17 @@ def _optimize(
     assertion. The retry trains that configuration again, so this worker only says so and
     takes the next trial; any other error still ends the run.
     """
-    ended: list[int] = []  # the trial the objective last ended without an error of its own
+    ended: int | None = None  # the trial the objective last ended without an error of its own
 
     def tracked(trial: optuna.Trial) -> float | tuple[float, float]:
-        ended.clear()
+        nonlocal ended
+        ended = None
         try:
             outcome = objective(trial)
         except (optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
-            ended.append(trial.number)  # pruned, or its result refused: it was failed
+            ended = trial.number  # pruned, or its result refused: it was failed
             raise
-        ended.append(trial.number)
+        ended = trial.number
         return outcome
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -891,13 +892,13 @@ def _optimize(
             study.optimize(tracked, timeout=remaining, callbacks=callbacks)
             return
         except Exception:
-            if not ended or not _failed_by_another(study, ended[0]):
+            if ended is None or not _failed_by_another(study, ended):
                 raise
             logger.warning(
                 "trial %d was failed by another worker while this one trained it (no "
                 "heartbeat for three beats: is the machine overloaded?); its retry trains "
                 "it again",
-                ended[0],
+                ended,
             )
 
 
