@@ -51,7 +51,8 @@ def resolve(anchor: str | None, models: Sequence[str]) -> str | None:
     if make_source(anchor).sparse:
         raise ConfigError(
             f"anchor {anchor!r} is sparse: an anchor is a dense model whose last layer "
-            "gets a linear head"
+            "gets a linear head",
+            params=("anchor",),
         )
     return anchor
 
@@ -73,7 +74,10 @@ def _in_pool(anchor: str, models: Sequence[str]) -> str:
             identity = None
         same = [m for m in models if identity and make_source(m).identity == identity]
     if not same:
-        raise ConfigError(f"anchor {anchor!r} is not one of the models ({', '.join(models)})")
+        raise ConfigError(
+            f"anchor {anchor!r} is not one of the models ({', '.join(models)})",
+            params=("anchor",),
+        )
     return same[0]
 
 
@@ -150,12 +154,21 @@ def margin_z(comparisons: int, alpha: float = ALPHA) -> float:
     return NormalDist().inv_cdf(1 - alpha / max(comparisons, 1))
 
 
-def unbeatable(score: float, n_rows: int, n_trials: int, alpha: float = ALPHA) -> bool:
+def unbeatable(
+    score: float,
+    n_rows: int,
+    n_trials: int,
+    alpha: float = ALPHA,
+    configurations: int | None = None,
+) -> bool:
     """Whether even a perfect score could not beat the anchor's ``score`` on ``n_rows``
     held-out rows by the margin ``n_trials`` trials need (see :func:`_beats`). Then the
     search cannot change the answer and stops after the anchor: with 16 texts and 30
-    trials, any anchor scoring 0.58 or more."""
-    return difference_z(1.0, score, n_rows) <= margin_z(n_trials - 1, alpha)
+    trials, any anchor scoring 0.58 or more. A space of fewer distinct ``configurations``
+    (linear heads only: one is never trained twice) gives fewer chances to beat it by luck,
+    so a smaller margin: counting ``n_trials`` would stop a search that could still win."""
+    trials = n_trials if configurations is None else min(n_trials, configurations)
+    return difference_z(1.0, score, n_rows) <= margin_z(trials - 1, alpha)
 
 
 def difference_z(a: float, b: float, n: int) -> float:

@@ -3,11 +3,18 @@
 An entry is a folder named by a hash of everything the array depends on (model identity,
 text fingerprint, pooling, max_length, dtype, layers). Extraction writes fixed-size chunks
 as it goes, each by temp file + rename, so an interrupted run resumes at the first missing
-chunk. When all chunks exist they are assembled into one memory-mappable ``embeddings.npy``
+chunk. Each chunk's SHA-256 is written just before it (``000003.sha256`` beside
+``000003.npy``), so a finished chunk always has its checksum, and a chunk damaged between an
+interruption and the resume (or one without a checksum) is recomputed, not assembled. When
+all chunks exist and check out they are assembled into one memory-mappable ``embeddings.npy``
 and ``meta.json`` (with the array's SHA-256) is written last: an entry without ``meta.json``
 is unfinished, an entry whose array does not match its recorded size and hash is corrupt and
 is recomputed, never silently used. A per-entry file lock makes concurrent writers (several
-search workers sharing one cache folder) wait for each other instead of racing.
+search workers sharing one cache folder) wait for each other instead of racing; the lock file
+records its holder (pid, host, since when), so a waiter says at once whom it waits for, and
+gives up in one line after ``AUTOLAYER_LOCK_TIMEOUT`` seconds (a holder stopped with Ctrl-Z
+would otherwise block every other run silently). The lock is an ``flock``, which the kernel
+releases when its holder dies, so a lock left by a process that is gone is taken at once.
 """
 
 from __future__ import annotations
@@ -17,15 +24,19 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from autolayer.errors import CacheError
+from autolayer.errors import CacheError, ConfigError
 from autolayer.files import atomic_save_npy, atomic_write_bytes, user_mode
 
 logger = logging.getLogger("autolayer")
@@ -35,6 +46,25 @@ ARRAY = "embeddings.npy"
 META = "meta.json"
 TIMING = "timing.json"
 _VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of arrays hashed in this process
+LOCK_TIMEOUT_VARIABLE = "AUTOLAYER_LOCK_TIMEOUT"
+# Long enough for another worker to finish extracting a large split into the shared entry.
+DEFAULT_LOCK_TIMEOUT = 3600.0
+LOCK_POLL_SECONDS = 0.5
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for an entry another process holds: ``$AUTOLAYER_LOCK_TIMEOUT``, by
+    default one hour (0 gives up at once)."""
+    raw = os.environ.get(LOCK_TIMEOUT_VARIABLE)
+    if raw is None:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ConfigError(f"{LOCK_TIMEOUT_VARIABLE} must be a number of seconds >= 0; got {raw!r}")
+    return seconds
 
 
 def entry_key(fields: dict) -> str:
@@ -49,6 +79,11 @@ def file_sha256(path: Path) -> str:
         while block := fh.read(1 << 24):
             digest.update(block)
     return digest.hexdigest()
+
+
+def chunk_sha256(chunk: np.ndarray) -> str:
+    """SHA-256 of a float32 chunk's values (row-major), independent of the .npy header."""
+    return hashlib.sha256(np.ascontiguousarray(chunk, dtype=np.float32).data).hexdigest()
 
 
 class CacheEntry:
@@ -110,17 +145,31 @@ class CacheEntry:
     def chunk_path(self, index: int) -> Path:
         return self.directory / "chunks" / f"{index:06d}.npy"
 
+    def checksum_path(self, index: int) -> Path:
+        return self.directory / "chunks" / f"{index:06d}.sha256"
+
     def read_chunk(self, index: int, shape: tuple[int, ...]) -> np.ndarray | None:
-        """A finished chunk of the expected shape, or None (missing or unreadable)."""
+        """A finished chunk of the expected shape whose data matches its checksum, or None
+        (missing, unreadable or damaged: the caller recomputes it)."""
         path = self.chunk_path(index)
         if not path.exists():
             return None
         try:
-            chunk = np.load(path, mmap_mode="r")
+            chunk = np.load(path)
+            recorded = self.checksum_path(index).read_text().strip()
         except (OSError, ValueError) as exc:
             logger.warning("chunk %s is unreadable (%s): recomputing it", path, exc)
             return None
-        return chunk if chunk.shape == shape else None
+        if chunk.shape != shape:
+            return None
+        if chunk_sha256(chunk) != recorded:
+            logger.warning(
+                "chunk %d of cache entry %s is damaged (its checksum differs): recomputing it",
+                index,
+                self.directory,
+            )
+            return None
+        return chunk
 
     def start_chunks(self, layout: dict) -> None:
         """Keep an unfinished run's chunks only if they were cut the same way (hold the lock):
@@ -148,6 +197,10 @@ class CacheEntry:
                 shutil.rmtree(self.directory / "chunks", ignore_errors=True)
 
     def write_chunk(self, index: int, chunk: np.ndarray) -> None:
+        """Write the chunk's checksum, then the chunk (each atomically): a chunk on disk
+        always has its checksum beside it, and a checksum without its chunk is ignored."""
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        atomic_write_bytes(self.checksum_path(index), chunk_sha256(chunk).encode())
         atomic_save_npy(self.chunk_path(index), chunk)
 
     def chunk_timing(self) -> dict[str, list[float]]:
@@ -177,7 +230,10 @@ class CacheEntry:
                 rows = order[start : start + chunk_size]
                 chunk = self.read_chunk(index, (len(rows), *shape[1:]))
                 if chunk is None:
-                    raise CacheError(f"chunk {index} of {self.directory} vanished before assembly")
+                    raise CacheError(
+                        f"chunk {index} of {self.directory} vanished or was damaged before "
+                        "assembly: run the same command again to recompute it"
+                    )
                 out[rows] = chunk
             out.flush()
             del out
@@ -200,12 +256,88 @@ class CacheEntry:
         return np.load(path, mmap_mode="r")
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive per-entry lock so two processes never extract the same entry at once."""
+    def lock(self, timeout: float | None = None) -> Iterator[None]:
+        """Exclusive per-entry lock so two processes never extract the same entry at once.
+
+        Held by another process, it is waited for at most ``timeout`` seconds (default:
+        :func:`lock_timeout`), saying at once whom for, then a ``CacheError`` says so.
+        """
+        timeout = lock_timeout() if timeout is None else timeout
         self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / ".lock").open("w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        path = self.directory / ".lock"
+        # Not opened with "w": truncating would erase the holder's record before it is read.
+        with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+") as fh:
+            self._acquire(fh, timeout)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps(_holder_record()))
+            fh.flush()
             try:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _acquire(self, fh, timeout: float) -> None:
+        """Take the lock on ``fh``, waiting up to ``timeout`` s for the process holding it."""
+        if _try_flock(fh):
+            return
+        holder = _describe_holder(self.directory / ".lock")
+        logger.warning(
+            "waiting for %s, which holds cache entry %s; giving up after %g s (%s sets it)",
+            holder,
+            self.directory,
+            timeout,
+            LOCK_TIMEOUT_VARIABLE,
+        )
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(LOCK_POLL_SECONDS, left))
+            if _try_flock(fh):
+                return
+        raise CacheError(
+            f"gave up after {timeout:g} s waiting for {holder} to release cache entry "
+            f"{self.directory}: if it is stopped (Ctrl-Z), resume it (fg, or kill -CONT) or "
+            f"end it; set {LOCK_TIMEOUT_VARIABLE} to wait longer"
+        )
+
+
+def _try_flock(fh) -> bool:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder_record() -> dict:
+    """What a lock file says about its holder, for the messages of those who wait."""
+    since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+
+
+def _describe_holder(path: Path) -> str:
+    """Who holds a lock, from its file's record: "pid N on H (stopped; locked since T)"."""
+    try:
+        record = json.loads(path.read_text())
+        pid, host, since = int(record["pid"]), str(record["host"]), str(record["since"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (its lock file records no pid)"
+    if host != socket.gethostname():
+        return f"pid {pid} on {host} (locked since {since})"
+    return f"pid {pid} on {host} ({_process_state(pid)}; locked since {since})"
+
+
+def _process_state(pid: int) -> str:
+    """A local process's state, as far as a waiter cares: stopped (Ctrl-Z), running, gone
+    (then a child it started holds the lock file open)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "exited, but a process it started still holds the lock"
+    except PermissionError:
+        return "running as another user"
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return "running"
+    return "stopped" if fields[0] in "Tt" else "running"

@@ -103,6 +103,7 @@ class Prepared:
     dropped: dict = field(default_factory=dict)  # model → why the screen dropped it
     pairs: tuple[PairEstimate, ...] = ()  # every pair of models, at their best layers
     folds: tuple[np.ndarray, ...] = ()  # held-out rows of y_train: cross-validation
+    pool: tuple[str, ...] = ()  # the models asked for, whatever the skip or screen kept
 
 
 def resolve_options(options: Options | None, settings: dict) -> Options:
@@ -166,14 +167,26 @@ def embed(
 def _split_rows(data: LabelledDataset, options: Options) -> _Rows:
     """Search-train and validation rows: a source validation split when there is one, a
     carved one otherwise, or none under cross-validation (every row trains and, in its
-    fold, validates)."""
+    fold, validates). A validation split that cannot judge (one class) is refused here,
+    before any extraction."""
     every = np.arange(len(data.split("train")))
     if options.cv_folds is not None:
         return _Rows(data, every, np.empty(0, dtype=np.int64), external=False)
     if "validation" in data.splits:
+        data.check_validation()
         return _Rows(data, every, np.empty(0, dtype=np.int64), external=True)
     train, val = data.train_validation(size=options.validation_size, seed=options.seed)
     return _Rows(data, train, val, external=False)
+
+
+def _check_learnable(data: LabelledDataset, models: Sequence[str], rows: _Rows) -> None:
+    """Sources that learn from the search-train texts (TF-IDF) check that they can, before
+    any model is extracted: found after the other models' extraction, it cost that time."""
+    texts = data.split("train").texts
+    for name in models:
+        source = make_source(name)
+        if source.sparse:
+            source.check_texts([texts[i] for i in rows.train])
 
 
 def _split_kind(rows: _Rows, options: Options) -> str:
@@ -215,8 +228,10 @@ def prepare(
     options = resolve_options(options, settings)
     data = dataset_of(dataset)
     models = check_models(models)
+    pool = tuple(models)
     options = replace(options, anchor=_anchor(options, models))
     rows = _split_rows(data, options)
+    _check_learnable(data, models, rows)
     if options.cv_folds is not None:
         options = _fit_folds(data, rows.y_train, options)
     clock = StageClock()
@@ -272,13 +287,18 @@ def prepare(
         {**unread, **dropped},
         pairs,
         folds,
+        pool,
     )
 
 
 def anchor_budget(budget: Budget, space: Space, multi_objective: bool = False) -> Budget | None:
     """``budget``, for :func:`prepare`'s early skip, when an unbeatable anchor may end that
     search (:func:`autolayer.search.anchor_can_stop`); else None. One rule for ``recommend``
-    and ``search``, so the same command makes the same study."""
+    and ``search``, so the same command makes the same study. Not for linear heads only:
+    their space may offer fewer configurations than trials, hence need a smaller margin,
+    and how many is known only once the models are extracted (the search decides then)."""
+    if "mlp" not in space.heads:
+        return None
     return budget if anchor_can_stop(budget, space, multi_objective) else None
 
 
@@ -289,7 +309,8 @@ def _anchor(options: Options, models: Sequence[str]) -> str | None:
     if options.cv_folds is None:
         if options.anchor not in (None, anchor.AUTO, anchor.NONE):
             raise ConfigError(
-                f"anchor {options.anchor!r} needs cross-validation (labels_per_class or cv_folds)"
+                f"anchor {options.anchor!r} needs cross-validation (labels_per_class or cv_folds)",
+                params=("anchor", "labels_per_class", "cv_folds"),
             )
         return None
     return anchor.resolve(options.anchor, models)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from autolayer.config import FusionConfig, load_config
 from autolayer.errors import ConfigError, DataError
@@ -26,6 +28,7 @@ from autolayer.files import (
     check_output,
     check_owned_folder,
     check_writable,
+    mark_ours,
     replace_folder,
     same_file,
     temp_dir,
@@ -38,6 +41,7 @@ CONFIG_FILE = "config.yaml"
 FEATURES_FILE = "features.json"
 METRICS_FILE = "metrics.json"
 SOURCE_FILES = ("tfidf.json", "tfidf.safetensors")  # a fitted TF-IDF's vocabulary and idf
+RECOMMENDATION = "recommendation.yaml"  # marks recommend's output folder (pipeline's name)
 # Everything a saved model folder may hold: such a folder is autolayer's to replace.
 MODEL_FILES = (
     CONFIG_FILE,
@@ -72,9 +76,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         self.use_cache = use_cache
 
     def _config(self) -> FusionConfig:
-        if isinstance(self.config, FusionConfig):
-            return self.config
-        return load_config(self.config)
+        return as_config(self.config)
 
     def fit_sources(self, texts) -> FusionTextClassifier:
         """Fit the sources that learn from texts (TF-IDF) on these training texts."""
@@ -104,7 +106,8 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
                 max_length=choice.max_length,
                 batch_size=self.batch_size,
                 device=self.device,
-                cache_dir=self.cache_dir if self.use_cache else None,
+                cache_dir=self.cache_dir,
+                use_cache=self.use_cache,
             )
             out.append(np.asarray(emb.array[:, 0], dtype=np.float32))
         return out
@@ -112,14 +115,16 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y) -> FusionTextClassifier:
         """Fit the sources that learn (TF-IDF) on ``X``, embed it, and train the head for
         the config's number of epochs."""
-        return self.fit_sources(X).fit_embedded(self.embed(X), y)
+        texts = _as_texts(X)
+        _as_labels(y, len(texts))  # checked before the embedding, which can take long
+        return self.fit_sources(texts).fit_embedded(self.embed(texts), y)
 
     def fit_embedded(self, features: list[np.ndarray], y) -> FusionTextClassifier:
         """Train the head on precomputed features (one ``[N, D_i]`` per model)."""
         from autolayer.fusion import train_fusion
 
         config = self._config()
-        labels = np.asarray([str(v) for v in y])
+        labels = _as_labels(y, np.shape(features[0])[0] if features else 0)
         known = list(config.label_names)
         unknown = sorted(set(labels) - set(known))
         self.classes_ = np.asarray(known if not unknown else sorted(set(labels)))
@@ -140,17 +145,20 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities ``[N, C]``, columns in ``classes_`` order."""
+        check_is_fitted(self, "model_")  # before embedding, which can take long
         return self.predict_proba_embedded(self.embed(X))
 
     def predict_proba_embedded(self, features: list[np.ndarray]) -> np.ndarray:
         from autolayer.fusion import predict_proba
 
-        if not hasattr(self, "model_"):
-            raise ConfigError("this classifier is not fitted yet: call fit first")
+        check_is_fitted(self, "model_")
         return predict_proba(self.model_, features)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        """One label of ``classes_`` per text."""
+        proba = self.predict_proba(X)  # first: it says so when unfitted
+        return self.classes_[proba.argmax(axis=1)]
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write config + head into ``directory`` atomically (all or nothing).
@@ -161,8 +169,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         """
         from autolayer.fusion import save_classifier
 
-        if not hasattr(self, "model_"):
-            raise ConfigError("this classifier is not fitted yet: call fit first")
+        check_is_fitted(self, "model_")
         directory = Path(directory).absolute()
         check_model_folder(directory, overwrite=overwrite)
         config = replace(self._config(), label_names=tuple(str(c) for c in self.classes_))
@@ -230,6 +237,18 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         return estimator
 
 
+def as_config(config: object) -> FusionConfig:
+    """A config given as itself or as the path of its file (read and validated)."""
+    if isinstance(config, FusionConfig):
+        return config
+    if not isinstance(config, str | os.PathLike):
+        raise ConfigError(
+            "config must be a FusionConfig or the path of a config file; "
+            f"got {type(config).__name__} {config!r:.60}"
+        )
+    return load_config(config)
+
+
 def _feature_record(choice, dim: int) -> dict:
     """What one input of the head was: the backbone, its layer and pooling, and the width."""
     return {
@@ -278,9 +297,17 @@ def _check_trained_on(directory: Path, config: FusionConfig, model) -> None:
 
 def check_model_folder(directory: Path, *, overwrite: bool = False) -> None:
     """Where a model may be saved: a new or empty folder, or (with ``overwrite``) a saved
-    model's folder. Never a folder of other files (``-o .`` must not empty the cwd)."""
+    model's folder. Never a folder of other files (``-o .`` must not empty the cwd), nor
+    recommend's output folder, whose files are autolayer's but not a model's."""
+    directory = Path(directory)
+    if (directory / RECOMMENDATION).is_file():
+        raise ConfigError(
+            f"{str(directory)!r} is recommend's output folder (it holds {RECOMMENDATION}), "
+            f"not a model folder; save the model in a new folder, such as "
+            f"{str(directory / 'model')!r}"
+        )
     check_owned_folder(
-        Path(directory),
+        directory,
         (CONFIG_FILE, "head.safetensors", "head.json"),
         MODEL_FILES,
         overwrite=overwrite,
@@ -289,10 +316,42 @@ def check_model_folder(directory: Path, *, overwrite: bool = False) -> None:
 
 
 def _as_texts(texts) -> list[str]:
-    texts = [str(t) for t in texts]
+    """``X`` as a list of texts, checked as scikit-learn's text vectorizers check theirs: a
+    bare string would be iterated as characters, so it is refused, and so is an item that is
+    not a string (named by its position). A blank text, which the CLI skips, is refused
+    too: an estimator owes one label per row, and a blank one has nothing to classify."""
+    if isinstance(texts, str | bytes):
+        raise DataError("expected an iterable of texts, got a string: pass [text] for one text")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise DataError(f"expected an iterable of texts, got {type(texts).__name__}") from None
     if not texts:
         raise DataError("no texts given")
+    wrong = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if wrong:
+        more = f" ({len(wrong)} items are not strings)" if len(wrong) > 1 else ""
+        raise DataError(f"X[{wrong[0]}] is {texts[wrong[0]]!r}, not a string{more}")
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise DataError(
+            f"X[{blank[0]}] is empty or whitespace-only ({len(blank)} such text(s)): nothing "
+            "to classify; leave blank texts out (the CLI skips them)"
+        )
     return texts
+
+
+def _as_labels(y, n_texts: int) -> np.ndarray:
+    """``y`` as text labels, one per text and of at least two classes (a head trained on
+    one class would predict it whatever the text)."""
+    labels = np.asarray([str(v) for v in y])
+    if len(labels) != n_texts:
+        raise DataError(f"y has {len(labels)} label{'s' * (len(labels) != 1)} for {n_texts} texts")
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        shown = f"only {classes[0]!r}" if classes else "none"
+        raise DataError(f"fit needs at least 2 classes in y; got {shown}")
+    return labels
 
 
 @dataclass(frozen=True)
@@ -379,15 +438,20 @@ def apply(
     was held out (its metrics are ``None``). On the data whose few-label draw or capped
     sample the config was chosen on, it trains on that draw again unless ``all_rows``.
     """
-    from autolayer.data import load_dataset
+    from autolayer.data import LabelledDataset, load_dataset
     from autolayer.device import resolve_device
 
     output = Path(output)
     check_model_folder(output.absolute(), overwrite=overwrite)
     check_writable(output, "model folder")
     resolve_device(device)
-    config = config if isinstance(config, FusionConfig) else load_config(config)
-    data = dataset if not isinstance(dataset, str | Path) else load_dataset(dataset)
+    config = as_config(config)
+    data = load_dataset(dataset) if isinstance(dataset, str | Path) else dataset
+    if not isinstance(data, LabelledDataset):
+        raise ConfigError(
+            "dataset must be a name, a path or a loaded dataset; "
+            f"got {type(dataset).__name__} {dataset!r:.60}"
+        )
     data, drawn = _as_drawn(config, data, all_rows)
     check_labels(config, data)
     notes = [*drawn, *check_provenance(config, None if drawn else data.fingerprint)]
@@ -470,20 +534,27 @@ def check_labels(config: FusionConfig, data) -> None:
 PREDICTION_FORMATS = (".jsonl", ".csv", ".tsv", ".parquet")
 
 
-def check_prediction_output(output: Path, input_path: Path) -> None:
-    """Before any model work: the output names a format we write, is writable, and is not
-    the input (writing predictions over the texts they came from would lose them)."""
+def check_prediction_output(output: Path, input_path: Path, *, overwrite: bool = False) -> None:
+    """Before any model work: the output names a format we write, is writable, is not the
+    input (writing predictions over the texts they came from would lose them, whatever
+    ``overwrite`` says), and is new or autolayer's own (or ``overwrite``)."""
+    if output.is_dir():
+        raise ConfigError(
+            f"output {str(output)!r} is a folder; name a file in it, such as "
+            f"{str(output / 'predictions.jsonl')!r}"
+        )
     if same_file(output, input_path) or output.absolute() == Path(input_path).absolute():
         raise ConfigError(
             f"output {str(output)!r} is the input file: predictions would overwrite the texts; "
             "choose another output"
         )
     if output.suffix.lower() not in PREDICTION_FORMATS:
+        said = f"as {output.suffix!r}" if output.suffix else f"to {output.name!r} (no extension)"
         raise ConfigError(
-            f"cannot write predictions as {output.suffix or 'a file without extension'!r}: "
-            f"name the output {', '.join('*' + f for f in PREDICTION_FORMATS)}"
+            f"cannot write predictions {said}: the extension names the format; name the "
+            f"output {', '.join('*' + f for f in PREDICTION_FORMATS)}"
         )
-    check_output(output, "predictions")
+    check_output(output, "predictions", overwrite=overwrite)
 
 
 def _read_texts(estimator, input_path, text_column: str | None, id_column: str | None):
@@ -513,26 +584,37 @@ def predict_file(
     text_column: str | None = None,
     id_column: str | None = None,
     device: str | None = None,
+    overwrite: bool = False,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = False,
 ) -> list[dict]:
     """Label every text of ``input_path``; write them to ``output`` (format by extension)
     when given, and return the rows. A table's texts are read from ``text_column``, by
-    default the column the model's training data had them in (else "text").
+    default the column the model's training data had them in (else "text"). An existing
+    ``output`` is replaced only if autolayer wrote it, or with ``overwrite``.
 
     Each row keeps ``row``, the text's 0-based position in the input (and the value of
     ``id_column`` when given), so outputs match inputs even where empty texts were skipped.
+
+    The texts' embeddings are not cached unless ``use_cache`` (in ``cache_dir``, default
+    ``$AUTOLAYER_HOME/embeddings``): new texts are seldom labelled twice, so a cache would
+    only grow by an entry per input, and a read-only one would stop prediction.
     """
     from autolayer.device import resolve_device
 
     if id_column in ("row", "text", "label", "probabilities"):
         raise ConfigError(
             f"id_column {id_column!r} would overwrite the predictions' own {id_column!r} field; "
-            "rename that column in the input"
+            "rename that column in the input",
+            params=("id_column",),
         )
     if output is not None:
         output = Path(output)
-        check_prediction_output(output, Path(input_path))
+        check_prediction_output(output, Path(input_path), overwrite=overwrite)
     resolve_device(device)
-    estimator = FusionTextClassifier.load(model_dir, device=device, use_cache=False)
+    estimator = FusionTextClassifier.load(
+        model_dir, device=device, cache_dir=cache_dir, use_cache=use_cache
+    )
     inputs = _read_texts(estimator, input_path, text_column, id_column)
     proba = estimator.predict_proba(list(inputs.texts))
     classes = [str(c) for c in estimator.classes_]
@@ -565,7 +647,13 @@ def prediction_lines(rows: list[dict]) -> str:
 
 
 def write_predictions(rows: list[dict], output: Path) -> None:
-    """Write in the format the extension names: JSONL, CSV, TSV or Parquet (atomically)."""
+    """Write in the format the extension names: JSONL, CSV, TSV or Parquet (atomically),
+    with the proof that autolayer wrote it (so that a re-run may replace it)."""
+    _write_table(rows, output)
+    mark_ours(output, "predictions")
+
+
+def _write_table(rows: list[dict], output: Path) -> None:
     suffix = output.suffix.lower()
     if suffix == ".parquet":
         import pyarrow as pa

@@ -7,6 +7,7 @@ autolayer raises on purpose become one red line and a non-zero exit code, never 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import warnings
@@ -102,12 +103,13 @@ def _pooling_options(func):
     )(func)
 
 
-def _output(path: Path | None, kind: str) -> None:
-    """An output file: writable, and new or one an earlier run wrote (checked before work)."""
+def _output(path: Path | None, kind: str, overwrite: bool | None = None) -> None:
+    """An output file: writable, and new or one an earlier run wrote (checked before work);
+    ``overwrite`` is the command's ``--overwrite``, ``None`` where it has none."""
     if path is not None:
         from autolayer.files import check_output
 
-        check_output(path, kind)
+        check_output(path, kind, overwrite=overwrite)
 
 
 def _writable(path: Path | None, what: str) -> None:
@@ -118,7 +120,14 @@ def _writable(path: Path | None, what: str) -> None:
         check_writable(path, what)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EPILOG_EXIT = """\b
+Exit codes: 0 done; 2 fix what was typed (an option, its value, a config file or the data);
+3 a model cannot be loaded; 4 a damaged cache entry; 1 any other refusal or OS error;
+70 a bug; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG_EXIT)
 @click.option("-v", "--verbose", is_flag=True, help="Show progress messages of the library.")
 @click.version_option(package_name="autolayer")
 def cli(verbose: bool) -> None:
@@ -257,6 +266,9 @@ def zoo_install(aliases: tuple[str, ...]) -> None:
     "--cache-dir", type=click.Path(path_type=Path), help="Default: $AUTOLAYER_HOME/embeddings."
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Also save it as .npy.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace --output even if autolayer did not write it."
+)
 @click.option("--trust-remote-code", is_flag=True, help="Run model code from the hub (unsafe).")
 def extract(
     model: str,
@@ -272,6 +284,7 @@ def extract(
     threads: int | None,
     cache_dir: Path | None,
     output: Path | None,
+    overwrite: bool,
     trust_remote_code: bool,
 ) -> None:
     """Embed a dataset split with every layer of a model in one pass, cached on disk.
@@ -284,11 +297,14 @@ def extract(
     _quiet()
     from autolayer import report
     from autolayer.data import split_texts
+    from autolayer.errors import ConfigError
     from autolayer.extraction import embed_texts
-    from autolayer.files import atomic_save_npy
+    from autolayer.files import atomic_save_npy, mark_ours, same_file
     from autolayer.options import Options
 
-    _output(output, "array")
+    _output(output, "array", overwrite)
+    if output is not None and same_file(output, dataset):
+        raise ConfigError(f"output {str(output)!r} is the input data; choose another output")
     source, texts = split_texts(dataset, split, text_column=text_column)
     options = Options(
         pooling=pooling, max_length=max_length, device=device, threads=threads, cache_dir=cache_dir
@@ -308,6 +324,7 @@ def extract(
     report.layer_summary(embeddings)
     if output:
         atomic_save_npy(output, np.asarray(embeddings.array))
+        mark_ours(output, "array")
         report.console.print(f"saved {output}")
 
 
@@ -334,7 +351,11 @@ def _models(value: str | None) -> list[str] | None:
 @click.option(
     "--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Stratified CV folds."
 )
-@click.option("--max-examples", type=int, help="Probe a stratified subsample of this size.")
+@click.option(
+    "--max-examples",
+    type=click.IntRange(min=1),
+    help="Probe a stratified subsample of this size.",
+)
 @click.option("--seed", default=0, show_default=True)
 @_pooling_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write scores as JSON.")
@@ -367,7 +388,7 @@ def score(
 
     from autolayer import report
     from autolayer.data import load_dataset
-    from autolayer.files import atomic_write_bytes
+    from autolayer.files import atomic_write_bytes, mark_ours
     from autolayer.options import Options
     from autolayer.pipeline import score as run_score
 
@@ -389,6 +410,7 @@ def score(
     if json_path:
         text = json.dumps([r.to_dict() for r in results], indent=1)
         atomic_write_bytes(json_path, text.encode())
+        mark_ours(json_path, "scores")
     if plot:
         report.plot_layer_curves({r.model: r.scores.accuracy for r in results}, plot)
 
@@ -400,7 +422,13 @@ def score(
 @click.option(
     "--layers", help="Layer per model, e.g. minilm:4,smollm2:20 (default: best by probe)."
 )
-@click.option("--max-examples", default=5000, show_default=True, help="Rows used (seeded sample).")
+@click.option(
+    "--max-examples",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows used (seeded sample).",
+)
 @click.option("--debiased", is_flag=True, help="Unbiased HSIC estimator (small samples).")
 @_pooling_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
@@ -437,7 +465,7 @@ def complementarity(
 
     from autolayer import report
     from autolayer.data import load_dataset
-    from autolayer.files import atomic_write_bytes
+    from autolayer.files import atomic_write_bytes, mark_ours
     from autolayer.options import Options
     from autolayer.pipeline import complementarity as run_cka
 
@@ -472,6 +500,7 @@ def complementarity(
     report.cka_table(labels, result.matrix, f"linear CKA on {result.n_examples} texts (similarity)")
     if json_path:
         atomic_write_bytes(json_path, json.dumps(result.to_dict(), indent=1).encode())
+        mark_ours(json_path, "complementarity")
     if plot:
         report.plot_cka(result, plot)
 
@@ -598,6 +627,34 @@ def _search_options(func):
     return _dataset_options(_pooling_options(func))
 
 
+def _say_ignored(kw: dict, models: list[str] | None) -> None:
+    """Warn, once and before any work, about options given on the command line that the
+    run cannot honour: a screen size without a screen, more layers than a model has."""
+    from click.core import ParameterSource
+
+    from autolayer.candidates import check_models
+    from autolayer.sources import make_source
+
+    given = click.get_current_context().get_parameter_source
+    log = logging.getLogger("autolayer")
+    if kw["exhaustive"] and given("screen_size") is ParameterSource.COMMANDLINE:
+        log.warning("--screen-size is ignored with --exhaustive (every training row is extracted)")
+    if given("top_k") is not ParameterSource.COMMANDLINE:
+        return
+    sources = {name: make_source(name) for name in check_models(models)}
+    short = [
+        f"{name} ({source.n_states})"
+        for name, source in sources.items()
+        if not source.sparse and source.n_states < kw["top_k"]
+    ]
+    if short:
+        log.warning(
+            "--top-k %d is more than the layers of %s: all are offered",
+            kw["top_k"],
+            ", ".join(short),
+        )
+
+
 def _run_search(kw: dict, *, full_report: bool):
     _quiet()
     from autolayer import pipeline, report
@@ -613,6 +670,7 @@ def _run_search(kw: dict, *, full_report: bool):
         **{name: kw[name] for name in CONSTRAINTS},
     )
     models = _models(kw["models"])
+    _say_ignored(kw, models)
     _writable(kw["output_dir"], "output folder")
     data = load_dataset(
         kw["dataset"], text_column=kw["text_column"], label_column=kw["label_column"]
@@ -636,7 +694,7 @@ def _run_search(kw: dict, *, full_report: bool):
     study = {
         "output_dir": kw["output_dir"],
         "storage": kw["storage"],
-        "study_name": kw["study_name"],
+        "study_name": kw["study_name"] or pipeline.default_study_name(data, models, options),
         "budget": budget,
         "multi_objective": kw["multi_objective"],
         "heartbeat": kw["heartbeat"],
@@ -665,9 +723,8 @@ def _run_search(kw: dict, *, full_report: bool):
                 anchor_budget=pipeline.anchor_budget(
                     budget, pipeline.default_space(options), kw["multi_objective"]
                 ),
-                resumed_pool=pipeline.study_pool(
-                    kw["storage"] or pipeline.default_storage(kw["output_dir"]),
-                    kw["study_name"],
+                resumed_pool=pipeline.resumed_pool(
+                    kw["output_dir"], kw["storage"], study["study_name"]
                 ),
             )
             result = pipeline.search(prepared, callbacks=[on_trial], **study)
@@ -753,11 +810,12 @@ def export(
       autolayer export --storage postgresql://me@db/autolayer --study-name mr-1 -o config.yaml
     """
     from autolayer import report
+    from autolayer.files import mark_ours
     from autolayer.pipeline import export as run_export
 
     _output(output, "config")
     config = run_export(storage, study_name, trial_number, output_dir=output_dir)
-    config.save(output)
+    mark_ours(config.save(output), "config")
     report.exported(config, output)
 
 
@@ -852,6 +910,20 @@ def apply(
     "--text-column", help="Column of the texts in a table (default: the training data's)."
 )
 @click.option("--id-column", help="Column copied to each prediction (e.g. a row id).")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace --output even if autolayer did not write it."
+)
+@click.option(
+    "--cache/--no-cache",
+    default=None,
+    help="Keep these texts' embeddings in the cache, for texts labelled again "
+    "(default: --no-cache, unless --cache-dir is given).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Cache folder; implies --cache (default with --cache: $AUTOLAYER_HOME/embeddings).",
+)
 @_device_option(default=None)
 def predict(
     model_dir: Path,
@@ -859,6 +931,9 @@ def predict(
     output: Path | None,
     text_column: str | None,
     id_column: str | None,
+    overwrite: bool,
+    cache: bool | None,
+    cache_dir: Path | None,
     device,
 ) -> None:
     """Label new texts with a saved model (backbones run only up to their chosen layers).
@@ -872,6 +947,8 @@ def predict(
       autolayer predict mr-model/ -i reviews.csv --id-column review_id -o predictions.parquet
       autolayer predict mr-model/ -i reviews.txt | jq .label
     """
+    if cache is False and cache_dir is not None:
+        raise click.UsageError("--no-cache and --cache-dir contradict each other: pick one")
     _quiet()
     from autolayer import report
     from autolayer.classifier import predict_file, prediction_lines
@@ -883,6 +960,9 @@ def predict(
         text_column=text_column,
         id_column=id_column,
         device=device,
+        overwrite=overwrite,
+        cache_dir=cache_dir,
+        use_cache=bool(cache or cache_dir),
     )
     if output is None:
         click.echo(prediction_lines(rows), nl=False)
@@ -895,7 +975,24 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum: int, frame) -> None:
+    _stopping()
     raise _Terminated
+
+
+def _interrupt(signum: int, frame) -> None:
+    _stopping()
+    raise KeyboardInterrupt
+
+
+def _stopping() -> None:
+    """The process is stopping: a second Ctrl-C (or SIGTERM) is ignored from now on, or it
+    would interrupt the cleanup under way (a temporary file, a failed trial) and, once
+    ``main`` has said what was kept, print torch's atexit ``KeyboardInterrupt`` traceback
+    under that one line. ``kill -9`` still ends a cleanup that hangs."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -903,18 +1000,23 @@ def main(args: list[str] | None = None) -> int:
 
     Whatever goes wrong ends in one ``error:`` line: autolayer's own errors, click's usage
     errors, Ctrl-C and SIGTERM (the trial under way is marked failed, not left RUNNING
-    until a heartbeat gives up on it), OS errors, and (as a last resort) bugs, whose
-    traceback ``-v`` shows.
+    until a heartbeat gives up on it; further signals are ignored until the process ends:
+    see :func:`_stopping`), OS errors, and (as a last resort) bugs, whose traceback ``-v``
+    shows. Driven in-process (``args`` given), it gives back the caller's signal handlers.
     """
     import signal
 
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return _run(args)
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        if args is not None or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 KEPT = {  # what an interrupted command leaves, by command (default: work that resumes)
@@ -923,15 +1025,40 @@ KEPT = {  # what an interrupted command leaves, by command (default: work that r
 }
 
 
+def _command(args: list[str] | None) -> str | None:
+    """The name of the command that ran (``recommend``), from the command line."""
+    words = sys.argv[1:] if args is None else args
+    return next((w for w in words if w in cli.commands), None)
+
+
 def _kept(args: list[str] | None) -> str:
     """What an interrupted command leaves behind, said truthfully for the command that ran."""
-    words = sys.argv[1:] if args is None else args
-    command = next((w for w in words if w in cli.commands), None)
     return KEPT.get(
-        command,
+        _command(args),
         "finished work is kept (cached embeddings, finished trials); run the same command "
         "to resume",
     )
+
+
+ALIASES = {"n_folds": "folds"}  # library arguments whose option has another name
+
+
+def _in_cli_terms(exc: AutolayerError, args: list[str] | None) -> str:
+    """The error's message with the Python arguments it names (``exc.params``) shown as the
+    options of the command that ran (``max_train_samples`` → ``--max-train-samples``): the
+    one table is that command's own options. A name it has no option for stays as it is."""
+    command = cli.commands.get(_command(args) or "")
+    flags = {
+        p.name: max(p.opts, key=len)
+        for p in (command.params if command else ())
+        if isinstance(p, click.Option)
+    }
+    message = str(exc)
+    for name in exc.params:
+        flag = flags.get(ALIASES.get(name, name))
+        if flag is not None:
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag, message)
+    return message
 
 
 def _run(args: list[str] | None) -> int:
@@ -940,7 +1067,7 @@ def _run(args: list[str] | None) -> int:
     try:
         cli.main(args=args, prog_name="autolayer", standalone_mode=False)
     except AutolayerError as exc:
-        report.error(str(exc))
+        report.error(_in_cli_terms(exc, args))
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -13,6 +13,7 @@ import platform
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -21,6 +22,52 @@ from autolayer.files import atomic_write_bytes
 from autolayer.options import POOLINGS
 
 SCHEMA_VERSION = 1
+
+
+class Interval(NamedTuple):
+    """The values a numeric field may take, as scikit-learn's ``Interval`` constraint:
+    integers or numbers from ``low`` to ``high`` (None: unbounded), ends included unless
+    ``closed`` says otherwise ("both", "left", "right")."""
+
+    kind: type  # int or float (a float field takes integers too)
+    low: float
+    high: float | None = None
+    closed: str = "both"
+
+    def holds(self, value: object) -> bool:
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return False
+        above = value >= self.low if self.closed in ("both", "left") else value > self.low
+        if self.high is None:
+            return above
+        below = value <= self.high if self.closed in ("both", "right") else value < self.high
+        return above and below
+
+    def describe(self) -> str:
+        kind = "an integer" if self.kind is int else "a number"
+        if self.high is None:
+            return f"{kind} >= {self.low}"
+        left = "[" if self.closed in ("both", "left") else "("
+        right = "]" if self.closed in ("both", "right") else ")"
+        return f"{kind} in {left}{self.low}, {self.high}{right}"
+
+
+# Bounds of the head's numbers, checked when a config is read: a typo such as
+# ``epochs: 1000000000`` or ``lr: 1.0e30`` is refused in one line, not run for days or into
+# a head that predicts NaN. Generous: the paper's head is width 1024, 120 epochs, lr 1e-4.
+HEAD_BOUNDS = {
+    "width": Interval(int, 1, 65_536),
+    "hidden": Interval(int, 1, 65_536),
+    "dropout": Interval(float, 0, 1, closed="left"),
+    "lr": Interval(float, 0, 1, closed="right"),
+    "batch_size": Interval(int, 1, 1_048_576),
+    "epochs": Interval(int, 1, 1000),
+}
+# The linear head (logistic regression) has no width or learning rate: exported as 0.
+LINEAR_BOUNDS = {"width": Interval(int, 0, 65_536), "lr": Interval(float, 0, 1)}
+SEED = Interval(int, 0, 2**32 - 1)
+MAX_LENGTH = Interval(int, 2)  # tokens per text, as Options.max_length
 
 
 @dataclass(frozen=True)
@@ -149,22 +196,16 @@ def from_dict(data: object, where: str = "config") -> FusionConfig:
     if len(labels) < 2:
         raise ConfigError(f"{where}: label_names must list at least 2 classes")
     head = str(data.get("head", "mlp"))
+    bounds = {**HEAD_BOUNDS, **(LINEAR_BOUNDS if head == "linear" else {})}
     config = FusionConfig(
         models=choices,
         operator=operator,
-        width=_require(data, "width", int, where)
-        if head == "linear"
-        else _positive(data, "width", where),
-        hidden=_positive(data, "hidden", where),
-        dropout=float(_require(data, "dropout", (int, float), where)),
-        lr=float(_require(data, "lr", (int, float), where)),
-        batch_size=_positive(data, "batch_size", where),
-        epochs=_positive(data, "epochs", where),
+        **{key: _bounded(data, key, interval, where) for key, interval in bounds.items()},
         label_names=tuple(str(x) for x in labels),
         head=head,
         dataset=dict(data.get("dataset") or {}),
         metric=str(data.get("metric", "accuracy")),
-        seed=int(data.get("seed", 0)),
+        seed=_bounded(data, "seed", SEED, where, default=0),
         validation=dict(data.get("validation") or {}),
         cost=dict(data.get("cost") or {}),
         versions=dict(data.get("versions") or {}),
@@ -201,6 +242,21 @@ def _positive(data: dict, key: str, where: str) -> int:
     return value
 
 
+_REQUIRED = object()
+
+
+def _bounded(
+    data: dict, key: str, interval: Interval, where: str, default: object = _REQUIRED
+) -> int | float:
+    """``data[key]`` (or ``default`` when absent), checked against ``interval``."""
+    if key not in data and default is _REQUIRED:
+        raise ConfigError(f"{where}: missing required field {key!r}")
+    value = data.get(key, default)
+    if not interval.holds(value):
+        raise ConfigError(f"{where}: field {key!r} must be {interval.describe()}; got {value!r}")
+    return interval.kind(value)
+
+
 def _model_choice(data: object, where: str) -> ModelChoice:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with spec, identity, layer")
@@ -211,7 +267,7 @@ def _model_choice(data: object, where: str) -> ModelChoice:
         layer=_require(data, "layer", int, where),
         n_hidden_states=_positive(data, "n_hidden_states", where),
         pooling=str(data.get("pooling", "mean")),
-        max_length=int(data.get("max_length", 256)),
+        max_length=_bounded(data, "max_length", MAX_LENGTH, where, default=256),
     )
     if not 0 <= choice.layer < choice.n_hidden_states:
         raise ConfigError(f"{where}: layer {choice.layer} outside 0..{choice.n_hidden_states - 1}")

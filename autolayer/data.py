@@ -54,6 +54,7 @@ _SHOWN_POSITIONS = 5
 # `name`, `org/name`, optionally `:config`; anything else that does not exist is a missing path.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?")
 _INTEGER = re.compile(r"-?\d+")
+_WHOLE_DECIMAL = re.compile(r"(-?\d+)\.0+")  # "1.0": how CSV exports write the label 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,13 +98,20 @@ class LabelledDataset:
         Returns sorted int64 index arrays (train_idx, val_idx) into `split("train")`. This
         ignores any "validation" source split on purpose: callers that find one in `splits`
         should use it instead. Classes with a single example cannot be stratified, so they
-        always go to train; a DataError is raised when too few examples remain to give every
-        other class a place on both sides.
+        always go to train, with a warning since validation cannot judge them; a DataError is
+        raised when fewer than two classes could be validated, or too few examples remain to
+        give every other class a place on both sides.
         """
         if not 0.0 < size < 1.0:
             raise ConfigError(f"train_validation size must be a fraction in (0, 1); got {size!r}")
         labels = self.split("train").labels
         counts = np.bincount(labels, minlength=len(self.label_names))
+        if (counts > 1).sum() == 1:
+            raise DataError(
+                f"dataset {self.name!r}: cannot carve a validation split with two classes: only "
+                f"class {self.label_names[int(np.argmax(counts))]!r} has 2 or more training "
+                f"examples ({self._counts(counts)}); add examples of the others"
+            )
         singles = np.flatnonzero(counts[labels] == 1)
         rest = np.flatnonzero(counts[labels] > 1)
         _check_stratifiable(self.name, len(rest), int((counts > 1).sum()), size)
@@ -112,8 +120,54 @@ class LabelledDataset:
         train_idx, val_idx = train_test_split(
             rest, test_size=size, random_state=seed, stratify=labels[rest]
         )
+        self._warn_unvalidated(counts, np.bincount(labels[val_idx], minlength=counts.size))
         train_idx = np.concatenate([train_idx, singles])
         return np.sort(train_idx).astype(np.int64), np.sort(val_idx).astype(np.int64)
+
+    def check_validation(self) -> None:
+        """Check the source "validation" split before it judges a search.
+
+        A split of a single class cannot tell configurations apart on any metric (and
+        ``macro_f1`` on it is meaningless), so it is refused with its counts, offering a
+        carve from train when train could give one; a split lacking some classes of train
+        is used, with a warning naming them, since its scores ignore those classes.
+        """
+        train = np.bincount(self.split("train").labels, minlength=len(self.label_names))
+        val = np.bincount(self.split("validation").labels, minlength=train.size)
+        present = np.flatnonzero(val)
+        if present.size >= 2:
+            self._warn_unvalidated(train, val)
+            return
+        missing = ", ".join(repr(self.label_names[c]) for c in np.flatnonzero(val == 0))
+        carve = (
+            "; or remove it, and a stratified validation split is carved from train"
+            if (train > 1).sum() >= 2
+            else ""
+        )
+        raise DataError(
+            f"dataset {self.name!r}: its validation split has a single class "
+            f"({self._counts(val)}), so it cannot tell classes apart: add examples of "
+            f"{missing} to it{carve}"
+        )
+
+    def _warn_unvalidated(self, train: np.ndarray, val: np.ndarray) -> None:
+        """Warn, with counts, about classes of train (counts ``train``) that the validation
+        split (counts ``val``) lacks: its scores say nothing about them."""
+        missing = np.flatnonzero((val == 0) & (train > 0))
+        if missing.size == 0:
+            return
+        named = ", ".join(f"{self.label_names[c]!r} ({train[c]} in train)" for c in missing)
+        _log.warning(
+            "dataset %r: the validation split has no example of class %s; configurations are "
+            "judged on the others only (%s)",
+            self.name,
+            named,
+            self._counts(val),
+        )
+
+    def _counts(self, counts: np.ndarray) -> str:
+        """``'a': 3, 'b': 1``: each class present and its number of rows."""
+        return ", ".join(f"{self.label_names[c]!r}: {counts[c]}" for c in np.flatnonzero(counts))
 
     def subsample(self, size: int, *, split: str = "train", seed: int = 0) -> LabelledDataset:
         """A copy whose ``split`` keeps ``size`` rows, stratified and seeded.
@@ -127,7 +181,10 @@ class LabelledDataset:
         source = self.split(split)
         n_classes = len(self.label_names)
         if not n_classes <= size:
-            raise ConfigError(f"subsample size must be >= {n_classes} (one per class); got {size}")
+            raise ConfigError(
+                f"a sample of {size} rows cannot hold the {n_classes} classes (one per class): "
+                f"ask for {n_classes} or more"
+            )
         if size >= len(source):
             return self
         rows = stratified_rows(source.labels, size, seed, per_class=1)
@@ -269,7 +326,8 @@ def load_dataset(
     if text_column == label_column:
         raise ConfigError(
             f"text_column and label_column are both {text_column!r}: the labels would be "
-            "the texts themselves; name two different columns"
+            "the texts themselves; name two different columns",
+            params=("text_column", "label_column"),
         )
     name, raws = _read_spec(spec, text_column, label_column)
     origin = {"source": _source(spec), "text_column": text_column, "label_column": label_column}
@@ -322,6 +380,11 @@ def read_inputs(
     line. An input with no text at all is an error.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"input {str(path)!r} is a folder, not a file of texts: give a .txt (one text per "
+            "line) or a CSV/TSV/JSONL/Parquet file"
+        )
     if not path.is_file():
         raise DataError(f"input file not found: {str(path)!r}")
     raw = _read_file(path, _Columns(text_column, id_column, "id_column"), _TEXT_READERS)
@@ -357,15 +420,33 @@ def _read_spec(
         return path.resolve().name, _read_folder(path, columns)
     if path.is_file():
         return path.stem, {"train": _read_file(path, columns)}
-    if (
-        isinstance(spec, str)
-        and _HUB_ID.fullmatch(spec)
-        and path.suffix.lower() not in _TEXT_READERS
-    ):
+    if isinstance(spec, str) and not _looks_like_path(spec):
         return spec, _read_hub(spec, text_column, label_column)
     raise DataError(
-        f"dataset not found: {str(path)!r} is not an existing file or folder; give 'demo', "
-        f"a file or folder ({_formats()}) or a Hugging Face dataset id"
+        f"no such file or folder: {str(path)!r}; give 'demo', a file or folder ({_formats()}) "
+        "or a Hugging Face dataset id"
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Whether a missing `spec` was meant as a local path, so it fails at once: asking the
+    hub about a mistyped path costs half a minute of retries, and their log lines. Not a
+    hub id (`./x`, `~/x`, `/x`, `a/b/c`, a backslash), a data file's extension, or an
+    `org/name` whose `org` is a local folder."""
+    path = Path(spec)
+    return (
+        not _HUB_ID.fullmatch(spec)
+        or path.suffix.lower() in _DATA_SUFFIXES
+        or (len(path.parts) > 1 and path.parent.is_dir())
+    )
+
+
+def _offline() -> bool:
+    """Hugging Face's offline switches, read when asked (as `datasets` and `huggingface_hub`
+    spell true): offline, `datasets` looks in its local cache only."""
+    return any(
+        os.environ.get(name, "").upper() in {"1", "ON", "YES", "TRUE"}
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
     )
 
 
@@ -540,6 +621,12 @@ def _read_hub(spec: str, text_column: str, label_column: str) -> dict[str, _Raw]
     try:
         loaded = datasets.load_dataset(name, config or None)
     except Exception as err:  # offline, not found, gated, bad config: all mean the same here
+        if _offline():
+            raise DataError(
+                f"no such file or folder: {spec!r}, and offline no Hugging Face dataset of that "
+                f"name is cached ({type(err).__name__}: {_first_line(err)}); "
+                f"local files ({_formats()}) are accepted"
+            ) from err
         raise DataError(
             f"{spec!r} is not a local file or folder and could not be loaded from the Hugging Face "
             f"hub ({type(err).__name__}: {_first_line(err)}); "
@@ -604,10 +691,14 @@ _READERS: dict[str, _Reader] = {
 }
 # Unlabelled texts (`split_texts`, `read_inputs`) may also come one per line.
 _TEXT_READERS: dict[str, _Reader] = {**_READERS, ".txt": _read_lines}
+# Names ending so are files, read or not: a missing one is never asked of the hub.
+_DATA_SUFFIXES = {*_TEXT_READERS, ".ndjson", ".xlsx", ".xls", ".ods", ".arrow", ".feather"}
+_DATA_SUFFIXES |= {".gz", ".bz2", ".xz", ".zip", ".pkl", ".pickle", ".npy", ".yaml", ".yml"}
 
 
 def _clean(raw: _Raw, empty: str) -> tuple[list[str], list[str]]:
-    """Validate one split's values; labels become strings so CSV "1" and JSON 1 agree."""
+    """Validate one split's values; labels become text (`_label_text`), so that CSV "1" and
+    "1.0", JSON 1 and 1.0 and Parquet 1.0 are one class in every format."""
     _check_texts(raw)
     bad = [i for i, label in enumerate(raw.labels) if not _is_label(label)]
     if bad:
@@ -617,7 +708,7 @@ def _clean(raw: _Raw, empty: str) -> tuple[list[str], list[str]]:
         )
     labels = _strip_labels(raw)
     keep = _drop_empty(raw, empty)
-    return [raw.texts[i] for i in keep], [str(labels[i]) for i in keep]
+    return [raw.texts[i] for i in keep], [_label_text(labels[i]) for i in keep]
 
 
 def _check_texts(raw: _Raw) -> None:
@@ -633,7 +724,8 @@ def _require_strings(raw: _Raw) -> None:
     if bad:
         raise DataError(
             f"{raw.source}: text is null or not a string at {raw.where(bad)} "
-            f"(first value: {raw.texts[bad[0]]!r}); fix those rows or choose another text_column"
+            f"(first value: {raw.texts[bad[0]]!r}); fix those rows or choose another text_column",
+            params=("text_column",),
         )
 
 
@@ -654,9 +746,23 @@ def _strip_labels(raw: _Raw) -> list[Any]:
 
 
 def _is_label(label: Any) -> bool:
+    """A non-blank string, an integer, or a whole float (1.0: pandas writes an integer
+    column with gaps as floats); a fraction (0.5) looks like a regression target."""
     if isinstance(label, str):
         return bool(label.strip())
+    if isinstance(label, float):
+        return label.is_integer()
     return isinstance(label, int) and not isinstance(label, bool)
+
+
+def _label_text(label: str | int | float) -> str:
+    """A label's class name: its text as written (a number as Python writes it), except
+    that a whole decimal ("1.0", "-2.00") names the integer ("1", "-2"). Labels are
+    otherwise compared as text, so "01", "+1" and "1e0" stay apart from "1", as they would
+    in a JSON string."""
+    text = str(label)
+    whole = _WHOLE_DECIMAL.fullmatch(text)
+    return whole.group(1) if whole else text
 
 
 def _drop_empty(raw: _Raw, empty: str) -> list[int]:
@@ -752,7 +858,9 @@ def _check_stratifiable(name: str, n: int, n_classes: int, size: float) -> None:
     if n_classes >= 1 and min(n_val, n - n_val) >= n_classes:
         return
     raise DataError(
-        f"dataset {name!r}: cannot carve a stratified validation split with size={size}: "
+        f"dataset {name!r}: cannot carve a stratified validation split of {size:.0%}: "
         f"{n} train examples in {n_classes} classes with 2+ examples give {n_val} for validation "
-        f"and {n - n_val} for training, and each side needs one per class; change size or add data"
+        f"and {n - n_val} for training, and each side needs one per class; add data, or judge "
+        "by cross-validation (cv_folds) instead",
+        params=("cv_folds",),
     )

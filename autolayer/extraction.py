@@ -92,6 +92,7 @@ def embed_texts(
     device: str | None = None,
     threads: int | None = None,
     cache_dir: str | Path | None = None,
+    use_cache: bool = True,
     trust_remote_code: bool = False,
     progress: Progress | None = None,
     source: str = "texts",
@@ -107,7 +108,9 @@ def embed_texts(
     layer subset is served from a cached all-layer entry when there is one, and ``rows``
     from a finished entry of all of ``texts`` (a split already extracted whole, e.g. by
     ``autolayer extract``, costs a multi-fidelity run no model work); otherwise the rows'
-    texts are extracted and cached as texts of their own.
+    texts are extracted and cached as texts of their own. With ``use_cache=False`` the
+    features are computed in memory and the cache is neither read nor written (texts seen
+    once, such as new texts to label, would only fill it; a read-only cache is no problem).
     """
     from autolayer import zoo
     from autolayer.data import text_fingerprint
@@ -132,15 +135,20 @@ def embed_texts(
     n_states = feature_source.n_states
     wanted = normalise_layers(layers, n_states)
     max_length = feature_source.max_length(max_length)
-    root = Path(cache_dir) if cache_dir else zoo.home() / "embeddings"
     device = str(resolve_device(device))
+    work = {"pooling": pooling, "max_length": max_length, "device": device}
+    run = _Run(feature_source, wanted, batch_size, max_tokens, work)
+    base = {"model": name, "source": source, "n_hidden_states": n_states}
+    if not use_cache:
+        chosen = texts if rows is None else [texts[i] for i in rows]
+        return _embed_in_memory(run, chosen, progress, base)
+    root = Path(cache_dir) if cache_dir else zoo.home() / "embeddings"
     settings = {
         "model": feature_source.identity,
         "pooling": pooling,
         "max_length": max_length,
         "dtype": "bfloat16" if device.startswith("cuda") else "float32",
     }
-    base = {"model": name, "source": source, "n_hidden_states": n_states}
     if rows is not None:
         whole = _entries(root, {**settings, "texts": text_fingerprint(texts)}, wanted, n_states)
         hit = _cached(whole, wanted, name, base, rows)
@@ -156,8 +164,6 @@ def embed_texts(
         hit = entry.load()
         if hit is not None:
             return _from_cache(hit, wanted, name, base)
-        work = {"pooling": pooling, "max_length": max_length, "device": device}
-        run = _Run(feature_source, wanted, batch_size, max_tokens, work)
         return _extract_into(entry, run, texts, chunk_size, progress, base)
 
 
@@ -260,17 +266,38 @@ def _extract_into(
     timed_rows = sum(n_rows for n_rows, _ in timing.values())
     timed_seconds = sum(took for _, took in timing.values())
     meta = {
-        **base,
-        "identity": run.source.identity,
-        "layers": list(run.layers),
-        "width": width,
-        "pooling": run.work["pooling"],
-        "max_length": run.work["max_length"],
-        "tokens": int(lengths.sum()),
-        "seconds": seconds,
-        "computed_rows": computed,
+        **_run_meta(run, base, lengths, seconds, computed),
         "timed_seconds": timed_seconds,
         "timed_rows": int(timed_rows),
     }
     array = entry.finalize(order, chunk_size, (n, len(run.layers), width), meta)
     return Embeddings(array, run.layers, base["model"], {**meta, "cached": False})
+
+
+def _embed_in_memory(
+    run: _Run, texts: Sequence[str], progress: Progress | None, base: dict
+) -> Embeddings:
+    """The features of ``texts`` computed in one go, without the cache (``use_cache=False``)."""
+    lengths = run.source.lengths(texts, run.work["max_length"])
+    run.source.preload(run.layers, run.work["device"])  # not timed, as in a cached extraction
+    started = time.perf_counter()
+    array = run.embed(texts, progress)
+    seconds = time.perf_counter() - started
+    meta = _run_meta(run, base, lengths, seconds, len(texts))
+    return Embeddings(array, run.layers, base["model"], {**meta, "cached": False})
+
+
+def _run_meta(run: _Run, base: dict, lengths: np.ndarray, seconds: float, computed: int) -> dict:
+    """What an extraction records with its features: the source and settings, the tokens,
+    and the seconds the ``computed`` rows took (embedding only)."""
+    return {
+        **base,
+        "identity": run.source.identity,
+        "layers": list(run.layers),
+        "width": run.source.width,
+        "pooling": run.work["pooling"],
+        "max_length": run.work["max_length"],
+        "tokens": int(lengths.sum()),
+        "seconds": seconds,
+        "computed_rows": computed,
+    }

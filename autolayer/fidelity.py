@@ -59,8 +59,9 @@ class Fidelity:
         least = n_classes * self.n_folds
         if self.screen_size < least:
             raise ConfigError(
-                f"screen-size {self.screen_size} is too small to screen: {n_classes} classes "
-                f"× {self.n_folds} folds need at least {least} rows (or pass --exhaustive)"
+                f"screen_size {self.screen_size} is too small to screen: {n_classes} classes "
+                f"× {self.n_folds} folds need at least {least} rows (or pass --exhaustive)",
+                params=("screen_size",),
             )
 
 

@@ -1,15 +1,18 @@
 """Writing files safely: atomically, with the user's permissions, never over someone else's.
 
-Every file autolayer writes goes through here, so three promises hold everywhere: a reader
+Every file autolayer writes goes through here, so four promises hold everywhere: a reader
 sees the old content or the new, never a part (temp file + rename); files get the mode the
-user's umask gives (``mkstemp``/``mkdtemp`` alone would make them 0600/0700); and a path's
+user's umask gives (``mkstemp``/``mkdtemp`` alone would make them 0600/0700); a path's
 problems (a file where a folder should be, a read-only folder, the input itself) are found
-*before* the work that would write it, not after an hour of extraction.
+*before* the work that would write it, not after an hour of extraction; and an existing
+file is replaced only on proof that autolayer wrote it (:func:`is_ours`), never on a guess.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -74,101 +77,116 @@ def temp_dir(target: Path) -> Path:
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Fail now, in one line, if ``path`` cannot be written later (checked before the work).
 
-    Creates no file and no folder: the nearest existing ancestor must be a writable folder.
+    Writing is tested by creating (and removing) a temp file where the output will go: in
+    an existing output folder, else in the nearest existing ancestor. ``os.access`` is not
+    asked, since it says yes to root for every folder, even one no one may create files in.
     """
     path = Path(path).expanduser()
     if path.is_dir() and not what.endswith("folder"):
-        raise ConfigError(f"cannot write {what} {str(path)!r}: it is a folder")
+        raise ConfigError(f"cannot write {what} {str(path)!r}: it is a folder; name a file in it")
     if what.endswith("folder") and path.exists() and not path.is_dir():
         raise ConfigError(f"cannot write {what} {str(path)!r}: it is a file")
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {what} {str(path)!r}: {str(parent)!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ConfigError(f"cannot write {what} {str(path)!r}: permission denied")
+    if path.is_file() and not path.stat().st_mode & 0o222:
+        raise ConfigError(f"cannot write {what} {str(path)!r}: the file is read-only")
+    folder = path if path.is_dir() else path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {what} {str(path)!r}: {str(folder)!r} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".autolayer-probe-", dir=folder)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {what} {str(path)!r}: no file can be created in {str(folder)!r} "
+            f"({exc.strerror})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 
-# What each kind of output file autolayer writes looks like: an existing file at an output
-# path is replaced only when it is recognisably one of autolayer's (an earlier run's).
-PNG_MARK = b"autolayer"  # in a PNG's text chunk ("Software"), written by report's plots
+# Proof that autolayer wrote a file: an existing file at an output path is replaced only
+# with it (or ``--overwrite``), never on a guess from its content, which a user's file can
+# share (a hand-labelled ``row,text,label`` CSV, a 3-D float32 array of their own).
+PNG_MARK = b"autolayer"  # the PNG text chunk "Software" of report's plots
+PROOF_SUFFIX = ".autolayer.json"
 
 
-def _head(path: Path, n: int = 4096) -> bytes:
+def proof_path(path: Path) -> Path:
+    """Where the proof that autolayer wrote ``path`` is kept: a hidden file beside it."""
+    return path.with_name(f".{path.name}{PROOF_SUFFIX}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        return fh.read(n)
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _is_config(path: Path) -> bool:
-    import yaml
+def mark_ours(path: Path, kind: str) -> None:
+    """Record that autolayer has just written ``path`` as a ``kind`` file (predictions, an
+    array, scores…): its size and SHA-256, in :func:`proof_path`. A user's file cannot
+    carry this by accident, and it stops matching as soon as the file is changed."""
+    path = Path(path)
+    record = {"written_by": "autolayer", "kind": kind, "size": path.stat().st_size}
+    record["sha256"] = _sha256(path)
+    atomic_write_bytes(proof_path(path), json.dumps(record).encode())
 
+
+def _png_software(path: Path) -> bytes | None:
+    """The value of a PNG's "Software" text chunk (read up to the image data)."""
+    with path.open("rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        while len(header := fh.read(8)) == 8:
+            size, name = int.from_bytes(header[:4], "big"), header[4:]
+            if name in (b"IDAT", b"IEND"):
+                return None
+            if name == b"tEXt":
+                key, _, value = fh.read(size).partition(b"\0")
+                if key == b"Software":
+                    return value
+                size = 0
+            fh.seek(size + 4, os.SEEK_CUR)  # the chunk's data (unless read) and CRC
+    return None
+
+
+def is_ours(path: Path, kind: str) -> bool:
+    """Whether autolayer wrote ``path`` as a ``kind`` file and nothing changed it since: its
+    proof (:func:`mark_ours`) matches its bytes. A plot carries its own mark instead,
+    autolayer's name in its PNG "Software" chunk (an image editor rewrites that chunk)."""
+    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and "schema_version" in data and "models" in data
-
-
-def _is_json_of(path: Path, keys: tuple[str, ...]) -> bool:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if kind == "plot":
+            return _png_software(path) == PNG_MARK
+        record = json.loads(proof_path(path).read_text(encoding="utf-8"))
+        return (
+            isinstance(record, dict)
+            and record.get("kind") == kind
+            and record.get("size") == path.stat().st_size
+            and record.get("sha256") == _sha256(path)
+        )
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    first = data[0] if isinstance(data, list) and data else data
-    return isinstance(first, dict) and all(k in first for k in keys)
 
 
-def _is_predictions(path: Path) -> bool:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-
-            names = pq.ParquetFile(path).schema_arrow.names
-        except Exception:  # noqa: BLE001 - anything unreadable is not ours
-            return False
-        return names[:1] == ["row"] and "label" in names
-    try:
-        first = _head(path).decode("utf-8").split("\n", 1)[0]
-    except (OSError, UnicodeDecodeError):
-        return False
-    if suffix in (".csv", ".tsv"):
-        return first.startswith(("row,", "row\t"))
-    return first.startswith('{"row": ')
-
-
-def _is_array(path: Path) -> bool:
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
-        return False
-    return array.ndim == 3 and array.dtype == np.float32
-
-
-OURS: dict[str, Callable[[Path], bool]] = {
-    "config": _is_config,
-    "predictions": _is_predictions,
-    "array": _is_array,
-    "scores": lambda p: _is_json_of(p, ("model", "layers")),
-    "complementarity": lambda p: _is_json_of(p, ("models", "matrix")),
-    "plot": lambda p: _head(p, 8)[:4] == b"\x89PNG" and PNG_MARK in _head(p, 1 << 16),
-}
-
-
-def check_output(path: str | os.PathLike, kind: str) -> Path:
+def check_output(path: str | os.PathLike, kind: str, *, overwrite: bool | None = None) -> Path:
     """An output file that can be written now and later: a new path, or an existing file
-    that an earlier autolayer run wrote (of the same ``kind``); anything else — the input
-    data, a study database, someone's notes — is refused, never overwritten."""
+    that autolayer wrote as this ``kind`` and nobody changed since (:func:`is_ours`);
+    anything else — the input data, a study database, someone's notes — is refused, never
+    overwritten, unless ``overwrite`` (the user's ``--overwrite``; ``None`` where the
+    command has no such option, so that the message does not offer it)."""
     path = check_writable(path, kind)
-    if path.exists() and not OURS[kind](path):
+    if path.exists() and not overwrite and not is_ours(path, kind):
+        article = "an" if kind[0] in "aeiou" else "a"
+        choice = "choose another name"
+        if overwrite is not None:
+            choice = "pass --overwrite to replace it, or choose another name"
         raise ConfigError(
-            f"{str(path)!r} exists and is not {'an' if kind[0] in 'aeiou' else 'a'} {kind} file "
-            "autolayer wrote; choose another "
-            "name (autolayer never overwrites files it did not write)"
+            f"{str(path)!r} exists and is not {article} {kind} file autolayer wrote (or was "
+            f"changed since); {choice} (autolayer never overwrites files it did not write)"
         )
     return path
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from autolayer.device import resolve_device
-from autolayer.errors import ConfigError
+from autolayer.errors import ConfigError, DivergedError
 from autolayer.files import atomic_write
 from autolayer.metrics import METRICS
 from autolayer.metrics import score as metric_score
@@ -463,12 +463,20 @@ class FusionClassifier(nn.Module):
         """Store per-feature mean and std of each training array ``[N, D_i]`` as buffers.
 
         Features whose std is below 1e-6 (constant in training) are only centred, not divided.
+        A non-finite feature (nan or inf) is refused here: it would make every loss NaN, which
+        looks like a diverged head.
         """
         _check_inputs(self.input_dims, inputs, "inputs")
-        for projection, array in zip(self.projections, inputs, strict=True):
+        for i, (projection, array) in enumerate(zip(self.projections, inputs, strict=True)):
             if isinstance(projection, _SparseProjection):
                 continue
-            mean, std = _column_stats(array)
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: refused below
+                mean, std = _column_stats(array)
+            if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+                raise ConfigError(
+                    f"the training features of input {i} are not finite (nan or inf); "
+                    "the embeddings are damaged: clear their cache entry and extract again"
+                )
             projection.mean.copy_(torch.from_numpy(mean))
             projection.std.copy_(torch.from_numpy(np.where(std < 1e-6, 1.0, std)))
 
@@ -647,6 +655,12 @@ def train_fusion(
             generator = torch.Generator().manual_seed(seed)
             best_epoch, history = _fit(model, *data, params, generator, on_epoch, restore_best)
     model.cpu().eval()
+    broken = _non_finite(model)
+    if broken:
+        raise DivergedError(
+            f"the fusion head diverged ({broken} is not finite after training); "
+            f"lower lr (it is {params.lr:g})"
+        )
     return TrainResult(
         model=model,
         best_epoch=best_epoch,
@@ -765,6 +779,7 @@ def _fit(
     for epoch in range(params.max_epochs):
         model.train()
         order = torch.randperm(len(y_train), generator=generator).to(y_train.device)
+        total = torch.zeros((), device=y_train.device)  # summed on device: no sync per batch
         for batch in order.split(params.batch_size):
             loss = F.cross_entropy(model([x[batch] for x in train]), y_train[batch])
             for optimizer in optimizers:
@@ -772,6 +787,12 @@ def _fit(
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
+            total += loss.detach()
+        if not torch.isfinite(total):
+            raise DivergedError(
+                f"the fusion head diverged (its training loss is {total.item()} in epoch "
+                f"{epoch + 1}); lower lr (it is {params.lr:g})"
+            )
         score = metric_score(_predict(model, val), y_val, params.metric)
         history.append(score)
         if best_state is None or score > history[best_epoch]:
@@ -831,7 +852,7 @@ def _labels(y: np.ndarray, n: int, name: str) -> Tensor:
             f"{name} must be non-negative int labels of shape ({n},), "
             f"got dtype {y.dtype} shape {y.shape}"
         )
-    return torch.as_tensor(y, dtype=torch.long)
+    return torch.tensor(y, dtype=torch.long)  # a copy: a split's labels are read-only
 
 
 def _input_dims(train: Sequence[np.ndarray]) -> list[int]:
@@ -858,6 +879,11 @@ def _check_inputs(input_dims: Sequence[int], inputs: Sequence[np.ndarray], name:
         )
 
 
+def _non_finite(model: nn.Module) -> str | None:
+    """The name of the first parameter or buffer holding nan or inf (None: all finite)."""
+    return next((k for k, v in model.state_dict().items() if not torch.isfinite(v).all()), None)
+
+
 # --------------------------------------------------------------------------- inference and I/O
 
 
@@ -874,7 +900,14 @@ def predict_proba(
         )
     device = next(model.parameters()).device
     logits = _logits(model, [_tensor(array, device) for array in inputs], batch_size)
-    return torch.softmax(logits, dim=-1).cpu().numpy()
+    proba = torch.softmax(logits, dim=-1).cpu().numpy()
+    bad = np.flatnonzero(~np.isfinite(proba).all(axis=1))
+    if len(bad):
+        raise ConfigError(
+            f"the head's output is not finite for {len(bad)} of {len(proba)} rows "
+            f"(first: row {bad[0]}): these texts' features or the head's weights are damaged"
+        )
+    return proba
 
 
 def save_classifier(model: FusionClassifier, directory: str | os.PathLike) -> None:
@@ -916,4 +949,10 @@ def load_classifier(directory: str | os.PathLike) -> FusionClassifier:
         raise ConfigError(
             f"{directory / WEIGHTS_FILE} does not match head.json: {message}"
         ) from None
+    broken = _non_finite(model)
+    if broken:
+        raise ConfigError(
+            f"{directory / WEIGHTS_FILE} is damaged: {broken} is not finite (nan or inf); "
+            "re-run apply to save the head again"
+        )
     return model.eval()

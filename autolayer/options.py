@@ -45,23 +45,25 @@ class Options:
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+            _invalid("pooling", f"must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
         if self.metric not in METRICS:
-            raise ConfigError(f"metric must be one of {', '.join(METRICS)}; got {self.metric!r}")
+            _invalid("metric", f"must be one of {', '.join(METRICS)}; got {self.metric!r}")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int):
-            raise ConfigError(f"max_length must be an integer; got {self.max_length!r}")
+            _invalid("max_length", f"must be an integer; got {self.max_length!r}")
         if self.max_length < 2:
-            raise ConfigError(f"max_length must be >= 2; got {self.max_length}")
+            _invalid("max_length", f"must be >= 2; got {self.max_length}")
+        if not _integer_at_least(self.seed, 0):  # numpy's generators take no negative seed
+            _invalid("seed", f"must be an integer >= 0; got {self.seed!r}")
         if not 0.0 < self.validation_size < 1.0:
-            raise ConfigError(
-                f"validation_size must be a fraction in (0, 1); got {self.validation_size!r}"
+            _invalid(
+                "validation_size", f"must be a fraction in (0, 1); got {self.validation_size!r}"
             )
         if self.cv_folds is not None and not _integer_at_least(self.cv_folds, 2):
-            raise ConfigError(f"cv_folds must be an integer >= 2; got {self.cv_folds!r}")
+            _invalid("cv_folds", f"must be an integer >= 2; got {self.cv_folds!r}")
         if self.anchor is not None and (not isinstance(self.anchor, str) or not self.anchor):
-            raise ConfigError(f"anchor must be a model name, 'auto' or 'none'; got {self.anchor!r}")
+            _invalid("anchor", f"must be a model name, 'auto' or 'none'; got {self.anchor!r}")
         if self.threads is not None and not _integer_at_least(self.threads, 1):
-            raise ConfigError(f"threads must be an integer >= 1; got {self.threads!r}")
+            _invalid("threads", f"must be an integer >= 1; got {self.threads!r}")
 
     def extraction(self) -> dict:
         """Keyword arguments of :func:`autolayer.extraction.embed_texts`."""
@@ -83,3 +85,8 @@ class Options:
 
 def _integer_at_least(value, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _invalid(name: str, problem: str) -> None:
+    """Refuse the value of option ``name`` (the CLI shows it as its flag)."""
+    raise ConfigError(f"{name} {problem}", params=(name,))

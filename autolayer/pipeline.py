@@ -16,9 +16,13 @@ config (``export``), so a study can be re-read, resumed or exported later from i
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -99,6 +103,42 @@ class Recommendation:
     pairs: tuple[PairEstimate, ...] = ()
 
 
+def model_names(models: object) -> list[str] | None:
+    """``models`` as a public function takes it: None (the default pool), one name, or a
+    sequence of names. A bare string is one model, not the list of its characters; anything
+    else is refused, naming what was given, before any work."""
+    if models is None:
+        return None
+    if isinstance(models, str):
+        return [models]
+    if isinstance(models, bytes | Mapping) or not isinstance(models, Iterable):
+        raise ConfigError(
+            "models must be a model name or a list of model names; "
+            f"got {type(models).__name__} {models!r}"
+        )
+    names = list(models)
+    wrong = next((i for i, name in enumerate(names) if not isinstance(name, str)), None)
+    if wrong is not None:
+        raise ConfigError(
+            f"models[{wrong}] must be a model name (text); "
+            f"got {type(names[wrong]).__name__} {names[wrong]!r}"
+        )
+    return names
+
+
+def budget_of(budget: object) -> Budget:
+    """The search's :class:`Budget` (None: the default one); anything else is refused before
+    any work, rather than failing deep in the search."""
+    if budget is None:
+        return Budget()
+    if not isinstance(budget, Budget):
+        raise ConfigError(
+            "budget must be an autolayer.Budget, e.g. Budget(n_trials=30), or None; "
+            f"got {type(budget).__name__} {budget!r}"
+        )
+    return budget
+
+
 def check_pretrained(models: Sequence[str], command: str) -> None:
     """Refuse, before any extraction, sources that learn from the task's texts (TF-IDF):
     ``score`` and ``complementarity`` look at pretrained models' layers."""
@@ -130,7 +170,7 @@ def score(
     from autolayer.probe import check_folds, probe_layers, rank_agreement
 
     options = resolve_options(options, settings)
-    models = check_models([models] if isinstance(models, str) else models)
+    models = check_models(model_names(models))
     check_pretrained(models, "score")
     data = dataset_of(dataset)
     labels = data.split(split).labels
@@ -177,7 +217,7 @@ def complementarity(
     from autolayer.probe import probe_layers
 
     options = resolve_options(options, settings)
-    models = check_models(models, at_least=2)
+    models = check_models(model_names(models), at_least=2)
     check_pretrained(models, "complementarity")
     data = dataset_of(dataset)
     labels = data.split(split).labels
@@ -243,13 +283,25 @@ def _check_own_database(path: Path) -> None:
         )
 
 
+def resumed_pool(
+    output_dir: str | Path, storage: str | None, study_name: str | None
+) -> tuple[str, ...]:
+    """:func:`study_pool` of a run's storage, by default the output folder's study
+    database, refused first when it is a user's own SQLite file: reading the pool would
+    add Optuna's tables to it."""
+    if storage is None:
+        _check_own_database(Path(output_dir) / "study.db")
+    return study_pool(storage or default_storage(output_dir), study_name)
+
+
 def study_pool(storage: str, study_name: str | None) -> tuple[str, ...]:
     """The models of the stored study a run will resume (none for a new study, or a name
     left to be derived from the pool): :func:`prepare` keeps a resumed study's pool whole,
     or the anchor alone, whatever the early skip would decide under this budget. Never
     creates a storage; a storage that cannot be opened is an error here, before any work."""
-    from autolayer.search import make_storage, missing_sqlite_file
+    from autolayer.search import check_storage_url, make_storage, missing_sqlite_file
 
+    check_storage_url(storage)  # a URL no study can live in: said before any work
     if study_name is None or missing_sqlite_file(storage):
         return ()
     opened = make_storage(storage)
@@ -316,17 +368,24 @@ def default_space(options: Options) -> Space:
     return Space(heads=("mlp", "linear")) if options.cv_folds is not None else Space()
 
 
-def default_study_name(prepared: Prepared) -> str:
-    """Named by data and models (and folds and anchor, under cross-validation): a run
-    judged another way is another study, not a refused resume."""
-    names = ",".join(c.name for c in prepared.candidates)
-    key = f"{prepared.data.fingerprint}|{names}"
-    if prepared.options.cv_folds is not None:
-        key += f"|cv{prepared.options.cv_folds}"
-    if prepared.options.anchor is not None:
-        key += f"|anchor={prepared.options.anchor}"
+def default_study_name(
+    data: LabelledDataset, models: Sequence[str] | None, options: Options
+) -> str:
+    """Named by the data, the models asked for and, under cross-validation, the folds and
+    the anchor: a run judged another way is another study, not a refused resume. Not by
+    the models a run keeps: the anchor's early skip depends on the budget, so a re-run with
+    more trials or a timeout would silently start another study; it resumes this one, with
+    its pool (:func:`study_pool`). Known before any extraction, and the name earlier
+    versions gave whenever every model was kept, so their studies resume too."""
+    names = check_models(models)
+    key = f"{data.fingerprint}|{','.join(names)}"
+    if options.cv_folds is not None:
+        key += f"|cv{options.cv_folds}"
+        chosen = anchor.resolve(options.anchor, names)
+        if chosen is not None:
+            key += f"|anchor={chosen}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    return f"autolayer-{prepared.data.name}-{digest}"
+    return f"autolayer-{data.name}-{digest}"
 
 
 def search(
@@ -351,12 +410,13 @@ def search(
     A stored study of the same name made for other data, models, metric or objectives is
     refused before any training (see :func:`autolayer.search.run_search`).
     """
+    budget = budget_of(budget)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if storage is None:
         _check_own_database(output_dir / "study.db")
     storage = storage or default_storage(output_dir)
-    study_name = study_name or default_study_name(prepared)
+    study_name = study_name or default_study_name(prepared.data, prepared.pool, prepared.options)
     space = space or default_space(prepared.options)
     context = study_context(prepared, space)
     return run_search(
@@ -614,6 +674,7 @@ def _pair_reason(pairs: Sequence[PairEstimate], models: Sequence[str], similarit
 FEW_ROWS = 100  # below it, a score judged on these rows is said to be mostly noise
 RECOMMENDATION = "recommendation.yaml"
 PLOTS = {"layers.png", "cka.png"}  # what report.recommendation draws into the output folder
+CLAIM = ".autolayer-recommend"  # held by each recommend writing into an output folder
 
 
 def restrict(
@@ -630,7 +691,10 @@ def restrict(
     It also sets the anchor to ``"auto"`` unless ``options.anchor`` is set: a few labels
     cannot pick a layer reliably, so a default has to be beaten clearly."""
     if max_train_samples is not None and labels_per_class is not None:
-        raise ConfigError("give max_train_samples or labels_per_class, not both")
+        raise ConfigError(
+            "give max_train_samples or labels_per_class, not both",
+            params=("max_train_samples", "labels_per_class"),
+        )
     if max_train_samples is not None:
         data = data.subsample(max_train_samples, seed=options.seed)
     if labels_per_class is not None:
@@ -647,11 +711,11 @@ def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool
     not write) in ``output_dir``; found before extraction, not after an hour of it."""
     import yaml
 
-    from autolayer.files import OURS, check_writable
+    from autolayer.files import check_writable, is_ours
 
     check_writable(output_dir, "output folder")
     for plot in (PLOTS & {p.name for p in output_dir.glob("*.png")}) if output_dir.is_dir() else ():
-        if not OURS["plot"](output_dir / plot):
+        if not is_ours(output_dir / plot, "plot"):
             raise ConfigError(
                 f"{output_dir / plot} exists and is not a plot autolayer wrote; move it or "
                 "choose another output folder"
@@ -672,6 +736,95 @@ def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool
             f"{path} was made for {_other_data(previous['dataset'], data)}; choose another "
             "output folder, or pass --overwrite to replace it"
         )
+
+
+@contextmanager
+def claim_output_dir(output_dir: Path, fingerprint: str) -> Iterator[None]:
+    """Hold ``output_dir`` for a recommend on data ``fingerprint`` while the block runs.
+
+    Two recommends that both check the folder before either has written
+    ``recommendation.yaml`` would both pass, and one would silently replace the other's.
+    Each holds a shared lock on a claim file recording the data's fingerprint: a run on the
+    same data shares it (a worker of the same study), a run on other data is refused while
+    a holder lives. The kernel drops a killed run's lock, so a claim it left behind blocks
+    nothing. Claims are taken and released under an exclusive lock on the folder itself,
+    so the file is written, and removed by its last holder, by one run at a time."""
+    from autolayer.files import check_writable
+
+    check_writable(output_dir, "output folder")
+    created = not output_dir.exists()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / CLAIM
+    with _folder_locked(output_dir):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _take_claim(fd, path, fingerprint)
+        except BaseException:
+            os.close(fd)
+            raise
+    try:
+        yield
+    finally:
+        with _folder_locked(output_dir):
+            _release_claim(fd, path)
+        if created and not any(output_dir.iterdir()):  # a run that failed before writing
+            output_dir.rmdir()
+
+
+@contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` for the few statements that take or drop a claim."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def _take_claim(fd: int, path: Path, fingerprint: str) -> None:
+    """Share the claim of a live run on the same data, or write ours (none is live)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # live holders, which hold it shared
+        holder = _claim_record(fd)
+        if holder.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"{path.parent} is in use by a recommend on other data (pid "
+                f"{holder.get('pid', '?')} on {holder.get('host', '?')}); wait for it to "
+                "end, or choose another output folder"
+            ) from None
+    else:
+        record = {"fingerprint": fingerprint, "pid": os.getpid(), "host": socket.gethostname()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # taken by holders only, under the folder's lock
+
+
+def _claim_record(fd: int) -> dict:
+    """What a claim file says (empty if unreadable: a holder of unknown data)."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0))
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _release_claim(fd: int, path: Path) -> None:
+    """Drop our share of the claim; its last holder removes the file."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass  # another run on the same data still holds it
+    finally:
+        os.close(fd)
 
 
 def _other_data(previous: dict, data: LabelledDataset) -> str:
@@ -724,42 +877,45 @@ def recommend(
     made for other data is refused before any work unless ``overwrite`` (its study database
     is kept either way: studies are keyed by data and models, so several live side by side).
     """
+    models, budget = model_names(models), budget_of(budget)
+    options = resolve_options(options, settings)
     data, options = restrict(
         dataset_of(dataset),
-        resolve_options(options, settings),
+        options,
         max_train_samples=max_train_samples,
         labels_per_class=labels_per_class,
     )
-    check_output_dir(Path(output_dir), data, overwrite=overwrite)
-    budget = budget or Budget()
-    space = space or default_space(options)
-    prepared = prepare(
-        data,
-        models,
-        options=options,
-        top_k=top_k,
-        fidelity=fidelity,
-        progress=progress,
-        anchor_budget=anchor_budget(budget, space, multi_objective),
-        resumed_pool=study_pool(storage or default_storage(output_dir), study_name),
-    )
-    started = time.process_time()
-    result = search(
-        prepared,
-        output_dir=output_dir,
-        storage=storage,
-        study_name=study_name,
-        budget=budget,
-        space=space,
-        multi_objective=multi_objective,
-        callbacks=callbacks,
-        heartbeat=heartbeat,
-    )
-    trained = result.trained or 0
-    searched = StageCost("search", time.process_time() - started, 0, f"{trained} heads trained")
-    context = study_context(prepared, space)
-    config = trial_config(result.best, context, result.study_name, result.storage)
-    config.save(Path(output_dir) / RECOMMENDATION)
+    with claim_output_dir(Path(output_dir), data.fingerprint):  # till its yaml is written
+        check_output_dir(Path(output_dir), data, overwrite=overwrite)
+        space = space or default_space(options)
+        study_name = study_name or default_study_name(data, models, options)
+        prepared = prepare(
+            data,
+            models,
+            options=options,
+            top_k=top_k,
+            fidelity=fidelity,
+            progress=progress,
+            anchor_budget=anchor_budget(budget, space, multi_objective),
+            resumed_pool=resumed_pool(output_dir, storage, study_name),
+        )
+        started = time.process_time()
+        result = search(
+            prepared,
+            output_dir=output_dir,
+            storage=storage,
+            study_name=study_name,
+            budget=budget,
+            space=space,
+            multi_objective=multi_objective,
+            callbacks=callbacks,
+            heartbeat=heartbeat,
+        )
+        trained = result.trained or 0
+        searched = StageCost("search", time.process_time() - started, 0, f"{trained} heads trained")
+        context = study_context(prepared, space)
+        config = trial_config(result.best, context, result.study_name, result.storage)
+        config.save(Path(output_dir) / RECOMMENDATION)
     cka = cka_at_best(prepared)
     return Recommendation(
         config=config,

@@ -176,9 +176,11 @@ def _prepared(
     else:
         _check_arrays(X, y, "X", "y")
     if n_folds < 2:
-        raise ConfigError(f"n_folds must be at least 2; got {n_folds}")
+        raise ConfigError(f"n_folds must be at least 2; got {n_folds}", params=("n_folds",))
     if max_examples is not None and max_examples < 1:
-        raise ConfigError(f"max_examples must be positive; got {max_examples}")
+        raise ConfigError(
+            f"max_examples must be positive; got {max_examples}", params=("max_examples",)
+        )
     if max_examples is not None and max_examples < len(y):
         keep = stratified_rows(np.asarray(y), max_examples, seed)
         X, y = X[keep], np.asarray(y)[keep]
@@ -609,9 +611,11 @@ def _without_singletons(
 def check_folds(n_examples: int, n_folds: int) -> None:
     """Fail before extraction (not after it) when cross-validation cannot run at all."""
     if n_folds < 2:
-        raise ConfigError(f"n_folds must be >= 2; got {n_folds}")
+        raise ConfigError(f"n_folds must be >= 2; got {n_folds}", params=("n_folds",))
     if n_examples < n_folds:
-        raise DataError(f"{n_examples} examples is fewer than n_folds={n_folds}")
+        raise DataError(
+            f"{n_examples} examples is fewer than n_folds ({n_folds})", params=("n_folds",)
+        )
 
 
 def _feasible_folds(labels: np.ndarray, n_folds: int) -> int:

@@ -341,11 +341,21 @@ def search_summary(result, metric: str = "metric", judged: str = "val") -> None:
     )
     best = result.best
     why = f" ({escape(result.why)})" if result.why else ""
-    console.print(f"best trial #{best.number}: {best.values[0]:.4f}{why}")
+    console.print(f"{_chosen(result)} trial #{best.number}: {best.values[0]:.4f}{why}")
     for note in result.notes:
         console.print(f"note: {escape(note)}")
     if len(best.values) > 1:
         pareto_table(result.pareto, metric, judged)
+
+
+def _chosen(result) -> str:
+    """What the recommended trial is: "best" only when it scored highest; the few-label
+    anchor is "recommended (anchor)" whatever it scored (kept unless beaten clearly), and a
+    trial another rule chose (one standard error) is "recommended"."""
+    if result.anchor:
+        return "recommended (anchor)"
+    top = next((t for t in result.trials if t.state == "COMPLETE"), result.best)
+    return "best" if result.best is top else "recommended"
 
 
 def pareto_table(trials, metric: str, judged: str = "val") -> None:
@@ -447,9 +457,9 @@ def recommendation(rec, output_dir) -> None:
 def _remove_ours(path: Path) -> None:
     """Delete a plot an earlier run wrote that this one does not replace (a reader would take
     it for part of this result); a file autolayer did not write is left alone."""
-    from autolayer.files import OURS
+    from autolayer.files import is_ours
 
-    if path.is_file() and OURS["plot"](path):
+    if path.is_file() and is_ours(path, "plot"):
         path.unlink()
 
 

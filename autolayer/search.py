@@ -11,6 +11,7 @@ so re-running the same command resumes, and several workers can share one study.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -22,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,7 +34,7 @@ from scipy.sparse import issparse
 from autolayer.anchor import against_anchor, is_anchor, unbeatable
 from autolayer.budgets import Budget
 from autolayer.complementarity import PairEstimate
-from autolayer.errors import ConfigError
+from autolayer.errors import ConfigError, DivergedError
 from autolayer.fusion import (
     HEADS,
     OPERATORS,
@@ -202,6 +204,7 @@ class SearchResult:
     trials: tuple[TrialSummary, ...]
     pareto: tuple[TrialSummary, ...]
     why: str = ""  # why ``best`` was chosen, when a rule (anchor, one standard error) chose it
+    anchor: bool = False  # ``best`` is the few-label anchor's trial, kept by the anchor rule
     notes: tuple[str, ...] = ()  # what the report must say: trials left out, a timeout
     # heads trained in the study while this run searched (other workers' included; None:
     # read from storage only)
@@ -356,7 +359,7 @@ class _Objective:
         )
         for key, value in cost.as_dict().items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", this_worker())
         broken = self.budget.violations(cost)
         if broken:
             trial.set_user_attr(INFEASIBLE, "; ".join(broken))
@@ -497,20 +500,23 @@ def anchor_can_stop(budget: Budget, space: Space, multi_objective: bool = False)
     return not multi_objective and "linear" in space.heads and budget.timeout is None
 
 
-def _stop_if_unbeatable(budget: Budget) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+def _stop_if_unbeatable(
+    budget: Budget, finite: int | None = None
+) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     """Stop the study once the anchor's trial is in and no trial of the budget could beat it
     (:func:`autolayer.anchor.unbeatable`): the rest could not change the answer."""
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if anchor_unbeatable(study, budget):
+        if anchor_unbeatable(study, budget, finite):
             study.stop()
 
     return callback
 
 
-def anchor_unbeatable(study: optuna.Study, budget: Budget) -> bool:
+def anchor_unbeatable(study: optuna.Study, budget: Budget, finite: int | None = None) -> bool:
     """Whether the study has the anchor's finished trial, within ``budget``'s limits and out
-    of reach of its trials; the study's :data:`UNBEATABLE` mark follows the answer. Read
+    of reach of its trials (or of the space's ``finite`` configurations, when fewer: see
+    :func:`_finite`); the study's :data:`UNBEATABLE` mark follows the answer. Read
     from the storage, so a resumed run, or another worker, sees what an earlier one found;
     decided afresh each time, because a resumed run may bring another budget."""
     anchor = _anchor_of(study)
@@ -519,7 +525,8 @@ def anchor_unbeatable(study: optuna.Study, budget: Budget) -> bool:
         name, last = anchor
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         found = any(
-            is_anchor(_summary(t), name, last) and _out_of_reach(t, budget) for t in complete
+            is_anchor(_summary(t), name, last) and _out_of_reach(t, budget, finite)
+            for t in complete
         )
     if found != bool(study.user_attrs.get(UNBEATABLE)):
         study.set_user_attr(UNBEATABLE, found)
@@ -561,9 +568,9 @@ def _anchor_of(study: optuna.Study) -> tuple[str, int] | None:
     return None if info is None else (name, info["n_hidden_states"] - 1)
 
 
-def _out_of_reach(trial: optuna.trial.FrozenTrial, budget: Budget) -> bool:
+def _out_of_reach(trial: optuna.trial.FrozenTrial, budget: Budget, finite: int | None) -> bool:
     rows = trial.user_attrs.get("n_rows")  # recorded by cross-validated trials
-    if not rows or not unbeatable(trial.values[0], rows, budget.n_trials):
+    if not rows or not unbeatable(trial.values[0], rows, budget.n_trials, configurations=finite):
         return False
     cost = _cost(trial.user_attrs)
     return cost is not None and not budget.violations(cost)
@@ -655,10 +662,7 @@ def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStora
     A running trial's worker beats every ``heartbeat`` seconds; after three missed beats
     the next worker to start a trial fails it and queues its retry.
     """
-    if not url.startswith(("sqlite", "postgresql", "mysql")):
-        raise ConfigError(
-            f"storage must be an sqlite://, postgresql:// or mysql:// URL; got {url!r}"
-        )
+    check_storage_url(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
@@ -671,6 +675,29 @@ def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStora
         except Exception as exc:  # noqa: BLE001 - drivers raise many types; report one line
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ConfigError(f"cannot open storage {url!r}: {reason}") from None
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse, before any work, a URL no study can live in: another scheme, or an SQLite
+    URL without a file (``sqlite:///``, what ``sqlite:///$UNSET`` expands to), which
+    SQLAlchemy opens as an in-memory database: the study would end with the run, and the
+    export command the report prints could not find it."""
+    if not url.startswith(("sqlite", "postgresql", "mysql")):
+        raise ConfigError(
+            f"--storage must be an sqlite://, postgresql:// or mysql:// URL; got {url!r}"
+        )
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: opening it says why in one line
+        return
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(
+            f"--storage {url!r} names no database file: the study would be kept in memory "
+            "and lost when the run ends; give a file, such as sqlite:///study.db (is a "
+            "variable in it unset?)"
+        )
 
 
 def open_existing_storage(url: str, study_name: str | None = None) -> optuna.storages.BaseStorage:
@@ -700,15 +727,93 @@ def missing_sqlite_file(url: str) -> str | None:
 
 class _RetryUndecided(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a dead worker's trial, without the marks of what that attempt
-    decided (surplus, repeat, infeasible). Optuna copies the user attributes into the
-    retry; a copied surplus mark would leave the retry's trained head uncounted, and the
-    study would train one more than its budget."""
+    decided (surplus, repeat, infeasible) or of who ran it. Optuna copies the attributes
+    into the retry; a copied surplus mark would leave the retry's trained head uncounted,
+    and the study would train one more than its budget."""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trial = copy.copy(trial)
-        decided = (SURPLUS, REPEAT, INFEASIBLE)
+        decided = (SURPLUS, REPEAT, INFEASIBLE, "worker")
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in decided}
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != WORKER}
         super().__call__(study, trial)
+
+
+WORKER = "autolayer:worker"  # system attribute of a running trial: "host:pid" of its worker
+
+
+def this_worker() -> str:
+    """This process, as :data:`WORKER` records it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _WorkerStorage(optuna.storages.RDBStorage):
+    """An RDB storage whose running trials record their worker, and whose stale trials
+    include two kinds that Optuna's heartbeat alone never finds, or finds late:
+
+    - a trial whose worker ran on this host and no longer exists (killed): stale at once,
+      not after three missed beats (a resumed run would otherwise wait them out, adding a
+      surplus trial each time);
+    - a trial that never reached its objective (its worker was stopped between creating it
+      and starting its heartbeat), past the grace period: without a heartbeat, Optuna never
+      calls it stale, and every later run would wait on it forever.
+
+    Optuna reads these through its storage's private methods (``_create_new_trial``,
+    ``_get_stale_trial_ids``), which are overridden here.
+    """
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+    ) -> optuna.trial.FrozenTrial:
+        if template_trial is None:  # a new running trial: its worker stored with it
+            template_trial = optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING, system_attrs={WORKER: this_worker()}
+            )
+            template_trial.state = optuna.trial.TrialState.RUNNING
+            template_trial.datetime_start = datetime.now()
+        return super()._create_new_trial(study_id, template_trial)
+
+    def set_trial_state_values(
+        self,
+        trial_id: int,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None = None,
+    ) -> bool:
+        taken = super().set_trial_state_values(trial_id, state=state, values=values)
+        if taken and state == optuna.trial.TrialState.RUNNING:  # a queued trial, taken
+            self.set_trial_system_attr(trial_id, WORKER, this_worker())
+        return taken
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        running = self.get_all_trials(
+            study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+        )
+        stale += [t._trial_id for t in running if t._trial_id not in stale and self._abandoned(t)]
+        return stale
+
+    def _abandoned(self, trial: optuna.trial.FrozenTrial) -> bool:
+        # (the user attribute: a trial stored by an earlier version, before its system one)
+        worker = trial.system_attrs.get(WORKER) or trial.user_attrs.get("worker")
+        if worker:
+            return _gone(worker)
+        started = trial.datetime_start or datetime.now()
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        return (datetime.now() - started).total_seconds() > grace
+
+
+def _gone(worker: str) -> bool:
+    """Whether a worker ("host:pid") ran on this host and its process no longer exists."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    return False
 
 
 # Workers that open a new storage together race to create its tables; each database says
@@ -720,7 +825,7 @@ def _rdb_storage(url: str, heartbeat: float, attempts: int = 3) -> optuna.storag
     """Open the storage; retry when workers starting together race to create its tables."""
 
     def open_storage() -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(
+        return _WorkerStorage(
             url,
             heartbeat_interval=max(1, round(heartbeat)),
             grace_period=max(2, round(3 * heartbeat)),
@@ -805,16 +910,24 @@ def run_search(
         _requeue_anchor(study, first, budget)
     finite = _finite(candidates, objective.choices, space)
     before, drawn_before = trained_count(study, budget)
+    if not created:  # said before any trial: a re-run does not start afresh
+        logger.warning(
+            "resuming study %r: %d of %d trials trained, %d to go",
+            study_name,
+            before,
+            budget.n_trials,
+            max(budget.n_trials - before, 0),
+        )
     stops = [_stop_after(budget, finite, drawn_before)]
     decides = anchor_can_stop(budget, space, multi_objective)
     if decides:
-        stops.append(_stop_if_unbeatable(budget))
+        stops.append(_stop_if_unbeatable(budget, finite))
     study.set_user_attr(LIMITS, budget.limits)  # export judges the study by this run's
     if not decides and study.user_attrs.get(UNBEATABLE):
         study.set_user_attr(UNBEATABLE, False)  # not this run's rule: no stale "stopped"
     started = time.monotonic()
     # decided afresh on every run, the budget already met or not: the report reads the mark
-    stopped = decides and anchor_unbeatable(study, budget)
+    stopped = decides and anchor_unbeatable(study, budget, finite)
     if before < budget.n_trials and not stopped:
         _optimize(study, objective, budget.timeout, [*stops, *callbacks])
     with warnings.catch_warnings():  # experimental since Optuna 2.9, stable in use
@@ -880,6 +993,11 @@ def _optimize(
         except (optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
             ended = trial.number  # pruned, or its result refused: it was failed
             raise
+        except DivergedError as exc:  # its learning rate was too high: prune it, go on
+            ended = trial.number
+            logger.warning("trial %d: %s; it is pruned", trial.number, exc)
+            trial.set_user_attr("diverged", str(exc))
+            raise optuna.TrialPruned(f"diverged: {exc}") from None
         ended = trial.number
         return outcome
 
@@ -891,6 +1009,9 @@ def _optimize(
         try:
             study.optimize(tracked, timeout=remaining, callbacks=callbacks)
             return
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: a trial it started is not left RUNNING
+            _fail_own_running(study)
+            raise
         except Exception:
             if ended is None or not _failed_by_another(study, ended):
                 raise
@@ -900,6 +1021,17 @@ def _optimize(
                 "it again",
                 ended,
             )
+
+
+def _fail_own_running(study: optuna.Study) -> None:
+    """Fail this worker's running trials: interrupted before its objective started (Optuna
+    fails a trial interrupted inside it), one would stay RUNNING without a heartbeat."""
+    mine = this_worker()
+    state = optuna.trial.TrialState
+    for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+        if trial.system_attrs.get(WORKER) == mine:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # finished
+                study._storage.set_trial_state_values(trial._trial_id, state.FAIL)
 
 
 def _failed_by_another(study: optuna.Study, number: int) -> bool:
@@ -1055,16 +1187,18 @@ def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> 
     if over:
         complete = [t for t in complete if OVER_BUDGET not in t.attrs]
         if not complete:
+            nearest = min(over, key=lambda t: budget.shortfall(_cost(t.attrs)))
             raise ConfigError(
-                f"no finished trial of study {study.study_name!r} meets this budget (e.g. "
-                f"#{over[0].number}: {over[0].attrs[OVER_BUDGET]}); run more trials, or "
-                "relax the budget"
+                f"no finished trial of study {study.study_name!r} meets this budget; the "
+                f"nearest miss, #{nearest.number}, breaks: {nearest.attrs[OVER_BUDGET]}; run "
+                "more trials, or relax the budget"
             )
         notes += (f"{len(over)} finished trial(s) of an earlier run break this budget: left out",)
     best, why = complete[0], ""
     if len(study.directions) == 1:
         attrs = study.user_attrs
         best, why = recommended(complete, attrs.get("context"), bool(attrs.get(UNBEATABLE)))
+    anchor = _anchor_of(study)
     return SearchResult(
         study_name=study.study_name,
         storage=storage,
@@ -1072,6 +1206,7 @@ def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> 
         trials=tuple(complete) + tuple(t for t in trials if t not in complete),
         pareto=_front(complete) if len(study.directions) > 1 else (complete[0],),
         why=why,
+        anchor=len(study.directions) == 1 and anchor is not None and is_anchor(best, *anchor),
         notes=notes,
     )
 

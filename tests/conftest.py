@@ -210,3 +210,33 @@ def tiny_dataset(tmp_path) -> Path:
     write_jsonl(folder / "train.jsonl", rows[:40])
     write_jsonl(folder / "test.jsonl", rows[40:])
     return folder
+
+
+def one_error_line(err: str) -> str:
+    """The one ``error:`` line a refused command printed (warnings and plain progress lines
+    aside), checked to be alone and without a traceback."""
+    lines = [
+        line
+        for line in err.strip().splitlines()
+        if line.strip()
+        and not line.startswith(("WARNING", "INFO"))
+        and " texts (" not in line  # plain progress lines when not a terminal
+        and " trials (" not in line
+    ]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture()
+def config(tmp_path, tiny_models) -> Path:
+    """A config for the tiny encoder (see :func:`write_config`)."""
+    return write_config(tmp_path / "cfg", tiny_models["bert"])
+
+
+@pytest.fixture()
+def saved_model(capsys, tmp_path, home, config, tiny_dataset) -> Path:
+    """A model folder that ``apply`` saved from :func:`config` on the tiny dataset."""
+    code, _, err = run(capsys, "apply", config, "-d", tiny_dataset, "-o", tmp_path / "model")
+    assert code == 0, err
+    return tmp_path / "model"

@@ -145,7 +145,7 @@ def test_cli_unknown_anchor_is_one_line(capsys, tmp_path, home, tiny_dataset, ti
         *("recommend", "-d", tiny_dataset, "--models", tiny_models["bert"]),
         *("--labels-per-class", 6, "--anchor", "mpnet", "-o", tmp_path / "o"),
     )
-    assert code != 0 and "not one of the models" in err
+    assert code == 2 and "--anchor 'mpnet' is not one of the models" in err
     assert "Traceback" not in err + out
 
 
@@ -221,7 +221,7 @@ def test_a_resumed_stopped_study_trains_nothing_more(
     plain = pipeline.prepare(
         drawn, [str(tiny_models["llama"]), sentence_encoder], options=replace_anchor(options)
     )
-    assert pipeline.default_study_name(plain) != first.study_name
+    assert pipeline.default_study_name(drawn, plain.pool, plain.options) != first.study_name
     with pytest.raises(ConfigError, match="anchor"):
         pipeline.search(
             plain, output_dir=tmp_path / "o", budget=Budget(n_trials=2), study_name=first.study_name
@@ -434,3 +434,76 @@ def test_an_anchor_an_earlier_budget_excluded_runs_when_the_study_resumes(tmp_pa
     study = optuna.load_study(study_name="s", storage=settings["storage"])
     queued = [t for t in study.trials if t.system_attrs.get("fixed_params") == settings["first"][0]]
     assert [t.state.name for t in queued] == ["PRUNED", "COMPLETE"]
+
+
+def test_a_study_that_keeps_its_anchor_says_so_in_its_summary():
+    from optuna.distributions import CategoricalDistribution
+
+    from autolayer.search import collect
+
+    def other(value: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(
+            params={"models": "m", "layer:m": 3, "head": "linear"},
+            distributions={
+                "models": CategoricalDistribution(["m"]),
+                "layer:m": CategoricalDistribution([3, 6]),
+                "head": CategoricalDistribution(["mlp", "linear"]),
+            },
+            value=value,
+            user_attrs={"n_rows": 16, "latency_ms": 5.0, "memory_mb": 10.0, "params": 66},
+        )
+
+    study = anchor_study(0.6)
+    study.add_trial(other(0.7))  # 1.0 standard error above the anchor on 16 rows
+    result = collect(study, "sqlite://")
+    assert result.best.number == 0 and result.anchor
+    study.add_trial(other(1.0))  # 2.8 errors: clearly
+    result = collect(study, "sqlite://")
+    assert result.best.number == 2 and not result.anchor
+
+
+def test_the_default_study_name_is_not_decided_by_the_budget(
+    tmp_path, home, tiny_models, sentence_encoder, perfect, one_thread
+):
+    """The anchor's early skip depends on the budget; the default study's name must not,
+    or a re-run with more trials (or a timeout) silently starts another study."""
+    from autolayer.budgets import Budget
+
+    pool = [str(tiny_models["llama"]), sentence_encoder]
+    first = recommend_on(perfect, tmp_path, pool, budget=Budget(n_trials=3))
+    assert "not extracted" in first.dropped[pool[0]]
+    again = recommend_on(
+        perfect, tmp_path, pool, budget=Budget(n_trials=5, timeout=600), overwrite=True
+    )
+    assert again.search.study_name == first.search.study_name
+    assert "holds the anchor alone" in again.dropped[pool[0]]
+
+
+def test_the_default_study_name_of_a_plain_search_is_the_one_earlier_versions_gave(
+    tiny_dataset, tiny_models
+):
+    """Studies made before the name stopped depending on the budget still resume."""
+    import hashlib
+
+    from autolayer import pipeline
+    from autolayer.options import Options
+
+    data, model = load_dataset(tiny_dataset), str(tiny_models["bert"])
+    digest = hashlib.sha256(f"{data.fingerprint}|{model}".encode()).hexdigest()[:8]
+    assert pipeline.default_study_name(data, [model], Options()) == f"autolayer-tiny-{digest}"
+
+
+def test_a_space_of_fewer_configurations_than_trials_needs_a_smaller_margin():
+    """Two linear heads are two chances to beat the anchor by luck, whatever --n-trials."""
+    from autolayer.budgets import Budget
+    from autolayer.candidates import anchor_budget
+    from autolayer.search import Space, anchor_unbeatable
+
+    assert anchor.unbeatable(0.6, 16, 30)  # 2.8 errors at most < 2.9 (29 comparisons)
+    assert not anchor.unbeatable(0.6, 16, 30, configurations=2)  # > 1.6 (one comparison)
+    study = anchor_study(0.6)
+    assert anchor_unbeatable(study, Budget(n_trials=30))
+    assert not anchor_unbeatable(study, Budget(n_trials=30), finite=2)
+    # before extraction the space's size is unknown: no early skip for linear heads only
+    assert anchor_budget(Budget(), Space(heads=("mlp", "linear"))) is not None
+    assert anchor_budget(Budget(), Space(heads=("linear",))) is None

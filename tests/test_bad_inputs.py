@@ -2,9 +2,9 @@
 single `error:` line naming the problem and a non-zero exit code, never a traceback. Rows
 with a check also assert what must *not* have happened (a file lost, work done first).
 
-Issue #10's behaviour tests (what happens to existing files and studies, Ctrl-C, unlabelled
-extraction, prediction formats, …) are in tests/test_trust.py; together the two files cover
-every input of that issue.
+The behaviours behind these refusals (what happens to existing files and studies, Ctrl-C,
+prediction formats, …) are pinned in the test files of the modules they belong to
+(test_files, test_apply, test_predict, test_storage, test_cli, …).
 """
 
 from __future__ import annotations
@@ -320,6 +320,30 @@ def _tryout_rows(tmp: Path, model: Path, dataset: Path, config: Path) -> dict:
         ["recommend", "-d", dataset, "--models", model, "-o", tmp / "afile3"],
         "it is a file",
     )
+    rows.update(_data_rows(tmp, model))
+    return rows
+
+
+def _data_rows(tmp: Path, model: Path) -> dict:
+    """Data that loads but cannot serve: found before any extraction."""
+    rows: dict[str, tuple[list, str]] = {}
+    one = tmp / "one-class-validation"
+    write_jsonl(one / "train.jsonl", [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(8)])
+    write_jsonl(one / "validation.jsonl", [{"text": f"v {i}", "label": "a"} for i in range(3)])
+    rows["a validation file of one class"] = (
+        ["recommend", "-d", one, "--models", model, "-o", tmp / "r1"],
+        "single class ('a': 3)",
+    )
+    emoji = [{"text": "😀" * (i % 3 + 1) + " !", "label": "ab"[i % 2]} for i in range(8)]
+    write_jsonl(tmp / "emoji" / "train.jsonl", emoji)
+    rows["texts without words with tfidf in the pool"] = (
+        ["recommend", "-d", tmp / "emoji", "--models", f"{model},tfidf", "-o", tmp / "r2"],
+        "leave tfidf out of the models (--models)",
+    )
+    rows["a mistyped dataset path"] = (
+        ["recommend", "-d", tmp / "tyni", "--models", model, "-o", tmp / "r3"],
+        f"no such file or folder: '{tmp / 'tyni'}'",
+    )
     return rows
 
 
@@ -378,6 +402,12 @@ CHECKS = {
     "output folder not writable": lambda tmp, home: (
         not (home / "embeddings").exists() or pytest.fail("extracted before refusing")
     ),
+    "a validation file of one class": lambda tmp, home: (
+        not (home / "embeddings").exists() or pytest.fail("extracted before refusing")
+    ),
+    "texts without words with tfidf in the pool": lambda tmp, home: (
+        not (home / "embeddings").exists() or pytest.fail("extracted before refusing")
+    ),
 }
 
 
@@ -430,6 +460,9 @@ NAMES = [
     "complementarity --layers naming a model not compared",
     "one fold",
     "recommend -o onto a file",
+    "a validation file of one class",
+    "texts without words with tfidf in the pool",
+    "a mistyped dataset path",
 ]
 
 

@@ -1,12 +1,22 @@
 """The extraction cache on tiny random models: keys, hits without model work, resumption
-from finished chunks, corrupt entries recomputed."""
+from finished chunks, corrupt entries and chunks recomputed, and the per-entry lock."""
 
 from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
+from autolayer import cache
 from autolayer import extraction as ex
+from autolayer.cache import CacheEntry
+from autolayer.errors import CacheError, ConfigError
 from autolayer.sources import transformer as tr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,3 +118,103 @@ def test_corrupt_cache_entry_is_detected_and_recomputed(
     assert not again.meta["cached"]
     assert "corrupt" in caplog.text
     np.testing.assert_array_equal(again.array, good)
+
+
+def test_chunk_damaged_before_the_resume_is_recomputed_not_built_in(
+    tiny_models, tiny_dataset, home, caplog
+):
+    model, options = str(tiny_models["llama"]), {"chunk_size": 8, "batch_size": 4}
+    seen = []
+
+    def stop_in_third_chunk(n):
+        seen.append(n)
+        if sum(seen) > 16:  # two chunks are on disk
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.extract(model, str(tiny_dataset), "train", progress=stop_in_third_chunk, **options)
+    [entry] = (home / "embeddings").iterdir()
+    chunk = entry / "chunks" / "000001.npy"
+    raw = bytearray(chunk.read_bytes())
+    raw[-5] ^= 0xFF  # still a valid .npy of the right shape, with one wrong value
+    chunk.write_bytes(bytes(raw))
+
+    resumed = ex.extract(model, str(tiny_dataset), "train", **options)
+    assert resumed.meta["computed_rows"] == 40 - 16 + 8  # the damaged chunk again
+    assert "chunk 1" in caplog.text and "damaged" in caplog.text
+    clean = ex.extract(model, str(tiny_dataset), "train", cache_dir=home / "other", **options)
+    np.testing.assert_array_equal(resumed.array, clean.array)
+    again = ex.extract(model, str(tiny_dataset), "train", **options)
+    assert again.meta["cached"]
+    np.testing.assert_array_equal(again.array, clean.array)
+
+
+def test_lock_left_by_a_process_that_is_gone_is_taken_at_once(home, caplog):
+    entry = CacheEntry(home / "embeddings", {"texts": "x"})
+    entry.directory.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    record = {"pid": gone.pid, "host": socket.gethostname()}
+    (entry.directory / ".lock").write_text(json.dumps(record))
+    with entry.lock(timeout=0):
+        assert json.loads((entry.directory / ".lock").read_text())["pid"] == os.getpid()
+    assert "waiting" not in caplog.text
+
+
+def test_lock_held_by_a_live_process_names_it_then_gives_up_in_one_line(home, caplog):
+    entry = CacheEntry(home / "embeddings", {"texts": "x"})
+    who = f"pid {os.getpid()} on {socket.gethostname()}"
+    # a second open file description conflicts, even in one process; timeout 0 gives up at
+    # once, so the test takes no wall time
+    with entry.lock(), pytest.raises(CacheError, match=who), entry.lock(timeout=0):
+        pass
+    [waiting] = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert f"waiting for pid {os.getpid()} on {socket.gethostname()}" in waiting
+    assert "AUTOLAYER_LOCK_TIMEOUT" in waiting and "\n" not in waiting
+    with entry.lock():  # released: taken again without waiting
+        pass
+
+
+def test_lock_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("AUTOLAYER_LOCK_TIMEOUT", raising=False)
+    assert cache.lock_timeout() == cache.DEFAULT_LOCK_TIMEOUT
+    monkeypatch.setenv("AUTOLAYER_LOCK_TIMEOUT", "2.5")
+    assert cache.lock_timeout() == 2.5
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_lock_timeout_must_be_seconds(home, monkeypatch, value):
+    monkeypatch.setenv("AUTOLAYER_LOCK_TIMEOUT", value)
+    with pytest.raises(ConfigError, match="AUTOLAYER_LOCK_TIMEOUT"):
+        cache.lock_timeout()
+
+
+def test_lock_held_by_a_stopped_process_says_it_is_stopped(home, tmp_path, caplog):
+    entry = CacheEntry(home / "embeddings", {"texts": "x"})
+    holder = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from autolayer.cache import CacheEntry\n"
+        "with CacheEntry(Path(sys.argv[1]), {'texts': 'x'}).lock():\n"
+        "    Path(sys.argv[2]).touch()\n"
+        "    os.kill(os.getpid(), signal.SIGSTOP)  # as Ctrl-Z would\n"
+    )
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", holder, str(home / "embeddings"), str(ready)])
+    try:
+        for _ in range(600):  # the child's import and lock, then it stops itself
+            if ready.exists() and _stopped(child.pid):
+                break
+            assert child.poll() is None, "the lock holder ended early"
+            time.sleep(0.05)
+        with pytest.raises(CacheError, match=f"pid {child.pid} .*stopped"), entry.lock(timeout=0):
+            pass
+    finally:
+        child.kill()
+        child.wait()
+    assert f"waiting for pid {child.pid}" in caplog.text
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] in "Tt"

@@ -83,3 +83,100 @@ def test_predict_on_empty_input_is_an_error(capsys, home, tmp_path, tiny_models,
         capsys, "predict", tmp_path / "m", "-i", tmp_path / "empty.txt", "-o", tmp_path / "p.jsonl"
     )
     assert code != 0 and "no texts" in err and "Traceback" not in err
+
+
+def test_apply_refuses_to_save_a_head_that_diverged(home, tmp_path, tiny_models, tiny_dataset):
+    from dataclasses import replace
+
+    import pytest
+
+    from autolayer.classifier import apply
+    from autolayer.errors import DivergedError
+
+    config = replace(_tiny_config(str(tiny_models["bert"])), lr=1e30)
+    with pytest.raises(DivergedError, match="lower lr"):
+        apply(config, str(tiny_dataset), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_predict_refuses_a_head_whose_bytes_were_damaged(
+    capsys, home, tmp_path, tiny_models, tiny_dataset
+):
+    from autolayer.classifier import apply
+
+    apply(_tiny_config(str(tiny_models["bert"])), str(tiny_dataset), tmp_path / "m")
+    weights = tmp_path / "m" / "head.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\xff\xff\xff\xff")  # a float32 NaN
+    (tmp_path / "in.txt").write_text("good fun\nbad plot\n")
+    out = tmp_path / "p.jsonl"
+    capsys.readouterr()  # what apply printed
+    code, _, err = run(capsys, "predict", tmp_path / "m", "-i", tmp_path / "in.txt", "-o", out)
+    assert code == 2 and "is damaged" in err and "Traceback" not in err  # input to fix
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_an_unfitted_estimator_raises_sklearns_not_fitted_error(home, tmp_path, tiny_models):
+    import pytest
+    from sklearn.exceptions import NotFittedError
+
+    estimator = FusionTextClassifier(_tiny_config(str(tiny_models["bert"])))
+    for call in (estimator.predict, estimator.predict_proba):
+        with pytest.raises(NotFittedError, match="FusionTextClassifier instance is not fitted"):
+            call(["good fun"])
+    with pytest.raises(NotFittedError):
+        estimator.save(tmp_path / "m")
+
+
+def test_fit_refuses_one_class_and_labels_that_do_not_match_the_texts(home, tiny_models):
+    import pytest
+
+    from autolayer.errors import DataError
+
+    estimator = FusionTextClassifier(_tiny_config(str(tiny_models["bert"])))
+    with pytest.raises(DataError, match="at least 2 classes in y; got only 'pos'"):
+        estimator.fit(["good fun", "great fun"], ["pos", "pos"])
+    with pytest.raises(DataError, match="y has 1 label for 2 texts"):
+        estimator.fit(["good fun", "bad plot"], ["pos"])
+
+
+def test_texts_must_be_a_list_of_non_blank_strings(home, tiny_models, tiny_dataset):
+    """As scikit-learn's text vectorizers: a bare string is not iterated as characters, and
+    an item that is not a text is named by its position. A blank text, which the CLI skips,
+    is refused: an estimator owes one label per row."""
+    import pytest
+
+    from autolayer.errors import DataError
+
+    estimator = FusionTextClassifier(_tiny_config(str(tiny_models["bert"])))
+    estimator.fit(["good fun", "great fun", "bad dull", "awful plot"], ["pos", "pos", "neg", "neg"])
+    bad = {
+        "good fun": "expected an iterable of texts, got a string",
+        5: "expected an iterable of texts, got int",
+        (): "no texts given",
+        ("good", ""): r"X\[1\] is empty or whitespace-only",
+        ("good", None): r"X\[1\] is None, not a string",
+        (1, 2): r"X\[0\] is 1, not a string \(2 items are not strings\)",
+    }
+    for texts, message in bad.items():
+        with pytest.raises(DataError, match=message):
+            estimator.predict(texts if isinstance(texts, str | int) else list(texts))
+    with pytest.raises(DataError, match=r"X\[0\] is None"):
+        estimator.fit([None, "bad"], ["pos", "neg"])
+
+
+def test_a_config_or_dataset_of_the_wrong_type_is_named(home, tmp_path, tiny_models):
+    import pytest
+
+    from autolayer.classifier import apply
+    from autolayer.errors import ConfigError
+
+    expected = "config must be a FusionConfig or the path of a config file; got int 5"
+    with pytest.raises(ConfigError, match=expected):
+        FusionTextClassifier(5).fit(["good", "bad"], ["pos", "neg"])
+    with pytest.raises(ConfigError, match=expected):
+        apply(5, "demo", tmp_path / "m")
+    config = _tiny_config(str(tiny_models["bert"]))
+    with pytest.raises(
+        ConfigError, match="dataset must be a name, a path or a loaded dataset; got"
+    ):
+        apply(config, ["good", "bad"], tmp_path / "m")

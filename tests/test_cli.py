@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import optuna
 import pytest
+import torch
 
 from autolayer import zoo
-from tests.conftest import WORDS, run, write_jsonl
+from autolayer.config import load_config
+from tests.conftest import WORDS, one_error_line, run, write_jsonl
 
 
 def test_help_lists_every_command(capsys):
@@ -18,7 +22,6 @@ def test_help_lists_every_command(capsys):
 
 
 def test_extract_prints_per_layer_summary_and_saves_array(capsys, tiny_models, tiny_dataset, home):
-    import numpy as np
 
     target = home / "out.npy"
     args = ["extract", "-m", str(tiny_models["bert"]), "-d", str(tiny_dataset), "-o", str(target)]
@@ -37,7 +40,7 @@ def _rows(n: int = 10) -> list[dict]:
 def _bad_inputs(tmp_path):
     """(name, dataset path or None, model spec or None, expected message part)."""
     cases = {}
-    cases["missing file"] = (str(tmp_path / "nope.jsonl"), None, "not found")
+    cases["missing file"] = (str(tmp_path / "nope.jsonl"), None, "no such file or folder")
     (tmp_path / "data.xml").write_text("<a/>")
     cases["unsupported format"] = (str(tmp_path / "data.xml"), None, "supported")
     write_jsonl(tmp_path / "nolabel.jsonl", [{"text": "x"}] * 4)
@@ -130,3 +133,214 @@ def test_bad_layer_list_is_a_usage_error(capsys, tiny_models, tiny_dataset, home
         capsys, "extract", "-m", str(tiny_models["bert"]), "-d", str(tiny_dataset), "--layers", "9"
     )
     assert code != 0 and "out of range" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# What the CLI says: options it ignores, Python names, exit codes, interruptions
+
+
+def test_options_a_run_ignores_are_said_once(
+    capsys, caplog, tmp_path, tiny_models, tiny_dataset, home
+):
+    args = ["search", "-d", tiny_dataset, "--models", tiny_models["bert"], "--n-trials", 1]
+    args += ["--max-length", 8, "--exhaustive"]
+
+    def said() -> list[str]:
+        messages = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        return [m for m in messages if "ignored" in m or "--top-k" in m]
+
+    (tmp_path / "file").write_text("")
+    args += ["-o", tmp_path / "file" / "out"]  # refused: said before any work, or not at all
+    code, _, err = run(capsys, *args, "--screen-size", 10, "--top-k", 9)
+    assert code != 0 and "Traceback" not in err
+    assert said() == [
+        "--screen-size is ignored with --exhaustive (every training row is extracted)",
+        f"--top-k 9 is more than the layers of {tiny_models['bert']} (5): all are offered",
+    ]
+    code, _, err = run(capsys, *args, "--top-k", 5)  # all of them, exactly; no screen size
+    assert code != 0 and said() == []
+
+
+PYTHON_NAMES = ("max_train_samples", "labels_per_class", "cv_folds", "n_folds", "max_examples")
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (
+            ["recommend", "--max-train-samples", 8, "--labels-per-class", 2],
+            "give --max-train-samples or --labels-per-class, not both",
+        ),
+        (["recommend", "--anchor", "BERT"], "cross-validation (--labels-per-class or --cv-folds)"),
+        (["recommend", "--screen-size", 3], "--screen-size 3 is too small to screen"),
+        (["score", "--folds", 50], "40 examples is fewer than --folds (50)"),
+        (["score", "--max-examples", 0], "Invalid value for '--max-examples'"),
+        (
+            ["recommend", "--text-column", "label"],
+            "--text-column and --label-column are both 'label'",
+        ),
+    ],
+)
+def test_messages_name_the_cli_options_not_python_arguments(
+    capsys, tmp_path, home, tiny_models, tiny_dataset, args, said
+):
+    bert = str(tiny_models["bert"])
+    args = [bert if a == "BERT" else a for a in args]
+    if args[0] == "recommend":
+        args += ["--models", bert, "-o", tmp_path / "o"]
+    else:
+        args += ["-m", bert]
+    code, _, err = run(capsys, *args, "-d", tiny_dataset)
+    line = one_error_line(err)
+    assert code == 2 and said in " ".join(line.split()), err
+    assert not [name for name in PYTHON_NAMES if name in line], line
+
+
+def test_a_split_too_small_to_carve_suggests_an_option_the_cli_has(capsys, tmp_path, home):
+    rows = [{"text": f"{word} {i}", "label": word} for i in range(2) for word in "abcd"]
+    path = write_jsonl(tmp_path / "small.jsonl", rows)
+    code, _, err = run(capsys, "recommend", "-d", path, "--models", "tfidf", "-o", tmp_path / "o")
+    line = one_error_line(err)
+    assert code == 2 and "split of 20%" in line and "(--cv-folds) instead" in line, err
+    assert "size" not in line.replace("--", ""), line
+    args = ["recommend", "-d", path, "--models", "tfidf", "-o", tmp_path / "o"]
+    code, _, err = run(capsys, *args, "--max-train-samples", 3)
+    assert code == 2 and "a sample of 3 rows cannot hold the 4 classes" in err, err
+
+
+def test_usage_errors_exit_2_whoever_finds_them(capsys, tmp_path, tiny_dataset, home):
+    """One rule: 2 when what was typed must change, found by click or by autolayer."""
+    out_dir = ["-o", tmp_path / "o", "--models", "tfidf"]
+    typed = {
+        "click's": ["recommend", "--no-such-option"],
+        "an option's value": ["recommend", "-d", tiny_dataset, "--anchor", "x", *out_dir],
+        "two options together": ["recommend", "--max-train-samples", 8, "--labels-per-class", 2],
+        "the data": ["recommend", "-d", tmp_path / "missing.csv", *out_dir],
+    }
+    for what, args in typed.items():
+        code, _, err = run(capsys, *args)
+        assert code == 2 and err.startswith("error:"), (what, err)
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "Exit codes: 0 done; 2 fix what was typed" in " ".join(out.split())
+
+
+NAP = """
+import atexit, os, signal, sys, time
+from autolayer import cli
+
+@cli.cli.command("nap")
+def nap():
+    # a second Ctrl-C during shutdown (torch registers atexit handlers) must say nothing more
+    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    finally:  # and one while the first unwinds (cleanup of atomic writes, failed trials)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+
+sys.argv = ["autolayer", "nap"]
+sys.exit(cli.main())
+"""
+
+
+def test_ctrl_c_twice_prints_one_line_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", NAP], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 130, done.stderr
+    assert one_error_line(done.stderr).startswith("error: interrupted:"), done.stderr
+
+
+def test_main_in_process_gives_back_the_signal_handlers(capsys):
+    import signal
+
+    handlers = (signal.SIGINT, signal.SIGTERM)
+    before = [signal.getsignal(sig) for sig in handlers]
+    code, *_ = run(capsys, "--version")
+    assert code == 0 and [signal.getsignal(sig) for sig in handlers] == before
+
+
+def _search(capsys, tiny_dataset, models, out, *extra):
+    return run(capsys, "search", "-d", tiny_dataset, "--models", models, "-o", out, *extra)
+
+
+def test_ctrl_c_is_one_line_and_an_interrupted_first_run_can_be_exported(
+    capsys, tmp_path, home, tiny_models, tiny_dataset, monkeypatch, caplog
+):
+    from autolayer import fusion, search
+
+    calls = {"n": 0}
+    real = fusion.train_fusion
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "train_fusion", interrupted)
+    logged = []  # what Optuna's own handlers print (after their filters)
+    for handler in optuna.logging.get_logger("optuna").handlers:
+        monkeypatch.setattr(handler, "emit", logged.append)
+    out = tmp_path / "s"
+    code, _, err = _search(capsys, tiny_dataset, tiny_models["bert"], out, "--n-trials", "5")
+    assert code == 130
+    assert "interrupted: finished work is kept" in one_error_line(err)
+    assert not [r for r in logged if r.exc_info or "KeyboardInterrupt" in r.getMessage()]
+    code, _, err = run(capsys, "export", out, "-o", tmp_path / "c.yaml")
+    assert code == 0, err
+    assert load_config(tmp_path / "c.yaml").validation["trial"] in (0, 1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["extract", "apply"])
+def test_cuda_without_a_gpu_is_one_line(capsys, tmp_path, home, config, tiny_models, command):
+    args = {
+        "extract": ["extract", "-m", tiny_models["bert"]],
+        "apply": ["apply", config, "-o", tmp_path / "m"],
+    }[command]
+    code, _, err = run(capsys, *args, "--device", "cuda")
+    assert code != 0 and "CUDA" in one_error_line(err)
+
+
+def test_an_unexpected_error_is_one_line_not_a_traceback(capsys, monkeypatch, home):
+    from autolayer import zoo as zoo_module
+
+    def broken():
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(zoo_module, "status", broken)
+    code, _, err = run(capsys, "zoo", "list")
+    assert code != 0
+    line = one_error_line(err)
+    assert "RuntimeError: boom" in line and "-v" in line
+
+
+@pytest.mark.parametrize("command", ["score", "complementarity"])
+def test_score_and_complementarity_take_pooling_and_max_length(
+    capsys, tmp_path, home, tiny_models, tiny_dataset, command
+):
+    models = f"{tiny_models['bert']},{tiny_models['llama']}"
+    code, _, err = run(
+        capsys, command, "-m", models, "-d", tiny_dataset, "--pooling", "last", "--max-length", "8"
+    )
+    assert code == 0, err
+    metas = [json.loads(p.read_text()) for p in (home / "embeddings").glob("*/meta.json")]
+    assert metas and {(m["pooling"], m["max_length"]) for m in metas} == {("last", 8)}
+
+
+def test_library_warnings_are_one_line(capsys, tmp_path, home, tiny_models, caplog):
+    rows = [{"text": f"good film {i}", "label": "ab"[i % 2]} for i in range(9)]
+    rows.append({"text": "one more bad plot", "label": "c"})  # a class of one: warned
+    rows.append({"text": "another bad plot", "label": "c"})
+    path = write_jsonl(tmp_path / "rare.jsonl", rows)
+    code, _, err = run(capsys, "score", "-m", tiny_models["bert"], "-d", path, "--folds", "3")
+    assert code == 0, err
+    warned = [r for r in caplog.records if r.name == "autolayer" and "folds" in r.getMessage()]
+    assert warned and "\n" not in warned[0].getMessage()
+    assert "UserWarning" not in err and "warnings.warn" not in err

@@ -64,11 +64,11 @@ def balanced(n_per_class: dict[str, int]) -> list[dict]:
 
 def test_missing_file_is_reported(tmp_path: Path) -> None:
     message = data_error(tmp_path / "nope.jsonl")
-    assert "nope.jsonl" in message and "not an existing file" in message
+    assert "no such file or folder" in message and "nope.jsonl" in message
 
 
 def test_missing_directory_is_reported(tmp_path: Path) -> None:
-    assert "not an existing file or folder" in data_error(str(tmp_path / "no_such_dir"))
+    assert "no such file or folder" in data_error(str(tmp_path / "no_such_dir"))
 
 
 def test_unsupported_extension_lists_supported_ones(tmp_path: Path) -> None:
@@ -255,6 +255,33 @@ def test_integer_labels_match_their_string_form_and_sort_numerically(tmp_path: P
     assert from_json.split("train").labels.tolist() == [2, 1, 0, 2]
 
 
+def test_a_whole_number_label_is_one_class_in_every_format(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def rows(*labels: Any) -> list[dict]:
+        return [{"text": f"t{i}", "label": label} for i, label in enumerate(labels)]
+
+    as_csv, as_json = rows("1", "1.0", "0.00", "0"), rows(1, 1.0, "0.0", 0)
+    parquet = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows(1.0, 1.0, 0.0, 0.0)), parquet)
+    loaded = [
+        load_dataset(write_csv(tmp_path / "d.csv", as_csv)),
+        load_dataset(write_jsonl(tmp_path / "d.jsonl", as_json)),
+        load_dataset(parquet),
+    ]
+    assert [d.label_names for d in loaded] == [("0", "1")] * 3
+    assert {d.fingerprint for d in loaded} == {loaded[0].fingerprint}
+
+
+def test_labels_that_differ_as_text_stay_apart_in_every_format(tmp_path: Path) -> None:
+    rows = [{"text": f"t{i}", "label": label} for i, label in enumerate(["01", "1", "1e0", "+1"])]
+    from_json = load_dataset(write_jsonl(tmp_path / "d.jsonl", rows))
+    from_csv = load_dataset(write_csv(tmp_path / "d.csv", rows))
+    assert from_csv.label_names == from_json.label_names == ("+1", "01", "1", "1e0")
+    assert from_json.fingerprint == from_csv.fingerprint
+
+
 def test_text_fingerprint_ignores_labels_but_fingerprint_does_not(tmp_path: Path) -> None:
     flipped = [{**row, "label": "neg" if row["label"] == "pos" else "pos"} for row in ROWS]
     a = load_dataset(write_jsonl(tmp_path / "a.jsonl", ROWS)).split("train")
@@ -358,6 +385,69 @@ def test_small_datasets_never_leak_sklearn_errors(tmp_path: Path) -> None:
             assert len(train_idx) + len(val_idx) == len(dataset.split("train"))
 
 
+def test_a_carve_needs_two_classes_with_two_examples(tmp_path: Path) -> None:
+    dataset = dataset_of(tmp_path, {"a": 10, "b": 1})
+    with pytest.raises(DataError) as caught:
+        dataset.train_validation(size=0.2)
+    message = str(caught.value)
+    assert "only class 'a' has 2 or more training examples" in message
+    assert "'a': 10, 'b': 1" in message and "\n" not in message
+
+
+def test_a_carve_warns_about_the_classes_it_cannot_validate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dataset = dataset_of(tmp_path, {"a": 20, "b": 20, "rare": 1})
+    with caplog.at_level(logging.WARNING, logger="autolayer"):
+        dataset.train_validation(size=0.25)
+    assert "the validation split has no example of class 'rare' (1 in train)" in caplog.text
+
+
+def with_validation(tmp_path: Path, train: dict[str, int], validation: dict[str, int]) -> Path:
+    """A folder holding train.jsonl and validation.jsonl with these class counts."""
+    write_jsonl(tmp_path / "train.jsonl", balanced(train))
+    write_jsonl(tmp_path / "validation.jsonl", balanced(validation))
+    return tmp_path
+
+
+def test_a_validation_file_of_one_class_is_refused_with_its_counts(tmp_path: Path) -> None:
+    dataset = load_dataset(with_validation(tmp_path, {"a": 6, "b": 6}, {"a": 3}))
+    with pytest.raises(DataError) as caught:
+        dataset.check_validation()
+    message = str(caught.value)
+    assert "its validation split has a single class ('a': 3)" in message
+    assert "add examples of 'b'" in message and "carved from train" in message
+
+
+def test_a_validation_file_of_one_class_offers_no_carve_train_cannot_give(
+    tmp_path: Path,
+) -> None:
+    dataset = load_dataset(with_validation(tmp_path, {"a": 6, "b": 1}, {"b": 2}))
+    with pytest.raises(DataError) as caught:
+        dataset.check_validation()
+    assert "add examples of 'a'" in str(caught.value)
+    assert "carved" not in str(caught.value)
+
+
+def test_a_validation_file_lacking_a_class_warns_with_its_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = with_validation(tmp_path, {"a": 4, "b": 4, "c": 5}, {"a": 2, "b": 1})
+    with caplog.at_level(logging.WARNING, logger="autolayer"):
+        load_dataset(folder).check_validation()
+    assert "the validation split has no example of class 'c' (5 in train)" in caplog.text
+    assert "'a': 2, 'b': 1" in caplog.text
+
+
+def test_a_validation_file_with_every_class_passes_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = with_validation(tmp_path, {"a": 4, "b": 4}, {"a": 1, "b": 1})
+    with caplog.at_level(logging.WARNING, logger="autolayer"):
+        load_dataset(folder).check_validation()
+    assert not caplog.text
+
+
 @pytest.mark.parametrize("size", [0.0, 1.0, -0.1, 5])
 def test_validation_size_must_be_a_fraction(tmp_path: Path, size: float) -> None:
     with pytest.raises(ConfigError, match="size must be a fraction"):
@@ -427,10 +517,57 @@ def test_hub_failure_is_one_line_data_error(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    for variable in OFFLINE:
+        monkeypatch.delenv(variable, raising=False)
     message = data_error("someorg/tiny")
     assert "could not be loaded from the Hugging Face hub" in message
     assert "ConnectionError: Couldn't reach the Hub" in message
     assert ".csv" in message and ".jsonl" in message and ".parquet" in message
+
+
+OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def no_hub(name: str, config: str | None = None) -> None:
+    pytest.fail(f"the hub was asked for {name!r}")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["data/sst", "./mydata", "~/no-such-data", "mydata.xlsx", "a/b/c", "data\\train", "/no/data"],
+)
+def test_a_missing_path_fails_at_once_without_the_hub(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spec: str
+) -> None:
+    import datasets
+
+    (tmp_path / "data").mkdir()  # "data/sst" names a folder that exists: a path, not org/name
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for variable in OFFLINE:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    message = data_error(spec)
+    assert message.startswith(f"no such file or folder: {str(Path(spec).expanduser())!r}")
+
+
+@pytest.mark.parametrize("variable", OFFLINE)
+def test_offline_an_uncached_name_is_no_such_file_or_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str
+) -> None:
+    import datasets
+
+    def not_cached(name: str, config: str | None = None) -> None:
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.chdir(tmp_path)
+    for other in OFFLINE:
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.setattr(datasets, "load_dataset", not_cached)
+    message = data_error("mydata")
+    assert message.startswith("no such file or folder: 'mydata'")
+    assert "offline" in message and "cached" in message
 
 
 def test_folder_errors_report_the_train_file_first(tmp_path: Path) -> None:

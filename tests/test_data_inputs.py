@@ -288,7 +288,7 @@ def test_split_texts_of_a_missing_txt_file_are_not_sent_to_the_hub(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert "not an existing file or folder" in one_line_error(split_texts, "missing.txt")
+    assert "no such file or folder" in one_line_error(split_texts, "missing.txt")
 
 
 def test_split_texts_of_demo_and_hub_ids_go_through_load_dataset(

@@ -10,6 +10,7 @@ from autolayer import zoo
 from autolayer.errors import ConfigError
 from autolayer.sources import normalise_layers
 from autolayer.sources import transformer as tr
+from tests.conftest import run, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,3 +114,65 @@ def test_recorded_seconds_leave_out_loading_the_model(tiny_models, home, monkeyp
     emb = embed_texts(str(tiny_models["bert"]), ["a b", "c d e", "f"], max_length=8)
     assert emb.meta["computed_rows"] == 3
     assert emb.meta["seconds"] < 1000.0
+
+
+def test_embedding_without_the_cache_neither_reads_nor_writes_it(tiny_models, home, monkeypatch):
+    from autolayer.cache import CacheEntry
+    from autolayer.extraction import embed_texts
+
+    model = str(tiny_models["bert"])
+    cached = embed_texts(model, TEXTS, layers=[2])
+
+    def unusable(*args, **kwargs):
+        raise PermissionError("the cache is read-only")
+
+    monkeypatch.setattr(CacheEntry, "__init__", unusable)
+    alone = embed_texts(model, TEXTS, layers=[2], use_cache=False)
+    assert not alone.meta["cached"] and alone.meta["computed_rows"] == len(TEXTS)
+    np.testing.assert_allclose(alone.array, cached.array, atol=1e-6)
+    some = embed_texts(model, TEXTS, layers=[2], rows=[3, 1], use_cache=False)
+    np.testing.assert_allclose(some.array, cached.array[[3, 1]], atol=1e-6)
+
+
+def test_library_extraction_prints_no_weight_loading_bars(tiny_models, tiny_dataset, home, capfd):
+    from transformers.utils import logging as hf_logging
+
+    import autolayer
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # as in a fresh Python session
+    try:
+        capfd.readouterr()
+        autolayer.extract(str(tiny_models["bert"]), str(tiny_dataset), "test")
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()  # the caller's own setting is kept
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
+def test_max_length_beyond_the_model_is_cut_with_a_note(
+    capsys, tmp_path, home, tiny_models, caplog
+):
+    rows = [{"text": " ".join(["good"] * 600), "label": "pos"}, {"text": "bad", "label": "neg"}]
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    code, _, err = run(
+        capsys, "extract", "-m", tiny_models["bert"], "-d", path, "--max-length", "1024"
+    )
+    assert code == 0, err
+    assert "texts are cut at 128 tokens" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["txt", "no label column", "one class"])
+def test_extract_embeds_unlabelled_text(capsys, tmp_path, home, tiny_models, kind):
+    if kind == "txt":
+        path = tmp_path / "texts.txt"
+        path.write_text("good film\nbad plot\nfun story\n")
+    else:
+        rows = [{"text": t} for t in ("good film", "bad plot", "fun story")]
+        if kind == "one class":
+            rows = [{**r, "label": "a"} for r in rows]
+        path = write_jsonl(tmp_path / "texts.jsonl", rows)
+    out = tmp_path / "x.npy"
+    code, _, err = run(capsys, "extract", "-m", tiny_models["bert"], "-d", path, "-o", out)
+    assert code == 0, err
+    assert np.load(out).shape == (3, 5, 32)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from autolayer.errors import ConfigError
+from autolayer.errors import ConfigError, DivergedError
 from autolayer.fusion import (
     OPERATORS,
     FusionClassifier,
@@ -315,3 +315,55 @@ def test_linear_head_round_trips_and_refuses_sparse_inputs(tmp_path) -> None:
         train_fusion([csr_matrix(inputs[0])], y, None, None, params=params)
     with pytest.raises(ConfigError, match="head must be one of"):
         FusionParams(operator="concat", head="tree")
+
+
+def test_a_diverging_head_is_refused_and_names_lr() -> None:
+    """A learning rate so large that the loss overflows must not yield a head that predicts
+    NaN (and the first class for every row) while reporting a score."""
+    train, y = sum_task(40, seed=1)
+    params = FusionParams("concat", max_epochs=3, **{**FAST, "lr": 1e30})
+    with pytest.raises(DivergedError, match=r"diverged.*lower lr"):
+        train_fusion(train, y, train, y, params=params)
+
+
+def test_non_finite_training_features_are_refused_naming_the_input() -> None:
+    train, y = sum_task(40, seed=1)
+    train[1][3, 2] = np.inf
+    params = FusionParams("concat", max_epochs=1, **FAST)
+    with pytest.raises(ConfigError, match=r"input 1 .*not finite"):
+        train_fusion(train, y, None, None, params=params)
+
+
+def test_load_refuses_a_head_whose_bytes_make_weights_non_finite(tmp_path) -> None:
+    model = FusionClassifier([5], 8, "sum", hidden=6, dropout=0.1, n_classes=2)
+    model.set_standardisation(random_inputs(20, (5,)))
+    save_classifier(model, tmp_path)
+    weights = tmp_path / "head.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\xff\xff\xff\xff")  # a float32 NaN
+    with pytest.raises(ConfigError, match=r"head.safetensors is damaged.*not finite"):
+        load_classifier(tmp_path)
+
+
+def test_predict_proba_refuses_non_finite_outputs() -> None:
+    inputs = random_inputs(6, (5,))
+    model = FusionClassifier([5], 8, "sum", hidden=6, dropout=0.1, n_classes=2)
+    model.set_standardisation(inputs)
+    inputs[0][4, 1] = np.nan
+    with pytest.raises(ConfigError, match=r"not finite for 1 of 6 rows \(first: row 4\)"):
+        predict_proba(model, inputs)
+
+
+def test_read_only_features_and_labels_reach_torch_without_a_warning(recwarn):
+    """A validation file's labels and cached (memory-mapped) features are read-only: torch
+    warns ("NumPy array is not writable") when handed such an array without a copy."""
+    train, y_train = sum_task(60, 0)
+    val, y_val = sum_task(30, 1)
+    for array in (*train, y_train, *val, y_val):
+        array.flags.writeable = False
+    always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # otherwise torch warns once per process, maybe already
+    try:
+        train_fusion(train, y_train, val, y_val, params=FusionParams("sum", max_epochs=1, **FAST))
+    finally:
+        torch.set_warn_always(always)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

@@ -3,6 +3,8 @@ study, read back by export."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from autolayer import pipeline
@@ -71,3 +73,70 @@ def test_a_study_identified_before_the_split_kind_was_recorded_still_resumes():
     }
     stored = {"size": 0.2, "seed": 0, "n_train": 16, "n_val": 0, "cv_folds": 5}  # as made then
     assert study_identity(context)["validation split"] == stored
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"n_trials": "3"}, "n_trials must be an integer >= 1; got '3'"),
+        ({"n_trials": True}, "n_trials must be an integer >= 1; got True"),
+        ({"max_models": 1.5}, "max_models must be an integer >= 1; got 1.5"),
+        ({"timeout": "10"}, "timeout must be a number of seconds > 0, or None; got '10'"),
+        ({"timeout": 0}, "timeout must be a number of seconds > 0, or None; got 0"),
+        ({"max_latency_ms": "5"}, "max_latency_ms must be a number >= 0, or None; got '5'"),
+        ({"max_params": -1}, "max_params must be a number >= 0, or None; got -1"),
+    ],
+)
+def test_a_budget_names_the_parameter_what_is_allowed_and_what_was_given(settings, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        Budget(**settings)
+
+
+def test_a_budget_takes_numpy_numbers_as_plain_ones():
+    """A NumPy scalar (from a grid) is a number too, stored as a Python one: the limits go
+    into the study's JSON attributes."""
+    import numpy as np
+
+    budget = Budget(n_trials=np.int64(3), timeout=np.float32(2.5), max_params=np.int64(9))
+    assert (budget.n_trials, budget.timeout, budget.limits) == (3, 2.5, {"max_params": 9})
+    assert type(budget.n_trials) is int and type(budget.limits["max_params"]) is int
+
+
+@pytest.mark.parametrize("seed", ["x", -1, 1.5, None])
+def test_the_seed_must_be_a_non_negative_integer(seed):
+    with pytest.raises(ConfigError, match=re.escape(f"seed must be an integer >= 0; got {seed!r}")):
+        Options(seed=seed)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"models": 5}, "models must be a model name or a list of model names; got int 5"),
+        ({"models": ["a", 5]}, "models[1] must be a model name (text); got int 5"),
+        (
+            {"budget": {"n_trials": 3}},
+            "budget must be an autolayer.Budget, e.g. Budget(n_trials=30), or None; "
+            "got dict {'n_trials': 3}",
+        ),
+        ({"seed": "x"}, "seed must be an integer >= 0; got 'x'"),
+    ],
+)
+def test_recommend_refuses_bad_arguments_before_any_work(tmp_path, settings, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        pipeline.recommend(tmp_path / "no-such-data", output_dir=tmp_path / "out", **settings)
+    assert not (tmp_path / "out").exists()
+
+
+def test_recommend_takes_one_model_name_as_one_model(home, tmp_path, tiny_dataset, monkeypatch):
+    """A bare string is one model, not a list of its characters (as ``score`` takes it)."""
+    seen = []
+
+    def stop(data, models, **kwargs):
+        seen.append(models)
+        raise ConfigError("stop")
+
+    monkeypatch.setattr(pipeline, "prepare", stop)
+    monkeypatch.setattr(pipeline, "default_study_name", lambda *args: "s")
+    with pytest.raises(ConfigError, match="stop"):
+        pipeline.recommend(str(tiny_dataset), "minilm", output_dir=tmp_path / "out")
+    assert seen == [["minilm"]]

@@ -154,3 +154,17 @@ def test_layers_offered_to_a_search_that_never_tried_them_are_not_called_searche
     assert "searched" in rows["1"] and "offered" not in rows["1"]
     assert "offered" in rows["2"] and "searched" not in rows["2"]
     assert "offered" not in rows["0"] and "searched" not in rows["0"]
+
+
+def test_an_anchor_kept_by_the_anchor_rule_is_recommended_not_best(capsys):
+    anchor, top = _trial(0, (0.117,), "mpnet"), _trial(4, (0.483,), "smollm2")
+    why = "the anchor, mpnet's last layer with a linear head: no trial beat it by 2.9 standard"
+    result = SearchResult("s", "sqlite://", anchor, (top, anchor), (top,), why=why, anchor=True)
+    report.search_summary(result, "accuracy")
+    out = capsys.readouterr().out
+    assert "recommended (anchor) trial #0: 0.1170 (the anchor, mpnet" in out, out
+    assert "best trial" not in out
+    one_se = SearchResult("s", "sqlite://", anchor, (top, anchor), (top,), why="within one")
+    report.search_summary(one_se, "accuracy")
+    out = capsys.readouterr().out
+    assert "recommended trial #0: 0.1170 (within one)" in out and "best trial" not in out

@@ -13,19 +13,22 @@ from autolayer import pipeline
 from autolayer.budgets import Budget
 from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
-from autolayer.search import Space, guided_trials, trained_count
+from autolayer.search import Cost, Space, guided_trials, trained_count
 from tests.conftest import run
 
 
-def test_search_resumes_and_counts_trials_across_runs(home, tmp_path, tiny_dataset, models):
+def test_search_resumes_and_counts_trials_across_runs(home, tmp_path, tiny_dataset, models, caplog):
     prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
     storage = f"sqlite:///{tmp_path / 's.db'}"
     first = pipeline.search(
         prepared, output_dir=tmp_path, storage=storage, study_name="s", budget=Budget(n_trials=3)
     )
+    assert "resuming" not in caplog.text
     again = pipeline.search(
         prepared, output_dir=tmp_path, storage=storage, study_name="s", budget=Budget(n_trials=5)
     )
+    assert "resuming study 's': 3 of 5 trials trained, 2 to go" in caplog.text  # said once
+    assert caplog.text.count("resuming") == 1
     study = optuna.load_study(study_name="s", storage=storage)
     assert trained_count(study)[0] == 5
     # the resumed run draws afresh: it does not replay the first run's sampled trials
@@ -233,7 +236,7 @@ def test_an_infeasible_budget_names_the_nearest_miss_for_its_own_limit():
 
 
 def test_a_negative_limit_is_refused():
-    with pytest.raises(ConfigError, match="max_latency_ms < 0"):
+    with pytest.raises(ConfigError, match="max_latency_ms must be a number >= 0, or None; got -1"):
         Budget(max_latency_ms=-1)
 
 
@@ -432,3 +435,40 @@ def test_guided_trials_are_queued_once_by_workers_starting_together(tmp_path):
     timer.join()
     queued = optuna.load_study(storage=url, study_name="s").get_trials()
     assert [t.system_attrs.get("fixed_params") for t in queued] == [guided]
+
+
+def test_a_trial_whose_head_diverges_is_pruned_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A diverged head (non-finite loss) ends its trial, not the study."""
+    from autolayer import search
+    from autolayer.errors import DivergedError
+
+    real, calls = search.train_fusion, []
+
+    def diverges_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise DivergedError("the fusion head diverged (its training loss is nan); lower lr")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "train_fusion", diverges_first)
+    models = _two_models(np.random.default_rng(0), 40, 10)
+    result = search.run_search(
+        models,
+        np.arange(40) % 2,
+        np.arange(10) % 2,
+        storage=f"sqlite:///{tmp_path / 's.db'}",
+        study_name="s",
+        budget=Budget(n_trials=3),
+        space=Space(widths=(8,), hidden=4, max_epochs=2),
+        prune=False,
+    )
+    states = sorted(t.state for t in result.trials)
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert "trial 0: the fusion head diverged" in caplog.text
+
+
+def test_cost_attributes_are_stored_unrounded():
+    """A configuration exactly at the latency budget must be recorded at it, not above."""
+    cost = Cost(latency_ms=0.056255625, memory_mb=1.23456789, params=10, fused_dim=4)
+    assert cost.as_dict()["latency_ms"] == 0.056255625
+    assert cost.as_dict()["memory_mb"] == 1.23456789

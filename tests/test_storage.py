@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import optuna
 import pytest
 
 from autolayer import search
+from autolayer.errors import ConfigError
 from autolayer.search import INFEASIBLE, REPEAT, SURPLUS, make_storage, trained_count
+from tests.conftest import one_error_line, run, write_jsonl
 
 
 @pytest.mark.parametrize("mark", [SURPLUS, REPEAT, INFEASIBLE])
@@ -30,7 +35,7 @@ def test_a_dead_workers_trial_is_retried_without_what_it_had_decided(tmp_path, m
 
 
 def test_workers_creating_one_sqlite_storage_together_retry(tmp_path, monkeypatch):
-    real, calls = optuna.storages.RDBStorage, []
+    real, calls = search._WorkerStorage, []
 
     def racing(*args, **kwargs):
         calls.append(args)
@@ -38,7 +43,7 @@ def test_workers_creating_one_sqlite_storage_together_retry(tmp_path, monkeypatc
             raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(search, "_WorkerStorage", racing)
     monkeypatch.setattr(search.time, "sleep", lambda seconds: None)
     assert make_storage(f"sqlite:///{tmp_path / 'study.db'}") is not None
     assert len(calls) == 2
@@ -94,3 +99,147 @@ def test_an_error_of_the_objective_still_ends_the_run(tmp_path):
 
     with pytest.raises(RuntimeError, match="boom"):
         search._optimize(study, broken, None, [])
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_storage_is_refused(url):
+    with pytest.raises(ConfigError, match=r"--storage .* names no database file: .* lost"):
+        make_storage(url)
+
+
+def test_an_empty_sqlite_path_is_refused_before_any_work(capsys, home, tmp_path, tiny_dataset):
+    code, _, err = run(
+        capsys, "search", "-d", tiny_dataset, "--models", "tfidf", "--storage", "sqlite:///",
+        "-o", tmp_path / "out",
+    )  # fmt: skip
+    assert code == ConfigError.exit_code and "Traceback" not in err
+    assert err.count("error:") == 1 and "sqlite:///study.db" in err
+    assert not home.exists()  # refused before any features were computed
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped: no such process now)."""
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trial_whose_worker_on_this_host_is_gone_is_retried_at_once(tmp_path):
+    import socket
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=30)  # grace: 90 s
+    study = optuna.create_study(storage=storage, direction="maximize")
+    host = socket.gethostname()
+    workers = [f"{host}:{_dead_pid()}", f"{host}:1", f"elsewhere:{_dead_pid()}"]
+    trials = [study.ask() for _ in workers]  # each recorded as this process's at first
+    assert {t.system_attrs[search.WORKER] for t in study.get_trials()} == {search.this_worker()}
+    for trial, worker in zip(trials, workers, strict=True):
+        storage.set_trial_system_attr(trial._trial_id, search.WORKER, worker)
+    optuna.storages.fail_stale_trials(study)  # as a resumed run does before its first trial
+    states = [t.state.name for t in study.get_trials()]
+    # the dead pid's trial failed and queued again; a live pid, another host: heartbeats
+    assert states == ["FAIL", "RUNNING", "RUNNING", "WAITING"]
+    [retry] = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert search.WORKER not in retry.system_attrs
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_running_trial_that_never_reached_its_objective_is_stale_after_the_grace_period(
+    tmp_path,
+):
+    from datetime import datetime, timedelta
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=30)  # grace: 90 s
+    study = optuna.create_study(storage=storage, direction="maximize")
+    for age in (100, 10):  # its worker was stopped between creating it and its first beat
+        template = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING)
+        template.state = optuna.trial.TrialState.RUNNING
+        template.datetime_start = datetime.now() - timedelta(seconds=age)
+        storage.create_new_trial(study._study_id, template)
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING", "WAITING"]
+
+
+def test_an_interruption_fails_the_trial_this_worker_just_started(tmp_path, monkeypatch):
+    storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage, direction="maximize")
+
+    def interrupted(study, trial) -> None:  # Ctrl-C after the trial exists, before its beat
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study.sampler, "before_trial", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search._optimize(study, lambda trial: 1.0, None, [])
+    assert [t.state.name for t in study.get_trials()] == ["FAIL"]
+
+
+def _search(capsys, tiny_dataset, models, out, *extra):
+    return run(capsys, "search", "-d", tiny_dataset, "--models", models, "-o", out, *extra)
+
+
+def _n_trials(out: Path) -> int:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    return sum(len(storage.get_all_trials(s._study_id)) for s in storage.get_all_studies())
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (["--multi-objective"], "objectives"),
+        (["--metric", "macro_f1"], "metric"),
+        (["--top-k", "1"], "search space"),
+        (["--max-models", "1"], "search space"),
+        (["--pooling", "last"], "pooling"),
+        (["--seed", "1"], "validation split"),
+    ],
+)
+def test_a_study_of_other_settings_is_refused_before_any_training(
+    capsys, tmp_path, home, tiny_models, tiny_dataset, change, named
+):
+    models = f"{tiny_models['bert']},{tiny_models['llama']}"
+    out = tmp_path / "s"
+    code, _, err = _search(capsys, tiny_dataset, models, out, "--n-trials", "3")
+    assert code == 0, err
+    before = _n_trials(out)
+    code, _, err = _search(capsys, tiny_dataset, models, out, "--n-trials", "5", *change)
+    line = one_error_line(err)
+    assert code != 0 and named in line and "--study-name" in line
+    assert _n_trials(out) == before
+
+
+def test_a_study_name_reused_with_other_data_is_refused(
+    capsys, tmp_path, home, tiny_models, tiny_dataset
+):
+    out = tmp_path / "s"
+    model = str(tiny_models["bert"])
+    code, _, err = _search(capsys, tiny_dataset, model, out, "--n-trials", "2", "--study-name", "x")
+    assert code == 0, err
+    other = tmp_path / "other"
+    rows = [json.loads(line) for line in (tiny_dataset / "train.jsonl").read_text().splitlines()]
+    write_jsonl(other / "train.jsonl", rows[:-2])
+    code, _, err = _search(capsys, other, model, out, "--n-trials", "2", "--study-name", "x")
+    assert code != 0 and "dataset fingerprint" in one_error_line(err)
+    study = optuna.load_study(study_name="x", storage=f"sqlite:///{out / 'study.db'}")
+    assert all(t.state.name != "FAIL" for t in study.trials)
+
+
+def test_a_users_own_sqlite_file_named_study_db_is_never_written_into(
+    capsys, tmp_path, home, tiny_models, tiny_dataset
+):
+    import sqlite3
+    from contextlib import closing
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    with closing(sqlite3.connect(out / "study.db")) as db:
+        db.execute("CREATE TABLE customers (name TEXT)")
+        db.commit()
+    before = (out / "study.db").read_bytes()
+    code, _, err = _search(capsys, tiny_dataset, tiny_models["bert"], out, "--n-trials", "2")
+    assert code != 0 and "not a study database" in one_error_line(err)
+    assert (out / "study.db").read_bytes() == before

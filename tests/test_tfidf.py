@@ -54,6 +54,20 @@ def test_texts_without_countable_words_are_a_clear_error(texts):
         make_source("tfidf").fit(texts)
 
 
+def test_texts_without_words_say_to_leave_tfidf_out():
+    with pytest.raises(DataError) as caught:
+        make_source("tfidf").fit(["😀 🎉", "!!!", "?! …"])
+    assert "leave tfidf out of the models (--models)" in str(caught.value)
+
+
+def test_texts_without_words_are_refused_before_any_model_is_extracted(home, tmp_path, tiny_models):
+    rows = [{"text": "😀" * (i % 4 + 1) + "!", "label": "ab"[i % 2]} for i in range(20)]
+    path = write_jsonl(tmp_path / "emoji.jsonl", rows)
+    with pytest.raises(DataError, match="leave tfidf out"):
+        pipeline.prepare(str(path), [str(tiny_models["bert"]), "tfidf"], top_k=1)
+    assert not (home / "embeddings").exists()
+
+
 @pytest.fixture()
 def leaky(tmp_path):
     """Train rows share words with validation; test rows hold a word nowhere else."""

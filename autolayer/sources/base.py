@@ -30,6 +30,7 @@ class FeatureSource(ABC):
 
     kind: ClassVar[str]
     # Sparse sources (TF-IDF) learn from training texts: they implement ``fit(texts)``,
+    # ``check_texts(texts)`` (cheap: refuses texts ``fit`` could not learn from),
     # ``transform(texts)`` → a CSR matrix ``[N, D]`` (one state) instead of ``embed``,
     # ``save(directory)`` and ``load(directory)`` (see ``sources/tfidf.py``).
     sparse: ClassVar[bool] = False

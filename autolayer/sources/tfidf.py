@@ -33,6 +33,11 @@ FORMAT = 1  # version of the saved vocabulary files
 BLOCKS = {  # TfidfVectorizer settings of each block, part of the source's identity
     "word": {"analyzer": "word", "ngram_range": (1, 2), "min_df": 2, "max_features": 20000},
 }
+NO_WORDS = (
+    "tfidf found no words to count in the training texts (it counts words of 2 or more "
+    "letters or digits; these hold only emoji, punctuation or single letters): leave tfidf "
+    "out of the models (--models)"
+)
 
 
 @register_source("tfidf")
@@ -85,9 +90,19 @@ class TfidfSource(FeatureSource):
                     continue
             vectorizers[name] = vec
         if not vectorizers:
-            raise DataError("tfidf: the training texts have no words to count")
+            raise DataError(NO_WORDS)
         self._vectorizers = vectorizers
         return self
+
+    def check_texts(self, texts: Sequence[str]) -> None:
+        """Refuse training texts :meth:`fit` would find no word in, before any other work:
+        cheap (the tokenizer alone, stopping at the first text with a word), so a pool
+        can be checked before its other models spend an hour being extracted."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        analyzers = [TfidfVectorizer(**settings).build_analyzer() for settings in BLOCKS.values()]
+        if not any(analyze(text) for text in texts for analyze in analyzers):
+            raise DataError(NO_WORDS)
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         """``[N, V]`` float32 CSR: the blocks side by side, scaled so each row's norm is ≤ 1

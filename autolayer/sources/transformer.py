@@ -14,9 +14,10 @@ pooling skips each text's first token: decoders park huge activations there (nor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -80,6 +81,22 @@ def is_decoder(config) -> bool:
     )
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off while a model loads, then the
+    caller's setting back: a library call (``autolayer.extract``) shows no more than the
+    CLI, which turns these bars off for good."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 # Models whose position ids start after the padding index (RoBERTa style): two fewer usable.
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer"}
 _CLAMPED: set[tuple[str, int]] = set()
@@ -118,9 +135,10 @@ class Backbone:
                 if tokenizer is not None
                 else AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
             )
-            model = AutoModel.from_pretrained(
-                folder, dtype=self.dtype, trust_remote_code=trust_remote_code
-            )
+            with quiet_loading():
+                model = AutoModel.from_pretrained(
+                    folder, dtype=self.dtype, trust_remote_code=trust_remote_code
+                )
         except Exception as exc:  # noqa: BLE001 - loading failures become one clear line
             raise ModelError(f"cannot load model {source.spec!r}: {exc}".splitlines()[0]) from None
         config = model.config.get_text_config()
