@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from autolayer.errors import ConfigError
+from autolayer.options import Interval
 
 if TYPE_CHECKING:
     from autolayer.search import Cost
@@ -111,15 +111,9 @@ class MaxParams(Constraint):
         return f"head parameters {int(value):,}"
 
 
-def _number(value: object, kind: type = Real) -> bool:
-    """Whether ``value`` is a number of ``kind`` (``Integral`` or ``Real``: NumPy's too; a
-    bool, though an int, is not one)."""
-    return isinstance(value, kind) and not isinstance(value, bool)
-
-
-def _plain(value: Real) -> int | float:
-    """A Python int or float (a NumPy scalar would not go into a study's JSON attributes)."""
-    return int(value) if isinstance(value, Integral) else float(value)
+COUNT = Interval(int, 1)  # trials, models fused
+TIMEOUT = Interval(float, 0, closed="neither", unit="seconds")
+LIMIT = Interval(float, 0)  # any registered constraint's limit
 
 
 @dataclass(frozen=True, init=False)
@@ -142,29 +136,16 @@ class Budget:
         max_models: int = 2,
         **limits: float | None,
     ) -> None:
-        for name, value in (("n_trials", n_trials), ("max_models", max_models)):
-            if not _number(value, Integral) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1; got {value!r}", params=(name,))
-        if timeout is not None and (not _number(timeout) or not timeout > 0):
-            raise ConfigError(
-                f"timeout must be a number of seconds > 0, or None; got {timeout!r}",
-                params=("timeout",),
-            )
         unknown = sorted(set(limits) - set(CONSTRAINTS))
         if unknown:
             raise ConfigError(
                 f"unknown budget(s) {', '.join(unknown)}; known: {', '.join(CONSTRAINTS)}"
             )
-        for name, limit in limits.items():
-            if limit is not None and (not _number(limit) or not limit >= 0):
-                raise ConfigError(
-                    f"{name} must be a number >= 0, or None; got {limit!r}", params=(name,)
-                )
-        object.__setattr__(self, "n_trials", int(n_trials))
-        object.__setattr__(self, "timeout", None if timeout is None else _plain(timeout))
-        object.__setattr__(self, "max_models", int(max_models))
-        kept = {k: _plain(v) for k, v in limits.items() if v is not None}
-        object.__setattr__(self, "limits", kept)
+        object.__setattr__(self, "n_trials", COUNT.check("n_trials", n_trials))
+        object.__setattr__(self, "timeout", TIMEOUT.check("timeout", timeout, optional=True))
+        object.__setattr__(self, "max_models", COUNT.check("max_models", max_models))
+        kept = {k: LIMIT.check(k, v, optional=True) for k, v in limits.items()}
+        object.__setattr__(self, "limits", {k: v for k, v in kept.items() if v is not None})
 
     def __getattr__(self, name: str) -> float | None:
         if name in CONSTRAINTS:

@@ -11,10 +11,13 @@ and ``meta.json`` (with the array's SHA-256) is written last: an entry without `
 is unfinished, an entry whose array does not match its recorded size and hash is corrupt and
 is recomputed, never silently used. A per-entry file lock makes concurrent writers (several
 search workers sharing one cache folder) wait for each other instead of racing; the lock file
-records its holder (pid, host, since when), so a waiter says at once whom it waits for, and
-gives up in one line after ``AUTOLAYER_LOCK_TIMEOUT`` seconds (a holder stopped with Ctrl-Z
-would otherwise block every other run silently). The lock is an ``flock``, which the kernel
-releases when its holder dies, so a lock left by a process that is gone is taken at once.
+records its holder (pid, host, since when), so a waiter says at once whom it waits for. The
+holder refreshes the lock file's mtime every few seconds (a heartbeat thread, which stops with
+its process on Ctrl-Z), so a waiter, on this host or another sharing the folder, waits as long
+as the holder works and gives up in one line once the lock has gone unrefreshed for
+``AUTOLAYER_LOCK_TIMEOUT`` seconds (a stopped holder would otherwise block every other run
+silently). The lock is an ``flock``, which the kernel releases when its holder dies, so a lock
+left by a process that is gone is taken at once.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -47,14 +51,17 @@ META = "meta.json"
 TIMING = "timing.json"
 _VERIFIED: set[tuple] = set()  # (path, inode, size, mtime) of arrays hashed in this process
 LOCK_TIMEOUT_VARIABLE = "AUTOLAYER_LOCK_TIMEOUT"
-# Long enough for another worker to finish extracting a large split into the shared entry.
+# Seconds without a heartbeat before a waiter gives up: long, as a slow disk or network
+# file system may delay one; a stopped holder is still reported in the first line.
 DEFAULT_LOCK_TIMEOUT = 3600.0
 LOCK_POLL_SECONDS = 0.5
+LOCK_HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_THREAD = "autolayer-lock-heartbeat"
 
 
 def lock_timeout() -> float:
-    """Seconds to wait for an entry another process holds: ``$AUTOLAYER_LOCK_TIMEOUT``, by
-    default one hour (0 gives up at once)."""
+    """Seconds a waiter allows the holder of an entry to make no progress (not refresh its
+    lock): ``$AUTOLAYER_LOCK_TIMEOUT``, by default one hour (0 gives up at once)."""
     raw = os.environ.get(LOCK_TIMEOUT_VARIABLE)
     if raw is None:
         return DEFAULT_LOCK_TIMEOUT
@@ -150,10 +157,10 @@ class CacheEntry:
 
     def read_chunk(self, index: int, shape: tuple[int, ...]) -> np.ndarray | None:
         """A finished chunk of the expected shape whose data matches its checksum, or None
-        (missing, unreadable or damaged: the caller recomputes it)."""
+        (missing, without a checksum, unreadable or damaged: the caller recomputes it)."""
         path = self.chunk_path(index)
-        if not path.exists():
-            return None
+        if not (path.exists() and self.checksum_path(index).exists()):
+            return None  # one without a checksum was reported once by start_chunks
         try:
             chunk = np.load(path)
             recorded = self.checksum_path(index).read_text().strip()
@@ -180,9 +187,26 @@ class CacheEntry:
             same = (folder / "layout.json").read_text() == wanted
         except OSError:
             same = False
-        if not same:
+        if same:
+            self._report_unchecked_chunks()
+        else:
             shutil.rmtree(folder, ignore_errors=True)
             atomic_write_bytes(folder / "layout.json", wanted.encode())
+
+    def _report_unchecked_chunks(self) -> None:
+        """Say once per entry, not once per chunk, that chunks an earlier version wrote
+        (before chunks had checksums) cannot be trusted and are recomputed."""
+        chunks = (self.directory / "chunks").glob("[0-9]*.npy")
+        unchecked = sum(not path.with_suffix(".sha256").exists() for path in chunks)
+        if unchecked:
+            logger.warning(
+                "cache entry %s has %d %s without a checksum (written by an earlier version): "
+                "recomputing %s",
+                self.directory,
+                unchecked,
+                "chunk" if unchecked == 1 else "chunks",
+                "it" if unchecked == 1 else "them",
+            )
 
     def remove_stale_temps(self) -> None:
         """Temp files of a writer killed mid-write (call while holding the lock)."""
@@ -259,8 +283,10 @@ class CacheEntry:
     def lock(self, timeout: float | None = None) -> Iterator[None]:
         """Exclusive per-entry lock so two processes never extract the same entry at once.
 
-        Held by another process, it is waited for at most ``timeout`` seconds (default:
-        :func:`lock_timeout`), saying at once whom for, then a ``CacheError`` says so.
+        Held by another process, it is waited for, saying at once whom for, as long as that
+        process refreshes the lock; after ``timeout`` seconds (default: :func:`lock_timeout`)
+        without a refresh a ``CacheError`` says so. Held here, it is refreshed every
+        ``LOCK_HEARTBEAT_SECONDS``.
         """
         timeout = lock_timeout() if timeout is None else timeout
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -273,32 +299,67 @@ class CacheEntry:
             fh.write(json.dumps(_holder_record()))
             fh.flush()
             try:
-                yield
+                with _heartbeat(fh):
+                    yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _acquire(self, fh, timeout: float) -> None:
-        """Take the lock on ``fh``, waiting up to ``timeout`` s for the process holding it."""
+        """Take the lock on ``fh``, waiting while its holder refreshes it (any change of the
+        lock file's mtime, so clocks of other hosts do not matter) and giving up once it has
+        not for ``timeout`` s."""
         if _try_flock(fh):
             return
-        holder = _describe_holder(self.directory / ".lock")
+        path = self.directory / ".lock"
+        holder = _describe_holder(path)
         logger.warning(
-            "waiting for %s, which holds cache entry %s; giving up after %g s (%s sets it)",
+            "waiting for %s, which holds cache entry %s; giving up if it makes no progress "
+            "for %g s (%s sets it)",
             holder,
             self.directory,
             timeout,
             LOCK_TIMEOUT_VARIABLE,
         )
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(LOCK_POLL_SECONDS, left))
+        beat, since = _last_beat(path), time.monotonic()
+        while (idle := time.monotonic() - since) < timeout:
+            time.sleep(min(LOCK_POLL_SECONDS, timeout - idle))
             if _try_flock(fh):
                 return
+            if (now := _last_beat(path)) != beat:
+                beat, since = now, time.monotonic()
         raise CacheError(
-            f"gave up after {timeout:g} s waiting for {holder} to release cache entry "
-            f"{self.directory}: if it is stopped (Ctrl-Z), resume it (fg, or kill -CONT) or "
-            f"end it; set {LOCK_TIMEOUT_VARIABLE} to wait longer"
+            f"gave up waiting for {holder} to release cache entry {self.directory}: it made no "
+            f"progress for {timeout:g} s; if it is stopped (Ctrl-Z), resume it (fg, or kill "
+            f"-CONT) or end it; set {LOCK_TIMEOUT_VARIABLE} to wait longer"
         )
+
+
+@contextlib.contextmanager
+def _heartbeat(fh) -> Iterator[None]:
+    """Refresh the held lock file's mtime every ``LOCK_HEARTBEAT_SECONDS`` until the block
+    ends, so waiters see a holder that works; a stopped process's thread stops too."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(LOCK_HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):  # the entry removed meanwhile: nobody waits
+                os.utime(fh.fileno())
+
+    thread = threading.Thread(target=beat, name=HEARTBEAT_THREAD, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _last_beat(path: Path) -> int | None:
+    """The lock file's mtime (ns), which its holder's heartbeat refreshes; None if absent."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _try_flock(fh) -> bool:

@@ -233,7 +233,7 @@ def prepare(
     rows = _split_rows(data, options)
     _check_learnable(data, models, rows)
     if options.cv_folds is not None:
-        options = _fit_folds(data, rows.y_train, options)
+        options = _fit_folds(data, options)
     clock = StageClock()
     unread = {}
     if options.anchor is not None and len(models) > 1:
@@ -381,28 +381,40 @@ def _searched(name: str, scores: LayerScores, options: Options, top_k: int) -> t
     return top + (last,) if name == options.anchor and last not in top else top
 
 
-def _fit_folds(data: LabelledDataset, y_train: np.ndarray, options: Options) -> Options:
+def folds_run(data: LabelledDataset, options: Options) -> int | None:
+    """The folds a cross-validation of ``data``'s training rows runs (None without one):
+    ``options.cv_folds``, or as many as the rarest class has examples when that is fewer.
+    Cheap and known before any extraction, so every caller that names the study (from the
+    options as given, or from a prepared run's) names it by the folds that ran."""
+    if options.cv_folds is None:
+        return None
+    counts = np.bincount(data.split("train").labels, minlength=len(data.label_names))
+    return int(min(options.cv_folds, counts.min()))
+
+
+def _fit_folds(data: LabelledDataset, options: Options) -> Options:
     """Before any extraction: refuse a class that no fold could both train and judge, and
-    use no more folds than the rarest class has examples (said once, here, and recorded
-    in the study as the folds that ran, so a 5-fold request that ran 3 folds is the same
-    study as a 3-fold one)."""
-    counts = np.bincount(y_train, minlength=len(data.label_names))
+    use no more folds than the rarest class has examples (:func:`folds_run`; said once,
+    here, and recorded in the study as the folds that ran, so a 5-fold request that ran 3
+    folds is the same study as a 3-fold one). Every training row is in some fold."""
+    counts = np.bincount(data.split("train").labels, minlength=len(data.label_names))
     rarest = int(np.argmin(counts))
     if counts[rarest] < 2:
         raise DataError(
             f"dataset {data.name!r}: cross-validation needs 2 or more examples of every class; "
             f"class {data.label_names[rarest]!r} has {counts[rarest]}"
         )
-    if counts[rarest] >= options.cv_folds:
+    folds = folds_run(data, options)
+    if folds == options.cv_folds:
         return options
     logger.warning(
         "cross-validation over %d folds, not %d: class %r has %d training examples",
-        counts[rarest],
+        folds,
         options.cv_folds,
         data.label_names[rarest],
         counts[rarest],
     )
-    return replace(options, cv_folds=int(counts[rarest]))
+    return replace(options, cv_folds=folds)
 
 
 class _Rows:

@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from autolayer.config import FusionConfig, load_config
 from autolayer.errors import ConfigError, DataError
 from autolayer.files import (
+    RECOMMENDATION,
     atomic_write,
     atomic_write_bytes,
     check_output,
@@ -41,7 +42,6 @@ CONFIG_FILE = "config.yaml"
 FEATURES_FILE = "features.json"
 METRICS_FILE = "metrics.json"
 SOURCE_FILES = ("tfidf.json", "tfidf.safetensors")  # a fitted TF-IDF's vocabulary and idf
-RECOMMENDATION = "recommendation.yaml"  # marks recommend's output folder (pipeline's name)
 # Everything a saved model folder may hold: such a folder is autolayer's to replace.
 MODEL_FILES = (
     CONFIG_FILE,

@@ -122,8 +122,9 @@ def _writable(path: Path | None, what: str) -> None:
 
 EPILOG_EXIT = """\b
 Exit codes: 0 done; 2 fix what was typed (an option, its value, a config file or the data);
-3 a model cannot be loaded; 4 a damaged cache entry; 1 any other refusal or OS error;
-70 a bug; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+3 a model cannot be loaded; 4 a cache entry or saved head is damaged, or a cache entry is
+locked too long; 1 any other refusal or OS error; 70 a bug; 130 interrupted (Ctrl-C);
+143 terminated (SIGTERM).
 """
 
 
@@ -302,9 +303,9 @@ def extract(
     from autolayer.files import atomic_save_npy, mark_ours, same_file
     from autolayer.options import Options
 
-    _output(output, "array", overwrite)
-    if output is not None and same_file(output, dataset):
+    if output is not None and same_file(output, dataset):  # before "pass --overwrite"
         raise ConfigError(f"output {str(output)!r} is the input data; choose another output")
+    _output(output, "array", overwrite)
     source, texts = split_texts(dataset, split, text_column=text_column)
     options = Options(
         pooling=pooling, max_length=max_length, device=device, threads=threads, cache_dir=cache_dir
@@ -748,7 +749,8 @@ def _run_search(kw: dict, *, full_report: bool):
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Replace a recommendation.yaml made for other data in the output folder.",
+    help="Replace the output folder's recommendation.yaml even if made for other data or "
+    "edited since autolayer wrote it.",
 )
 def recommend(**kw) -> None:
     """Screen → select models → extract the rest → search; report, write recommendation.yaml.
@@ -1040,13 +1042,16 @@ def _kept(args: list[str] | None) -> str:
     )
 
 
-ALIASES = {"n_folds": "folds"}  # library arguments whose option has another name
+# library arguments (or an argument's value) whose option has another name
+ALIASES = {"n_folds": "folds", "fidelity=None": "exhaustive"}
 
 
 def _in_cli_terms(exc: AutolayerError, args: list[str] | None) -> str:
     """The error's message with the Python arguments it names (``exc.params``) shown as the
     options of the command that ran (``max_train_samples`` → ``--max-train-samples``): the
-    one table is that command's own options. A name it has no option for stays as it is."""
+    one table is that command's own options. A name it has no option for stays as it is.
+    Only a name's first mention is its option; later ones are prose ("--anchor 'x' is
+    sparse: an anchor is…")."""
     command = cli.commands.get(_command(args) or "")
     flags = {
         p.name: max(p.opts, key=len)
@@ -1057,7 +1062,7 @@ def _in_cli_terms(exc: AutolayerError, args: list[str] | None) -> str:
     for name in exc.params:
         flag = flags.get(ALIASES.get(name, name))
         if flag is not None:
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag, message)
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag, message, count=1)
     return message
 
 

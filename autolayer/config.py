@@ -13,44 +13,14 @@ import platform
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple
 
 import yaml
 
 from autolayer.errors import ConfigError
 from autolayer.files import atomic_write_bytes
-from autolayer.options import POOLINGS
+from autolayer.options import MAX_LENGTH, POOLINGS, SEED, Interval
 
 SCHEMA_VERSION = 1
-
-
-class Interval(NamedTuple):
-    """The values a numeric field may take, as scikit-learn's ``Interval`` constraint:
-    integers or numbers from ``low`` to ``high`` (None: unbounded), ends included unless
-    ``closed`` says otherwise ("both", "left", "right")."""
-
-    kind: type  # int or float (a float field takes integers too)
-    low: float
-    high: float | None = None
-    closed: str = "both"
-
-    def holds(self, value: object) -> bool:
-        kinds = (int,) if self.kind is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            return False
-        above = value >= self.low if self.closed in ("both", "left") else value > self.low
-        if self.high is None:
-            return above
-        below = value <= self.high if self.closed in ("both", "right") else value < self.high
-        return above and below
-
-    def describe(self) -> str:
-        kind = "an integer" if self.kind is int else "a number"
-        if self.high is None:
-            return f"{kind} >= {self.low}"
-        left = "[" if self.closed in ("both", "left") else "("
-        right = "]" if self.closed in ("both", "right") else ")"
-        return f"{kind} in {left}{self.low}, {self.high}{right}"
 
 
 # Bounds of the head's numbers, checked when a config is read: a typo such as
@@ -66,8 +36,6 @@ HEAD_BOUNDS = {
 }
 # The linear head (logistic regression) has no width or learning rate: exported as 0.
 LINEAR_BOUNDS = {"width": Interval(int, 0, 65_536), "lr": Interval(float, 0, 1)}
-SEED = Interval(int, 0, 2**32 - 1)
-MAX_LENGTH = Interval(int, 2)  # tokens per text, as Options.max_length
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from autolayer.errors import ConfigError, DataError
+from autolayer.hub import offline
 from autolayer.sampling import stratified_rows
 
 __all__ = [
@@ -441,15 +442,6 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
-def _offline() -> bool:
-    """Hugging Face's offline switches, read when asked (as `datasets` and `huggingface_hub`
-    spell true): offline, `datasets` looks in its local cache only."""
-    return any(
-        os.environ.get(name, "").upper() in {"1", "ON", "YES", "TRUE"}
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
 def _read_folder(folder: Path, columns: _Columns) -> dict[str, _Raw]:
     """Read train.<ext> and any test/validation file beside it, train first."""
     return {split: _read_file(path, columns) for split, path in _split_files(folder).items()}
@@ -621,7 +613,7 @@ def _read_hub(spec: str, text_column: str, label_column: str) -> dict[str, _Raw]
     try:
         loaded = datasets.load_dataset(name, config or None)
     except Exception as err:  # offline, not found, gated, bad config: all mean the same here
-        if _offline():
+        if offline(datasets=True):  # `datasets` looked in its local cache only
             raise DataError(
                 f"no such file or folder: {spec!r}, and offline no Hugging Face dataset of that "
                 f"name is cached ({type(err).__name__}: {_first_line(err)}); "

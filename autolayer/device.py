@@ -34,7 +34,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(
                 f"device {device!r} asked for, but this torch build sees no CUDA GPU; "
-                "use --device cpu (or auto)"
+                "use cpu (or auto)",
+                params=("device",),
             )
         index = int(name.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():

@@ -60,8 +60,8 @@ class Fidelity:
         if self.screen_size < least:
             raise ConfigError(
                 f"screen_size {self.screen_size} is too small to screen: {n_classes} classes "
-                f"× {self.n_folds} folds need at least {least} rows (or pass --exhaustive)",
-                params=("screen_size",),
+                f"× {self.n_folds} folds need at least {least} rows (or pass fidelity=None)",
+                params=("screen_size", "fidelity=None"),
             )
 
 

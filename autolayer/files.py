@@ -78,16 +78,21 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Fail now, in one line, if ``path`` cannot be written later (checked before the work).
 
     Writing is tested by creating (and removing) a temp file where the output will go: in
-    an existing output folder, else in the nearest existing ancestor. ``os.access`` is not
-    asked, since it says yes to root for every folder, even one no one may create files in.
+    an existing output folder, else in the nearest existing ancestor. ``os.access`` alone
+    cannot tell, since it says yes to root for every path, even a folder no one may create
+    files in. An existing file is refused unless we may write it, since the rename that
+    replaces it needs only its folder to be writable: ``os.access`` says no to another
+    user's 0644 file, and its mode bits say no to root for a file the user made read-only.
     """
     path = Path(path).expanduser()
     if path.is_dir() and not what.endswith("folder"):
         raise ConfigError(f"cannot write {what} {str(path)!r}: it is a folder; name a file in it")
     if what.endswith("folder") and path.exists() and not path.is_dir():
         raise ConfigError(f"cannot write {what} {str(path)!r}: it is a file")
-    if path.is_file() and not path.stat().st_mode & 0o222:
-        raise ConfigError(f"cannot write {what} {str(path)!r}: the file is read-only")
+    if path.is_file() and not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK)):
+        raise ConfigError(
+            f"cannot write {what} {str(path)!r}: the file is read-only, or you may not write it"
+        )
     folder = path if path.is_dir() else path.absolute().parent
     while not folder.exists():
         folder = folder.parent
@@ -110,6 +115,7 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
 # share (a hand-labelled ``row,text,label`` CSV, a 3-D float32 array of their own).
 PNG_MARK = b"autolayer"  # the PNG text chunk "Software" of report's plots
 PROOF_SUFFIX = ".autolayer.json"
+RECOMMENDATION = "recommendation.yaml"  # recommend's result, which marks its output folder
 
 
 def proof_path(path: Path) -> Path:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from autolayer.device import resolve_device
-from autolayer.errors import ConfigError, DivergedError
+from autolayer.errors import CacheError, ConfigError, DivergedError
 from autolayer.files import atomic_write
 from autolayer.metrics import METRICS
 from autolayer.metrics import score as metric_score
@@ -473,7 +473,7 @@ class FusionClassifier(nn.Module):
             with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: refused below
                 mean, std = _column_stats(array)
             if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-                raise ConfigError(
+                raise CacheError(
                     f"the training features of input {i} are not finite (nan or inf); "
                     "the embeddings are damaged: clear their cache entry and extract again"
                 )
@@ -903,11 +903,30 @@ def predict_proba(
     proba = torch.softmax(logits, dim=-1).cpu().numpy()
     bad = np.flatnonzero(~np.isfinite(proba).all(axis=1))
     if len(bad):
-        raise ConfigError(
-            f"the head's output is not finite for {len(bad)} of {len(proba)} rows "
-            f"(first: row {bad[0]}): these texts' features or the head's weights are damaged"
-        )
+        raise _non_finite_output(model, inputs, bad, len(proba))
     return proba
+
+
+def _non_finite_output(
+    model: FusionClassifier, inputs: list[np.ndarray], bad: np.ndarray, n_rows: int
+) -> CacheError | DivergedError:
+    """Why the head's output is not finite for rows ``bad``: damaged features or weights
+    (a cache entry, a saved head: exit 4), or else a head whose finite weights overflow on
+    finite features, which only training again with a lower lr cures (as a diverged head)."""
+    where = f"for {len(bad)} of {n_rows} rows (first: row {bad[0]})"
+    parts = (array[bad] for array in inputs)
+    if not all(np.isfinite(part.data if issparse(part) else part).all() for part in parts):
+        return CacheError(
+            f"these texts' features are not finite {where}: the embeddings are damaged: "
+            "clear their cache entry and extract again"
+        )
+    broken = _non_finite(model)
+    if broken:
+        return CacheError(f"the head's weights are damaged: {broken} is not finite (nan or inf)")
+    return DivergedError(
+        f"the head's output is not finite {where}, though its weights and these features are: "
+        "it overflows; train it again with a lower lr"
+    )
 
 
 def save_classifier(model: FusionClassifier, directory: str | os.PathLike) -> None:
@@ -925,7 +944,10 @@ def save_classifier(model: FusionClassifier, directory: str | os.PathLike) -> No
 
 
 def load_classifier(directory: str | os.PathLike) -> FusionClassifier:
-    """Rebuild a FusionClassifier from ``head.json`` and load ``head.safetensors`` strictly."""
+    """Rebuild a FusionClassifier from ``head.json`` and load ``head.safetensors`` strictly.
+
+    A missing file is a wrong folder (ConfigError); files that do not parse, disagree or
+    hold non-finite weights were damaged after autolayer wrote them (CacheError, exit 4)."""
     directory = Path(directory)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
@@ -933,25 +955,23 @@ def load_classifier(directory: str | os.PathLike) -> FusionClassifier:
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
         model = FusionClassifier(**config)
-    except (json.JSONDecodeError, TypeError, ValueError) as error:
-        raise ConfigError(
-            f"{directory / CONFIG_FILE} is not a valid head config: {error}"
-        ) from None
+    except (json.JSONDecodeError, TypeError, ValueError, ConfigError) as error:
+        raise CacheError(f"{directory / CONFIG_FILE} is not a valid head config: {error}") from None
     try:
         state = load_file(str(directory / WEIGHTS_FILE))
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error type
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ConfigError(f"{directory / WEIGHTS_FILE} is corrupt: {first}") from None
+        raise CacheError(f"{directory / WEIGHTS_FILE} is corrupt: {first}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         message = " ".join(str(error).split())
-        raise ConfigError(
+        raise CacheError(
             f"{directory / WEIGHTS_FILE} does not match head.json: {message}"
         ) from None
     broken = _non_finite(model)
     if broken:
-        raise ConfigError(
+        raise CacheError(
             f"{directory / WEIGHTS_FILE} is damaged: {broken} is not finite (nan or inf); "
             "re-run apply to save the head again"
         )

@@ -9,12 +9,66 @@ features that were pooled ``last``, nor report one metric under the name of anot
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 from pathlib import Path
+from typing import NamedTuple
 
 from autolayer.errors import ConfigError
 from autolayer.metrics import METRICS
 
 POOLINGS = ("mean", "last", "cls")
+
+
+class Interval(NamedTuple):
+    """The values a number given by a user may take, as scikit-learn's ``Interval``
+    constraint: integers (``kind`` int) or numbers (float: integers too) from ``low`` to
+    ``high`` (None: unbounded), ends included unless ``closed`` says otherwise ("both",
+    "left", "right", "neither"). NumPy's numbers count; a bool, though an int, does not.
+
+    The one checker of every number autolayer takes (options, budgets, config fields), so
+    that a bound is defined once and worded the same wherever the value enters.
+    """
+
+    kind: type
+    low: float
+    high: float | None = None
+    closed: str = "both"
+    unit: str = ""  # "seconds": said in the message, "a number of seconds > 0"
+
+    def holds(self, value: object) -> bool:
+        kind = Integral if self.kind is int else Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return False
+        above = value >= self.low if self.closed in ("both", "left") else value > self.low
+        if self.high is None:
+            return above
+        below = value <= self.high if self.closed in ("both", "right") else value < self.high
+        return above and below
+
+    def describe(self) -> str:
+        kind = ("an integer" if self.kind is int else "a number") + (
+            f" of {self.unit}" if self.unit else ""
+        )
+        shut = self.closed in ("both", "left")
+        if self.high is None:
+            return f"{kind} {'>=' if shut else '>'} {self.low}"
+        right = "]" if self.closed in ("both", "right") else ")"
+        return f"{kind} in {'[' if shut else '('}{self.low}, {self.high}{right}"
+
+    def check(self, name: str, value: object, *, optional: bool = False) -> int | float | None:
+        """``value`` as a plain Python int or float (a NumPy scalar would not go into a
+        study's JSON attributes; an integer stays one), or a ConfigError naming the
+        parameter ``name``, what is allowed and what was given. ``optional``: None passes."""
+        if optional and value is None:
+            return None
+        if not self.holds(value):
+            allowed = self.describe() + (", or None" if optional else "")
+            raise ConfigError(f"{name} must be {allowed}; got {value!r}", params=(name,))
+        return int(value) if isinstance(value, Integral) else float(value)
+
+
+SEED = Interval(int, 0, 2**32 - 1)  # what NumPy's and scikit-learn's generators take
+MAX_LENGTH = Interval(int, 2)  # tokens per text
 
 
 @dataclass(frozen=True)
@@ -48,22 +102,11 @@ class Options:
             _invalid("pooling", f"must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
         if self.metric not in METRICS:
             _invalid("metric", f"must be one of {', '.join(METRICS)}; got {self.metric!r}")
-        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int):
-            _invalid("max_length", f"must be an integer; got {self.max_length!r}")
-        if self.max_length < 2:
-            _invalid("max_length", f"must be >= 2; got {self.max_length}")
-        if not _integer_at_least(self.seed, 0):  # numpy's generators take no negative seed
-            _invalid("seed", f"must be an integer >= 0; got {self.seed!r}")
-        if not 0.0 < self.validation_size < 1.0:
-            _invalid(
-                "validation_size", f"must be a fraction in (0, 1); got {self.validation_size!r}"
-            )
-        if self.cv_folds is not None and not _integer_at_least(self.cv_folds, 2):
-            _invalid("cv_folds", f"must be an integer >= 2; got {self.cv_folds!r}")
         if self.anchor is not None and (not isinstance(self.anchor, str) or not self.anchor):
             _invalid("anchor", f"must be a model name, 'auto' or 'none'; got {self.anchor!r}")
-        if self.threads is not None and not _integer_at_least(self.threads, 1):
-            _invalid("threads", f"must be an integer >= 1; got {self.threads!r}")
+        for name, interval in NUMBERS.items():
+            value = interval.check(name, getattr(self, name), optional=name in OPTIONAL)
+            object.__setattr__(self, name, value)  # a plain number, for the study's JSON
 
     def extraction(self) -> dict:
         """Keyword arguments of :func:`autolayer.extraction.embed_texts`."""
@@ -83,8 +126,15 @@ class Options:
         return data
 
 
-def _integer_at_least(value, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+# The numbers of Options and what they may be (None too for those in OPTIONAL).
+NUMBERS = {
+    "max_length": MAX_LENGTH,
+    "seed": SEED,
+    "validation_size": Interval(float, 0, 1, closed="neither"),
+    "cv_folds": Interval(int, 2),
+    "threads": Interval(int, 1),
+}
+OPTIONAL = ("cv_folds", "threads")
 
 
 def _invalid(name: str, problem: str) -> None:

@@ -39,6 +39,7 @@ from autolayer.candidates import (
     check_models,
     dataset_of,
     embed,
+    folds_run,
     pair_estimates,
     prepare,
     resolve_options,
@@ -46,8 +47,9 @@ from autolayer.candidates import (
 from autolayer.complementarity import PairEstimate
 from autolayer.config import FusionConfig, ModelChoice, library_versions
 from autolayer.data import LabelledDataset
-from autolayer.errors import ConfigError
+from autolayer.errors import ConfigError, warns_once
 from autolayer.fidelity import Fidelity, StageCost
+from autolayer.files import RECOMMENDATION, check_writable, is_ours, mark_ours
 from autolayer.options import Options
 from autolayer.search import (
     INFEASIBLE,
@@ -150,6 +152,7 @@ def check_pretrained(models: Sequence[str], command: str) -> None:
         )
 
 
+@warns_once
 def score(
     models: str | Sequence[str],
     dataset: str | Path | LabelledDataset = "demo",
@@ -194,6 +197,7 @@ def score(
     return out
 
 
+@warns_once
 def complementarity(
     models: Sequence[str],
     dataset: str | Path | LabelledDataset = "demo",
@@ -371,16 +375,16 @@ def default_space(options: Options) -> Space:
 def default_study_name(
     data: LabelledDataset, models: Sequence[str] | None, options: Options
 ) -> str:
-    """Named by the data, the models asked for and, under cross-validation, the folds and
-    the anchor: a run judged another way is another study, not a refused resume. Not by
-    the models a run keeps: the anchor's early skip depends on the budget, so a re-run with
-    more trials or a timeout would silently start another study; it resumes this one, with
-    its pool (:func:`study_pool`). Known before any extraction, and the name earlier
-    versions gave whenever every model was kept, so their studies resume too."""
+    """Named by the data, the models asked for and, under cross-validation, the folds that
+    run (:func:`folds_run`, so the name made from the options as given and from a prepared
+    run's is one) and the anchor: a run judged another way is another study, not a refused
+    resume. Not by the models a run keeps: the anchor's early skip depends on the budget,
+    so a re-run with more trials or a timeout would silently start another study; it
+    resumes this one, with its pool (:func:`study_pool`). Known before any extraction."""
     names = check_models(models)
     key = f"{data.fingerprint}|{','.join(names)}"
-    if options.cv_folds is not None:
-        key += f"|cv{options.cv_folds}"
+    if (folds := folds_run(data, options)) is not None:
+        key += f"|cv{folds}"
         chosen = anchor.resolve(options.anchor, names)
         if chosen is not None:
             key += f"|anchor={chosen}"
@@ -388,6 +392,7 @@ def default_study_name(
     return f"autolayer-{data.name}-{digest}"
 
 
+@warns_once
 def search(
     prepared: Prepared,
     *,
@@ -515,7 +520,8 @@ def export(
     if storage is None:
         if output_dir is None:
             raise ConfigError(
-                "give the output folder of search/recommend, or --storage and --study-name"
+                "give the output folder of search/recommend, or storage and study_name",
+                params=("storage", "study_name"),
             )
         storage = default_storage(output_dir)
     opened = open_existing_storage(storage, study_name)
@@ -525,8 +531,11 @@ def export(
     elif study_name is None and output_dir is not None:
         study_name = _recommended_study(Path(output_dir))
     if study_name not in names:
-        asked = "pass --study-name" if study_name is None else f"no study named {study_name!r}"
-        raise ConfigError(f"{asked}; studies in {storage}: {', '.join(names) or 'none'}")
+        asked = "pass study_name" if study_name is None else f"no study named {study_name!r}"
+        raise ConfigError(
+            f"{asked}; studies in {storage}: {', '.join(names) or 'none'}",
+            params=("study_name",) if study_name is None else (),
+        )
     study = optuna.load_study(study_name=study_name, storage=opened)
     context = study.user_attrs.get("context")
     if context is None:
@@ -672,9 +681,9 @@ def _pair_reason(pairs: Sequence[PairEstimate], models: Sequence[str], similarit
 
 
 FEW_ROWS = 100  # below it, a score judged on these rows is said to be mostly noise
-RECOMMENDATION = "recommendation.yaml"
 PLOTS = {"layers.png", "cka.png"}  # what report.recommendation draws into the output folder
 CLAIM = ".autolayer-recommend"  # held by each recommend writing into an output folder
+CLAIM_LOCK = f"{CLAIM}.lock"  # held while a claim is taken or dropped, then removed
 
 
 def restrict(
@@ -707,13 +716,13 @@ def restrict(
 
 
 def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool) -> None:
-    """Refuse to overwrite a recommendation made for other data (or a file autolayer did
-    not write) in ``output_dir``; found before extraction, not after an hour of it."""
+    """Refuse, before extraction rather than after an hour of it, to replace what
+    ``output_dir`` holds unless it is autolayer's own: a ``recommendation.yaml`` made for
+    other data, or without a matching proof (:func:`files.is_ours`: edited by hand, or
+    older than the proof), only with ``overwrite``; a file that is no recommendation, or a
+    plot autolayer did not draw, never. (``claim_output_dir`` has checked the folder.)"""
     import yaml
 
-    from autolayer.files import check_writable, is_ours
-
-    check_writable(output_dir, "output folder")
     for plot in (PLOTS & {p.name for p in output_dir.glob("*.png")}) if output_dir.is_dir() else ():
         if not is_ours(output_dir / plot, "plot"):
             raise ConfigError(
@@ -723,6 +732,7 @@ def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool
     path = output_dir / RECOMMENDATION
     if not path.exists():
         return
+    check_writable(path, "recommendation")  # a read-only one is never replaced
     try:
         previous = yaml.safe_load(path.read_text(encoding="utf-8"))
         fingerprint = previous["dataset"]["fingerprint"]
@@ -731,10 +741,17 @@ def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool
             f"{path} exists and is not an autolayer recommendation; move it or choose another "
             "output folder"
         ) from None
-    if fingerprint != data.fingerprint and not overwrite:
+    if overwrite:
+        return
+    if fingerprint != data.fingerprint:
         raise ConfigError(
             f"{path} was made for {_other_data(previous['dataset'], data)}; choose another "
             "output folder, or pass --overwrite to replace it"
+        )
+    if not is_ours(path, "recommendation"):
+        raise ConfigError(
+            f"{path} was changed since autolayer wrote it (or written by a version that kept "
+            "no proof of it); pass --overwrite to replace it, or choose another output folder"
         )
 
 
@@ -747,10 +764,8 @@ def claim_output_dir(output_dir: Path, fingerprint: str) -> Iterator[None]:
     Each holds a shared lock on a claim file recording the data's fingerprint: a run on the
     same data shares it (a worker of the same study), a run on other data is refused while
     a holder lives. The kernel drops a killed run's lock, so a claim it left behind blocks
-    nothing. Claims are taken and released under an exclusive lock on the folder itself,
+    nothing. Claims are taken and released under an exclusive lock (:func:`_folder_locked`),
     so the file is written, and removed by its last holder, by one run at a time."""
-    from autolayer.files import check_writable
-
     check_writable(output_dir, "output folder")
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -773,15 +788,38 @@ def claim_output_dir(output_dir: Path, fingerprint: str) -> Iterator[None]:
 
 @contextmanager
 def _folder_locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` for the few statements that take or drop a claim."""
+    """An exclusive lock in ``folder`` for the few statements that take or drop a claim.
+
+    The lock is on a regular file opened for writing, not on the folder: on NFS, ``flock``
+    is emulated with POSIX locks, which a folder cannot take. Its holder removes the file
+    when done, so a run that waited for it may then hold a removed file: it takes the new
+    one instead."""
     import fcntl
 
-    fd = os.open(folder, os.O_RDONLY)
+    path = folder / CLAIM_LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _is_current(fd, path):
+            break
+        os.close(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # drops the lock
+        path.unlink(missing_ok=True)  # while held: a waiter then sees its file is stale
+        os.close(fd)
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is the file ``path`` names now (not one removed since it was opened)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _take_claim(fd: int, path: Path, fingerprint: str) -> None:
@@ -844,6 +882,7 @@ def _drawn(record: dict) -> str:
     return f"a sample of {record['max_train_samples']} training rows, seed {record['seed']}"
 
 
+@warns_once
 def recommend(
     dataset: str | Path | LabelledDataset = "demo",
     models: Sequence[str] | None = None,
@@ -915,7 +954,7 @@ def recommend(
         searched = StageCost("search", time.process_time() - started, 0, f"{trained} heads trained")
         context = study_context(prepared, space)
         config = trial_config(result.best, context, result.study_name, result.storage)
-        config.save(Path(output_dir) / RECOMMENDATION)
+        mark_ours(config.save(Path(output_dir) / RECOMMENDATION), "recommendation")
     cka = cka_at_best(prepared)
     return Recommendation(
         config=config,

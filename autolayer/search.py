@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
@@ -359,7 +359,6 @@ class _Objective:
         )
         for key, value in cost.as_dict().items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("worker", this_worker())
         broken = self.budget.violations(cost)
         if broken:
             trial.set_user_attr(INFEASIBLE, "; ".join(broken))
@@ -684,7 +683,8 @@ def check_storage_url(url: str) -> None:
     export command the report prints could not find it."""
     if not url.startswith(("sqlite", "postgresql", "mysql")):
         raise ConfigError(
-            f"--storage must be an sqlite://, postgresql:// or mysql:// URL; got {url!r}"
+            f"storage must be an sqlite://, postgresql:// or mysql:// URL; got {url!r}",
+            params=("storage",),
         )
     from sqlalchemy.engine import make_url
 
@@ -694,9 +694,10 @@ def check_storage_url(url: str) -> None:
         return
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ConfigError(
-            f"--storage {url!r} names no database file: the study would be kept in memory "
+            f"storage {url!r} names no database file: the study would be kept in memory "
             "and lost when the run ends; give a file, such as sqlite:///study.db (is a "
-            "variable in it unset?)"
+            "variable in it unset?)",
+            params=("storage",),
         )
 
 
@@ -739,24 +740,41 @@ class _RetryUndecided(optuna.storages.RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
 
 
-WORKER = "autolayer:worker"  # system attribute of a running trial: "host:pid" of its worker
+# System attribute of a running trial: its worker, as :func:`this_worker` describes it
+# (earlier versions recorded "host:pid", still read).
+WORKER = "autolayer:worker"
 
 
-def this_worker() -> str:
-    """This process, as :data:`WORKER` records it."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def this_worker() -> dict:
+    """This process, as :data:`WORKER` records it: its host and pid, and what makes the pid
+    meaningful — the PID namespace (containers sharing a hostname each have their own) and
+    the boot (pids restart at each one); ``None`` where the system does not say."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), **_pid_space()}
+
+
+def _pid_space() -> dict:
+    """The PID namespace's inode and the boot id of this process (Linux), else ``None``."""
+    try:
+        namespace: int | None = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = None
+    try:
+        boot: str | None = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = None
+    return {"pid_ns": namespace, "boot_id": boot}
 
 
 class _WorkerStorage(optuna.storages.RDBStorage):
     """An RDB storage whose running trials record their worker, and whose stale trials
     include two kinds that Optuna's heartbeat alone never finds, or finds late:
 
-    - a trial whose worker ran on this host and no longer exists (killed): stale at once,
-      not after three missed beats (a resumed run would otherwise wait them out, adding a
-      surplus trial each time);
-    - a trial that never reached its objective (its worker was stopped between creating it
-      and starting its heartbeat), past the grace period: without a heartbeat, Optuna never
-      calls it stale, and every later run would wait on it forever.
+    - a trial whose worker ran in this process's PID space (same host, PID namespace and
+      boot) and no longer exists (killed): stale at once, not after three missed beats (a
+      resumed run would otherwise wait them out, adding a surplus trial each time);
+    - a trial with no heartbeat at all (its worker was stopped or killed between creating
+      it and its first beat), past the grace period, whoever its worker was: Optuna never
+      calls a trial without a heartbeat stale, and every later run would wait on it forever.
 
     Optuna reads these through its storage's private methods (``_create_new_trial``,
     ``_get_stale_trial_ids``), which are overridden here.
@@ -786,34 +804,80 @@ class _WorkerStorage(optuna.storages.RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         stale = super()._get_stale_trial_ids(study_id)
+        stale += [i for i in self._never_beaten(study_id) if i not in stale]
         running = self.get_all_trials(
             study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
         )
-        stale += [t._trial_id for t in running if t._trial_id not in stale and self._abandoned(t)]
+        stale += [t._trial_id for t in running if t._trial_id not in stale and _gone_worker(t)]
         return stale
 
-    def _abandoned(self, trial: optuna.trial.FrozenTrial) -> bool:
-        # (the user attribute: a trial stored by an earlier version, before its system one)
-        worker = trial.system_attrs.get(WORKER) or trial.user_attrs.get("worker")
-        if worker:
-            return _gone(worker)
-        started = trial.datetime_start or datetime.now()
+    def _never_beaten(self, study_id: int) -> list[int]:
+        """Running trials with no heartbeat row, started longer ago than the grace period,
+        whoever their worker: read as Optuna's own ``_get_stale_trial_ids`` reads heartbeats
+        (the trial's rows of ``trial_heartbeats``); the start, stored in UTC, is compared with
+        this host's clock."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
         grace = self.grace_period or 2 * self.heartbeat_interval
-        return (datetime.now() - started).total_seconds() > grace
+        started_before = datetime.now() - timedelta(seconds=grace)
+        trial = models.TrialModel
+        with _create_scoped_session(self.scoped_session) as session:
+            silent = (
+                session.query(trial)
+                .filter(trial.study_id == study_id)
+                .filter(trial.state == optuna.trial.TrialState.RUNNING)
+                .filter(~trial.heartbeats.any())
+                .order_by(trial.trial_id)
+                .all()
+            )
+            return [
+                t.trial_id
+                for t in silent
+                if t.datetime_start is not None and t.datetime_start < started_before
+            ]
 
 
-def _gone(worker: str) -> bool:
-    """Whether a worker ("host:pid") ran on this host and its process no longer exists."""
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+def _gone_worker(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the worker that ran ``trial`` is known to be gone (see :func:`_gone`)."""
+    # (the user attribute: a trial stored by an earlier version, before its system one)
+    worker = trial.system_attrs.get(WORKER) or trial.user_attrs.get("worker")
+    return _gone(worker) if worker else False
+
+
+def _gone(worker: dict | str) -> bool:
+    """Whether a worker ran in this process's PID space and its process no longer exists.
+    A pid from anywhere else says nothing about a process here (two containers may share a
+    hostname): such a worker is left to its heartbeat."""
+    record = _worker_record(worker)
+    pid = record.get("pid")
+    if not _in_this_pid_space(record) or not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:  # another user's process: alive
         return False
     return False
+
+
+def _worker_record(worker: dict | str) -> dict:
+    """A :data:`WORKER` record as a dict; an earlier version's "host:pid" gives host and pid."""
+    if isinstance(worker, dict):
+        return worker
+    host, _, pid = str(worker).rpartition(":")
+    return {"host": host, "pid": int(pid) if pid.isdigit() else None}
+
+
+def _in_this_pid_space(record: dict) -> bool:
+    """Whether the record's pid would name a process here: same host, PID namespace and boot
+    (a "host:pid" record of an earlier version says only its host, compared alone)."""
+    mine = this_worker()
+    known = [key for key in ("host", "pid_ns", "boot_id") if key in record]
+    return "host" in known and all(record[key] == mine[key] for key in known)
 
 
 # Workers that open a new storage together race to create its tables; each database says
@@ -1030,8 +1094,9 @@ def _fail_own_running(study: optuna.Study) -> None:
     state = optuna.trial.TrialState
     for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
         if trial.system_attrs.get(WORKER) == mine:
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # finished
-                study._storage.set_trial_state_values(trial._trial_id, state.FAIL)
+            # (finished meanwhile, by another worker's stale check: skipped, or refused)
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                study.tell(trial.number, state=state.FAIL, skip_if_finished=True)
 
 
 def _failed_by_another(study: optuna.Study, number: int) -> bool:
@@ -1103,7 +1168,8 @@ def check_same_study(
             raise ConfigError(
                 f"study {study_name!r} in {url} differs in its {named}: stored "
                 f"{_short(old)}, this command {_short(new)}; "
-                "pass another --study-name (or output folder) to start a new study"
+                "pass another study_name (or output folder) to start a new study",
+                params=("study_name",),
             )
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from autolayer.errors import ModelError
 from autolayer.files import temp_dir
+from autolayer.hub import offline
 
 logger = logging.getLogger("autolayer")
 
@@ -163,7 +164,7 @@ def _resolve_alias(alias: str, allow_hub: bool) -> ModelSource:
     if folder is not None:
         return ModelSource(alias, folder, folder_identity(folder))
     entry = ZOO[alias]
-    if allow_hub and not _offline():
+    if allow_hub and not offline():
         try:
             folder = _download(entry.hub_id)
         except ModelError:
@@ -209,10 +210,6 @@ def _check_folder(folder: Path) -> None:
         )
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
-
-
 def _unknown_message(spec: str, why: str) -> str:
     aliases = ", ".join(ZOO)
     return (
@@ -223,7 +220,7 @@ def _unknown_message(spec: str, why: str) -> str:
 
 def _download(repo_id: str) -> Path:
     """Fetch safetensors weights, config and tokenizer files of a hub model (no pickles)."""
-    if _offline():
+    if offline():
         raise ModelError(_unknown_message(repo_id, "HF_HUB_OFFLINE is set"))
     from huggingface_hub import snapshot_download
 

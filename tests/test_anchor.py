@@ -479,18 +479,24 @@ def test_the_default_study_name_is_not_decided_by_the_budget(
     assert "holds the anchor alone" in again.dropped[pool[0]]
 
 
-def test_the_default_study_name_of_a_plain_search_is_the_one_earlier_versions_gave(
+def test_the_default_study_name_of_a_plain_search_is_made_of_its_data_and_models(
     tiny_dataset, tiny_models
 ):
-    """Studies made before the name stopped depending on the budget still resume."""
-    import hashlib
-
+    """A plain search's study is named by its data and models alone (cross-validation
+    adds its folds): a run's other settings are checked when it resumes, not named."""
     from autolayer import pipeline
     from autolayer.options import Options
 
-    data, model = load_dataset(tiny_dataset), str(tiny_models["bert"])
-    digest = hashlib.sha256(f"{data.fingerprint}|{model}".encode()).hexdigest()[:8]
-    assert pipeline.default_study_name(data, [model], Options()) == f"autolayer-tiny-{digest}"
+    data, bert, llama = (
+        load_dataset(tiny_dataset),
+        str(tiny_models["bert"]),
+        str(tiny_models["llama"]),
+    )
+    name = pipeline.default_study_name(data, [bert], Options())
+    assert name.startswith("autolayer-tiny-")
+    assert pipeline.default_study_name(data, [bert], Options(seed=3, metric="macro_f1")) == name
+    assert pipeline.default_study_name(data, [llama], Options()) != name
+    assert pipeline.default_study_name(data, [bert], Options(cv_folds=2)) != name
 
 
 def test_a_space_of_fewer_configurations_than_trials_needs_a_smaller_margin():

@@ -272,7 +272,7 @@ def _tryout_rows(tmp: Path, model: Path, dataset: Path, config: Path) -> dict:
     )
     rows["extract -o onto the input data"] = (
         ["extract", "-m", model, "-d", dataset / "test.jsonl", "-o", dataset / "test.jsonl"],
-        "not an array file autolayer wrote",
+        "is the input data; choose another output",
     )
     own = tmp / "own"
     own.mkdir()
@@ -338,7 +338,7 @@ def _data_rows(tmp: Path, model: Path) -> dict:
     write_jsonl(tmp / "emoji" / "train.jsonl", emoji)
     rows["texts without words with tfidf in the pool"] = (
         ["recommend", "-d", tmp / "emoji", "--models", f"{model},tfidf", "-o", tmp / "r2"],
-        "leave tfidf out of the models (--models)",
+        "leave tfidf out of --models",
     )
     rows["a mistyped dataset path"] = (
         ["recommend", "-d", tmp / "tyni", "--models", model, "-o", tmp / "r3"],

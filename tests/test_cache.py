@@ -3,11 +3,13 @@ from finished chunks, corrupt entries and chunks recomputed, and the per-entry l
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -149,15 +151,59 @@ def test_chunk_damaged_before_the_resume_is_recomputed_not_built_in(
     np.testing.assert_array_equal(again.array, clean.array)
 
 
-def test_lock_left_by_a_process_that_is_gone_is_taken_at_once(home, caplog):
+def test_chunks_without_checksums_are_recomputed_with_one_line_per_entry(
+    tiny_models, tiny_dataset, home, caplog
+):
+    model, options = str(tiny_models["llama"]), {"chunk_size": 8, "batch_size": 4}
+    seen = []
+
+    def stop_in_third_chunk(n):
+        seen.append(n)
+        if sum(seen) > 16:  # two chunks are on disk
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.extract(model, str(tiny_dataset), "train", progress=stop_in_third_chunk, **options)
+    [entry] = (home / "embeddings").iterdir()
+    for checksum in (entry / "chunks").glob("*.sha256"):  # as an earlier version left them
+        checksum.unlink()
+
+    resumed = ex.extract(model, str(tiny_dataset), "train", **options)
+    assert resumed.meta["computed_rows"] == 40
+    about_chunks = [r.getMessage() for r in caplog.records if "chunk" in r.getMessage()]
+    assert about_chunks == [
+        f"cache entry {entry} has 2 chunks without a checksum (written by an earlier "
+        "version): recomputing them"
+    ]
+    clean = ex.extract(model, str(tiny_dataset), "train", cache_dir=home / "other", **options)
+    np.testing.assert_array_equal(resumed.array, clean.array)
+
+
+def test_lock_left_by_a_process_that_is_gone_is_taken_at_once(home, tmp_path, caplog):
     entry = CacheEntry(home / "embeddings", {"texts": "x"})
-    entry.directory.mkdir(parents=True)
-    gone = subprocess.Popen([sys.executable, "-c", ""])
-    gone.wait()
-    record = {"pid": gone.pid, "host": socket.gethostname()}
-    (entry.directory / ".lock").write_text(json.dumps(record))
+    holder = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from autolayer.cache import CacheEntry\n"
+        "with CacheEntry(Path(sys.argv[1]), {'texts': 'x'}).lock():\n"
+        "    Path(sys.argv[2]).touch()\n"
+        "    time.sleep(600)\n"
+    )
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", holder, str(home / "embeddings"), str(ready)])
+    try:
+        _wait_for(lambda: ready.exists(), child, "the child to take the lock")
+        with pytest.raises(CacheError, match=f"pid {child.pid} .*running"), entry.lock(timeout=0):
+            pass  # it does hold the lock
+        child.kill()  # SIGKILL: no cleanup of its own, its lock file and record stay
+    finally:
+        child.kill()
+        child.wait()
+    lock_file = entry.directory / ".lock"
+    assert json.loads(lock_file.read_text())["pid"] == child.pid
+    caplog.clear()
     with entry.lock(timeout=0):
-        assert json.loads((entry.directory / ".lock").read_text())["pid"] == os.getpid()
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
     assert "waiting" not in caplog.text
 
 
@@ -173,6 +219,88 @@ def test_lock_held_by_a_live_process_names_it_then_gives_up_in_one_line(home, ca
     assert "AUTOLAYER_LOCK_TIMEOUT" in waiting and "\n" not in waiting
     with entry.lock():  # released: taken again without waiting
         pass
+
+
+class _FakeTime:
+    """A clock that moves only when the waiter sleeps; each sleep lets the holder act."""
+
+    def __init__(self, holder_acts) -> None:
+        self.now = 0.0
+        self.holder_acts = holder_acts
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.holder_acts(self.now)
+
+
+def _hold(entry: CacheEntry):
+    """The entry's lock taken through another open file description: it conflicts with
+    ``entry.lock()`` as another process's lock would."""
+    entry.directory.mkdir(parents=True, exist_ok=True)
+    holder = open(entry.directory / ".lock", "a+")  # noqa: SIM115 (released by the test)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    return holder
+
+
+def _beat(entry: CacheEntry, now: float) -> None:
+    """What a working holder's heartbeat does: refresh the lock file's mtime."""
+    stamp = int(now * 1e9)
+    os.utime(entry.directory / ".lock", ns=(stamp, stamp))
+
+
+def test_lock_waits_as_long_as_its_holder_makes_progress(home, monkeypatch):
+    entry = CacheEntry(home / "embeddings", {"texts": "x"})
+    holder = _hold(entry)
+
+    def works_for_100_s(now: float) -> None:  # ten times the timeout
+        if now >= 100:
+            fcntl.flock(holder, fcntl.LOCK_UN)
+        else:
+            _beat(entry, now)
+
+    clock = _FakeTime(works_for_100_s)
+    monkeypatch.setattr(cache, "time", clock)
+    try:
+        with entry.lock(timeout=10):
+            assert clock.now >= 100
+    finally:
+        holder.close()
+
+
+def test_lock_gives_up_once_its_holder_stops_making_progress(home, monkeypatch):
+    entry = CacheEntry(home / "embeddings", {"texts": "x"})
+    holder = _hold(entry)
+
+    def works_for_30_s_then_stops(now: float) -> None:  # as Ctrl-Z would
+        if now <= 30:
+            _beat(entry, now)
+
+    clock = _FakeTime(works_for_30_s_then_stops)
+    monkeypatch.setattr(cache, "time", clock)
+    try:
+        with pytest.raises(CacheError, match="no progress for 10 s"), entry.lock(timeout=10):
+            pass
+    finally:
+        holder.close()
+    assert 40 <= clock.now <= 40 + cache.LOCK_POLL_SECONDS
+
+
+def test_a_lock_holder_refreshes_its_lock_file_while_it_holds_it(home, monkeypatch):
+    monkeypatch.setattr(cache, "LOCK_HEARTBEAT_SECONDS", 0.01)
+    entry = CacheEntry(home / "embeddings", {"texts": "x"})
+    lock_file = entry.directory / ".lock"
+    with entry.lock():
+        taken = lock_file.stat().st_mtime_ns
+        for _ in range(1000):
+            time.sleep(0.01)
+            if lock_file.stat().st_mtime_ns != taken:
+                break
+        else:
+            pytest.fail("the lock file was not refreshed in 10 s")
+    assert not [t for t in threading.enumerate() if t.name == cache.HEARTBEAT_THREAD]
 
 
 def test_lock_timeout_comes_from_the_environment(monkeypatch):
@@ -202,17 +330,23 @@ def test_lock_held_by_a_stopped_process_says_it_is_stopped(home, tmp_path, caplo
     ready = tmp_path / "ready"
     child = subprocess.Popen([sys.executable, "-c", holder, str(home / "embeddings"), str(ready)])
     try:
-        for _ in range(600):  # the child's import and lock, then it stops itself
-            if ready.exists() and _stopped(child.pid):
-                break
-            assert child.poll() is None, "the lock holder ended early"
-            time.sleep(0.05)
+        _wait_for(lambda: ready.exists() and _stopped(child.pid), child, "the child to stop")
         with pytest.raises(CacheError, match=f"pid {child.pid} .*stopped"), entry.lock(timeout=0):
             pass
     finally:
         child.kill()
         child.wait()
     assert f"waiting for pid {child.pid}" in caplog.text
+
+
+def _wait_for(condition, child: subprocess.Popen, what: str) -> None:
+    """Poll ``condition`` (the child's import and lock take a few seconds) for up to 30 s."""
+    for _ in range(600):
+        if condition():
+            return
+        assert child.poll() is None, "the lock holder ended early"
+        time.sleep(0.05)
+    pytest.fail(f"waited 30 s for {what}")
 
 
 def _stopped(pid: int) -> bool:

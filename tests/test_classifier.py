@@ -111,7 +111,7 @@ def test_predict_refuses_a_head_whose_bytes_were_damaged(
     out = tmp_path / "p.jsonl"
     capsys.readouterr()  # what apply printed
     code, _, err = run(capsys, "predict", tmp_path / "m", "-i", tmp_path / "in.txt", "-o", out)
-    assert code == 2 and "is damaged" in err and "Traceback" not in err  # input to fix
+    assert code == 4 and "is damaged" in err and "Traceback" not in err  # a damaged file
     assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 

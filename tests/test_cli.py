@@ -344,3 +344,46 @@ def test_library_warnings_are_one_line(capsys, tmp_path, home, tiny_models, capl
     warned = [r for r in caplog.records if r.name == "autolayer" and "folds" in r.getMessage()]
     assert warned and "\n" not in warned[0].getMessage()
     assert "UserWarning" not in err and "warnings.warn" not in err
+
+
+def test_an_option_named_twice_in_a_message_is_spelled_as_a_flag_once(
+    capsys, tmp_path, home, tiny_dataset, tiny_models
+):
+    """Only the parameter's first mention is the option; later ones are prose."""
+    code, _, err = run(
+        capsys,
+        *("recommend", "-d", tiny_dataset, "--models", f"{tiny_models['bert']},tfidf"),
+        *("--labels-per-class", 6, "--anchor", "tfidf", "-o", tmp_path / "o"),
+    )
+    assert code != 0
+    assert "--anchor 'tfidf' is sparse: an anchor is a dense model" in err
+
+
+def test_export_without_a_study_speaks_python_to_the_library_and_flags_to_the_cli(capsys, tmp_path):
+    """The library's message names its arguments; the CLI shows them as its options."""
+    from autolayer import pipeline
+    from autolayer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="or storage and study_name$"):
+        pipeline.export()
+    code, _, err = run(capsys, "export", "-o", tmp_path / "c.yaml")
+    assert code == 2 and "or --storage and --study-name" in err, err
+    storage = f"sqlite:///{tmp_path / 'two.db'}"
+    for name in ("one", "two"):
+        optuna.create_study(storage=storage, study_name=name)
+    with pytest.raises(ConfigError, match="^pass study_name; studies in"):
+        pipeline.export(storage)
+    code, _, err = run(capsys, "export", "--storage", storage, "-o", tmp_path / "c.yaml")
+    assert code == 2 and "pass --study-name; studies in" in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_gpu_is_said_in_python_and_cli_terms(capsys, tmp_path):
+    from autolayer.device import resolve_device
+    from autolayer.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        resolve_device("cuda")
+    assert str(caught.value).startswith("device 'cuda' asked for") and "--" not in str(caught.value)
+    code, _, err = run(capsys, "predict", tmp_path, "-i", tmp_path / "x.csv", "--device", "cuda")
+    assert code == 2 and "--device 'cuda' asked for" in err and "use cpu (or auto)" in err, err

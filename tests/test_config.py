@@ -115,6 +115,7 @@ def test_a_linear_head_over_a_sparse_source_or_a_broken_draw_is_refused_on_load(
         ({"batch_size": 0}, "'batch_size' must be an integer in [1, 1048576]; got 0"),
         ({"width": 10**9}, "'width' must be an integer in [1, 65536]"),
         ({"seed": "x"}, "'seed' must be an integer in [0, 4294967295]; got 'x'"),
+        ({"seed": 2**33}, "'seed' must be an integer in [0, 4294967295]; got 8589934592"),
     ],
 )
 def test_the_heads_numbers_are_bounded_naming_the_file_and_the_field(tmp_path, change, named):

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autolayer.search import collect
+from autolayer.search import WORKER, collect
 from tests.conftest import REPO, WORDS, write_jsonl
 
 N_TRIALS = 10
@@ -142,7 +142,7 @@ def test_two_workers_share_one_study(postgres_url, workload, tmp_path):
     # Both took part (trained, or waited for the other's last trials): which one trains
     # how many is up to the scheduler.
     by_worker = {
-        t.user_attrs["worker"].split(":")[-1] for t in study.trials if "worker" in t.user_attrs
+        str(t.system_attrs[WORKER]["pid"]) for t in study.trials if WORKER in t.system_attrs
     }
     assert by_worker == {str(w.pid) for w in workers}, "both workers took part"
     # Ties in accuracy are common: the best is autolayer's ordering (value, then latency,
@@ -163,18 +163,21 @@ def _wait_for_running_trial(storage: str, study: str, pid: int) -> None:
 
 
 def _running(storage: str, study: str, pid: int, require_finished: bool = False) -> list[int]:
-    """Numbers of the trials worker ``pid`` is training (not waiting in a surplus trial)."""
+    """Numbers of the trials worker ``pid`` is training: its configuration drawn (its cost
+    recorded), not waiting in a surplus trial."""
     try:
         trials = _load(storage, study).get_trials(deepcopy=False)
     except KeyError:  # the study does not exist yet
         return []
-    mine = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{pid}")]
+    mine = [t for t in trials if t.system_attrs.get(WORKER, {}).get("pid") == pid]
     if require_finished and not any(t.state.is_finished() for t in mine):
         return []
     return [
         t.number
         for t in mine
-        if t.state == optuna.trial.TrialState.RUNNING and "surplus" not in t.user_attrs
+        if t.state == optuna.trial.TrialState.RUNNING
+        and "fused_dim" in t.user_attrs
+        and "surplus" not in t.user_attrs
     ]
 
 

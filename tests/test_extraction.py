@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -134,20 +136,45 @@ def test_embedding_without_the_cache_neither_reads_nor_writes_it(tiny_models, ho
     np.testing.assert_allclose(some.array, cached.array[[3, 1]], atol=1e-6)
 
 
-def test_library_extraction_prints_no_weight_loading_bars(tiny_models, tiny_dataset, home, capfd):
+def test_library_extraction_prints_no_weight_loading_bars_or_reports(
+    tiny_models, tiny_dataset, home, capfd
+):
     from transformers.utils import logging as hf_logging
 
     import autolayer
 
-    was = hf_logging.is_progress_bar_enabled()
+    was, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.enable_progress_bar()  # as in a fresh Python session
+    hf_logging.set_verbosity_warning()
+    # transformers' own handler writes to the stderr of the moment it was imported, which
+    # pytest may hold elsewhere than capfd: its records are read here instead
+    reported = _Records()
+    hf_logging.get_logger().addHandler(reported)
     try:
         capfd.readouterr()
+        # the tiny BERT was saved without its pooler: loading it reports the pooler's
+        # weights as MISSING (autolayer does not use them)
         autolayer.extract(str(tiny_models["bert"]), str(tiny_dataset), "test")
         assert "Loading weights" not in capfd.readouterr().err
-        assert hf_logging.is_progress_bar_enabled()  # the caller's own setting is kept
+        assert not [m for m in reported.messages if "LOAD REPORT" in m]
+        # the caller's own settings are kept
+        assert hf_logging.is_progress_bar_enabled()
+        assert hf_logging.get_verbosity() == hf_logging.WARNING
     finally:
+        hf_logging.get_logger().removeHandler(reported)
         (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+        hf_logging.set_verbosity(verbosity)
+
+
+class _Records(logging.Handler):
+    """The messages of the log records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def test_max_length_beyond_the_model_is_cut_with_a_note(

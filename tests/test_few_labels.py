@@ -261,3 +261,27 @@ def test_a_choice_no_better_than_the_majority_class_is_said():
         "8 rows; on so few rows a score is mostly noise"
     ]
     assert said(0.75) == [] and said(0.5, metric="macro_f1") == []
+
+
+def test_a_study_whose_folds_were_lowered_has_one_name_and_resumes(
+    tmp_path, home, tiny_dataset, tiny_models, one_thread
+):
+    """3 labels per class cannot run the 5 folds asked for: recommend and prepare+search
+    name the study by the 3 folds that ran, so either resumes what the other started."""
+    from autolayer import pipeline
+    from autolayer.budgets import Budget
+
+    models, out = [str(tiny_models["bert"])], tmp_path / "out"
+    settings = {"labels_per_class": 3, "cv_folds": 5, "max_length": 12}
+    rec = pipeline.recommend(
+        tiny_dataset, models, output_dir=out, budget=Budget(n_trials=2), **settings
+    )
+    assert rec.config.dataset["validation"]["cv_folds"] == 3
+    data, options = pipeline.restrict(
+        load_dataset(tiny_dataset), Options(cv_folds=5, max_length=12), labels_per_class=3
+    )
+    assert pipeline.default_study_name(data, models, options) == rec.search.study_name
+    prepared = pipeline.prepare(data, models, options=options)
+    again = pipeline.search(prepared, output_dir=out, budget=Budget(n_trials=3))
+    assert again.study_name == rec.search.study_name
+    assert len(again.trials) > len(rec.search.trials)  # the same study, resumed

@@ -207,6 +207,10 @@ def test_a_screen_too_small_to_cross_validate_names_the_limit(capsys, home, revi
     )
     assert code == ConfigError.exit_code
     assert "screen-size 6 is too small" in err and "Traceback" not in err
+    assert "(or pass --exhaustive)" in err, err
+    with pytest.raises(ConfigError) as caught:
+        Fidelity(screen_size=6).check(100, 2)
+    assert "(or pass fidelity=None)" in str(caught.value), caught.value
 
 
 def test_recommend_reports_the_cost_of_each_stage(capsys, home, tmp_path, reviews, models):

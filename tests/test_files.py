@@ -111,6 +111,23 @@ def test_a_read_only_file_is_refused_even_as_root(tmp_path):
         check_output(path, "predictions", overwrite=True)
 
 
+def test_a_file_os_access_says_we_may_not_write_is_refused(tmp_path, monkeypatch):
+    """Another user's 0644 file has a write bit, but not for us, and a rename in a folder we
+    may write would replace it all the same: ``os.access`` is asked besides the mode."""
+    path = tmp_path / "p.csv"
+    path.write_text("row,text,label\n")
+    mark_ours(path, "predictions")
+    real_access = os.access
+
+    def access(where, mode, **kwargs) -> bool:  # what a non-root user is told of it
+        return Path(where) != path and real_access(where, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    with pytest.raises(ConfigError, match="you may not write it"):
+        check_output(path, "predictions", overwrite=True)
+    assert path.read_text() == "row,text,label\n"
+
+
 def test_files_and_folders_follow_the_umask(capsys, tmp_path, home, config, tiny_dataset):
     previous = os.umask(0o022)
     try:
@@ -173,9 +190,11 @@ def test_extract_never_replaces_a_users_array(capsys, tmp_path, home, tiny_model
     assert code == 0, err
     data = tiny_dataset / "test.jsonl"
     before = data.read_bytes()
-    args = ["extract", "-m", tiny_models["bert"], "-d", data, "-o", data, "--overwrite"]
-    code, _, err = run(capsys, *args)
-    assert code != 0 and "is the input data" in one_error_line(err)
+    args = ["extract", "-m", tiny_models["bert"], "-d", data, "-o", data]
+    for extra in ([], ["--overwrite"]):  # said at once, not "pass --overwrite" first
+        code, _, err = run(capsys, *args, *extra)
+        line = one_error_line(err)
+        assert code != 0 and "is the input data" in line and "--overwrite" not in line
     assert data.read_bytes() == before
 
 

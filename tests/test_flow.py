@@ -5,6 +5,7 @@ test_search.py, the estimator in test_classifier.py."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -129,14 +130,92 @@ def test_a_claim_on_the_output_folder_is_shared_by_runs_on_the_same_data(tmp_pat
     assert not list(tmp_path.iterdir())
 
 
-def test_a_claim_left_by_a_killed_run_blocks_nothing(tmp_path):
-    import json
+def test_claiming_the_output_folder_locks_no_folder(tmp_path, monkeypatch):
+    """On NFS, ``flock`` is emulated with POSIX locks, which a folder cannot take, nor a file
+    opened read-only an exclusive one (EBADF): only regular files opened O_RDWR are locked."""
+    import errno
+    import fcntl
+    import stat
 
     from autolayer import pipeline
 
-    # what a killed run leaves: its record, whose lock the kernel dropped with the process
-    record = {"fingerprint": "b" * 64, "pid": 999999, "host": "here"}
-    (tmp_path / pipeline.CLAIM).write_text(json.dumps(record))
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd, operation):
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        read_only = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        if stat.S_ISDIR(os.fstat(fd).st_mode) or (operation & fcntl.LOCK_EX and read_only):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    with pipeline.claim_output_dir(tmp_path, "a" * 64):
+        assert [p.name for p in tmp_path.iterdir()] == [pipeline.CLAIM]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_run_that_waited_for_the_folder_lock_takes_the_new_lock_file(tmp_path, monkeypatch):
+    """The lock's holder removes its file when done: a run that opened that file and waited
+    then holds a removed file, which locks nothing, so it takes a new one."""
+    import fcntl
+    import threading
+
+    from autolayer import pipeline
+
+    real_flock, waiting, order = fcntl.flock, threading.Event(), []
+
+    def flock(fd, operation):
+        if threading.current_thread().name == "second":
+            waiting.set()  # its file is open: the first run's
+        return real_flock(fd, operation)
+
+    def second() -> None:
+        with pipeline._folder_locked(tmp_path):
+            order.append(("second", (tmp_path / pipeline.CLAIM_LOCK).exists()))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    thread = threading.Thread(target=second, name="second")
+    with pipeline._folder_locked(tmp_path):
+        thread.start()
+        assert waiting.wait(10)
+        order.append(("first", True))
+    thread.join(10)
+    assert order == [("first", True), ("second", True)]
+    assert not list(tmp_path.iterdir())
+
+
+CLAIM_HOLDER = """
+import sys, time
+from pathlib import Path
+from autolayer import pipeline
+with pipeline.claim_output_dir(Path(sys.argv[1]), "b" * 64):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_claim_left_by_a_killed_run_blocks_nothing(tmp_path):
+    """A run on other data is refused while another process holds the folder, and not once
+    that process is killed (SIGKILL: no clean-up), though its claim file is left behind."""
+    import subprocess
+    import sys
+
+    from autolayer import pipeline
+
+    holder = [sys.executable, "-c", CLAIM_HOLDER, str(tmp_path)]
+    child = subprocess.Popen(holder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "held\n"
+        refused = f"in use by a recommend on other data \\(pid {child.pid} "
+        with (
+            pytest.raises(ConfigError, match=refused),
+            pipeline.claim_output_dir(tmp_path, "a" * 64),
+        ):
+            pass
+    finally:
+        child.kill()
+        child.communicate()
+    assert '"b' in (tmp_path / pipeline.CLAIM).read_text()  # what the killed run left
     with pipeline.claim_output_dir(tmp_path, "a" * 64):
         assert '"a' in (tmp_path / pipeline.CLAIM).read_text()
     assert not list(tmp_path.iterdir())
@@ -171,3 +250,65 @@ def test_recommend_refuses_a_folder_made_for_other_data_unless_overwrite(
     assert code == 0, err
     assert load_config(out / "recommendation.yaml").dataset["name"] == "tiny"
     assert not (out / "cka.png").exists()  # one model now: no stale plot beside the result
+
+
+def test_recommend_replaces_only_a_recommendation_it_wrote_unless_overwrite(
+    capsys, tmp_path, home, tiny_dataset
+):
+    """Ownership of ``recommendation.yaml`` is proved by its hashed sidecar, not guessed from
+    its content: a re-run on the same data replaces its own file, but not one edited by
+    hand or written before the proof, unless --overwrite."""
+    from autolayer.files import is_ours, proof_path
+
+    out = tmp_path / "out"
+    args = ["recommend", "-d", tiny_dataset, "--models", "tfidf", "-o", out, "--n-trials", "1"]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    path = out / "recommendation.yaml"
+    assert is_ours(path, "recommendation")
+    assert run(capsys, *args)[0] == 0  # its own, unchanged: replaced without a word
+
+    edited = path.read_text() + "# my note\n"
+    path.write_text(edited)
+    code, _, err = run(capsys, *args)
+    line = one_error_line(err)
+    assert code != 0 and f"{path} was changed since autolayer wrote it" in line
+    assert "pass --overwrite to replace it" in line and path.read_text() == edited
+
+    path.write_text(edited.replace("# my note\n", ""))
+    proof_path(path).unlink()  # as an autolayer from before the proof left it
+    code, _, err = run(capsys, *args)
+    assert code != 0 and "pass --overwrite to replace it" in one_error_line(err)
+
+    code, _, err = run(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert is_ours(path, "recommendation")
+
+
+def test_recommend_never_replaces_a_read_only_recommendation(tmp_path, tiny_dataset):
+    from autolayer import pipeline
+    from autolayer.data import load_dataset
+    from autolayer.files import mark_ours
+
+    data = load_dataset(tiny_dataset)
+    path = tmp_path / "recommendation.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {"name": "tiny", "fingerprint": data.fingerprint}}))
+    mark_ours(path, "recommendation")
+    path.chmod(0o444)  # the user protected it: ours or not, --overwrite or not
+    with pytest.raises(ConfigError, match="the file is read-only"):
+        pipeline.check_output_dir(tmp_path, data, overwrite=True)
+
+
+def test_the_library_says_each_warning_once_per_call(tmp_path, home, tiny_models, recwarn):
+    """The same warning comes from several stages (screen, pairs, search), each a call site
+    of its own: from Python, as on the command line, it is said once."""
+    import autolayer
+    from tests.conftest import WORDS, write_jsonl
+
+    rows = [{"text": f"text {WORDS[i % 7]} {i % 5}", "label": "ab"[i % 2]} for i in range(40)]
+    path = write_jsonl(tmp_path / "rare.jsonl", [*rows, {"text": "lonely", "label": "rare"}])
+    models = [str(tiny_models["bert"]), "tfidf"]
+    budget = autolayer.Budget(n_trials=2)
+    autolayer.recommend(path, models, budget=budget, max_length=12, output_dir=tmp_path / "o")
+    said = [str(w.message) for w in recwarn if "single example" in str(w.message)]
+    assert said == ["1 class(es) with a single example among the rows probed, left out: 'rare'"]

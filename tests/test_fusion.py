@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from autolayer.errors import ConfigError, DivergedError
+from autolayer.errors import CacheError, ConfigError, DivergedError
 from autolayer.fusion import (
     OPERATORS,
     FusionClassifier,
@@ -232,7 +232,7 @@ def test_load_rejects_weights_that_do_not_match_config(tmp_path) -> None:
     save_classifier(model, tmp_path)
     config = json.loads((tmp_path / "head.json").read_text())
     (tmp_path / "head.json").write_text(json.dumps({**config, "hidden": 7}))
-    with pytest.raises(ConfigError, match="does not match"):
+    with pytest.raises(CacheError, match="does not match"):  # damaged since saved: exit 4
         load_classifier(tmp_path)
 
 
@@ -326,11 +326,12 @@ def test_a_diverging_head_is_refused_and_names_lr() -> None:
         train_fusion(train, y, train, y, params=params)
 
 
-def test_non_finite_training_features_are_refused_naming_the_input() -> None:
+def test_non_finite_training_features_are_a_damaged_cache_entry() -> None:
+    """Exit 4, not 2: nothing typed is wrong, the embeddings on disk are."""
     train, y = sum_task(40, seed=1)
     train[1][3, 2] = np.inf
     params = FusionParams("concat", max_epochs=1, **FAST)
-    with pytest.raises(ConfigError, match=r"input 1 .*not finite"):
+    with pytest.raises(CacheError, match=r"input 1 .*not finite.*clear their cache entry"):
         train_fusion(train, y, None, None, params=params)
 
 
@@ -340,16 +341,48 @@ def test_load_refuses_a_head_whose_bytes_make_weights_non_finite(tmp_path) -> No
     save_classifier(model, tmp_path)
     weights = tmp_path / "head.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\xff\xff\xff\xff")  # a float32 NaN
-    with pytest.raises(ConfigError, match=r"head.safetensors is damaged.*not finite"):
+    with pytest.raises(CacheError, match=r"head.safetensors is damaged.*not finite"):
         load_classifier(tmp_path)
 
 
-def test_predict_proba_refuses_non_finite_outputs() -> None:
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda folder: (folder / "head.safetensors").write_bytes(b"\xff" * 64), "is corrupt"),
+        (lambda folder: (folder / "head.json").write_text("{"), "not a valid head config"),
+    ],
+    ids=["weights", "config"],
+)
+def test_a_damaged_saved_head_is_a_cache_error(tmp_path, damage, named) -> None:
+    """A saved file autolayer wrote and something else damaged: exit 4, as a damaged cache
+    entry, not 2 ("fix what you typed")."""
+    model = FusionClassifier([5], 8, "sum", hidden=6, dropout=0.1, n_classes=2)
+    model.set_standardisation(random_inputs(20, (5,)))
+    save_classifier(model, tmp_path)
+    damage(tmp_path)
+    with pytest.raises(CacheError, match=named):
+        load_classifier(tmp_path)
+
+
+def test_predict_proba_refuses_non_finite_features_as_damaged() -> None:
     inputs = random_inputs(6, (5,))
     model = FusionClassifier([5], 8, "sum", hidden=6, dropout=0.1, n_classes=2)
     model.set_standardisation(inputs)
     inputs[0][4, 1] = np.nan
-    with pytest.raises(ConfigError, match=r"not finite for 1 of 6 rows \(first: row 4\)"):
+    with pytest.raises(CacheError, match=r"not finite for 1 of 6 rows \(first: row 4\)"):
+        predict_proba(model, inputs)
+
+
+def test_predict_proba_calls_an_overflowing_head_diverged() -> None:
+    """Finite weights on finite features can still overflow (huge weights): not damage, a
+    head to train again with a lower lr."""
+    inputs = random_inputs(6, (5,))
+    model = FusionClassifier([5], 8, "sum", hidden=6, dropout=0.0, n_classes=2)
+    model.set_standardisation(inputs)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(3e38)
+    with pytest.raises(DivergedError, match=r"not finite for 6 of 6 rows.*lower lr"):
         predict_proba(model, inputs)
 
 

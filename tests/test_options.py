@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from autolayer import pipeline
 from autolayer.budgets import Budget
 from autolayer.errors import ConfigError
 from autolayer.options import Options
+from tests.conftest import run
 
 
 def test_features_pooled_last_are_exported_as_last(home, tmp_path, tiny_models, tiny_dataset):
@@ -44,12 +46,15 @@ def test_the_metric_and_seed_of_the_options_judge_the_search(
         ("metric", "auc", "metric"),
         ("max_length", 1, "max_length"),
         ("validation_size", 1.5, "validation_size"),
+        ("validation_size", "0.2", "validation_size"),
+        ("cv_folds", 1, "cv_folds"),
         ("threads", 0, "threads"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(field, value, named):
-    with pytest.raises(ConfigError, match=named):
+    with pytest.raises(ConfigError, match=named) as caught:
         Options(**{field: value})
+    assert caught.value.params == (named,)
 
 
 def test_unknown_settings_are_named():
@@ -102,10 +107,27 @@ def test_a_budget_takes_numpy_numbers_as_plain_ones():
     assert type(budget.n_trials) is int and type(budget.limits["max_params"]) is int
 
 
-@pytest.mark.parametrize("seed", ["x", -1, 1.5, None])
-def test_the_seed_must_be_a_non_negative_integer(seed):
-    with pytest.raises(ConfigError, match=re.escape(f"seed must be an integer >= 0; got {seed!r}")):
+@pytest.mark.parametrize("seed", ["x", -1, 1.5, None, 2**32, 2**33])
+def test_the_seed_is_one_numpy_takes_as_in_a_config(seed):
+    """Before: ``Options(seed=2**33)`` was accepted, then scikit-learn's split raised its own
+    error (a bug exit), while a config with that seed was refused (see test_config)."""
+    allowed = "an integer in [0, 4294967295]"
+    with pytest.raises(ConfigError, match=re.escape(f"seed must be {allowed}; got {seed!r}")):
         Options(seed=seed)
+
+
+def test_the_cli_refuses_a_seed_beyond_numpys_range_naming_its_option(capsys, home, tiny_dataset):
+    code, _, err = run(capsys, "score", "-m", "x", "-d", tiny_dataset, "--seed", 2**33)
+    assert code == 2 and err.startswith("error: --seed must be an integer in [0, 4294967295]")
+    assert "Traceback" not in err
+
+
+def test_options_take_numpy_integers_as_plain_ones():
+    """As :class:`Budget` does: a seed drawn by NumPy is an integer, stored as a Python one
+    (the options go into the study's JSON attributes)."""
+    options = Options(seed=np.int64(3), threads=np.int32(2), validation_size=np.float32(0.25))
+    assert (options.seed, options.threads, options.validation_size) == (3, 2, 0.25)
+    assert type(options.seed) is int and type(options.validation_size) is float
 
 
 @pytest.mark.parametrize(
@@ -118,7 +140,7 @@ def test_the_seed_must_be_a_non_negative_integer(seed):
             "budget must be an autolayer.Budget, e.g. Budget(n_trials=30), or None; "
             "got dict {'n_trials': 3}",
         ),
-        ({"seed": "x"}, "seed must be an integer >= 0; got 'x'"),
+        ({"seed": "x"}, "seed must be an integer in [0, 4294967295]; got 'x'"),
     ],
 )
 def test_recommend_refuses_bad_arguments_before_any_work(tmp_path, settings, named):

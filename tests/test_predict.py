@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autolayer.errors import ConfigError
+from autolayer.errors import CacheError
 from tests.conftest import one_error_line, run
 
 
@@ -75,7 +75,7 @@ def test_a_corrupt_saved_head_is_one_line_not_a_bug(capsys, tmp_path, saved_mode
     (saved_model / "head.safetensors").write_bytes(b"\xff" * 64)
     (tmp_path / "in.txt").write_text("good film\n")
     code, _, err = run(capsys, "predict", saved_model, "-i", tmp_path / "in.txt")
-    assert code == ConfigError.exit_code and "is corrupt" in one_error_line(err)
+    assert code == CacheError.exit_code and "is corrupt" in one_error_line(err)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,8 +103,27 @@ def test_an_error_of_the_objective_still_ends_the_run(tmp_path):
 
 @pytest.mark.parametrize("url", ["sqlite:///", "sqlite://", "sqlite:///:memory:"])
 def test_an_in_memory_sqlite_storage_is_refused(url):
-    with pytest.raises(ConfigError, match=r"--storage .* names no database file: .* lost"):
+    with pytest.raises(ConfigError, match=r"^storage .* names no database file: .* lost"):
         make_storage(url)
+
+
+@pytest.mark.parametrize("url", ["redis://localhost", "sqlite:///"])
+def test_a_refused_storage_is_named_as_the_python_argument(url):
+    # the library speaks Python; the CLI shows the argument as its option (--storage)
+    with pytest.raises(ConfigError) as refused:
+        make_storage(url)
+    assert str(refused.value).startswith("storage ") and "--" not in str(refused.value)
+    assert refused.value.params == ("storage",)
+
+
+def test_a_study_of_other_settings_is_refused_in_python_terms(tmp_path):
+    storage = make_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    study.set_user_attr("signature", {"metric": "accuracy"})
+    with pytest.raises(ConfigError, match="differs in its metric") as refused:
+        search.check_same_study(storage, "url", "s", {"metric": "macro_f1"})
+    assert "pass another study_name" in str(refused.value) and "--" not in str(refused.value)
+    assert refused.value.params == ("study_name",)
 
 
 def test_an_empty_sqlite_path_is_refused_before_any_work(capsys, home, tmp_path, tiny_dataset):
@@ -114,6 +133,7 @@ def test_an_empty_sqlite_path_is_refused_before_any_work(capsys, home, tmp_path,
     )  # fmt: skip
     assert code == ConfigError.exit_code and "Traceback" not in err
     assert err.count("error:") == 1 and "sqlite:///study.db" in err
+    assert "error: --storage 'sqlite:///' names no database file" in err
     assert not home.exists()  # refused before any features were computed
 
 
@@ -134,35 +154,81 @@ def test_a_trial_whose_worker_on_this_host_is_gone_is_retried_at_once(tmp_path):
     storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=30)  # grace: 90 s
     study = optuna.create_study(storage=storage, direction="maximize")
     host = socket.gethostname()
-    workers = [f"{host}:{_dead_pid()}", f"{host}:1", f"elsewhere:{_dead_pid()}"]
+    workers = [
+        {**search.this_worker(), "pid": _dead_pid()},
+        f"{host}:{_dead_pid()}",  # as an earlier version recorded it
+        {**search.this_worker(), "pid": 1},
+        f"{host}:1",
+        f"elsewhere:{_dead_pid()}",
+    ]
     trials = [study.ask() for _ in workers]  # each recorded as this process's at first
-    assert {t.system_attrs[search.WORKER] for t in study.get_trials()} == {search.this_worker()}
+    assert all(t.system_attrs[search.WORKER] == search.this_worker() for t in study.get_trials())
     for trial, worker in zip(trials, workers, strict=True):
         storage.set_trial_system_attr(trial._trial_id, search.WORKER, worker)
     optuna.storages.fail_stale_trials(study)  # as a resumed run does before its first trial
     states = [t.state.name for t in study.get_trials()]
-    # the dead pid's trial failed and queued again; a live pid, another host: heartbeats
-    assert states == ["FAIL", "RUNNING", "RUNNING", "WAITING"]
-    [retry] = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert search.WORKER not in retry.system_attrs
+    # the dead pids' trials failed and queued again; a live pid, another host: heartbeats
+    assert states == ["FAIL", "FAIL"] + 3 * ["RUNNING"] + 2 * ["WAITING"]
+    retries = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert not [t for t in retries if search.WORKER in t.system_attrs]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-def test_a_running_trial_that_never_reached_its_objective_is_stale_after_the_grace_period(
-    tmp_path,
-):
+@pytest.mark.parametrize("other", ["pid_ns", "boot_id"])
+def test_a_worker_in_another_pid_namespace_or_boot_is_never_taken_for_gone(tmp_path, other):
+    # Two containers may share a hostname: a pid of the other's namespace (or of an earlier
+    # boot) says nothing about a process here.
+    storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=30)  # grace: 90 s
+    study = optuna.create_study(storage=storage, direction="maximize")
+    trial = study.ask()
+    worker = {**search.this_worker(), "pid": _dead_pid(), other: "another"}
+    storage.set_trial_system_attr(trial._trial_id, search.WORKER, worker)
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize("worker", [None, "elsewhere:1", "this host, alive"])
+def test_a_running_trial_without_a_heartbeat_is_stale_after_the_grace_period(tmp_path, worker):
     from datetime import datetime, timedelta
 
     storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=30)  # grace: 90 s
     study = optuna.create_study(storage=storage, direction="maximize")
-    for age in (100, 10):  # its worker was stopped between creating it and its first beat
+    record = search.this_worker() if worker == "this host, alive" else worker
+    for age, beats in ((100, False), (10, False), (100, True)):
+        # its worker was stopped (or killed on another host) before its first beat
         template = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING)
         template.state = optuna.trial.TrialState.RUNNING
         template.datetime_start = datetime.now() - timedelta(seconds=age)
-        storage.create_new_trial(study._study_id, template)
+        template.system_attrs = {search.WORKER: record} if record else {}
+        trial_id = storage.create_new_trial(study._study_id, template)
+        if beats:  # a live worker beating: Optuna's own rule (beats missed) decides
+            storage.record_heartbeat(trial_id)
     optuna.storages.fail_stale_trials(study)
-    assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING", "WAITING"]
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["FAIL", "RUNNING", "RUNNING", "WAITING"]
+
+
+def test_each_trial_records_its_worker_once(tmp_path):
+    import os
+
+    import numpy as np
+
+    from autolayer.budgets import Budget
+    from autolayer.search import Candidate, LayerCost, Space, run_search
+
+    features = np.random.default_rng(0).normal(size=(30, 2, 8)).astype("float32")
+    model = Candidate("a", (1,), 3, features[:20], features[20:], 1.0, {1: LayerCost(0.5, 1.0)})
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    run_search(
+        [model], np.arange(20) % 2, np.arange(10) % 2, storage=url, study_name="s",
+        budget=Budget(n_trials=1), space=Space(heads=("linear",)), prune=False,
+    )  # fmt: skip
+    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert trials and all(t.system_attrs[search.WORKER]["pid"] == os.getpid() for t in trials)
+    assert not [t for t in trials if "worker" in t.user_attrs]
 
 
 def test_an_interruption_fails_the_trial_this_worker_just_started(tmp_path, monkeypatch):

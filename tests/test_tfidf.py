@@ -54,10 +54,14 @@ def test_texts_without_countable_words_are_a_clear_error(texts):
         make_source("tfidf").fit(texts)
 
 
-def test_texts_without_words_say_to_leave_tfidf_out():
+def test_texts_without_words_say_to_leave_tfidf_out_in_python_and_cli_terms(capsys, home, tmp_path):
     with pytest.raises(DataError) as caught:
         make_source("tfidf").fit(["😀 🎉", "!!!", "?! …"])
-    assert "leave tfidf out of the models (--models)" in str(caught.value)
+    assert str(caught.value).endswith("leave tfidf out of models") and "--" not in str(caught.value)
+    rows = [{"text": "😀" * (i % 4 + 1) + "!", "label": "ab"[i % 2]} for i in range(20)]
+    path = write_jsonl(tmp_path / "emoji.jsonl", rows)
+    code, _, err = run(capsys, "recommend", "-d", path, "--models", "tfidf", "-o", tmp_path / "o")
+    assert code == DataError.exit_code and "leave tfidf out of --models" in err, err
 
 
 def test_texts_without_words_are_refused_before_any_model_is_extracted(home, tmp_path, tiny_models):

@@ -33,10 +33,11 @@ FORMAT = 1  # version of the saved vocabulary files
 BLOCKS = {  # TfidfVectorizer settings of each block, part of the source's identity
     "word": {"analyzer": "word", "ngram_range": (1, 2), "min_df": 2, "max_features": 20000},
 }
+# raised with params=("models",), so that the CLI names its --models option
 NO_WORDS = (
     "tfidf found no words to count in the training texts (it counts words of 2 or more "
     "letters or digits; these hold only emoji, punctuation or single letters): leave tfidf "
-    "out of the models (--models)"
+    "out of models"
 )
 
 
@@ -90,7 +91,7 @@ class TfidfSource(FeatureSource):
                     continue
             vectorizers[name] = vec
         if not vectorizers:
-            raise DataError(NO_WORDS)
+            raise DataError(NO_WORDS, params=("models",))
         self._vectorizers = vectorizers
         return self
 
@@ -102,7 +103,7 @@ class TfidfSource(FeatureSource):
 
         analyzers = [TfidfVectorizer(**settings).build_analyzer() for settings in BLOCKS.values()]
         if not any(analyze(text) for text in texts for analyze in analyzers):
-            raise DataError(NO_WORDS)
+            raise DataError(NO_WORDS, params=("models",))
 
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         """``[N, V]`` float32 CSR: the blocks side by side, scaled so each row's norm is ≤ 1

@@ -83,16 +83,19 @@ def is_decoder(config) -> bool:
 
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
-    """transformers' "Loading weights" progress bar off while a model loads, then the
-    caller's setting back: a library call (``autolayer.extract``) shows no more than the
-    CLI, which turns these bars off for good."""
+    """transformers' "Loading weights" progress bar off and its logging at errors only while
+    a model loads, then the caller's settings back: a library call (``autolayer.extract``)
+    shows no more than the CLI, which sets both for good. The "LOAD REPORT" it would log
+    names weights autolayer never uses: a pooler the checkpoint lacks, a head it holds."""
     from transformers.utils import logging as hf_logging
 
-    was = hf_logging.is_progress_bar_enabled()
+    was, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was:
             hf_logging.enable_progress_bar()
 
