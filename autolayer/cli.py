@@ -1043,7 +1043,7 @@ def _kept(args: list[str] | None) -> str:
 
 
 # library arguments (or an argument's value) whose option has another name
-ALIASES = {"n_folds": "folds", "fidelity=None": "exhaustive"}
+ALIASES = {"n_folds": "folds", "fidelity=None": "exhaustive", "overwrite=True": "overwrite"}
 
 
 def _in_cli_terms(exc: AutolayerError, args: list[str] | None) -> str:

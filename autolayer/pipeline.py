@@ -746,12 +746,14 @@ def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool
     if fingerprint != data.fingerprint:
         raise ConfigError(
             f"{path} was made for {_other_data(previous['dataset'], data)}; choose another "
-            "output folder, or pass --overwrite to replace it"
+            "output folder, or pass overwrite=True to replace it",
+            params=("overwrite=True",),
         )
     if not is_ours(path, "recommendation"):
         raise ConfigError(
             f"{path} was changed since autolayer wrote it (or written by a version that kept "
-            "no proof of it); pass --overwrite to replace it, or choose another output folder"
+            "no proof of it); pass overwrite=True to replace it, or choose another output folder",
+            params=("overwrite=True",),
         )
 
 
