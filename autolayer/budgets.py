@@ -4,20 +4,37 @@ Each limit is a small :class:`Constraint` class in a registry (like the fusion o
 name is both the keyword of :class:`Budget` and the CLI flag (``max_latency_ms`` →
 ``--max-latency-ms``), and it says how it reads a configuration's cost and when it is broken.
 The search, the report and the CLI iterate over the registry, so a new kind of budget is one
-class (and, for the CLI, nothing more: its flag is derived from it).
+class (and, for the CLI, nothing more: its flag is derived from it). What the limits measure
+is a configuration's :class:`Cost`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 from autolayer.errors import ConfigError
 from autolayer.options import Interval
 
-if TYPE_CHECKING:
-    from autolayer.search import Cost
+
+@dataclass(frozen=True)
+class Cost:
+    """What a configuration costs to run: per-text latency, memory, head size."""
+
+    latency_ms: float
+    memory_mb: float
+    params: int
+    fused_dim: int
+
+    def as_dict(self) -> dict:
+        """Raw values: the budget compares these exactly; only the report rounds them."""
+        return {
+            "latency_ms": float(self.latency_ms),
+            "memory_mb": float(self.memory_mb),
+            "params": int(self.params),
+            "fused_dim": int(self.fused_dim),
+        }
 
 
 class Constraint(ABC):

@@ -193,6 +193,12 @@ class CacheEntry:
             shutil.rmtree(folder, ignore_errors=True)
             atomic_write_bytes(folder / "layout.json", wanted.encode())
 
+    def finished_chunks(self) -> list[int]:
+        """Indices of the chunks on disk with their checksum: what a resumed extraction
+        keeps, unless `read_chunk` finds one damaged."""
+        chunks = (self.directory / "chunks").glob("[0-9]*.npy")
+        return sorted(int(path.stem) for path in chunks if path.with_suffix(".sha256").exists())
+
     def _report_unchecked_chunks(self) -> None:
         """Say once per entry, not once per chunk, that chunks an earlier version wrote
         (before chunks had checksums) cannot be trusted and are recomputed."""

@@ -28,13 +28,9 @@ from autolayer.extraction import Embeddings, embed_texts
 from autolayer.fidelity import Fidelity, StageClock, StageCost, computed, select
 from autolayer.options import Options
 from autolayer.probe import LayerScores
-from autolayer.search import (
-    Candidate,
-    LayerCost,
-    Space,
-    anchor_can_stop,
-)
+from autolayer.search import anchor_can_stop
 from autolayer.sources import make_source
+from autolayer.space import Candidate, LayerCost, Space
 
 logger = logging.getLogger("autolayer")
 
@@ -353,8 +349,8 @@ def _unbeaten_anchor(data, rows, options, budget: Budget, clock, progress) -> st
 
 def _anchor_cost(name: str, train, x: np.ndarray, n_classes: int):
     """What the anchor's trial (its last layer, linear head) costs, priced as the search
-    prices it (:func:`autolayer.search.cost_of`)."""
-    from autolayer.search import cost_of
+    prices it (:func:`autolayer.space.cost_of`)."""
+    from autolayer.space import cost_of
 
     last = train.meta["n_hidden_states"] - 1
     features = _Features(

@@ -572,7 +572,8 @@ def _read_texts(estimator, input_path, text_column: str | None, id_column: str |
         if f"text_column={recorded!r}" not in str(exc):
             raise
         raise DataError(
-            f"{exc} (the column the model's training data had its texts in; pass --text-column)"
+            f"{exc} (the column the model's training data had its texts in; pass text_column)",
+            params=("text_column",),
         ) from None
 
 

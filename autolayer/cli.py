@@ -305,6 +305,10 @@ def extract(
 
     if output is not None and same_file(output, dataset):  # before "pass --overwrite"
         raise ConfigError(f"output {str(output)!r} is the input data; choose another output")
+    if output is not None and output.suffix != ".npy":  # not a .csv holding NumPy bytes
+        raise ConfigError(
+            f"extract writes a NumPy array: name the output *.npy, not {output.name!r}"
+        )
     _output(output, "array", overwrite)
     source, texts = split_texts(dataset, split, text_column=text_column)
     options = Options(
@@ -1050,8 +1054,8 @@ def _in_cli_terms(exc: AutolayerError, args: list[str] | None) -> str:
     """The error's message with the Python arguments it names (``exc.params``) shown as the
     options of the command that ran (``max_train_samples`` → ``--max-train-samples``): the
     one table is that command's own options. A name it has no option for stays as it is.
-    Only a name's first mention is its option; later ones are prose ("--anchor 'x' is
-    sparse: an anchor is…")."""
+    A code identifier (with ``_`` or ``=``) is the option at every mention; a plain word
+    only at its first, as later ones are prose ("--anchor 'x' is sparse: an anchor is…")."""
     command = cli.commands.get(_command(args) or "")
     flags = {
         p.name: max(p.opts, key=len)
@@ -1062,7 +1066,8 @@ def _in_cli_terms(exc: AutolayerError, args: list[str] | None) -> str:
     for name in exc.params:
         flag = flags.get(ALIASES.get(name, name))
         if flag is not None:
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag, message, count=1)
+            count = 0 if "_" in name or "=" in name else 1  # 0: every mention
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag, message, count=count)
     return message
 
 

@@ -56,6 +56,7 @@ _SHOWN_POSITIONS = 5
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?")
 _INTEGER = re.compile(r"-?\d+")
 _WHOLE_DECIMAL = re.compile(r"(-?\d+)\.0+")  # "1.0": how CSV exports write the label 1
+_DECIMAL = re.compile(r"-?\d+\.\d+")  # "0.5" in a CSV is the JSON number 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -695,8 +696,8 @@ def _clean(raw: _Raw, empty: str) -> tuple[list[str], list[str]]:
     bad = [i for i, label in enumerate(raw.labels) if not _is_label(label)]
     if bad:
         raise DataError(
-            f"{raw.source}: label is null, empty or not a string/integer at {raw.where(bad)} "
-            f"(first value: {raw.labels[bad[0]]!r})"
+            f"{raw.source}: label is null, empty, a fraction or not a string/integer at "
+            f"{raw.where(bad)} (first value: {raw.labels[bad[0]]!r})"
         )
     labels = _strip_labels(raw)
     keep = _drop_empty(raw, empty)
@@ -739,9 +740,11 @@ def _strip_labels(raw: _Raw) -> list[Any]:
 
 def _is_label(label: Any) -> bool:
     """A non-blank string, an integer, or a whole float (1.0: pandas writes an integer
-    column with gaps as floats); a fraction (0.5) looks like a regression target."""
+    column with gaps as floats); a fraction (0.5) looks like a regression target, whether
+    a JSON number or the text of one (CSV/TSV have no types: "0.5" is how they write 0.5)."""
     if isinstance(label, str):
-        return bool(label.strip())
+        text = label.strip()
+        return bool(text) and not (_DECIMAL.fullmatch(text) and not _WHOLE_DECIMAL.fullmatch(text))
     if isinstance(label, float):
         return label.is_integer()
     return isinstance(label, int) and not isinstance(label, bool)

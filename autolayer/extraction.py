@@ -247,6 +247,7 @@ def _extract_into(
     n, width = len(texts), run.source.width
     computed, seconds = 0, 0.0  # seconds: embedding only, what a prediction pays per text
     entry.start_chunks({"chunk_size": chunk_size, "rows": n})
+    _say_resumed(entry, chunk_size, n)
     timing = entry.chunk_timing()  # this run's chunks and those of the runs it resumes
     for index, start in enumerate(range(0, n, chunk_size)):
         rows = order[start : start + chunk_size]
@@ -272,6 +273,16 @@ def _extract_into(
     }
     array = entry.finalize(order, chunk_size, (n, len(run.layers), width), meta)
     return Embeddings(array, run.layers, base["model"], {**meta, "cached": False})
+
+
+def _say_resumed(entry: CacheEntry, chunk_size: int, n: int) -> None:
+    """Say that an interrupted extraction is resumed, and how far it had got: its progress
+    bar starts part way, which alone looks like a miscount."""
+    kept = sum(min(chunk_size, n - i * chunk_size) for i in entry.finished_chunks())
+    if kept:
+        logger.warning(
+            "resuming cache entry %s: %d of %d rows already embedded", entry.directory, kept, n
+        )
 
 
 def _embed_in_memory(

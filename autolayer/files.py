@@ -159,29 +159,40 @@ def _png_software(path: Path) -> bytes | None:
     return None
 
 
+def _proven_kind(path: Path) -> str | None:
+    """The kind of file autolayer wrote at ``path`` by its proof (:func:`mark_ours`), if the
+    proof still matches its bytes; ``None`` for a file without one, or changed since."""
+    try:
+        record = json.loads(proof_path(path).read_text(encoding="utf-8"))
+        if (
+            isinstance(record, dict)
+            and record.get("size") == path.stat().st_size
+            and record.get("sha256") == _sha256(path)
+        ):
+            return str(record.get("kind"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass
+    return None
+
+
 def is_ours(path: Path, kind: str) -> bool:
     """Whether autolayer wrote ``path`` as a ``kind`` file and nothing changed it since: its
     proof (:func:`mark_ours`) matches its bytes. A plot carries its own mark instead,
     autolayer's name in its PNG "Software" chunk (an image editor rewrites that chunk)."""
     path = Path(path)
-    try:
-        if kind == "plot":
+    if kind == "plot":
+        try:
             return _png_software(path) == PNG_MARK
-        record = json.loads(proof_path(path).read_text(encoding="utf-8"))
-        return (
-            isinstance(record, dict)
-            and record.get("kind") == kind
-            and record.get("size") == path.stat().st_size
-            and record.get("sha256") == _sha256(path)
-        )
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
+        except OSError:
+            return False
+    return _proven_kind(path) == kind
 
 
 def check_output(path: str | os.PathLike, kind: str, *, overwrite: bool | None = None) -> Path:
     """An output file that can be written now and later: a new path, or an existing file
     that autolayer wrote as this ``kind`` and nobody changed since (:func:`is_ours`);
-    anything else — the input data, a study database, someone's notes — is refused, never
+    anything else — the input data, a study database, someone's notes, autolayer's own file
+    of another kind (export's config over recommend's result) — is refused, never
     overwritten, unless ``overwrite`` (the user's ``--overwrite``; ``None`` where the
     command has no such option, so that the message does not offer it)."""
     path = check_writable(path, kind)
@@ -190,6 +201,11 @@ def check_output(path: str | os.PathLike, kind: str, *, overwrite: bool | None =
         choice = "choose another name"
         if overwrite is not None:
             choice = "pass --overwrite to replace it, or choose another name"
+        other = _proven_kind(path)
+        if other is not None:
+            raise ConfigError(
+                f"{str(path)!r} is autolayer's {other} file, not {article} {kind} file; {choice}"
+            )
         raise ConfigError(
             f"{str(path)!r} exists and is not {article} {kind} file autolayer wrote (or was "
             f"changed since); {choice} (autolayer never overwrites files it did not write)"
@@ -229,7 +245,8 @@ def check_owned_folder(
         return
     foreign = [name for name in found if name not in set(ours)]
     if foreign or not set(markers) <= set(found):
-        shown = ", ".join(foreign[:3] or found[:3]) + (" …" if len(foreign) > 3 else "")
+        named = _users_first(foreign or found)
+        shown = ", ".join(named[:3]) + (" …" if len(named) > 3 else "")
         raise ConfigError(
             f"{str(directory)!r} exists and holds files autolayer did not write ({shown}); "
             f"choose a new or empty folder for the {what}"
@@ -239,6 +256,17 @@ def check_owned_folder(
             f"{str(directory)!r} already holds an autolayer {what}; pass --overwrite to "
             "replace it, or choose another folder"
         )
+
+
+def _users_first(names: list[str]) -> list[str]:
+    """The ``names`` a refusal should show, the user's own files first, then outputs
+    autolayer marked as its own. The hidden proofs beside those outputs are left out (a
+    file the user never saw does not tell them what is in the way), unless nothing else
+    is there."""
+    proofs = {n for n in names if n.startswith(".") and n.endswith(PROOF_SUFFIX)}
+    visible = [n for n in names if n not in proofs]
+    marked = {n for n in visible if f".{n}{PROOF_SUFFIX}" in proofs}
+    return sorted(visible, key=lambda n: n in marked) or sorted(proofs)
 
 
 def replace_folder(tmp: Path, directory: Path, ours: Iterable[str], last: str) -> None:

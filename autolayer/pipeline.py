@@ -51,17 +51,16 @@ from autolayer.errors import ConfigError, warns_once
 from autolayer.fidelity import Fidelity, StageCost
 from autolayer.files import RECOMMENDATION, check_writable, is_ours, mark_ours
 from autolayer.options import Options
-from autolayer.search import (
+from autolayer.search import run_search
+from autolayer.selection import (
     INFEASIBLE,
     OVER_BUDGET,
     REPEAT,
     SearchResult,
-    Space,
     TrialSummary,
-    guided_trials,
-    run_search,
 )
 from autolayer.sources import make_source
+from autolayer.space import Space, guided_trials
 
 logger = logging.getLogger("autolayer")
 CKA_ROWS = 5000
@@ -295,7 +294,8 @@ def resumed_pool(
     add Optuna's tables to it."""
     if storage is None:
         _check_own_database(Path(output_dir) / "study.db")
-    return study_pool(storage or default_storage(output_dir), study_name)
+        storage = default_storage(output_dir)
+    return study_pool(storage, study_name)
 
 
 def study_pool(storage: str, study_name: str | None) -> tuple[str, ...]:
@@ -303,7 +303,7 @@ def study_pool(storage: str, study_name: str | None) -> tuple[str, ...]:
     left to be derived from the pool): :func:`prepare` keeps a resumed study's pool whole,
     or the anchor alone, whatever the early skip would decide under this budget. Never
     creates a storage; a storage that cannot be opened is an error here, before any work."""
-    from autolayer.search import check_storage_url, make_storage, missing_sqlite_file
+    from autolayer.storage import check_storage_url, make_storage, missing_sqlite_file
 
     check_storage_url(storage)  # a URL no study can live in: said before any work
     if study_name is None or missing_sqlite_file(storage):
@@ -410,7 +410,7 @@ def search(
     """Run or resume the Optuna study over the prepared candidates, judged by the metric
     and seeded by the seed of ``prepared.options``. With ``guide``, a new study first
     tries the best model alone and the pairs predicted to gain most (see
-    :func:`autolayer.search.guided_trials`).
+    :func:`autolayer.space.guided_trials`).
 
     A stored study of the same name made for other data, models, metric or objectives is
     refused before any training (see :func:`autolayer.search.run_search`).
@@ -418,9 +418,9 @@ def search(
     budget = budget_of(budget)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if storage is None:
+    if storage is None:  # only None: "" (an unset variable) is refused by make_storage
         _check_own_database(output_dir / "study.db")
-    storage = storage or default_storage(output_dir)
+        storage = default_storage(output_dir)
     study_name = study_name or default_study_name(prepared.data, prepared.pool, prepared.options)
     space = space or default_space(prepared.options)
     context = study_context(prepared, space)
@@ -515,7 +515,8 @@ def export(
     """
     import optuna
 
-    from autolayer.search import collect, open_existing_storage, summarise_trial
+    from autolayer.selection import collect, summarise_trial
+    from autolayer.storage import open_existing_storage
 
     if storage is None:
         if output_dir is None:

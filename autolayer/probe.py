@@ -625,7 +625,8 @@ def _feasible_folds(labels: np.ndarray, n_folds: int) -> int:
     if rarest >= n_folds:
         return n_folds
     warnings.warn(
-        f"rarest class has {rarest} examples < n_folds={n_folds}; using {rarest} folds",
+        f"the rarest class has {rarest} examples, fewer than the {n_folds} folds asked for: "
+        f"using {rarest} folds",
         stacklevel=3,
     )
     return rarest

@@ -304,7 +304,7 @@ def trials_table(
         "train s",
     ):
         table.add_column(column, justify="right")
-    from autolayer.search import OVER_BUDGET
+    from autolayer.selection import OVER_BUDGET
 
     within = [t for t in trials if t.state == "COMPLETE" and OVER_BUDGET not in t.attrs]
     for trial in within[:limit]:  # a trial an earlier run's budget allowed is not a choice
@@ -327,7 +327,7 @@ def trials_table(
 def search_summary(result, metric: str = "metric", judged: str = "val") -> None:
     """Trial counts by state and the best trial; the Pareto front too when the study is
     multi-objective (its trials have two values: metric and latency)."""
-    from autolayer.search import counts
+    from autolayer.selection import counts
 
     states: dict[str, int] = {}
     untrained = 0
@@ -396,7 +396,7 @@ def stages_table(stages, dropped: dict) -> None:
 def _tried(trials) -> dict[str, set[int]]:
     """The layers of each model that a trained trial used (finished, or stopped by the
     pruner after some epochs; never an infeasible or repeated one)."""
-    from autolayer.search import counts
+    from autolayer.selection import counts
 
     out: dict[str, set[int]] = {}
     for t in trials:
@@ -514,7 +514,7 @@ def _trained(study, budget) -> int:
     """Trials the study has trained within ``budget``, earlier runs' and other workers'
     included, as the search counts them to stop: ``n_trials`` is the study's total, so a
     resumed run's bar starts where the last one stopped."""
-    from autolayer.search import trained_count
+    from autolayer.selection import trained_count
 
     return trained_count(study, budget)[0]
 

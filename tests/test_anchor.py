@@ -13,7 +13,7 @@ from autolayer import anchor
 from autolayer.budgets import Constraint
 from autolayer.data import load_dataset
 from autolayer.errors import ConfigError
-from autolayer.search import TrialSummary, recommended
+from autolayer.selection import TrialSummary, recommended
 from tests.conftest import run, write_jsonl
 
 
@@ -300,7 +300,8 @@ def anchor_study(score: float, latency_ms: float = 5.0) -> optuna.Study:
 
 def test_an_unbeatable_anchor_is_decided_afresh_for_each_budget():
     from autolayer.budgets import Budget
-    from autolayer.search import UNBEATABLE, anchor_unbeatable
+    from autolayer.search import anchor_unbeatable
+    from autolayer.selection import UNBEATABLE
 
     study = anchor_study(0.6)  # out of reach of 30 trials (z 2.9), not of 10 (z 2.5)
     assert anchor_unbeatable(study, Budget(n_trials=30)) and study.user_attrs[UNBEATABLE]
@@ -312,7 +313,8 @@ def test_an_unbeatable_anchor_is_decided_afresh_for_each_budget():
 
 def test_no_early_stop_with_a_timeout_or_without_the_linear_head():
     from autolayer.budgets import Budget
-    from autolayer.search import Space, anchor_can_stop
+    from autolayer.search import anchor_can_stop
+    from autolayer.space import Space
 
     linear = Space(heads=("mlp", "linear"))
     assert anchor_can_stop(Budget(), linear)
@@ -404,9 +406,11 @@ def test_agresti_caffo_is_never_bolder_than_wald(n):
 def test_an_anchor_an_earlier_budget_excluded_runs_when_the_study_resumes(tmp_path, one_thread):
     import numpy as np
 
+    from autolayer.anchor import is_anchor
     from autolayer.budgets import Budget
     from autolayer.probe import folds
-    from autolayer.search import Candidate, LayerCost, Space, is_anchor, run_search
+    from autolayer.search import run_search
+    from autolayer.space import Candidate, LayerCost, Space
 
     rng = np.random.default_rng(0)
     y = np.arange(16) % 2
@@ -439,7 +443,7 @@ def test_an_anchor_an_earlier_budget_excluded_runs_when_the_study_resumes(tmp_pa
 def test_a_study_that_keeps_its_anchor_says_so_in_its_summary():
     from optuna.distributions import CategoricalDistribution
 
-    from autolayer.search import collect
+    from autolayer.selection import collect
 
     def other(value: float) -> optuna.trial.FrozenTrial:
         return optuna.trial.create_trial(
@@ -503,7 +507,8 @@ def test_a_space_of_fewer_configurations_than_trials_needs_a_smaller_margin():
     """Two linear heads are two chances to beat the anchor by luck, whatever --n-trials."""
     from autolayer.budgets import Budget
     from autolayer.candidates import anchor_budget
-    from autolayer.search import Space, anchor_unbeatable
+    from autolayer.search import anchor_unbeatable
+    from autolayer.space import Space
 
     assert anchor.unbeatable(0.6, 16, 30)  # 2.8 errors at most < 2.9 (29 comparisons)
     assert not anchor.unbeatable(0.6, 16, 30, configurations=2)  # > 1.6 (one comparison)

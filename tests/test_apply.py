@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autolayer.classifier import MODEL_FILES, SOURCE_FILES
+import pytest
+
+from autolayer.classifier import MODEL_FILES, SOURCE_FILES, predict_file
 from autolayer.config import load_config
+from autolayer.errors import DataError
 from tests.conftest import one_error_line, run, write_jsonl
 
 NEURAL_MODEL_FILES = sorted(set(MODEL_FILES) - set(SOURCE_FILES))  # no tfidf fitted
@@ -103,8 +106,10 @@ def test_apply_and_predict_read_the_data_and_columns_the_config_was_made_on(
     assert [json.loads(line)["text"] for line in out.splitlines()] == ["good fun"]
     Path("other.csv").write_text("text\ngood fun\n")
     code, _, err = run(capsys, "predict", "model", "-i", "other.csv")
-    assert code != 0 and "text_column='sentence' is not a column" in err
-    assert "training data had its texts in; pass --text-column" in err
+    assert code != 0 and "--text-column='sentence' is not a column" in err
+    assert "training data had its texts in; pass --text-column" in err and "text_column" not in err
+    with pytest.raises(DataError, match=r"texts in; pass text_column\)$"):  # the library's words
+        predict_file("model", "other.csv")
     code, _, err = run(capsys, "predict", "model", "-i", "other.csv", "--text-column", "text")
     assert code == 0, err
     code, _, err = run(  # other data: the usual column names, not the recorded ones

@@ -122,20 +122,27 @@ def test_corrupt_cache_entry_is_detected_and_recomputed(
     np.testing.assert_array_equal(again.array, good)
 
 
-def test_chunk_damaged_before_the_resume_is_recomputed_not_built_in(
-    tiny_models, tiny_dataset, home, caplog
-):
-    model, options = str(tiny_models["llama"]), {"chunk_size": 8, "batch_size": 4}
+def _interrupted_after_two_chunks(model: str, dataset, home, options: dict):
+    """Start an extraction of ``dataset``'s train split in chunks of 8 rows and stop it
+    while the third is computed; returns the cache entry's folder (two chunks on disk)."""
     seen = []
 
     def stop_in_third_chunk(n):
         seen.append(n)
-        if sum(seen) > 16:  # two chunks are on disk
+        if sum(seen) > 16:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ex.extract(model, str(tiny_dataset), "train", progress=stop_in_third_chunk, **options)
+        ex.extract(model, str(dataset), "train", progress=stop_in_third_chunk, **options)
     [entry] = (home / "embeddings").iterdir()
+    return entry
+
+
+def test_chunk_damaged_before_the_resume_is_recomputed_not_built_in(
+    tiny_models, tiny_dataset, home, caplog
+):
+    model, options = str(tiny_models["llama"]), {"chunk_size": 8, "batch_size": 4}
+    entry = _interrupted_after_two_chunks(model, tiny_dataset, home, options)
     chunk = entry / "chunks" / "000001.npy"
     raw = bytearray(chunk.read_bytes())
     raw[-5] ^= 0xFF  # still a valid .npy of the right shape, with one wrong value
@@ -155,16 +162,7 @@ def test_chunks_without_checksums_are_recomputed_with_one_line_per_entry(
     tiny_models, tiny_dataset, home, caplog
 ):
     model, options = str(tiny_models["llama"]), {"chunk_size": 8, "batch_size": 4}
-    seen = []
-
-    def stop_in_third_chunk(n):
-        seen.append(n)
-        if sum(seen) > 16:  # two chunks are on disk
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        ex.extract(model, str(tiny_dataset), "train", progress=stop_in_third_chunk, **options)
-    [entry] = (home / "embeddings").iterdir()
+    entry = _interrupted_after_two_chunks(model, tiny_dataset, home, options)
     for checksum in (entry / "chunks").glob("*.sha256"):  # as an earlier version left them
         checksum.unlink()
 
@@ -179,18 +177,24 @@ def test_chunks_without_checksums_are_recomputed_with_one_line_per_entry(
     np.testing.assert_array_equal(resumed.array, clean.array)
 
 
-def test_lock_left_by_a_process_that_is_gone_is_taken_at_once(home, tmp_path, caplog):
-    entry = CacheEntry(home / "embeddings", {"texts": "x"})
+def _lock_holder(home, ready, then: str) -> subprocess.Popen:
+    """A child process that takes the cache lock of entry ``{'texts': 'x'}``, touches
+    ``ready``, then runs the statement ``then`` while it holds the lock."""
     holder = (
-        "import sys, time\n"
+        "import os, signal, sys, time\n"
         "from pathlib import Path\n"
         "from autolayer.cache import CacheEntry\n"
         "with CacheEntry(Path(sys.argv[1]), {'texts': 'x'}).lock():\n"
         "    Path(sys.argv[2]).touch()\n"
-        "    time.sleep(600)\n"
+        f"    {then}\n"
     )
+    return subprocess.Popen([sys.executable, "-c", holder, str(home / "embeddings"), str(ready)])
+
+
+def test_lock_left_by_a_process_that_is_gone_is_taken_at_once(home, tmp_path, caplog):
+    entry = CacheEntry(home / "embeddings", {"texts": "x"})
     ready = tmp_path / "ready"
-    child = subprocess.Popen([sys.executable, "-c", holder, str(home / "embeddings"), str(ready)])
+    child = _lock_holder(home, ready, "time.sleep(600)")
     try:
         _wait_for(lambda: ready.exists(), child, "the child to take the lock")
         with pytest.raises(CacheError, match=f"pid {child.pid} .*running"), entry.lock(timeout=0):
@@ -319,16 +323,8 @@ def test_lock_timeout_must_be_seconds(home, monkeypatch, value):
 
 def test_lock_held_by_a_stopped_process_says_it_is_stopped(home, tmp_path, caplog):
     entry = CacheEntry(home / "embeddings", {"texts": "x"})
-    holder = (
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
-        "from autolayer.cache import CacheEntry\n"
-        "with CacheEntry(Path(sys.argv[1]), {'texts': 'x'}).lock():\n"
-        "    Path(sys.argv[2]).touch()\n"
-        "    os.kill(os.getpid(), signal.SIGSTOP)  # as Ctrl-Z would\n"
-    )
     ready = tmp_path / "ready"
-    child = subprocess.Popen([sys.executable, "-c", holder, str(home / "embeddings"), str(ready)])
+    child = _lock_holder(home, ready, "os.kill(os.getpid(), signal.SIGSTOP)  # as Ctrl-Z would")
     try:
         _wait_for(lambda: ready.exists() and _stopped(child.pid), child, "the child to stop")
         with pytest.raises(CacheError, match=f"pid {child.pid} .*stopped"), entry.lock(timeout=0):

@@ -359,6 +359,23 @@ def test_an_option_named_twice_in_a_message_is_spelled_as_a_flag_once(
     assert "--anchor 'tfidf' is sparse: an anchor is a dense model" in err
 
 
+def test_a_python_name_is_a_flag_at_every_mention_a_plain_word_only_at_the_first():
+    """``text_column`` is code wherever it stands; "anchor" is also a word of prose."""
+    from autolayer.cli import _in_cli_terms
+    from autolayer.errors import DataError
+
+    exc = DataError(
+        "in.csv: text_column='text' is not a column (…; pass text_column)",
+        params=("text_column",),
+    )
+    assert _in_cli_terms(exc, ["predict", "m", "-i", "in.csv"]) == (
+        "in.csv: --text-column='text' is not a column (…; pass --text-column)"
+    )
+    exc = DataError("anchor 'x' is sparse: an anchor is dense", params=("anchor",))
+    said = _in_cli_terms(exc, ["recommend", "-d", "x"])
+    assert said == "--anchor 'x' is sparse: an anchor is dense"
+
+
 def test_export_without_a_study_speaks_python_to_the_library_and_flags_to_the_cli(capsys, tmp_path):
     """The library's message names its arguments; the CLI shows them as its options."""
     from autolayer import pipeline
@@ -387,3 +404,17 @@ def test_a_missing_gpu_is_said_in_python_and_cli_terms(capsys, tmp_path):
     assert str(caught.value).startswith("device 'cuda' asked for") and "--" not in str(caught.value)
     code, _, err = run(capsys, "predict", tmp_path, "-i", tmp_path / "x.csv", "--device", "cuda")
     assert code == 2 and "--device 'cuda' asked for" in err and "use cpu (or auto)" in err, err
+
+
+@pytest.mark.parametrize("name", ["fresh.csv", "fresh", "array.npy.txt"])
+def test_extract_refuses_an_output_not_named_npy_before_any_work(
+    capsys, tmp_path, tiny_models, tiny_dataset, home, name
+):
+    target = tmp_path / name
+    args = ["extract", "-m", tiny_models["bert"], "-d", tiny_dataset, "-o", target]
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert one_error_line(err) == (
+        f"error: extract writes a NumPy array: name the output *.npy, not {name!r}"
+    )
+    assert not target.exists() and not home.exists()  # nothing embedded, nothing written

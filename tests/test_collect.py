@@ -11,11 +11,11 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution
 
-from autolayer.budgets import Budget
+from autolayer.budgets import Budget, Cost
 from autolayer.config import load_config
 from autolayer.data import load_dataset
 from autolayer.errors import ConfigError
-from autolayer.search import INFEASIBLE, LIMITS, OVER_BUDGET, Cost, collect
+from autolayer.selection import INFEASIBLE, LIMITS, OVER_BUDGET, collect
 from tests.conftest import one_error_line, run
 
 CONTEXT = {"options": {"anchor": "m"}, "models": {"m": {"n_hidden_states": 7}}}
@@ -236,7 +236,7 @@ def test_an_untrained_trial_is_refused_with_its_reason():
 
 
 def test_a_trial_asked_for_by_number_is_read_even_when_none_meets_the_budget():
-    from autolayer.search import summarise_trial
+    from autolayer.selection import summarise_trial
 
     study = optuna.create_study(direction="maximize")
     add(study, 3, 0.9, latency_ms=50.0)
@@ -304,14 +304,14 @@ def test_export_from_an_output_folder_needs_no_storage_or_name(
     # what the study's summary must say (trials left out, an anchor that never ran) is said
     from dataclasses import replace
 
-    import autolayer.search as search
+    import autolayer.selection as selection
 
-    real = search.collect
+    real = selection.collect
 
     def noted(*args, **kwargs):
         return replace(real(*args, **kwargs), notes=("2 finished trial(s) left out",))
 
-    monkeypatch.setattr(search, "collect", noted)
+    monkeypatch.setattr(selection, "collect", noted)
     with caplog.at_level(logging.WARNING, logger="autolayer"):
         code, _, err = run(capsys, "export", out, "-o", tmp_path / "e.yaml")
     assert code == 0, err

@@ -441,3 +441,30 @@ def test_rerun_with_another_chunk_size_never_reuses_mismatched_chunks(
     resumed = ex.embed_texts(model, texts, chunk_size=16, cache_dir=tmp_path / "a", **options)
     clean = ex.embed_texts(model, texts, chunk_size=16, cache_dir=tmp_path / "b", **options)
     np.testing.assert_array_equal(resumed.array, clean.array)
+
+
+# ---------------------------------------------------------------------------------------------
+# A resumed extraction says so (its progress starts part way)
+
+
+def test_a_resumed_extraction_says_how_many_rows_it_keeps(tiny_models, tmp_path, caplog):
+    texts = [f"{WORDS[i % len(WORDS)]} text number {i}" for i in range(40)]
+    model, cache = str(tiny_models["bert"]), tmp_path / "cache"
+    seen = []
+
+    def stop_in_fourth_chunk(n):  # chunks 0-2 (8 rows each) are on disk when it stops
+        seen.append(n)
+        if sum(seen) > 24:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.embed_texts(model, texts, chunk_size=8, cache_dir=cache, progress=stop_in_fourth_chunk)
+    assert not [r for r in caplog.records if "resuming" in r.getMessage()]  # a first run
+    caplog.clear()
+    ex.embed_texts(model, texts, chunk_size=8, cache_dir=cache)
+    said = [r for r in caplog.records if r.getMessage().startswith("resuming cache entry ")]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert said[0].getMessage().endswith(": 24 of 40 rows already embedded")
+    caplog.clear()
+    ex.embed_texts(model, texts, chunk_size=8, cache_dir=cache)  # a cache hit resumes nothing
+    assert not [r for r in caplog.records if "resuming" in r.getMessage()]

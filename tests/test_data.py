@@ -192,7 +192,26 @@ def test_empty_csv_label_is_rejected(tmp_path: Path) -> None:
 
 def test_float_label_is_rejected(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [*ROWS, {"text": "x", "label": 0.5}])
-    assert "not a string/integer" in data_error(path)
+    assert "label is null, empty, a fraction or not a string/integer at" in data_error(path)
+
+
+@pytest.mark.parametrize("label", ["0.5", "-1.25", " 0.50 "])
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])
+def test_a_fractional_label_written_as_text_is_refused_like_a_json_number(
+    tmp_path: Path, suffix: str, label: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [*ROWS, {"text": "so-so", "label": label}]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        write_csv(path, rows, delimiter="\t" if suffix == ".tsv" else ",")
+    message = data_error(path)
+    assert "label is null, empty, a fraction or not a string/integer at" in message
+    assert f"(first value: {label!r})" in message
 
 
 def test_csv_row_with_extra_fields_is_reported(tmp_path: Path) -> None:

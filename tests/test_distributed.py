@@ -21,7 +21,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autolayer.search import WORKER, collect
+from autolayer.selection import collect
+from autolayer.storage import WORKER
 from tests.conftest import REPO, WORDS, write_jsonl
 
 N_TRIALS = 10

@@ -19,8 +19,8 @@ from autolayer import pipeline
 from autolayer.budgets import CONSTRAINTS, Budget, Constraint, register_constraint
 from autolayer.classifier import FusionTextClassifier
 from autolayer.fusion import OPERATORS, FusionOperator, register
-from autolayer.search import Space
 from autolayer.sources import SOURCES, FeatureSource, make_source, register_source
+from autolayer.space import Space
 
 PACKAGE = Path(autolayer.__file__).parent
 

@@ -155,7 +155,7 @@ def test_linear_head_is_offered_for_dense_inputs_and_its_config_applies(
     from autolayer.budgets import Budget
     from autolayer.classifier import FusionTextClassifier, apply
     from autolayer.config import load_config
-    from autolayer.search import Space
+    from autolayer.space import Space
 
     rec = pipeline.recommend(
         tiny_dataset,
@@ -224,7 +224,7 @@ def test_linear_head_matches_sklearn_with_fewer_rows_than_features(n_classes):
 
 
 def test_cross_validated_choice_is_the_smallest_head_within_one_standard_error():
-    from autolayer.search import TrialSummary, within_one_error
+    from autolayer.selection import TrialSummary, within_one_error
 
     def trial(number, value, params, folds=None):
         attrs = {"params": params, **({"fold_scores": folds} if folds else {})}

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from autolayer.errors import ConfigError
-from autolayer.files import atomic_write_bytes, check_output, check_writable, is_ours, mark_ours
+from autolayer.files import (
+    atomic_write_bytes,
+    check_output,
+    check_owned_folder,
+    check_writable,
+    is_ours,
+    mark_ours,
+)
 from tests.conftest import one_error_line, run, write_config
 
 
@@ -63,6 +70,31 @@ def test_a_file_autolayer_wrote_is_ours_until_it_is_changed(tmp_path):
     path.write_bytes(b"row,text,label\n0,good film,neg\n")  # the user corrects a label
     with pytest.raises(ConfigError, match="changed since"):
         check_output(path, "predictions")
+
+
+def test_a_file_of_another_kind_autolayer_wrote_is_named_as_such(tmp_path):
+    path = tmp_path / "recommendation.yaml"
+    path.write_text("schema_version: 1\nmodels: []\n")
+    mark_ours(path, "recommendation")
+    for overwrite in (None, False):
+        with pytest.raises(ConfigError) as refused:
+            check_output(path, "config", overwrite=overwrite)
+        message = str(refused.value)
+        assert f"{str(path)!r} is autolayer's recommendation file, not a config file" in message
+        assert "changed since" not in message and "did not write" not in message
+    assert check_output(path, "config", overwrite=True) == path  # --overwrite is the user's word
+
+
+def test_a_folder_of_outputs_is_refused_naming_the_outputs_not_their_proofs(tmp_path):
+    for name, kind in (("c.yaml", "config"), ("emb.npy", "array")):
+        (tmp_path / name).write_bytes(b"x")
+        mark_ours(tmp_path / name, kind)
+    with pytest.raises(ConfigError, match=r"did not write \(c\.yaml, emb\.npy\);") as refused:
+        check_owned_folder(tmp_path, ("m",), ("m",), overwrite=True, what="model folder")
+    assert ".autolayer.json" not in str(refused.value)
+    (tmp_path / "notes.txt").write_text("mine")  # the user's own file is named first
+    with pytest.raises(ConfigError, match=r"did not write \(notes\.txt, c\.yaml, emb\.npy\);"):
+        check_owned_folder(tmp_path, ("m",), ("m",), overwrite=True, what="model folder")
 
 
 def test_the_proof_is_a_hidden_file_beside_the_output(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from autolayer import report
 from autolayer.cli import main
-from autolayer.search import SearchResult, TrialSummary
+from autolayer.selection import SearchResult, TrialSummary
 
 
 @pytest.fixture(autouse=True)

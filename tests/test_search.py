@@ -10,10 +10,11 @@ import optuna
 import pytest
 
 from autolayer import pipeline
-from autolayer.budgets import Budget
+from autolayer.budgets import Budget, Cost
 from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
-from autolayer.search import Cost, Space, guided_trials, trained_count
+from autolayer.selection import trained_count
+from autolayer.space import Space, guided_trials
 from tests.conftest import run
 
 
@@ -95,7 +96,6 @@ def test_multi_objective_reports_a_pareto_front(home, tmp_path, tiny_dataset, mo
 def test_each_budget_limit_is_a_registered_constraint():
     from autolayer.budgets import CONSTRAINTS
     from autolayer.errors import ConfigError
-    from autolayer.search import Cost
 
     cost = Cost(latency_ms=2.5, memory_mb=300.0, params=5000, fused_dim=64)
     budget = Budget(max_latency_ms=2.0, max_memory_mb=None, max_params=4000)
@@ -112,7 +112,7 @@ def test_each_budget_limit_is_a_registered_constraint():
 
 def test_the_operators_searched_are_read_when_the_search_starts():
     from autolayer.fusion import OPERATORS, Concat, register
-    from autolayer.search import Space
+    from autolayer.space import Space
 
     assert Space().operator_names() == tuple(OPERATORS)
     register("late")(type("Late", (Concat,), {}))
@@ -149,7 +149,7 @@ def test_guided_trials_try_the_best_model_then_the_best_pairs_that_gain(home, ti
 
 
 def test_guided_pairs_are_ranked_by_their_joint_probe_not_their_gain():
-    from autolayer.search import Candidate
+    from autolayer.space import Candidate
 
     def candidate(name):
         return Candidate(name, (1,), 3, None, None, 1.0, {})
@@ -186,7 +186,7 @@ def test_a_new_study_runs_the_guided_trials_first(home, tmp_path, tiny_dataset, 
 def test_guided_trials_with_a_linear_head_try_it_first_and_never_on_a_sparse_source():
     from scipy.sparse import csr_matrix
 
-    from autolayer.search import Candidate
+    from autolayer.space import Candidate
 
     dense = [Candidate(n, (1,), 3, None, None, 1.0, {}) for n in ("a", "b")]
     lexical = Candidate("tfidf", (0,), 1, csr_matrix((4, 5)), csr_matrix((2, 5)), 0.1, {})
@@ -211,7 +211,7 @@ def test_guided_trials_with_a_linear_head_try_it_first_and_never_on_a_sparse_sou
 
 
 def test_a_budget_only_the_linear_head_meets_is_not_refused():
-    from autolayer.search import Candidate, LayerCost, check_feasible
+    from autolayer.space import Candidate, LayerCost, check_feasible
 
     dense = Candidate("a", (1,), 3, np.zeros((4, 1, 384)), None, 1.0, {1: LayerCost(1.0, 1.0)})
     budget = Budget(max_params=5000)  # the smallest MLP head has 164,866 parameters
@@ -221,7 +221,7 @@ def test_a_budget_only_the_linear_head_meets_is_not_refused():
 
 
 def test_an_infeasible_budget_names_the_nearest_miss_for_its_own_limit():
-    from autolayer.search import Candidate, LayerCost, check_feasible
+    from autolayer.space import Candidate, LayerCost, check_feasible
 
     fast = LayerCost(latency_ms=1.0, memory_mb=1.0)
     slow = LayerCost(latency_ms=9.0, memory_mb=1.0)
@@ -248,7 +248,7 @@ def search_bert(tmp_path, tiny_dataset, tiny_models, top_k, n_trials, heads):
 
 
 def test_a_repeated_linear_head_is_not_trained_again(home, tmp_path, tiny_dataset, tiny_models):
-    from autolayer.search import REPEAT
+    from autolayer.selection import REPEAT
 
     # one model, two layers, linear heads only: two configurations
     prepared, result = search_bert(tmp_path, tiny_dataset, tiny_models, 2, 5, ("linear",))
@@ -271,7 +271,7 @@ def test_with_an_mlp_head_the_space_is_never_exhausted(home, tmp_path, tiny_data
 
 
 def _two_models(rng, n, n_val=0):
-    from autolayer.search import Candidate, LayerCost
+    from autolayer.space import Candidate, LayerCost
 
     costs = {1: LayerCost(0.5, 1.0), 2: LayerCost(1.0, 2.0)}
 
@@ -288,13 +288,13 @@ def test_a_space_with_a_sparse_source_is_never_finite():
     linear-only space never runs out of configurations."""
     from scipy import sparse
 
-    from autolayer.search import SEPARATOR, Candidate, LayerCost, _finite
+    from autolayer.space import SEPARATOR, Candidate, LayerCost, finite_configurations
 
     a, b = _two_models(np.random.default_rng(0), 4)
     lexical = Candidate("t", (0,), 1, sparse.csr_matrix(np.eye(4)), None, 0.1, {0: LayerCost(0, 1)})
     linear = Space(heads=("linear",))
-    assert _finite([a, b], ["a", "b", f"a{SEPARATOR}b"], linear) == 8
-    assert _finite([lexical, a], ["t", "a"], linear) is None
+    assert finite_configurations([a, b], ["a", "b", f"a{SEPARATOR}b"], linear) == 8
+    assert finite_configurations([lexical, a], ["t", "a"], linear) is None
 
 
 def test_configurations_an_earlier_budget_excluded_are_tried_when_resumed(tmp_path):
@@ -333,7 +333,7 @@ def test_workers_sharing_a_study_draw_their_own_trials_and_a_seed_still_reproduc
 
 def test_reading_a_storage_that_is_not_there_never_creates_it(tmp_path):
     from autolayer.pipeline import study_pool
-    from autolayer.search import missing_sqlite_file
+    from autolayer.storage import missing_sqlite_file
 
     path = tmp_path / "none.db"
     for url in (f"sqlite:///{path}", f"sqlite+pysqlite:///{path}?timeout=60"):
@@ -411,7 +411,8 @@ def test_a_worker_checks_the_signature_of_a_study_another_just_created(tmp_path)
 
 
 def test_guided_trials_are_queued_once_by_workers_starting_together(tmp_path):
-    from autolayer.search import run_search, space_signature, subsets
+    from autolayer.search import run_search
+    from autolayer.space import space_signature, subsets
 
     models, space, budget = _two_models(np.random.default_rng(0), 40, 10), Space(), Budget(1)
     url, guided = f"sqlite:///{tmp_path / 's.db'}", {"models": "a", "layer:a": 2}

@@ -10,7 +10,8 @@ import pytest
 
 from autolayer import search
 from autolayer.errors import ConfigError
-from autolayer.search import INFEASIBLE, REPEAT, SURPLUS, make_storage, trained_count
+from autolayer.selection import INFEASIBLE, REPEAT, SURPLUS, trained_count
+from autolayer.storage import WORKER, make_storage, this_worker
 from tests.conftest import one_error_line, run, write_jsonl
 
 
@@ -35,7 +36,9 @@ def test_a_dead_workers_trial_is_retried_without_what_it_had_decided(tmp_path, m
 
 
 def test_workers_creating_one_sqlite_storage_together_retry(tmp_path, monkeypatch):
-    real, calls = search._WorkerStorage, []
+    from autolayer import storage
+
+    real, calls = storage._WorkerStorage, []
 
     def racing(*args, **kwargs):
         calls.append(args)
@@ -43,8 +46,8 @@ def test_workers_creating_one_sqlite_storage_together_retry(tmp_path, monkeypatc
             raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search, "_WorkerStorage", racing)
-    monkeypatch.setattr(search.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(storage, "_WorkerStorage", racing)
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
     assert make_storage(f"sqlite:///{tmp_path / 'study.db'}") is not None
     assert len(calls) == 2
 
@@ -137,6 +140,27 @@ def test_an_empty_sqlite_path_is_refused_before_any_work(capsys, home, tmp_path,
     assert not home.exists()  # refused before any features were computed
 
 
+@pytest.mark.parametrize("command", ["search", "recommend"])
+def test_an_empty_storage_is_refused_not_taken_for_the_default(
+    capsys, home, tmp_path, tiny_dataset, command
+):
+    # --storage "$URL" with URL unset: not the output folder's study.db, which would give
+    # each of several workers its own local study without a word
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys, command, "-d", tiny_dataset, "--models", "tfidf", "--storage", "", "-o", out
+    )
+    assert code == ConfigError.exit_code
+    assert one_error_line(err) == "error: --storage '' is empty: is a variable in it unset?"
+    assert not home.exists() and not (out / "study.db").exists()  # nothing computed
+
+
+def test_export_from_an_empty_storage_is_refused(capsys, tmp_path):
+    code, _, err = run(capsys, "export", "--storage", "", "-o", tmp_path / "c.yaml")
+    assert code == ConfigError.exit_code
+    assert one_error_line(err) == "error: --storage '' is empty: is a variable in it unset?"
+
+
 def _dead_pid() -> int:
     """The pid of a process that has ended (and been reaped: no such process now)."""
     import subprocess
@@ -155,22 +179,22 @@ def test_a_trial_whose_worker_on_this_host_is_gone_is_retried_at_once(tmp_path):
     study = optuna.create_study(storage=storage, direction="maximize")
     host = socket.gethostname()
     workers = [
-        {**search.this_worker(), "pid": _dead_pid()},
+        {**this_worker(), "pid": _dead_pid()},
         f"{host}:{_dead_pid()}",  # as an earlier version recorded it
-        {**search.this_worker(), "pid": 1},
+        {**this_worker(), "pid": 1},
         f"{host}:1",
         f"elsewhere:{_dead_pid()}",
     ]
     trials = [study.ask() for _ in workers]  # each recorded as this process's at first
-    assert all(t.system_attrs[search.WORKER] == search.this_worker() for t in study.get_trials())
+    assert all(t.system_attrs[WORKER] == this_worker() for t in study.get_trials())
     for trial, worker in zip(trials, workers, strict=True):
-        storage.set_trial_system_attr(trial._trial_id, search.WORKER, worker)
+        storage.set_trial_system_attr(trial._trial_id, WORKER, worker)
     optuna.storages.fail_stale_trials(study)  # as a resumed run does before its first trial
     states = [t.state.name for t in study.get_trials()]
     # the dead pids' trials failed and queued again; a live pid, another host: heartbeats
     assert states == ["FAIL", "FAIL"] + 3 * ["RUNNING"] + 2 * ["WAITING"]
     retries = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert not [t for t in retries if search.WORKER in t.system_attrs]
+    assert not [t for t in retries if WORKER in t.system_attrs]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -182,8 +206,8 @@ def test_a_worker_in_another_pid_namespace_or_boot_is_never_taken_for_gone(tmp_p
     storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=30)  # grace: 90 s
     study = optuna.create_study(storage=storage, direction="maximize")
     trial = study.ask()
-    worker = {**search.this_worker(), "pid": _dead_pid(), other: "another"}
-    storage.set_trial_system_attr(trial._trial_id, search.WORKER, worker)
+    worker = {**this_worker(), "pid": _dead_pid(), other: "another"}
+    storage.set_trial_system_attr(trial._trial_id, WORKER, worker)
     optuna.storages.fail_stale_trials(study)
     assert [t.state.name for t in study.get_trials()] == ["RUNNING"]
 
@@ -196,13 +220,13 @@ def test_a_running_trial_without_a_heartbeat_is_stale_after_the_grace_period(tmp
 
     storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=30)  # grace: 90 s
     study = optuna.create_study(storage=storage, direction="maximize")
-    record = search.this_worker() if worker == "this host, alive" else worker
+    record = this_worker() if worker == "this host, alive" else worker
     for age, beats in ((100, False), (10, False), (100, True)):
         # its worker was stopped (or killed on another host) before its first beat
         template = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING)
         template.state = optuna.trial.TrialState.RUNNING
         template.datetime_start = datetime.now() - timedelta(seconds=age)
-        template.system_attrs = {search.WORKER: record} if record else {}
+        template.system_attrs = {WORKER: record} if record else {}
         trial_id = storage.create_new_trial(study._study_id, template)
         if beats:  # a live worker beating: Optuna's own rule (beats missed) decides
             storage.record_heartbeat(trial_id)
@@ -217,7 +241,8 @@ def test_each_trial_records_its_worker_once(tmp_path):
     import numpy as np
 
     from autolayer.budgets import Budget
-    from autolayer.search import Candidate, LayerCost, Space, run_search
+    from autolayer.search import run_search
+    from autolayer.space import Candidate, LayerCost, Space
 
     features = np.random.default_rng(0).normal(size=(30, 2, 8)).astype("float32")
     model = Candidate("a", (1,), 3, features[:20], features[20:], 1.0, {1: LayerCost(0.5, 1.0)})
@@ -227,7 +252,7 @@ def test_each_trial_records_its_worker_once(tmp_path):
         budget=Budget(n_trials=1), space=Space(heads=("linear",)), prune=False,
     )  # fmt: skip
     trials = optuna.load_study(study_name="s", storage=url).get_trials()
-    assert trials and all(t.system_attrs[search.WORKER]["pid"] == os.getpid() for t in trials)
+    assert trials and all(t.system_attrs[WORKER]["pid"] == os.getpid() for t in trials)
     assert not [t for t in trials if "worker" in t.user_attrs]
 
 

@@ -259,7 +259,7 @@ def test_score_and_complementarity_refuse_tfidf_before_any_extraction(
 
 
 def test_memory_of_a_sparse_candidate_is_its_non_zeros(home, tiny_dataset):
-    from autolayer.search import cost_of
+    from autolayer.space import cost_of
 
     [candidate] = pipeline.prepare(str(tiny_dataset), ["tfidf"], top_k=1).candidates
     X = candidate.features(0, "train")

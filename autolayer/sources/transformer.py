@@ -371,9 +371,11 @@ class TransformerSource(FeatureSource):
         if (self.identity, requested) not in _CLAMPED:  # once per process, not per split
             _CLAMPED.add((self.identity, requested))
             logger.warning(
-                "max_length %d is more than %s takes: texts are cut at %d tokens",
-                requested,
+                "%s takes at most %d tokens, fewer than the %d asked for: texts are cut at "
+                "%d tokens",
                 self.name,
+                limit,
+                requested,
                 limit,
             )
         return limit

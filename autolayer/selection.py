@@ -1,0 +1,283 @@
+"""Reading a study: a read-only summary of each trial, which trials count against the
+budget, and which configuration to recommend (best first, the one-standard-error and anchor
+rules, the Pareto front). The report reads what is here; nothing here trains a head."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import optuna
+
+from autolayer.anchor import against_anchor, is_anchor
+from autolayer.budgets import Budget, Cost
+from autolayer.errors import ConfigError
+from autolayer.space import SEPARATOR
+
+# Trial attributes of configurations that were never trained (they cost no budget).
+INFEASIBLE = "infeasible"  # breaks a budget: its reasons
+SURPLUS = "surplus"  # other workers' running trials already fill the budget
+REPEAT = "repeat_of"  # a linear head on layers already tried: the earlier trial's number
+OVER_BUDGET = "over_budget"  # (in a summary only) why a finished trial breaks this budget
+UNBEATABLE = "anchor_unbeatable"  # study attribute: the search stopped after the anchor
+LIMITS = "budget_limits"  # study attribute: the limits of the latest run's budget
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """A read-only view of one trial, enough to rank, report and export it."""
+
+    number: int
+    state: str
+    values: tuple[float, ...] | None
+    models: tuple[str, ...]
+    layers: tuple[int, ...]
+    operator: str
+    width: int
+    lr: float
+    attrs: dict = field(default_factory=dict)
+    head: str = "mlp"
+
+    @property
+    def value(self) -> float | None:
+        return self.values[0] if self.values else None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    study_name: str
+    storage: str
+    best: TrialSummary
+    trials: tuple[TrialSummary, ...]
+    pareto: tuple[TrialSummary, ...]
+    why: str = ""  # why ``best`` was chosen, when a rule (anchor, one standard error) chose it
+    anchor: bool = False  # ``best`` is the few-label anchor's trial, kept by the anchor rule
+    notes: tuple[str, ...] = ()  # what the report must say: trials left out, a timeout
+    # heads trained in the study while this run searched (other workers' included; None:
+    # read from storage only)
+    trained: int | None = None
+
+
+def summary(trial: optuna.trial.FrozenTrial) -> TrialSummary:
+    """A read-only view of one stored trial (see :class:`TrialSummary`)."""
+    params = trial.params
+    models = tuple(params["models"].split(SEPARATOR)) if "models" in params else ()
+    if any(f"layer:{m}" not in params for m in models):
+        models = ()  # another worker is still suggesting this trial's parameters
+    return TrialSummary(
+        number=trial.number,
+        state=trial.state.name,
+        values=tuple(trial.values) if trial.values else None,
+        models=models,
+        layers=tuple(int(params[f"layer:{m}"]) for m in models),
+        operator=params.get("operator", "concat"),
+        width=int(params.get("width", 0)),
+        lr=float(params.get("lr", 0.0)),
+        attrs=dict(trial.user_attrs),
+        head=params.get("head", trial.user_attrs.get("head", "mlp")),
+    )
+
+
+def counts(attrs: Mapping, budget: Budget | None = None) -> bool:
+    """Whether a trial (by its user attributes) used the budget: infeasible, surplus and
+    repeated trials are never trained, and a trial whose stored cost breaks ``budget`` (an
+    earlier run's, under a looser one) is not counted against it."""
+    if INFEASIBLE in attrs or SURPLUS in attrs or REPEAT in attrs:
+        return False
+    cost = stored_cost(attrs) if budget is not None else None
+    return cost is None or not budget.violations(cost)
+
+
+def trained_count(study: optuna.Study, budget: Budget | None = None) -> tuple[int, int]:
+    """(trials trained within ``budget``, trials finished): infeasible, surplus and repeated
+    trials finish untrained (see :func:`counts`)."""
+    done = study.get_trials(
+        deepcopy=False,
+        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED),
+    )
+    counted = [t for t in done if counts(t.user_attrs, budget)]
+    return len(counted), len(done) - sum(SURPLUS in t.user_attrs for t in done)
+
+
+def anchor_of(study: optuna.Study) -> tuple[str, int] | None:
+    """The study's anchor and its last layer, from the stored context (None: no anchor)."""
+    context = study.user_attrs.get("context") or {}
+    name = (context.get("options") or {}).get("anchor")
+    info = context.get("models", {}).get(name) if name else None
+    return None if info is None else (name, info["n_hidden_states"] - 1)
+
+
+def within_one_error(complete: Sequence[TrialSummary]) -> TrialSummary:
+    """The best trial; under cross-validation, the smallest head (fewest parameters) whose
+    score is within one standard error of the best's, over its folds: the one-standard-error
+    rule. On a few dozen labels the scores of 30 trials differ mostly by noise (a standard
+    error of 5-15 pt), and the top one is the luckiest, often an over-fitted head."""
+    best = complete[0]
+    scores = best.attrs.get("fold_scores")
+    if not scores or len(scores) < 2:
+        return best
+    floor = best.values[0] - np.std(scores, ddof=1) / np.sqrt(len(scores))
+    close = [t for t in complete if t.values[0] >= floor]
+    return min(close, key=lambda t: (t.attrs.get("params", math.inf), -t.values[0], t.number))
+
+
+def recommended(
+    complete: Sequence[TrialSummary], context: dict | None, stopped: bool = False
+) -> tuple[TrialSummary, str]:
+    """The trial to recommend among ``complete`` (best first) and why, for the report.
+
+    Under cross-validation with an anchor (few labels) and the anchor's trial among
+    ``complete``: the anchor unless beaten clearly, with the reason either way
+    (:func:`autolayer.anchor.against_anchor`). Otherwise the one-standard-error rule, which
+    picks the top trial itself without folds; the reason is then empty when the top trial
+    is chosen. ``stopped``: the search stopped after the anchor's trial, which no other
+    could beat."""
+    anchor = ((context or {}).get("options") or {}).get("anchor")
+    info = (context or {}).get("models", {}).get(anchor) if anchor else None
+    if info is not None:
+        chosen = against_anchor(complete, anchor, info["n_hidden_states"] - 1, stopped=stopped)
+        if chosen is not None:
+            return chosen
+    best, top = within_one_error(complete), complete[0]
+    if best is top:
+        return best, ""
+    return best, (
+        f"trial #{top.number} scored {top.values[0]:.4f}; #{best.number} is within one "
+        "standard error of it with a smaller head: the one-standard-error rule"
+    )
+
+
+def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> SearchResult:
+    """Read-only summary of a study: completed trials best first, and its Pareto front.
+
+    Finished trials that break ``budget`` (default: the limits of the study's latest run)
+    are left out of the choice and of the front, marked :data:`OVER_BUDGET`, and the notes
+    say so: a resumed study, or its export, never recommends what the budget forbids."""
+    budget = budget or _stored_budget(study)
+    trials = [summary(t) for t in study.get_trials(deepcopy=False)]
+    complete = sorted(
+        (t for t in trials if t.state == "COMPLETE"),
+        key=lambda t: (-t.values[0], t.attrs.get("latency_ms", 0)),
+    )
+    if not complete:
+        raise ConfigError(f"study {study.study_name!r} has no completed trial yet")
+    over = [t for t in complete if _mark_over_budget(t, budget)]
+    notes = tuple(_anchor_notes(study, trials, budget))
+    if over:
+        complete = [t for t in complete if OVER_BUDGET not in t.attrs]
+        if not complete:
+            nearest = min(over, key=lambda t: budget.shortfall(stored_cost(t.attrs)))
+            raise ConfigError(
+                f"no finished trial of study {study.study_name!r} meets this budget; the "
+                f"nearest miss, #{nearest.number}, breaks: {nearest.attrs[OVER_BUDGET]}; run "
+                "more trials, or relax the budget"
+            )
+        notes += (f"{len(over)} finished trial(s) of an earlier run break this budget: left out",)
+    best, why = complete[0], ""
+    if len(study.directions) == 1:
+        attrs = study.user_attrs
+        best, why = recommended(complete, attrs.get("context"), bool(attrs.get(UNBEATABLE)))
+    anchor = anchor_of(study)
+    return SearchResult(
+        study_name=study.study_name,
+        storage=storage,
+        best=best,
+        trials=tuple(complete) + tuple(t for t in trials if t not in complete),
+        pareto=_front(complete) if len(study.directions) > 1 else (complete[0],),
+        why=why,
+        anchor=len(study.directions) == 1 and anchor is not None and is_anchor(best, *anchor),
+        notes=notes,
+    )
+
+
+def summarise_trial(study: optuna.Study, number: int) -> TrialSummary | None:
+    """One trial by number (None if the study has none), marked :data:`OVER_BUDGET` when it
+    breaks the limits of the study's latest run; unlike :func:`collect`, it never refuses a
+    study none of whose trials meets them."""
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not found:
+        return None
+    trial = summary(found[0])
+    if trial.state == "COMPLETE":
+        _mark_over_budget(trial, _stored_budget(study))
+    return trial
+
+
+def _mark_over_budget(trial: TrialSummary, budget: Budget | None) -> bool:
+    """Mark a finished trial :data:`OVER_BUDGET` (with the limits it breaks) when its
+    stored cost breaks ``budget``; whether it does."""
+    if budget is None or not _breaks(trial, budget):
+        return False
+    trial.attrs[OVER_BUDGET] = "; ".join(budget.violations(stored_cost(trial.attrs)))
+    return True
+
+
+def _front(complete: Sequence[TrialSummary]) -> tuple[TrialSummary, ...]:
+    """The trials no other beats on both objectives (higher metric, lower latency), among
+    those ``complete`` (the budget's), in their order."""
+
+    def dominated(t: TrialSummary) -> bool:
+        (m, lat) = t.values[:2]
+        return any(
+            o.values[0] >= m and o.values[1] <= lat and (o.values[0] > m or o.values[1] < lat)
+            for o in complete
+        )
+
+    return tuple(t for t in complete if not dominated(t))
+
+
+def _stored_budget(study: optuna.Study) -> Budget | None:
+    """The limits of the study's latest run (known kinds only), or None."""
+    from autolayer.budgets import CONSTRAINTS
+
+    limits = study.user_attrs.get(LIMITS) or {}
+    known = {k: v for k, v in limits.items() if k in CONSTRAINTS}
+    return Budget(**known) if known else None
+
+
+def stored_cost(attrs: dict) -> Cost | None:
+    """A trial's stored cost (None for a trial recorded before costs were stored)."""
+    try:
+        return Cost(**{f.name: attrs[f.name] for f in fields(Cost)})
+    except KeyError:
+        return None
+
+
+def _breaks(trial: TrialSummary, budget: Budget) -> bool:
+    cost = stored_cost(trial.attrs)
+    return cost is not None and bool(budget.violations(cost))
+
+
+def _anchor_notes(
+    study: optuna.Study, trials: Sequence[TrialSummary], budget: Budget | None
+) -> list[str]:
+    """What the report must say about the anchor rule when it did not apply: two
+    objectives, or an anchor that breaks the present budget (an earlier run's limits do
+    not count) and never finished within it."""
+    anchor = anchor_of(study)
+    if anchor is None:
+        return []
+    if len(study.directions) > 1:
+        return [
+            "the anchor rule applies to single-objective searches only: with two objectives "
+            "the most accurate trial is recommended, and the Pareto front shown"
+        ]
+    name, last = anchor
+    anchors = [t for t in trials if is_anchor(t, name, last)]
+    if any(t.state == "COMPLETE" and not (budget and _breaks(t, budget)) for t in anchors):
+        return []
+    broken = [
+        "; ".join(budget.violations(stored_cost(t.attrs)))
+        if budget and stored_cost(t.attrs)
+        else t.attrs.get(INFEASIBLE, "")  # a study that stored no limits: as its run judged
+        for t in anchors
+    ]
+    broken = [b for b in broken if b]
+    if broken:
+        return [f"the anchor ({name}'s last layer, linear head) breaks the budget ({broken[0]})"]
+    return [
+        f"the anchor ({name}'s last layer, linear head) has not finished in this study: "
+        "trials were ranked without it"
+    ]
