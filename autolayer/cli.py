@@ -89,6 +89,12 @@ def _device_option(default: str | None = "auto"):
     )
 
 
+# extract's and predict's --overwrite: replace an output file autolayer cannot prove it wrote
+_overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace --output even if autolayer did not write it."
+)
+
+
 def _pooling_options(func):
     """``--pooling`` and ``--max-length``: how texts become features (and the cache key)."""
     func = click.option(
@@ -267,9 +273,7 @@ def zoo_install(aliases: tuple[str, ...]) -> None:
     "--cache-dir", type=click.Path(path_type=Path), help="Default: $AUTOLAYER_HOME/embeddings."
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Also save it as .npy.")
-@click.option(
-    "--overwrite", is_flag=True, help="Replace --output even if autolayer did not write it."
-)
+@_overwrite_option
 @click.option("--trust-remote-code", is_flag=True, help="Run model code from the hub (unsafe).")
 def extract(
     model: str,
@@ -916,9 +920,7 @@ def apply(
     "--text-column", help="Column of the texts in a table (default: the training data's)."
 )
 @click.option("--id-column", help="Column copied to each prediction (e.g. a row id).")
-@click.option(
-    "--overwrite", is_flag=True, help="Replace --output even if autolayer did not write it."
-)
+@_overwrite_option
 @click.option(
     "--cache/--no-cache",
     default=None,
