@@ -13,7 +13,7 @@ trial among dozens is likely to reach.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import Protocol
 
@@ -21,9 +21,10 @@ import numpy as np
 
 from autolayer import zoo
 from autolayer.errors import AutolayerError, ConfigError
-from autolayer.sources import make_source
+from autolayer.sources import SourceRecord
 
 AUTO, NONE = "auto", "none"
+HEAD = "linear"  # the anchor's head, by definition: logistic regression on its last layer
 ALPHA = 0.05  # family-wise: the chance that any of the trials beats the anchor by luck
 
 
@@ -35,20 +36,20 @@ class _Trial(Protocol):
     attrs: dict
 
 
-def resolve(anchor: str | None, models: Sequence[str]) -> str | None:
-    """The anchor model of a pool: ``None`` or ``"none"``: no anchor; ``"auto"``: the
-    largest sentence encoder of the pool (most parameters), or none when the pool has no
-    sentence encoder; otherwise a model of the pool, which must be dense (its last layer
-    gets a linear head)."""
+def resolve(anchor: str | None, models: Mapping[str, SourceRecord]) -> str | None:
+    """The anchor model of a pool (its records, by name): ``None`` or ``"none"``: no
+    anchor; ``"auto"``: the largest sentence encoder of the pool (most parameters), or none
+    when the pool has no sentence encoder; otherwise a model of the pool, which must be
+    dense (its last layer gets a linear head)."""
     if anchor is None or anchor == NONE:
         return None
     if anchor == AUTO:
-        encoders = [m for m in models if not make_source(m).sparse and _sentence_encoder(m)]
+        encoders = [m for m, rec in models.items() if not rec.sparse and rec.sentence_encoder]
         if not encoders:
             return None
-        return max(encoders, key=lambda m: _size(m))
+        return max(encoders, key=lambda m: models[m].parameters)
     anchor = _in_pool(anchor, models)
-    if make_source(anchor).sparse:
+    if models[anchor].sparse:
         raise ConfigError(
             f"anchor {anchor!r} is sparse: an anchor is a dense model whose last layer "
             "gets a linear head",
@@ -57,7 +58,7 @@ def resolve(anchor: str | None, models: Sequence[str]) -> str | None:
     return anchor
 
 
-def _in_pool(anchor: str, models: Sequence[str]) -> str:
+def _in_pool(anchor: str, models: Mapping[str, SourceRecord]) -> str:
     """The pool's spelling of ``anchor``: the same model may be named by its zoo name, hub
     id or folder (``mpnet``, ``sentence-transformers/all-mpnet-base-v2``), so names are
     compared by what they load. The anchor is resolved locally only (no download, no GGUF
@@ -72,7 +73,7 @@ def _in_pool(anchor: str, models: Sequence[str]) -> str:
             identity = zoo.resolve(anchor, allow_hub=False).identity
         except AutolayerError:
             identity = None
-        same = [m for m in models if identity and make_source(m).identity == identity]
+        same = [m for m, record in models.items() if identity and record.identity == identity]
     if not same:
         raise ConfigError(
             f"anchor {anchor!r} is not one of the models ({', '.join(models)})",
@@ -81,25 +82,16 @@ def _in_pool(anchor: str, models: Sequence[str]) -> str:
     return same[0]
 
 
-def _sentence_encoder(model: str) -> bool:
-    return make_source(model).sentence_encoder
-
-
-def _size(model: str) -> int:
-    source = make_source(model)
-    return source.parameters(source.n_states - 1)
-
-
 def trial_params(anchor: str, n_states: int, heads: Sequence[str]) -> dict:
     """The Optuna parameters of the anchor's trial: its last layer alone, linear head."""
     params = {"models": anchor, f"layer:{anchor}": n_states - 1}
     if len(heads) > 1:
-        params["head"] = "linear"
+        params["head"] = HEAD
     return params
 
 
 def is_anchor(trial: _Trial, anchor: str, layer: int) -> bool:
-    return trial.models == (anchor,) and trial.layers == (layer,) and trial.head == "linear"
+    return trial.models == (anchor,) and trial.layers == (layer,) and trial.head == HEAD
 
 
 def against_anchor(

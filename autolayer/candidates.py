@@ -12,7 +12,7 @@ folds), so every later step judges on the same rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,10 +26,11 @@ from autolayer.data import LabelledDataset, load_dataset
 from autolayer.errors import ConfigError, DataError
 from autolayer.extraction import Embeddings, embed_texts
 from autolayer.fidelity import Fidelity, StageClock, StageCost, computed, select
+from autolayer.heads import head_class
 from autolayer.options import Options
 from autolayer.probe import LayerScores
 from autolayer.search import anchor_can_stop
-from autolayer.sources import make_source
+from autolayer.sources import SourceRecord, resolve_spec
 from autolayer.space import Candidate, LayerCost, Space
 
 logger = logging.getLogger("autolayer")
@@ -100,6 +101,7 @@ class Prepared:
     pairs: tuple[PairEstimate, ...] = ()  # every pair of models, at their best layers
     folds: tuple[np.ndarray, ...] = ()  # held-out rows of y_train: cross-validation
     pool: tuple[str, ...] = ()  # the models asked for, whatever the skip or screen kept
+    sources: Mapping[str, SourceRecord] = field(default_factory=dict)  # the pool's, by name
 
 
 def resolve_options(options: Options | None, settings: dict) -> Options:
@@ -127,9 +129,20 @@ def check_models(models: Sequence[str] | None, *, at_least: int = 1) -> list[str
         raise ConfigError(f"give at least {at_least} model(s); got {len(models)}")
     if len(set(models)) != len(models):
         raise ConfigError(f"models must be distinct; got {', '.join(models)}")
-    for model in models:  # a missing model is found before hours of another's extraction
-        make_source(model)
     return models
+
+
+def resolve_models(
+    models: Sequence[str] | None, options: Options, *, at_least: int = 1
+) -> dict[str, SourceRecord]:
+    """The model list checked (:func:`check_models`) and each spec resolved once, by name:
+    a missing model is found before hours of another's extraction."""
+    return {
+        name: resolve_spec(
+            name, max_length=options.max_length, trust_remote_code=options.trust_remote_code
+        )
+        for name in check_models(models, at_least=at_least)
+    }
 
 
 def dataset_of(dataset: str | Path | LabelledDataset) -> LabelledDataset:
@@ -175,14 +188,13 @@ def _split_rows(data: LabelledDataset, options: Options) -> _Rows:
     return _Rows(data, train, val, external=False)
 
 
-def _check_learnable(data: LabelledDataset, models: Sequence[str], rows: _Rows) -> None:
+def _check_learnable(data: LabelledDataset, models: Sequence[SourceRecord], rows: _Rows) -> None:
     """Sources that learn from the search-train texts (TF-IDF) check that they can, before
     any model is extracted: found after the other models' extraction, it cost that time."""
     texts = data.split("train").texts
-    for name in models:
-        source = make_source(name)
-        if source.sparse:
-            source.check_texts([texts[i] for i in rows.train])
+    for record in models:
+        if record.sparse:
+            record.source.check_texts([texts[i] for i in rows.train])
 
 
 def _split_kind(rows: _Rows, options: Options) -> str:
@@ -223,11 +235,12 @@ def prepare(
         raise ConfigError(f"top_k must be >= 1; got {top_k}")
     options = resolve_options(options, settings)
     data = dataset_of(dataset)
-    models = check_models(models)
+    sources = resolve_models(models, options)
+    models = list(sources)
     pool = tuple(models)
-    options = replace(options, anchor=_anchor(options, models))
+    options = replace(options, anchor=_anchor(options, sources))
     rows = _split_rows(data, options)
-    _check_learnable(data, models, rows)
+    _check_learnable(data, list(sources.values()), rows)
     if options.cv_folds is not None:
         options = _fit_folds(data, options)
     clock = StageClock()
@@ -238,18 +251,21 @@ def prepare(
         elif anchor_budget is None or len(resumed_pool) > 1:
             reason = None
         else:
-            reason = _unbeaten_anchor(data, rows, options, anchor_budget, clock, progress)
+            record = sources[options.anchor]
+            reason = _unbeaten_anchor(data, rows, options, record, anchor_budget, clock, progress)
         if reason is not None:
             unread = {name: reason for name in models if name != options.anchor}
             models = [options.anchor]
     if fidelity is not None and fidelity.screens(len(rows.train)):
         fidelity.check(len(rows.train), len(data.label_names))
         features, dropped, pairs = _screened(
-            data, models, rows, options, top_k, fidelity, clock, progress
+            data, {n: sources[n] for n in models}, rows, options, top_k, fidelity, clock, progress
         )
     else:
         features = [
-            _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, progress)
+            _exhaustive(
+                data, sources[name], rows, options, top_k, probe_max_examples, clock, progress
+            )
             for name in models
         ]
         dropped, pairs = {}, ()
@@ -284,21 +300,23 @@ def prepare(
         pairs,
         folds,
         pool,
+        sources,
     )
 
 
 def anchor_budget(budget: Budget, space: Space, multi_objective: bool = False) -> Budget | None:
     """``budget``, for :func:`prepare`'s early skip, when an unbeatable anchor may end that
     search (:func:`autolayer.search.anchor_can_stop`); else None. One rule for ``recommend``
-    and ``search``, so the same command makes the same study. Not for linear heads only:
-    their space may offer fewer configurations than trials, hence need a smaller margin,
-    and how many is known only once the models are extracted (the search decides then)."""
-    if "mlp" not in space.heads:
+    and ``search``, so the same command makes the same study. Not for heads of finitely
+    many settings only (linear heads): their space may offer fewer configurations than
+    trials, hence need a smaller margin, and how many is known only once the models are
+    extracted (the search decides then)."""
+    if all(head_class(k).n_configurations(space) is not None for k in space.heads):
         return None
     return budget if anchor_can_stop(budget, space, multi_objective) else None
 
 
-def _anchor(options: Options, models: Sequence[str]) -> str | None:
+def _anchor(options: Options, models: Mapping[str, SourceRecord]) -> str | None:
     """The resolved anchor (as the pool spells it), or None: the anchor rule judges trials
     by their scores over every held-out row of a cross-validation, so only
     cross-validation has one."""
@@ -312,34 +330,37 @@ def _anchor(options: Options, models: Sequence[str]) -> str | None:
     return anchor.resolve(options.anchor, models)
 
 
-def _unbeaten_anchor(data, rows, options, budget: Budget, clock, progress) -> str | None:
+def _unbeaten_anchor(
+    data, rows, options, record: SourceRecord, budget: Budget, clock, progress
+) -> str | None:
     """Why the other models need not be extracted, when the anchor's cross-validated score
     (its last layer, linear head, as its trial will score it) is out of reach of every
     trial ``budget`` allows and the anchor meets the budget's limits; else None.
 
     Every layer is kept, not only the last: the forward pass runs the whole backbone for
     the last layer anyway, and when the search goes on it reads them from the cache."""
-    from autolayer.fusion import FusionParams, cross_validate
+    from autolayer.heads import cross_validate, make_head
     from autolayer.probe import folds as stratified_folds
+    from autolayer.task import make_task
 
     with clock.stage("anchor", "the anchor's last layer, cross-validated") as count:
         train = embed(options.anchor, data, "train", options, progress)
         count(computed(train.meta, len(train.layers)))
         x = np.asarray(train.array[rows.train])[:, -1]
         folds = stratified_folds(rows.y_train, options.cv_folds, options.seed)
-        params = FusionParams(operator="concat", metric=options.metric, head="linear")
+        head = make_head(anchor.HEAD, {}, task=make_task(options.task), metric=options.metric)
         score = cross_validate(
+            head,
             [x],
             rows.y_train,
             folds,
-            params=params,
             seed=options.seed,
-            n_classes=len(data.label_names),
+            n_outputs=len(data.label_names),
         ).best_val_metric
     n = len(rows.y_train)
     if not anchor.unbeatable(score, n, budget.n_trials):
         return None
-    if budget.violations(_anchor_cost(options.anchor, train, x, len(data.label_names))):
+    if budget.violations(_anchor_cost(record, train, x, len(data.label_names))):
         return None  # its trial would be infeasible: the search must find another
     return (
         f"not extracted: the anchor's CV score {score:.4f} on {n} texts is out of reach of "
@@ -347,26 +368,16 @@ def _unbeaten_anchor(data, rows, options, budget: Budget, clock, progress) -> st
     )
 
 
-def _anchor_cost(name: str, train, x: np.ndarray, n_classes: int):
+def _anchor_cost(record: SourceRecord, train, x: np.ndarray, n_classes: int):
     """What the anchor's trial (its last layer, linear head) costs, priced as the search
     prices it (:func:`autolayer.space.cost_of`)."""
     from autolayer.space import cost_of
 
     last = train.meta["n_hidden_states"] - 1
     features = _Features(
-        name, last + 1, (last,), None, x[:, None], x[:0, None], _ms_per_text(train.meta)
+        record, last + 1, (last,), None, x[:, None], x[:0, None], _ms_per_text(train.meta)
     )
-    space = Space()
-    return cost_of(
-        [_candidate(features)],
-        [last],
-        "concat",
-        min(space.widths),
-        space.hidden,
-        n_classes,
-        len(x),
-        "linear",
-    )
+    return cost_of([_candidate(features)], [last], anchor.HEAD, {}, n_classes, len(x))
 
 
 def _searched(name: str, scores: LayerScores, options: Options, top_k: int) -> tuple[int, ...]:
@@ -431,7 +442,7 @@ class _Rows:
 class _Features:
     """One model's top-k layer features for the search, and where they were scored."""
 
-    name: str
+    record: SourceRecord
     n_states: int
     top: tuple[int, ...]
     scores: LayerScores
@@ -439,6 +450,10 @@ class _Features:
     val: np.ndarray  # [n_val, k, D], or sparse [n_val, V]
     ms_per_text: float  # measured full-depth extraction time
     memory_mb: float | None = None  # a fitted source's own (its vocabulary); None: as priced
+
+    @property
+    def name(self) -> str:
+        return self.record.spec
 
 
 def _ms_per_text(meta: dict) -> float:
@@ -449,13 +464,14 @@ def _ms_per_text(meta: dict) -> float:
     return 1000 * meta["seconds"] / max(meta["computed_rows"], 1)
 
 
-def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, progress):
+def _exhaustive(data, record, rows, options, top_k, probe_max_examples, clock, progress):
     """Every layer on every training row, probed on (a sample of) the search-train rows."""
     from autolayer.probe import probe_layers
 
-    if make_source(name).sparse:
+    name = record.spec
+    if record.sparse:
         with clock.stage("extract", "every layer, every row"):
-            x_train, x_val, ms, memory = _lexical(data, name, rows)
+            x_train, x_val, ms, memory = _lexical(data, record, rows)
         with clock.stage("probe", "every layer"):
             scores = probe_layers(
                 x_train,
@@ -465,7 +481,7 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
                 max_examples=probe_max_examples,
                 class_names=rows.names,
             )
-        return _Features(name, 1, (0,), scores, x_train, x_val, ms, memory)
+        return _Features(record, 1, (0,), scores, x_train, x_val, ms, memory)
     with clock.stage("extract", "every layer, every row") as count:
         train = embed(name, data, "train", options, progress)
         count(computed(train.meta, len(train.layers)))
@@ -490,14 +506,14 @@ def _exhaustive(data, name, rows, options, top_k, probe_max_examples, clock, pro
     keep = list(top)
     n_states = train.meta["n_hidden_states"]
     ms = _ms_per_text(train.meta)
-    return _Features(name, n_states, top, scores, x_train[:, keep], x_val[:, keep], ms)
+    return _Features(record, n_states, top, scores, x_train[:, keep], x_val[:, keep], ms)
 
 
-def _lexical(data: LabelledDataset, name: str, rows: _Rows):
+def _lexical(data: LabelledDataset, record: SourceRecord, rows: _Rows):
     """A sparse source (TF-IDF) fitted on the search-train rows only, then applied to those
     and the validation rows: (train ``[n_train, V]``, validation, ms per text, memory MB)."""
     texts = data.split("train").texts
-    source = make_source(name).fit([texts[i] for i in rows.train])
+    source = record.unfitted().fit([texts[i] for i in rows.train])
     matrix = source.transform(texts)
     ms, memory = source.transform_ms, source.memory_mb(0)
     if not rows.external:
@@ -505,18 +521,20 @@ def _lexical(data: LabelledDataset, name: str, rows: _Rows):
     return matrix[rows.train], source.transform(data.split("validation").texts), ms, memory
 
 
-def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
-    """Screen every model on a sample, drop the clearly worse, complete the survivors."""
+def _screened(data, records, rows, options, top_k, fidelity, clock, progress):
+    """Screen every model (``records``, by name) on a sample, drop the clearly worse,
+    complete the survivors."""
     from autolayer.probe import probe_layers
     from autolayer.sampling import stratified_rows
 
     pick = stratified_rows(rows.y_train, fidelity.screen_size, options.seed, per_class=1)
     screen = rows.train[pick]  # sorted rows of the train split
     screened, scores, lexical = {}, {}, {}
-    for name in models:
-        if make_source(name).sparse:  # cheap: fitted and applied to every row at once
+    models = list(records)
+    for name, record in records.items():
+        if record.sparse:  # cheap: fitted and applied to every row at once
             with clock.stage("screen", f"every layer, {len(screen)} rows"):
-                lexical[name] = _lexical(data, name, rows)
+                lexical[name] = _lexical(data, record, rows)
                 screened[name] = lexical[name][0][pick]
                 scores[name] = probe_layers(
                     screened[name],
@@ -557,7 +575,7 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
     features = []
     for name in survivors:
         if name in lexical:
-            features.append(_Features(name, 1, (0,), scores[name], *lexical[name]))
+            features.append(_Features(records[name], 1, (0,), scores[name], *lexical[name]))
             continue
         top = _searched(name, scores[name], options, top_k)
         with clock.stage("complete", "other rows, survivors, up to their top-k layers") as count:
@@ -567,7 +585,7 @@ def _screened(data, models, rows, options, top_k, fidelity, clock, progress):
         meta = screened[name].meta
         features.append(
             _Features(
-                name,
+                records[name],
                 meta["n_hidden_states"],
                 top,
                 scores[name],
@@ -643,7 +661,7 @@ def _complete(data, name, rows, screen, rest, screened, top, options, progress, 
 
 def _candidate(features: _Features) -> Candidate:
     """The search's view of a model: its features and what each layer costs to run."""
-    source = make_source(features.name)
+    source = features.record.source
     ms = features.ms_per_text
     costs = {
         layer: LayerCost(

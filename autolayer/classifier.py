@@ -1,7 +1,8 @@
 """Turn a config into a trained classifier: fit, evaluate, save, load, predict.
 
 ``FusionTextClassifier`` is a scikit-learn estimator over raw texts: it embeds them with each
-configured backbone cut at its chosen layer (cached), trains the fusion head, and predicts.
+configured backbone cut at its chosen layer (cached), trains the config's head, and decides
+as the config's task does.
 ``apply`` trains it on a dataset's train (+ validation) split and reports test metrics;
 ``predict_file`` labels new texts with a saved model. Saved models are a folder holding the
 config (YAML) and the head (safetensors + JSON), written atomically: no pickle anywhere.
@@ -15,6 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -35,22 +37,28 @@ from autolayer.files import (
     temp_dir,
 )
 from autolayer.sources import make_source
+from autolayer.task import make_task
+
+if TYPE_CHECKING:
+    from autolayer.heads import Head
 
 logger = logging.getLogger("autolayer")
 
 CONFIG_FILE = "config.yaml"
 FEATURES_FILE = "features.json"
 METRICS_FILE = "metrics.json"
-SOURCE_FILES = ("tfidf.json", "tfidf.safetensors")  # a fitted TF-IDF's vocabulary and idf
-# Everything a saved model folder may hold: such a folder is autolayer's to replace.
-MODEL_FILES = (
-    CONFIG_FILE,
-    FEATURES_FILE,
-    METRICS_FILE,
-    "head.safetensors",
-    "head.json",
-    *SOURCE_FILES,
-)
+CONFIG_FILES = (CONFIG_FILE, FEATURES_FILE, METRICS_FILE)
+
+
+def model_files() -> tuple[str, ...]:
+    """Everything a saved model folder may hold (such a folder is autolayer's to replace):
+    the config's files, and the files of every registered head and source, asked now so
+    that a plug-in registered after import counts."""
+    from autolayer.heads import HEADS
+    from autolayer.sources import SOURCES
+
+    saved = [f for cls in [*HEADS.values(), *SOURCES.values()] for f in cls.files]
+    return tuple(dict.fromkeys([*CONFIG_FILES, *saved]))
 
 
 class FusionTextClassifier(ClassifierMixin, BaseEstimator):
@@ -68,12 +76,14 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         batch_size: int = 256,
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
+        trust_remote_code: bool = False,
     ) -> None:
         self.config = config
         self.device = device
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.use_cache = use_cache
+        self.trust_remote_code = trust_remote_code
 
     def _config(self) -> FusionConfig:
         return as_config(self.config)
@@ -108,6 +118,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
                 device=self.device,
                 cache_dir=self.cache_dir,
                 use_cache=self.use_cache,
+                trust_remote_code=self.trust_remote_code,
             )
             out.append(np.asarray(emb.array[:, 0], dtype=np.float32))
         return out
@@ -121,44 +132,41 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
 
     def fit_embedded(self, features: list[np.ndarray], y) -> FusionTextClassifier:
         """Train the head on precomputed features (one ``[N, D_i]`` per model)."""
-        from autolayer.fusion import train_fusion
-
         config = self._config()
         labels = _as_labels(y, np.shape(features[0])[0] if features else 0)
         known = list(config.label_names)
         unknown = sorted(set(labels) - set(known))
         self.classes_ = np.asarray(known if not unknown else sorted(set(labels)))
         index = {c: i for i, c in enumerate(self.classes_)}
-        params = config.fusion_params()
-        result = train_fusion(
+        head = config.make_head()
+        fit = head.fit(
             features,
             np.asarray([index[v] for v in labels]),
-            None,
-            None,
-            params=params,
             seed=config.seed,
             device=self.device,
-            n_classes=len(self.classes_),
+            n_outputs=len(self.classes_),
         )
-        self.model_ = result.model
-        self.train_seconds_ = result.train_seconds
+        self.head_: Head = head
+        self.train_seconds_ = fit.train_seconds
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``[N, C]``, columns in ``classes_`` order."""
-        check_is_fitted(self, "model_")  # before embedding, which can take long
+        check_is_fitted(self, "head_")  # before embedding, which can take long
         return self.predict_proba_embedded(self.embed(X))
 
     def predict_proba_embedded(self, features: list[np.ndarray]) -> np.ndarray:
-        from autolayer.fusion import predict_proba
-
-        check_is_fitted(self, "model_")
-        return predict_proba(self.model_, features)
+        check_is_fitted(self, "head_")
+        return self.head_.predict_proba(features)
 
     def predict(self, X) -> np.ndarray:
         """One label of ``classes_`` per text."""
-        proba = self.predict_proba(X)  # first: it says so when unfitted
-        return self.classes_[proba.argmax(axis=1)]
+        return self.decide(self.predict_proba(X))  # first: it says so when unfitted
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """The labels of ``classes_`` that probabilities ``[N, C]`` decide, by the config's
+        task's rule (the most probable class, for single-label classification)."""
+        return self.classes_[make_task(self._config().task).decide(proba)]
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write config + head into ``directory`` atomically (all or nothing).
@@ -167,9 +175,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         ``overwrite``; a folder holding anything else is never touched (see
         :func:`check_model_folder`).
         """
-        from autolayer.fusion import save_classifier
-
-        check_is_fitted(self, "model_")
+        check_is_fitted(self, "head_")
         directory = Path(directory).absolute()
         check_model_folder(directory, overwrite=overwrite)
         config = replace(self._config(), label_names=tuple(str(c) for c in self.classes_))
@@ -188,15 +194,15 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
             ) from None
         try:
             config.save(tmp / CONFIG_FILE)
-            save_classifier(self.model_, tmp)
+            self.head_.save(tmp)
             for source in getattr(self, "sources_", {}).values():
                 source.save(tmp)
             features = [
                 _feature_record(m, int(d))
-                for m, d in zip(config.models, self.model_.input_dims, strict=True)
+                for m, d in zip(config.models, self.head_.input_dims_, strict=True)
             ]
             atomic_write_bytes(tmp / FEATURES_FILE, json.dumps(features, indent=1).encode())
-            replace_folder(tmp, directory, MODEL_FILES, last=CONFIG_FILE)
+            replace_folder(tmp, directory, model_files(), last=CONFIG_FILE)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -209,7 +215,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         The head only makes sense on the features it was trained on: a ``config.yaml``
         edited to name another layer, pooling or model is refused, not silently used.
         """
-        from autolayer.fusion import load_classifier
+        from autolayer.heads import load_head
 
         directory = Path(directory)
         if not directory.exists():
@@ -219,13 +225,13 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
                 f"{str(directory)!r} is not a saved autolayer model (no {CONFIG_FILE})"
             )
         config = load_config(directory / CONFIG_FILE)
-        model = load_classifier(directory)
-        _check_trained_on(directory, config, model)
+        head = load_head(directory)
+        _check_trained_on(directory, config, head)
         estimator = cls(config, **kwargs)
-        estimator.model_ = model
+        estimator.head_ = head
         estimator.classes_ = np.asarray(config.label_names)
         estimator.sources_ = {}
-        for choice, dim in zip(config.models, model.input_dims, strict=False):
+        for choice, dim in zip(config.models, head.input_dims_, strict=False):
             if make_source(choice.spec).sparse:
                 source = type(make_source(choice.spec)).load(directory)
                 if source.width != dim:
@@ -261,13 +267,13 @@ def _feature_record(choice, dim: int) -> dict:
     }
 
 
-def _check_trained_on(directory: Path, config: FusionConfig, model) -> None:
+def _check_trained_on(directory: Path, config: FusionConfig, head: Head) -> None:
     """Refuse a config.yaml that no longer describes the features the head was trained on."""
     where = directory / CONFIG_FILE
-    if model.n_classes != len(config.label_names):
+    if head.n_outputs_ != len(config.label_names):
         raise ConfigError(
             f"{where}: {len(config.label_names)} label_names, but the head was trained on "
-            f"{model.n_classes} classes; restore the file or re-run apply"
+            f"{head.n_outputs_} classes; restore the file or re-run apply"
         )
     path = directory / FEATURES_FILE
     if not path.is_file():  # saved before features.json existed: nothing to compare
@@ -299,6 +305,9 @@ def check_model_folder(directory: Path, *, overwrite: bool = False) -> None:
     """Where a model may be saved: a new or empty folder, or (with ``overwrite``) a saved
     model's folder. Never a folder of other files (``-o .`` must not empty the cwd), nor
     recommend's output folder, whose files are autolayer's but not a model's."""
+    from autolayer.heads.base import CONFIG_FILE as HEAD_CONFIG
+    from autolayer.heads.base import WEIGHTS_FILE as HEAD_WEIGHTS
+
     directory = Path(directory)
     if (directory / RECOMMENDATION).is_file():
         raise ConfigError(
@@ -308,8 +317,8 @@ def check_model_folder(directory: Path, *, overwrite: bool = False) -> None:
         )
     check_owned_folder(
         directory,
-        (CONFIG_FILE, "head.safetensors", "head.json"),
-        MODEL_FILES,
+        (CONFIG_FILE, HEAD_WEIGHTS, HEAD_CONFIG),  # what every saved head writes
+        model_files(),
         overwrite=overwrite,
         what="model folder",
     )
@@ -368,7 +377,14 @@ class ApplyResult:
 
 
 def split_features(
-    config: FusionConfig, data, splits, cache_dir=None, device=None, sources=None
+    config: FusionConfig,
+    data,
+    splits,
+    cache_dir=None,
+    device=None,
+    sources=None,
+    *,
+    trust_remote_code: bool = False,
 ) -> list[np.ndarray]:
     """Per model, its chosen layer over the given dataset splits (concatenated), taken from
     the extraction cache: the all-layer arrays that ``recommend`` computed are reused.
@@ -391,6 +407,7 @@ def split_features(
                 max_length=choice.max_length,
                 cache_dir=cache_dir,
                 device=device,
+                trust_remote_code=trust_remote_code,
             ).array[:, 0]
             for split in splits
         ]
@@ -430,6 +447,7 @@ def apply(
     cache_dir: str | Path | None = None,
     overwrite: bool = False,
     all_rows: bool = False,
+    trust_remote_code: bool = False,
 ) -> ApplyResult:
     """Train on train (+ validation), evaluate on test, save to ``output``.
 
@@ -465,9 +483,19 @@ def apply(
         )
     for note in notes:
         logger.warning(note)
-    estimator = FusionTextClassifier(config, device=device, cache_dir=cache_dir)
+    estimator = FusionTextClassifier(
+        config, device=device, cache_dir=cache_dir, trust_remote_code=trust_remote_code
+    )
     estimator.fit_sources([t for s in names for t in data.split(s).texts])
-    features = split_features(config, data, names, cache_dir, device, estimator.sources_)
+    features = split_features(
+        config,
+        data,
+        names,
+        cache_dir,
+        device,
+        estimator.sources_,
+        trust_remote_code=trust_remote_code,
+    )
     estimator.fit_embedded(features, labels)
     metrics = _test_metrics(estimator, config, data, cache_dir, device)
     directory = estimator.save(output, overwrite=overwrite)
@@ -503,10 +531,17 @@ def _test_metrics(estimator, config, data, cache_dir, device) -> dict:
     if "test" not in data.splits:
         return {"accuracy": None, "macro_f1": None, "per_class": {}, "n_test": 0}
     truth = np.asarray([data.label_names[i] for i in data.split("test").labels])
-    proba = estimator.predict_proba_embedded(
-        split_features(config, data, ["test"], cache_dir, device, estimator.sources_)
+    features = split_features(
+        config,
+        data,
+        ["test"],
+        cache_dir,
+        device,
+        estimator.sources_,
+        trust_remote_code=estimator.trust_remote_code,
     )
-    predicted = estimator.classes_[proba.argmax(axis=1)]
+    proba = estimator.predict_proba_embedded(features)
+    predicted = estimator.decide(proba)
     report = classification_report(truth, predicted, output_dict=True, zero_division=0)
     return {
         "accuracy": float((predicted == truth).mean()),
@@ -619,6 +654,7 @@ def predict_file(
     inputs = _read_texts(estimator, input_path, text_column, id_column)
     proba = estimator.predict_proba(list(inputs.texts))
     classes = [str(c) for c in estimator.classes_]
+    labels = [str(c) for c in estimator.decide(proba)]
     rows = []
     for i, (text, ps) in enumerate(zip(inputs.texts, proba, strict=True)):
         row = {"row": inputs.rows[i]}
@@ -626,7 +662,7 @@ def predict_file(
             row[id_column] = inputs.ids[i]
         row.update(
             text=text,
-            label=classes[int(ps.argmax())],
+            label=labels[i],
             probabilities={c: float(p) for c, p in zip(classes, ps, strict=True)},
         )
         rows.append(row)

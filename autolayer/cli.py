@@ -2,6 +2,12 @@
 
 Each command parses options, calls one library function and renders the result. Errors that
 autolayer raises on purpose become one red line and a non-zero exit code, never a traceback.
+
+It stays one module, though over 600 lines: about half is the commands with their options
+and help text, and the rest (the options several commands share, how library logs reach the
+terminal, ``main``'s errors named by the running command's flags) serves the one ``cli``
+group and reads its commands, which a module of its own could reach only by importing this
+one, and nothing imports ``cli.py``.
 """
 
 from __future__ import annotations
@@ -89,6 +95,10 @@ def _device_option(default: str | None = "auto"):
     )
 
 
+# extract's, search's, recommend's and apply's permission to run a model's own code
+_trust_option = click.option(
+    "--trust-remote-code", is_flag=True, help="Run model code from the hub (unsafe)."
+)
 # extract's and predict's --overwrite: replace an output file autolayer cannot prove it wrote
 _overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace --output even if autolayer did not write it."
@@ -101,7 +111,7 @@ def _pooling_options(func):
         "--max-length",
         default=256,
         show_default=True,
-        type=click.IntRange(min=2),
+        type=int,  # its bound is checked by Options, with every other option's
         help="Tokens per text (truncated; at most what the model takes).",
     )(func)
     return click.option(
@@ -274,7 +284,7 @@ def zoo_install(aliases: tuple[str, ...]) -> None:
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Also save it as .npy.")
 @_overwrite_option
-@click.option("--trust-remote-code", is_flag=True, help="Run model code from the hub (unsafe).")
+@_trust_option
 def extract(
     model: str,
     dataset: str,
@@ -316,7 +326,12 @@ def extract(
     _output(output, "array", overwrite)
     source, texts = split_texts(dataset, split, text_column=text_column)
     options = Options(
-        pooling=pooling, max_length=max_length, device=device, threads=threads, cache_dir=cache_dir
+        pooling=pooling,
+        max_length=max_length,
+        device=device,
+        threads=threads,
+        cache_dir=cache_dir,
+        trust_remote_code=trust_remote_code,
     )
     with report.progress_bar(f"{model} · {source}", len(texts)) as advance:
         embeddings = embed_texts(
@@ -326,7 +341,6 @@ def extract(
             layers=_parse_layers(layers),
             batch_size=batch_size,
             max_tokens=max_tokens,
-            trust_remote_code=trust_remote_code,
             progress=advance,
             **options.extraction(),
         )
@@ -630,6 +644,7 @@ def _search_options(func):
             type=click.Path(path_type=Path),
             help="Default: $AUTOLAYER_HOME/embeddings.",
         ),
+        _trust_option,
     ]
     for option in reversed(options):
         func = option(func)
@@ -650,7 +665,8 @@ def _say_ignored(kw: dict, models: list[str] | None) -> None:
         log.warning("--screen-size is ignored with --exhaustive (every training row is extracted)")
     if given("top_k") is not ParameterSource.COMMANDLINE:
         return
-    sources = {name: make_source(name) for name in check_models(models)}
+    trust = kw["trust_remote_code"]
+    sources = {name: make_source(name, trust_remote_code=trust) for name in check_models(models)}
     short = [
         f"{name} ({source.n_states})"
         for name, source in sources.items()
@@ -693,6 +709,7 @@ def _run_search(kw: dict, *, full_report: bool):
         cv_folds=kw["cv_folds"],
         anchor=kw["anchor"],
         cache_dir=kw["cache_dir"],
+        trust_remote_code=kw["trust_remote_code"],
     )
     data, options = pipeline.restrict(
         data,
@@ -844,6 +861,7 @@ def export(
 )
 @_device_option(default=None)
 @click.option("--cache-dir", type=click.Path(path_type=Path))
+@_trust_option
 def apply(
     config: Path,
     dataset: str | None,
@@ -854,6 +872,7 @@ def apply(
     all_rows: bool,
     device,
     cache_dir,
+    trust_remote_code: bool,
 ) -> None:
     """Train the configured classifier on train (+ validation), test it, save it.
 
@@ -896,6 +915,7 @@ def apply(
         cache_dir=cache_dir,
         overwrite=overwrite,
         all_rows=all_rows,
+        trust_remote_code=trust_remote_code,
     )
     report.apply_result(result)
 

@@ -1,40 +1,39 @@
 """The exported configuration: which models, layers and fusion head, and where it came from.
 
 A config is a small YAML file anyone can read and edit. It carries a schema version, each
-model with the identity hash of its weights, the head's hyper-parameters, the dataset's
-fingerprint, seeds and library versions, so a result can be reproduced and a config applied
-to the wrong data or weights is noticed. Loading validates every field and reports the first
-problem in one line.
+model with the identity hash of its weights, the head (its kind and parameters), the task,
+the dataset's fingerprint, seeds and library versions, so a result can be reproduced and a
+config applied to the wrong data or weights is noticed. Loading validates every field and
+reports the first problem in one line; files of schema 1 (flat head fields) still load.
 """
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from autolayer.errors import ConfigError
 from autolayer.files import atomic_write_bytes
 from autolayer.options import MAX_LENGTH, POOLINGS, SEED, Interval
+from autolayer.task import DEFAULT as DEFAULT_TASK
+from autolayer.task import make_task
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:  # the heads load torch: not needed to read a config's names
+    from autolayer.heads import Head
+
+SCHEMA_VERSION = 2
+SCHEMAS = (1, 2)  # the versions read: schema 1 held the head's fields flat
 
 
-# Bounds of the head's numbers, checked when a config is read: a typo such as
-# ``epochs: 1000000000`` or ``lr: 1.0e30`` is refused in one line, not run for days or into
-# a head that predicts NaN. Generous: the paper's head is width 1024, 120 epochs, lr 1e-4.
-HEAD_BOUNDS = {
-    "width": Interval(int, 1, 65_536),
-    "hidden": Interval(int, 1, 65_536),
-    "dropout": Interval(float, 0, 1, closed="left"),
-    "lr": Interval(float, 0, 1, closed="right"),
-    "batch_size": Interval(int, 1, 1_048_576),
-    "epochs": Interval(int, 1, 1000),
-}
-# The linear head (logistic regression) has no width or learning rate: exported as 0.
+# Schema 1 held the MLP head's fields flat beside the models, and its kind as ``head``; its
+# linear head (logistic regression) had no width or learning rate: written as 0.
+SCHEMA1_HEAD = ("operator", "width", "hidden", "dropout", "lr", "batch_size", "epochs")
 LINEAR_BOUNDS = {"width": Interval(int, 0, 65_536), "lr": Interval(float, 0, 1)}
 
 
@@ -51,19 +50,22 @@ class ModelChoice:
 
 
 @dataclass(frozen=True)
+class HeadChoice:
+    """The trained part of a configuration: a registered head ``kind`` and its parameters
+    (as the head class checks and completes them; see :mod:`autolayer.heads`)."""
+
+    kind: str
+    params: dict
+
+
+@dataclass(frozen=True)
 class FusionConfig:
     """Everything needed to rebuild, retrain and judge a recommended classifier."""
 
     models: tuple[ModelChoice, ...]
-    operator: str
-    width: int
-    hidden: int
-    dropout: float
-    lr: float
-    batch_size: int
-    epochs: int
+    head: HeadChoice
     label_names: tuple[str, ...]
-    head: str = "mlp"  # or "linear" (logistic regression; width, operator and lr unused)
+    task: str = DEFAULT_TASK
     dataset: dict = field(default_factory=dict)
     metric: str = "accuracy"
     seed: int = 0
@@ -78,20 +80,13 @@ class FusionConfig:
         data["label_names"] = list(self.label_names)
         return {"schema_version": data.pop("schema_version"), **data}
 
-    def fusion_params(self):
-        """The head's training parameters (validated): ``epochs`` fixed, no early stopping."""
-        from autolayer.fusion import FusionParams
+    def make_head(self) -> Head:
+        """An unfitted head of this config's kind and parameters, for its task and metric
+        (the parameters fix its training: ``epochs`` as given, no early stopping)."""
+        from autolayer.heads import make_head
 
-        return FusionParams(
-            operator=self.operator,
-            width=self.width,
-            hidden=self.hidden,
-            dropout=self.dropout,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            max_epochs=self.epochs,
-            metric=self.metric,
-            head=self.head,
+        return make_head(
+            self.head.kind, self.head.params, task=make_task(self.task), metric=self.metric
         )
 
     def save(self, path: str | Path) -> Path:
@@ -139,38 +134,33 @@ def _folder_given(path: Path) -> str:
 
 
 def from_dict(data: object, where: str = "config") -> FusionConfig:
-    """Validate a parsed config mapping and build the dataclass."""
+    """Validate a parsed config mapping (schema 2, or schema 1 with its flat head fields)
+    and build the dataclass."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in SCHEMAS:
         raise ConfigError(
             f"{where}: unsupported schema_version {version!r}; "
-            f"this autolayer reads {SCHEMA_VERSION}"
+            f"this autolayer reads {' and '.join(map(str, SCHEMAS))}"
         )
-    _no_unknown_keys(data, FusionConfig, where)
+    known = _field_names(FusionConfig)
+    if version == 1:
+        known = (known - {"task"}) | set(SCHEMA1_HEAD)
+    _no_unknown_keys(data, known, where)
     models = _require(data, "models", list, where)
     if not models:
         raise ConfigError(f"{where}: models must list at least one model")
     choices = tuple(_model_choice(m, f"{where}: models[{i}]") for i, m in enumerate(models))
-    from autolayer.fusion import OPERATORS
-
-    operator = _require(data, "operator", str, where)
-    if operator not in OPERATORS:
-        raise ConfigError(
-            f"{where}: operator must be one of {', '.join(OPERATORS)}; got {operator!r}"
-        )
+    head = _schema1_head(data, where) if version == 1 else _head_choice(data, where)
     labels = _require(data, "label_names", list, where)
     if len(labels) < 2:
         raise ConfigError(f"{where}: label_names must list at least 2 classes")
-    head = str(data.get("head", "mlp"))
-    bounds = {**HEAD_BOUNDS, **(LINEAR_BOUNDS if head == "linear" else {})}
     config = FusionConfig(
         models=choices,
-        operator=operator,
-        **{key: _bounded(data, key, interval, where) for key, interval in bounds.items()},
+        head=_checked_head(head, choices, where),
         label_names=tuple(str(x) for x in labels),
-        head=head,
+        task=_require(data, "task", str, where) if "task" in data else DEFAULT_TASK,
         dataset=dict(data.get("dataset") or {}),
         metric=str(data.get("metric", "accuracy")),
         seed=_bounded(data, "seed", SEED, where, default=0),
@@ -178,18 +168,83 @@ def from_dict(data: object, where: str = "config") -> FusionConfig:
         cost=dict(data.get("cost") or {}),
         versions=dict(data.get("versions") or {}),
     )
-    _check_head(config, where)
+    _check_task(config, where)
+    _check_draw(config.dataset.get("draw"), where)
+    _check_draw(config.dataset.get("sample"), where, "sample", "max_train_samples")
+    _check_origin(config.dataset.get("origin"), where)
     return config
 
 
-def _no_unknown_keys(data: dict, kind: type, where: str) -> None:
+def _no_unknown_keys(data: dict, known: Collection[str], where: str) -> None:
     """A misspelt or foreign key would otherwise be ignored silently."""
-    known = {f.name for f in fields(kind)}
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise ConfigError(
             f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
             f"known: {', '.join(sorted(known))}"
+        )
+
+
+def _field_names(kind: type) -> set[str]:
+    """The fields of a config dataclass: the keys its mapping may hold."""
+    return {f.name for f in fields(kind)}
+
+
+def _head_choice(data: dict, where: str) -> HeadChoice:
+    """Schema 2's ``head: {kind, params}``, its shape checked (the params by the head)."""
+    head = _require(data, "head", dict, where)
+    inside = f"{where}: head"
+    _no_unknown_keys(head, _field_names(HeadChoice), inside)
+    params = _require(head, "params", dict, inside) if "params" in head else {}
+    return HeadChoice(_require(head, "kind", str, inside), params)
+
+
+def _schema1_head(data: dict, where: str) -> HeadChoice:
+    """Schema 1's flat head fields, every one required and bounded as that version did, as
+    a HeadChoice: ``head`` named the kind (mlp when absent); the linear head used none."""
+    from autolayer.fusion import OPERATORS
+    from autolayer.heads.mlp import BOUNDS
+
+    operator = _require(data, "operator", str, where)
+    if operator not in OPERATORS:
+        raise ConfigError(
+            f"{where}: operator must be one of {', '.join(OPERATORS)}; got {operator!r}"
+        )
+    kind = str(data.get("head", "mlp"))
+    bounds = {key: BOUNDS[key] for key in SCHEMA1_HEAD[1:]}
+    bounds.update(LINEAR_BOUNDS if kind == "linear" else {})
+    flat = {key: _bounded(data, key, interval, where) for key, interval in bounds.items()}
+    return HeadChoice(kind, {} if kind == "linear" else {"operator": operator, **flat})
+
+
+def _checked_head(head: HeadChoice, models: tuple[ModelChoice, ...], where: str) -> HeadChoice:
+    """``head`` with its params checked and completed by its class; a head that takes
+    dense features only is refused over a sparse source (TF-IDF)."""
+    from autolayer.heads import head_class
+    from autolayer.sources.base import source_class
+
+    try:
+        cls = head_class(head.kind)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    params = cls.check_params(head.params, where)
+    sparse = [m.spec for m in models if source_class(m.spec).sparse]
+    if cls.dense_only and sparse:
+        raise ConfigError(
+            f"{where}: the {head.kind} head takes dense features; {sparse[0]} is sparse"
+        )
+    return HeadChoice(head.kind, params)
+
+
+def _check_task(config: FusionConfig, where: str) -> None:
+    """The task is registered, and the metric is one of its metrics."""
+    try:
+        task = make_task(config.task)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if config.metric not in task.metrics:
+        raise ConfigError(
+            f"{where}: metric must be one of {list(task.metrics)}, got {config.metric!r}"
         )
 
 
@@ -228,7 +283,7 @@ def _bounded(
 def _model_choice(data: object, where: str) -> ModelChoice:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with spec, identity, layer")
-    _no_unknown_keys(data, ModelChoice, where)
+    _no_unknown_keys(data, _field_names(ModelChoice), where)
     choice = ModelChoice(
         spec=_require(data, "spec", str, where),
         identity=_require(data, "identity", str, where),
@@ -242,24 +297,6 @@ def _model_choice(data: object, where: str) -> ModelChoice:
     if choice.pooling not in POOLINGS:
         raise ConfigError(f"{where}: pooling must be one of {', '.join(POOLINGS)}")
     return choice
-
-
-def _check_head(config: FusionConfig, where: str) -> None:
-    try:
-        config.fusion_params()
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    if config.head == "linear":
-        from autolayer.sources.base import source_class
-
-        sparse = [m.spec for m in config.models if source_class(m.spec).sparse]
-        if sparse:
-            raise ConfigError(
-                f"{where}: the linear head takes dense features; {sparse[0]} is sparse"
-            )
-    _check_draw(config.dataset.get("draw"), where)
-    _check_draw(config.dataset.get("sample"), where, "sample", "max_train_samples")
-    _check_origin(config.dataset.get("origin"), where)
 
 
 def _check_origin(origin: object, where: str) -> None:

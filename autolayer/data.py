@@ -1,7 +1,9 @@
 """Load, validate, split and fingerprint labelled text datasets → texts, labels.
 
 Also reads texts without labels: `split_texts` (one split, for embedding) and `read_inputs`
-(texts to predict on, with their rows and ids so outputs can be matched back to inputs).
+(texts to predict on, with their rows and ids so outputs can be matched back to inputs). The
+file formats and Hugging Face datasets are read by `autolayer.readers`; this module validates
+what they read and holds the resulting `LabelledDataset` (its splits, samples, fingerprints).
 
 Everything downstream (extraction, caching, probing, search) sees only a `LabelledDataset`: the
 source format is forgotten here, so a CSV and a JSONL with the same rows fingerprint the same and
@@ -11,23 +13,29 @@ line or row and what to change, because a bad row found after an hour of extract
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autolayer.errors import ConfigError, DataError
-from autolayer.hub import offline
+from autolayer.readers import (
+    SPLIT_ORDER,
+    TEXT_READERS,
+    Columns,
+    Raw,
+    demo_path,
+    read_file,
+    read_spec,
+    split_files,
+)
 from autolayer.sampling import stratified_rows
 
 __all__ = [
@@ -42,18 +50,9 @@ __all__ = [
 
 _log = logging.getLogger("autolayer")
 
-_SPLIT_ALIASES = {
-    "train": "train",
-    "test": "test",
-    "validation": "validation",
-    "valid": "validation",
-    "dev": "validation",
-}
-_SPLIT_ORDER = ("train", "validation", "test")
 _EMPTY_POLICIES = ("drop", "error")
-_SHOWN_POSITIONS = 5
-# `name`, `org/name`, optionally `:config`; anything else that does not exist is a missing path.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?")
+_SHOWN_LABELS = 5  # unknown labels named in an error
+
 _INTEGER = re.compile(r"-?\d+")
 _WHOLE_DECIMAL = re.compile(r"(-?\d+)\.0+")  # "1.0": how CSV exports write the label 1
 _DECIMAL = re.compile(r"-?\d+\.\d+")  # "0.5" in a CSV is the JSON number 0.5
@@ -263,50 +262,6 @@ class InputTexts:
     source: str
 
 
-@dataclass(frozen=True)
-class _Columns:
-    """The columns a reader picks: the texts and optionally one more, read into `_Raw.labels`
-    (the labels, or the ids of `read_inputs`). Errors cite each column by the option that
-    names it, so a wrong name is a one-step fix."""
-
-    text: str
-    other: str | None = None
-    other_option: str = "label_column"
-
-    def options(self) -> dict[str, str]:
-        """Option name → column name, texts first."""
-        named = {"text_column": self.text}
-        if self.other is not None:
-            named[self.other_option] = self.other
-        return named
-
-
-@dataclass(frozen=True)
-class _Raw:
-    """Column values as read from one source, before validation; positions locate rows.
-
-    Index i is the i-th record (blank CSV rows and JSONL lines are skipped, not records), which
-    `read_inputs` reports as `rows`; `positions[i]` is where to find it in the file.
-    """
-
-    source: str
-    unit: str  # "line" (1-based, in a text file) or "row index" (0-based, in a table)
-    texts: list[Any]
-    labels: list[Any]  # or ids; None each when `_Columns.other` is None
-    positions: list[int]
-
-    def where(self, indices: Sequence[int]) -> str:
-        """Name the first few offending rows so the user can find them in their file."""
-        shown = ", ".join(str(self.positions[i]) for i in indices[:_SHOWN_POSITIONS])
-        more = len(indices) - _SHOWN_POSITIONS
-        return f"{self.unit} {shown}" + (f" and {more} more" if more > 0 else "")
-
-
-def demo_path() -> Path:
-    """Folder of the bundled demo set (MR sentence polarity sample: train.jsonl, test.jsonl)."""
-    return Path(__file__).parent / "demo"
-
-
 def load_dataset(
     spec: str | os.PathLike[str] = "demo",
     *,
@@ -331,7 +286,7 @@ def load_dataset(
             "the texts themselves; name two different columns",
             params=("text_column", "label_column"),
         )
-    name, raws = _read_spec(spec, text_column, label_column)
+    name, raws = read_spec(spec, text_column, label_column)
     origin = {"source": _source(spec), "text_column": text_column, "label_column": label_column}
     return replace(_assemble(name, raws, empty), origin=origin)
 
@@ -361,12 +316,12 @@ def split_texts(
         data = load_dataset(spec, text_column=text_column)
         return f"{data.name}/{split}", data.split(split).texts
     if path.is_dir():
-        name, files = path.resolve().name, _split_files(path)
+        name, files = path.resolve().name, split_files(path)
     else:
         name, files = path.stem, {"train": path}
     if split not in files:
         raise _missing_split(name, split, files)
-    raw = _read_file(files[split], _Columns(text_column), _TEXT_READERS)
+    raw = read_file(files[split], Columns(text_column), TEXT_READERS)
     _check_texts(raw)
     return f"{name}/{split}", tuple(raw.texts[i] for i in _drop_empty(raw, "drop"))
 
@@ -389,7 +344,7 @@ def read_inputs(
         )
     if not path.is_file():
         raise DataError(f"input file not found: {str(path)!r}")
-    raw = _read_file(path, _Columns(text_column, id_column, "id_column"), _TEXT_READERS)
+    raw = read_file(path, Columns(text_column, id_column, "id_column"), TEXT_READERS)
     _require_strings(raw)
     rows = tuple(i for i, text in enumerate(raw.texts) if text.strip())
     if not rows:
@@ -410,286 +365,7 @@ def read_inputs(
     )
 
 
-def _read_spec(
-    spec: str | os.PathLike[str], text_column: str, label_column: str
-) -> tuple[str, dict[str, _Raw]]:
-    """Resolve `spec` to a name and raw splits: demo, folder, file, then hub id."""
-    columns = _Columns(text_column, label_column)
-    if isinstance(spec, str) and spec == "demo":
-        return "demo", _read_folder(demo_path(), columns)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path.resolve().name, _read_folder(path, columns)
-    if path.is_file():
-        return path.stem, {"train": _read_file(path, columns)}
-    if isinstance(spec, str) and not _looks_like_path(spec):
-        return spec, _read_hub(spec, text_column, label_column)
-    raise DataError(
-        f"no such file or folder: {str(path)!r}; give 'demo', a file or folder ({_formats()}) "
-        "or a Hugging Face dataset id"
-    )
-
-
-def _looks_like_path(spec: str) -> bool:
-    """Whether a missing `spec` was meant as a local path, so it fails at once: asking the
-    hub about a mistyped path costs half a minute of retries, and their log lines. Not a
-    hub id (`./x`, `~/x`, `/x`, `a/b/c`, a backslash), a data file's extension, or an
-    `org/name` whose `org` is a local folder."""
-    path = Path(spec)
-    return (
-        not _HUB_ID.fullmatch(spec)
-        or path.suffix.lower() in _DATA_SUFFIXES
-        or (len(path.parts) > 1 and path.parent.is_dir())
-    )
-
-
-def _read_folder(folder: Path, columns: _Columns) -> dict[str, _Raw]:
-    """Read train.<ext> and any test/validation file beside it, train first."""
-    return {split: _read_file(path, columns) for split, path in _split_files(folder).items()}
-
-
-def _split_files(folder: Path) -> dict[str, Path]:
-    """Each split's file in `folder`, in `_SPLIT_ORDER`; a train file is required."""
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        split = _SPLIT_ALIASES.get(path.stem.lower())
-        if split is None or path.suffix.lower() not in _READERS or not path.is_file():
-            continue
-        if split in files:
-            raise DataError(
-                f"{folder}: both {files[split].name} and {path.name} give the {split!r} split; "
-                "keep one"
-            )
-        files[split] = path
-    if "train" not in files:
-        found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-        raise DataError(
-            f"{folder}: no train file; expected train.<ext> with ext in {_formats()}, "
-            f"found: {found}"
-        )
-    return {split: files[split] for split in _SPLIT_ORDER if split in files}
-
-
-def _read_file(path: Path, columns: _Columns, readers: dict[str, _Reader] | None = None) -> _Raw:
-    """Dispatch on the extension to one of `readers` (default: the labelled formats)."""
-    readers = _READERS if readers is None else readers
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(
-            f"{path}: unsupported file extension {path.suffix!r}; "
-            f"supported: {', '.join(sorted(readers))}"
-        )
-    return reader(path, columns)
-
-
-def _decode(path: Path) -> str:
-    """Read a text file as strict UTF-8 (a BOM is allowed), locating any bad byte."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(
-            f"{path}: not valid UTF-8: byte 0x{data[err.start]:02x} at byte offset {err.start} "
-            f"(line {line}); re-save the file as UTF-8"
-        ) from None
-
-
-def _read_lines(path: Path, columns: _Columns) -> _Raw:
-    """A .txt file of unlabelled texts, one per line ("\n" or "\r\n"). The empty string after
-    the final newline is not a line; other blank lines are kept, so indices are line indices."""
-    if columns.other is not None:
-        raise DataError(
-            f"{path}: {columns.other_option}={columns.other!r} needs a table with columns "
-            f"({_formats()}); a .txt file holds only texts, one per line"
-        )
-    text = _decode(path)
-    lines = re.split(r"\r?\n", text)
-    if text.endswith("\n"):
-        lines.pop()
-    return _Raw(str(path), "line", lines, [None] * len(lines), list(range(1, len(lines) + 1)))
-
-
-def _read_jsonl(path: Path, columns: _Columns) -> _Raw:
-    """JSON Lines: one object per line; blank lines are skipped."""
-    return _from_records(str(path), "line", _jsonl_records(path, _decode(path)), columns)
-
-
-def _jsonl_records(path: Path, text: str) -> Iterable[tuple[int, Any]]:
-    """Parse line by line so errors name the line; split on "\\n" only, since JSON strings
-    may hold raw U+2028 characters that `str.splitlines` would break on."""
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f"{path} line {number}: malformed JSON ({err.msg} at column {err.colno})"
-            ) from None
-
-
-def _read_json(path: Path, columns: _Columns) -> _Raw:
-    """A .json file is either one array of objects or, as often in practice, JSON Lines."""
-    text = _decode(path)
-    if not text.lstrip().startswith("["):
-        return _from_records(str(path), "line", _jsonl_records(path, text), columns)
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} line {err.lineno}: malformed JSON ({err.msg})") from None
-    return _from_records(str(path), "row index", enumerate(rows), columns)
-
-
-def _from_records(
-    source: str, unit: str, records: Iterable[tuple[int, Any]], columns: _Columns
-) -> _Raw:
-    """Pick the columns out of JSON objects, naming the record that lacks one."""
-    wanted = columns.options().values()
-    texts, labels, positions = [], [], []
-    for position, record in records:
-        if not isinstance(record, dict):
-            raise DataError(
-                f"{source} {unit} {position}: expected a JSON object, got {type(record).__name__}"
-            )
-        if not all(column in record for column in wanted):
-            _require_columns(f"{source} {unit} {position}", list(record), columns)
-        texts.append(record[columns.text])
-        labels.append(None if columns.other is None else record[columns.other])
-        positions.append(position)
-    return _Raw(source, unit, texts, labels, positions)
-
-
-def _read_csv(path: Path, columns: _Columns, *, delimiter: str) -> _Raw:
-    """CSV/TSV with a header row; quoting as written by `csv.writer`, pandas and Excel."""
-    reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter=delimiter)
-    try:
-        header = next(reader, None)
-        if header is None:
-            return _Raw(str(path), "line", [], [], [])
-        _require_columns(str(path), header, columns)
-        text_at = header.index(columns.text)
-        other_at = None if columns.other is None else header.index(columns.other)
-        texts, labels, positions = [], [], []
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(
-                    f"{path} line {reader.line_num}: {len(row)} fields but the header has "
-                    f"{len(header)}; quote fields that contain {delimiter!r}"
-                )
-            texts.append(row[text_at])
-            labels.append(None if other_at is None else row[other_at])
-            positions.append(reader.line_num)
-    except csv.Error as err:
-        raise DataError(f"{path} line {reader.line_num}: malformed CSV ({err})") from None
-    return _Raw(str(path), "line", texts, labels, positions)
-
-
-def _read_parquet(path: Path, columns: _Columns) -> _Raw:
-    """Parquet through pyarrow (already a dependency of `datasets`), reading the wanted columns
-    only."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-        _require_columns(str(path), parquet.schema_arrow.names, columns)
-        table = parquet.read(columns=list(columns.options().values()))
-    except pa.ArrowException as err:
-        raise DataError(f"{path}: cannot read as Parquet ({_first_line(err)})") from None
-    texts = table.column(columns.text).to_pylist()
-    labels = (
-        [None] * len(texts) if columns.other is None else table.column(columns.other).to_pylist()
-    )
-    return _Raw(str(path), "row index", texts, labels, list(range(len(texts))))
-
-
-def _read_hub(spec: str, text_column: str, label_column: str) -> dict[str, _Raw]:
-    """Load `name[:config]` with `datasets`, keeping train/test/validation splits."""
-    import datasets
-
-    name, _, config = spec.partition(":")
-    try:
-        loaded = datasets.load_dataset(name, config or None)
-    except Exception as err:  # offline, not found, gated, bad config: all mean the same here
-        if offline(datasets=True):  # `datasets` looked in its local cache only
-            raise DataError(
-                f"no such file or folder: {spec!r}, and offline no Hugging Face dataset of that "
-                f"name is cached ({type(err).__name__}: {_first_line(err)}); "
-                f"local files ({_formats()}) are accepted"
-            ) from err
-        raise DataError(
-            f"{spec!r} is not a local file or folder and could not be loaded from the Hugging Face "
-            f"hub ({type(err).__name__}: {_first_line(err)}); "
-            f"local files ({_formats()}) are accepted"
-        ) from err
-    raws: dict[str, _Raw] = {}
-    for hub_split, table in loaded.items():
-        split = _SPLIT_ALIASES.get(hub_split.lower())
-        if split is None:
-            continue
-        if split in raws:
-            raise DataError(f"{spec!r}: several hub splits map to {split!r}; keep one")
-        raw = _hub_split(table, f"{spec!r} split {hub_split!r}", text_column, label_column)
-        if split != "train" and all(label is None for label in raw.labels):
-            _log.warning("%s has no labels (all -1); skipped", raw.source)
-            continue
-        raws[split] = raw
-    if "train" not in raws:
-        raise DataError(f"{spec!r} has no train split; hub splits: {', '.join(loaded)}")
-    return raws
-
-
-def _hub_split(table: Any, source: str, text_column: str, label_column: str) -> _Raw:
-    """Convert one `datasets.Dataset`; ClassLabel ids become their names, -1 (unlabelled) None."""
-    import datasets
-
-    _require_columns(source, table.column_names, _Columns(text_column, label_column))
-    texts = list(table[text_column])
-    labels = list(table[label_column])
-    feature = table.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):
-        labels = [None if label is None or label < 0 else feature.names[label] for label in labels]
-    return _Raw(source, "row index", texts, labels, list(range(len(texts))))
-
-
-def _require_columns(source: str, found: Sequence[str], columns: _Columns) -> None:
-    """Fail with the columns that do exist, so a wrong column name is a one-step fix."""
-    for parameter, column in columns.options().items():
-        if column not in found:
-            listed = ", ".join(repr(c) for c in found) or "none"
-            raise DataError(
-                f"{source}: {parameter}={column!r} is not a column; columns found: {listed}"
-            )
-
-
-def _first_line(err: Exception) -> str:
-    """Third-party messages can span lines; ours must stay on one."""
-    return (str(err).strip().splitlines() or [""])[0][:200]
-
-
-def _formats() -> str:
-    return ", ".join(sorted(_READERS))
-
-
-_Reader = Callable[[Path, _Columns], _Raw]
-_READERS: dict[str, _Reader] = {
-    ".jsonl": _read_jsonl,
-    ".json": _read_json,
-    ".csv": partial(_read_csv, delimiter=","),
-    ".tsv": partial(_read_csv, delimiter="\t"),
-    ".parquet": _read_parquet,
-}
-# Unlabelled texts (`split_texts`, `read_inputs`) may also come one per line.
-_TEXT_READERS: dict[str, _Reader] = {**_READERS, ".txt": _read_lines}
-# Names ending so are files, read or not: a missing one is never asked of the hub.
-_DATA_SUFFIXES = {*_TEXT_READERS, ".ndjson", ".xlsx", ".xls", ".ods", ".arrow", ".feather"}
-_DATA_SUFFIXES |= {".gz", ".bz2", ".xz", ".zip", ".pkl", ".pickle", ".npy", ".yaml", ".yml"}
-
-
-def _clean(raw: _Raw, empty: str) -> tuple[list[str], list[str]]:
+def _clean(raw: Raw, empty: str) -> tuple[list[str], list[str]]:
     """Validate one split's values; labels become text (`_label_text`), so that CSV "1" and
     "1.0", JSON 1 and 1.0 and Parquet 1.0 are one class in every format."""
     _check_texts(raw)
@@ -704,14 +380,14 @@ def _clean(raw: _Raw, empty: str) -> tuple[list[str], list[str]]:
     return [raw.texts[i] for i in keep], [_label_text(labels[i]) for i in keep]
 
 
-def _check_texts(raw: _Raw) -> None:
+def _check_texts(raw: Raw) -> None:
     """A split must have rows, and every text must be a string."""
     if not raw.texts:
         raise DataError(f"{raw.source}: no rows; a dataset needs examples")
     _require_strings(raw)
 
 
-def _require_strings(raw: _Raw) -> None:
+def _require_strings(raw: Raw) -> None:
     """Null or numeric texts mean a wrong column or a broken export: fail, naming the rows."""
     bad = [i for i, text in enumerate(raw.texts) if not isinstance(text, str)]
     if bad:
@@ -722,7 +398,7 @@ def _require_strings(raw: _Raw) -> None:
         )
 
 
-def _strip_labels(raw: _Raw) -> list[Any]:
+def _strip_labels(raw: Raw) -> list[Any]:
     """Labels without surrounding whitespace: "pos " (common in hand-edited files) must not
     become a class apart from "pos". Warned about, once per source, since it changes data."""
     padded = [
@@ -760,7 +436,7 @@ def _label_text(label: str | int | float) -> str:
     return whole.group(1) if whole else text
 
 
-def _drop_empty(raw: _Raw, empty: str) -> list[int]:
+def _drop_empty(raw: Raw, empty: str) -> list[int]:
     """Indices of rows to keep after the empty-text policy (see `load_dataset`)."""
     blank = [i for i, text in enumerate(raw.texts) if not text.strip()]
     if not blank:
@@ -775,9 +451,9 @@ def _drop_empty(raw: _Raw, empty: str) -> list[int]:
     return [i for i in range(len(raw.texts)) if i not in blank_set]
 
 
-def _assemble(name: str, raws: dict[str, _Raw], empty: str) -> LabelledDataset:
+def _assemble(name: str, raws: dict[str, Raw], empty: str) -> LabelledDataset:
     """Validate every split against the train labels and fingerprint the result."""
-    cleaned = {split: _clean(raws[split], empty) for split in _SPLIT_ORDER if split in raws}
+    cleaned = {split: _clean(raws[split], empty) for split in SPLIT_ORDER if split in raws}
     label_names = _label_names(raws["train"].source, cleaned["train"][1])
     index = {label: i for i, label in enumerate(label_names)}
     splits = {}
@@ -811,7 +487,7 @@ def _check_known(source: str, labels: list[str], label_names: tuple[str, ...]) -
     """A label unseen in train can never be predicted, so it points to a mislabelled file."""
     unknown = sorted(set(labels) - set(label_names))
     if unknown:
-        shown = ", ".join(repr(label) for label in unknown[:_SHOWN_POSITIONS])
+        shown = ", ".join(repr(label) for label in unknown[:_SHOWN_LABELS])
         raise DataError(
             f"{source}: labels not in the train split: {shown}; "
             f"train labels: {', '.join(label_names)}"

@@ -22,7 +22,7 @@ import numpy as np
 from autolayer.cache import CacheEntry
 from autolayer.device import resolve_device, set_threads
 from autolayer.errors import ConfigError
-from autolayer.options import POOLINGS
+from autolayer.options import MAX_LENGTH, POOLINGS
 from autolayer.sources import FeatureSource, make_source, normalise_layers
 from autolayer.sources.base import Progress
 
@@ -117,8 +117,9 @@ def embed_texts(
 
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
-    if max_length < 2 or min(batch_size, max_tokens, chunk_size) < 1:
-        raise ConfigError("max_length must be >= 2 and batch_size, max_tokens, chunk_size >= 1")
+    MAX_LENGTH.check("max_length", max_length)
+    if min(batch_size, max_tokens, chunk_size) < 1:
+        raise ConfigError("batch_size, max_tokens and chunk_size must be >= 1")
     set_threads(threads)
     feature_source = (
         model

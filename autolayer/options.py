@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from autolayer.errors import ConfigError
 from autolayer.metrics import METRICS
+from autolayer.task import DEFAULT, TASKS
 
 POOLINGS = ("mean", "last", "cls")
 
@@ -81,9 +82,13 @@ class Options:
     for few labels, where a carved split would hold one or two texts per class, and then
     ``anchor``, the model whose last layer (linear head) is recommended unless a searched
     configuration beats it clearly (``"auto"``: the pool's largest sentence encoder; see
-    :mod:`autolayer.anchor`); ``device``,
-    ``threads`` and ``cache_dir`` where the work runs and is kept (they never change a
-    result, so a study does not compare them).
+    :mod:`autolayer.anchor`); ``task`` what a target is (a name of
+    :data:`autolayer.task.TASKS`; None: single-label classification); ``device``,
+    ``threads`` and ``cache_dir`` where the work runs and is kept, and
+    ``trust_remote_code`` whether a model's own code from the hub may run (they never
+    change a result, so a study does not compare them: the features are keyed by the
+    weights' identity, and without the permission such a model fails to load rather than
+    loading another way).
     """
 
     pooling: str = "mean"
@@ -93,9 +98,11 @@ class Options:
     validation_size: float = 0.2
     cv_folds: int | None = None
     anchor: str | None = None
+    task: str | None = None
     device: str | None = None
     threads: int | None = None
     cache_dir: Path | None = None
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -104,6 +111,9 @@ class Options:
             _invalid("metric", f"must be one of {', '.join(METRICS)}; got {self.metric!r}")
         if self.anchor is not None and (not isinstance(self.anchor, str) or not self.anchor):
             _invalid("anchor", f"must be a model name, 'auto' or 'none'; got {self.anchor!r}")
+        object.__setattr__(self, "task", _task_name(self.task))
+        if not isinstance(self.trust_remote_code, bool):
+            _invalid("trust_remote_code", f"must be True or False; got {self.trust_remote_code!r}")
         for name, interval in NUMBERS.items():
             value = interval.check(name, getattr(self, name), optional=name in OPTIONAL)
             object.__setattr__(self, name, value)  # a plain number, for the study's JSON
@@ -116,12 +126,13 @@ class Options:
             "device": self.device,
             "threads": self.threads,
             "cache_dir": self.cache_dir,
+            "trust_remote_code": self.trust_remote_code,
         }
 
     def results(self) -> dict:
         """The settings a result depends on (stored in studies and configs), as JSON."""
         data = asdict(self)
-        for key in ("device", "threads", "cache_dir"):
+        for key in ("device", "threads", "cache_dir", "trust_remote_code"):
             data.pop(key)
         return data
 
@@ -135,6 +146,15 @@ NUMBERS = {
     "threads": Interval(int, 1),
 }
 OPTIONAL = ("cv_folds", "threads")
+
+
+def _task_name(task: object) -> str:
+    """The registered task ``task`` names (None: single-label classification)."""
+    if task is None:
+        return DEFAULT
+    if not isinstance(task, str) or task not in TASKS:
+        _invalid("task", f"must be one of {', '.join(TASKS)}; got {task!r}")
+    return task
 
 
 def _invalid(name: str, problem: str) -> None:

@@ -42,14 +42,16 @@ from autolayer.candidates import (
     folds_run,
     pair_estimates,
     prepare,
+    resolve_models,
     resolve_options,
 )
 from autolayer.complementarity import PairEstimate
-from autolayer.config import FusionConfig, ModelChoice, library_versions
+from autolayer.config import FusionConfig, HeadChoice, ModelChoice, library_versions
 from autolayer.data import LabelledDataset
 from autolayer.errors import ConfigError, warns_once
 from autolayer.fidelity import Fidelity, StageCost
 from autolayer.files import RECOMMENDATION, check_writable, is_ours, mark_ours
+from autolayer.heads import head_class
 from autolayer.options import Options
 from autolayer.search import run_search
 from autolayer.selection import (
@@ -59,8 +61,9 @@ from autolayer.selection import (
     SearchResult,
     TrialSummary,
 )
-from autolayer.sources import make_source
+from autolayer.sources import SourceRecord
 from autolayer.space import Space, guided_trials
+from autolayer.task import DEFAULT as DEFAULT_TASK
 
 logger = logging.getLogger("autolayer")
 CKA_ROWS = 5000
@@ -140,10 +143,10 @@ def budget_of(budget: object) -> Budget:
     return budget
 
 
-def check_pretrained(models: Sequence[str], command: str) -> None:
+def check_pretrained(models: Mapping[str, SourceRecord], command: str) -> None:
     """Refuse, before any extraction, sources that learn from the task's texts (TF-IDF):
     ``score`` and ``complementarity`` look at pretrained models' layers."""
-    lexical = [m for m in models if make_source(m).sparse]
+    lexical = [name for name, record in models.items() if record.sparse]
     if lexical:
         raise ConfigError(
             f"{command} takes pretrained models; {', '.join(lexical)} is fitted on training "
@@ -172,8 +175,9 @@ def score(
     from autolayer.probe import check_folds, probe_layers, rank_agreement
 
     options = resolve_options(options, settings)
-    models = check_models(model_names(models))
-    check_pretrained(models, "score")
+    sources = resolve_models(model_names(models), options)
+    check_pretrained(sources, "score")
+    models = list(sources)
     data = dataset_of(dataset)
     labels = data.split(split).labels
     check_folds(len(labels), n_folds)
@@ -220,8 +224,9 @@ def complementarity(
     from autolayer.probe import probe_layers
 
     options = resolve_options(options, settings)
-    models = check_models(model_names(models), at_least=2)
-    check_pretrained(models, "complementarity")
+    sources = resolve_models(model_names(models), options, at_least=2)
+    check_pretrained(sources, "complementarity")
+    models = list(sources)
     data = dataset_of(dataset)
     labels = data.split(split).labels
     rows = np.arange(len(labels))
@@ -322,11 +327,12 @@ def study_context(prepared: Prepared, space: Space) -> dict:
     options = prepared.options
     models = {}
     for cand in prepared.candidates:
+        record = prepared.sources[cand.name]
         models[cand.name] = {
-            "identity": make_source(cand.name).identity,
+            "identity": record.identity,
             "n_hidden_states": cand.n_hidden_states,
             "pooling": options.pooling,
-            "max_length": options.max_length,
+            "max_length": record.max_length,  # what the cache used: the model's limit may cut
         }
     return {
         "models": models,
@@ -340,6 +346,7 @@ def study_context(prepared: Prepared, space: Space) -> dict:
             **({"origin": prepared.data.origin} if prepared.data.origin else {}),
         },
         "head": {"hidden": space.hidden, "dropout": space.dropout, "batch_size": 100},
+        "task": options.task,
         "options": options.results(),
         "metric": options.metric,
         "seed": options.seed,
@@ -351,17 +358,21 @@ def study_identity(context: dict) -> dict:
     model pool or feature settings are not comparable, so such a study is refused."""
     validation = context["dataset"]["validation"]
     split = {k: validation[k] for k in ("seed", "n_train", "n_val", "cv_folds") if k in validation}
+    options = context.get("options") or {}
     # the option, whichever split validated: studies have always been identified by it
-    size = (context.get("options") or {}).get("validation_size", validation.get("size"))
+    size = options.get("validation_size", validation.get("size"))
+    # the max_length asked for, not the one a model's limit cut it to (the context's):
+    # studies have always been identified by the option
+    requested = options.get("max_length")
     return {
         "dataset fingerprint": context["dataset"]["fingerprint"],
         "validation split": {**({"size": size} if size is not None else {}), **split},
         "model pool": {name: info["identity"] for name, info in context["models"].items()},
         "features (pooling, max_length)": sorted(
-            {(info["pooling"], info["max_length"]) for info in context["models"].values()}
+            {(info["pooling"], requested) for info in context["models"].values()}
         ),
         # which trial the others must beat: the same trials, judged by another rule
-        "anchor": (context.get("options") or {}).get("anchor"),
+        "anchor": options.get("anchor"),
     }
 
 
@@ -385,7 +396,7 @@ def default_study_name(
     key = f"{data.fingerprint}|{','.join(names)}"
     if (folds := folds_run(data, options)) is not None:
         key += f"|cv{folds}"
-        chosen = anchor.resolve(options.anchor, names)
+        chosen = anchor.resolve(options.anchor, resolve_models(names, options))
         if chosen is not None:
             key += f"|anchor={chosen}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
@@ -432,8 +443,7 @@ def search(
         study_name=study_name,
         budget=budget,
         space=space,
-        metric=prepared.options.metric,
-        seed=prepared.options.seed,
+        options=prepared.options,
         multi_objective=multi_objective,
         prune=prune,
         callbacks=callbacks,
@@ -450,13 +460,15 @@ def _anchor_trial(prepared: Prepared, space: Space) -> list[dict]:
     """The anchor's trial, run first: every other trial is judged against it."""
     name = prepared.options.anchor
     found = [c for c in prepared.candidates if c.name == name]
-    if not found or "linear" not in space.heads:
+    if not found or anchor.HEAD not in space.heads:
         return []
     return [anchor.trial_params(name, found[0].n_hidden_states, space.heads)]
 
 
 def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: str) -> FusionConfig:
-    """Build the exportable config of one trial from its parameters and the study context."""
+    """Build the exportable config of one trial from its parameters and the study context:
+    the head's parameters as its class makes them final (the MLP: the epochs its early
+    stopping chose, no patience)."""
     models = []
     for name, layer in zip(trial.models, trial.layers, strict=True):
         info = context["models"][name]
@@ -470,18 +482,12 @@ def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: s
                 max_length=info["max_length"],
             )
         )
-    head = context["head"]
+    params = head_class(trial.head).final_params(trial.head_params, trial.attrs)
     return FusionConfig(
         models=tuple(models),
-        operator=trial.operator,
-        width=trial.width,
-        hidden=head["hidden"],
-        dropout=head["dropout"],
-        lr=trial.lr,
-        batch_size=head["batch_size"],
-        epochs=int(trial.attrs.get("best_epoch", 0)) + 1,
+        head=HeadChoice(trial.head, params),
         label_names=tuple(context["label_names"]),
-        head=trial.head,
+        task=context.get("task", DEFAULT_TASK),
         dataset=context["dataset"],
         metric=context["metric"],
         seed=context["seed"],

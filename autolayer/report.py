@@ -275,10 +275,23 @@ def _similarity(value: float) -> str:
 
 
 def _operator(trial) -> str:
-    """The operator column: the fusion operator of a pair, or the linear head's name."""
-    if trial.head == "linear":
-        return "linear head"
-    return trial.operator if len(trial.models) > 1 else "—"
+    """The operator column: the fusion operator of a pair ("—" for one model), or, for a
+    head that fuses by no operator, what the head class calls it ("linear head")."""
+    if "operator" not in trial.head_params:
+        return _describe(trial.head, trial.head_params, len(trial.models))
+    return trial.head_params["operator"] if len(trial.models) > 1 else "—"
+
+
+def _width(trial) -> str:
+    """The width column: the head's projection width ("—" for a head without one)."""
+    return str(trial.head_params["width"]) if "width" in trial.head_params else "—"
+
+
+def _describe(kind: str, params: dict, n_models: int) -> str:
+    """A head in a few words, as its class says it ("sum, width 256", "linear head")."""
+    from autolayer.heads import head_class
+
+    return head_class(kind).describe(params, n_models)
 
 
 def judged_by(validation: dict) -> str:
@@ -314,7 +327,7 @@ def trials_table(
             " + ".join(trial.models),
             ",".join(map(str, trial.layers)),
             _operator(trial),
-            "—" if trial.head == "linear" else str(trial.width),
+            _width(trial),
             _pct(trial.value),
             f"{a.get('latency_ms', 0):.2f}",
             f"{a.get('memory_mb', 0):.0f}",
@@ -429,12 +442,9 @@ def recommendation(rec, output_dir) -> None:
         m.spec if m.n_hidden_states == 1 else f"{m.spec} layer {m.layer}/{m.n_hidden_states - 1}"
         for m in config.models
     )
-    operator = f", fused by {config.operator}" if len(config.models) > 1 else ""
-    shape = f"width {config.width}"
-    if config.head == "linear":
-        operator, shape = "", "linear head (logistic regression)"
+    head = _describe(config.head.kind, config.head.params, len(config.models))
     console.print(
-        f"\n[bold green]recommended:[/] {escape(chosen)}{operator}, {shape}; "
+        f"\n[bold green]recommended:[/] {escape(chosen)}, {escape(head)}; "
         f"{'validation' if judged == 'val' else judged} {config.metric} "
         f"{_pct(config.validation.get(config.metric))}%, "
         f"{config.cost.get('latency_ms', 0):.2f} ms/text, {config.cost.get('memory_mb', 0):.0f} MB"

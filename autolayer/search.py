@@ -26,10 +26,12 @@ from dataclasses import replace
 import numpy as np
 import optuna
 
+from autolayer.anchor import HEAD as ANCHOR_HEAD
 from autolayer.anchor import is_anchor, unbeatable
 from autolayer.budgets import Budget
 from autolayer.errors import ConfigError, DivergedError
-from autolayer.fusion import FusionParams, cross_validate, train_fusion
+from autolayer.heads import cross_validate, head_class, make_head
+from autolayer.options import Options
 from autolayer.selection import (
     INFEASIBLE,
     LIMITS,
@@ -45,16 +47,18 @@ from autolayer.selection import (
     trained_count,
 )
 from autolayer.space import (
-    SEPARATOR,
     Candidate,
     Space,
     check_feasible,
     cost_of,
     finite_configurations,
+    heads_for,
     space_signature,
+    split_models,
     subsets,
 )
 from autolayer.storage import WORKER, make_storage, this_worker
+from autolayer.task import Task, make_task
 
 logger = logging.getLogger("autolayer")
 
@@ -69,93 +73,68 @@ class _Objective:
         y_val: np.ndarray,
         budget: Budget,
         space: Space,
-        metric: str,
-        seed: int,
+        options: Options,
+        task: Task,
         multi_objective: bool,
         wait: float = 30.0,
         folds: Sequence[np.ndarray] = (),
     ) -> None:
         self.wait = wait
         self.by_name = {c.name: c for c in candidates}
-        self.choices = subsets([c.name for c in candidates], budget.max_models)
+        self.names = list(self.by_name)
+        self.choices = subsets(self.names, budget.max_models)
         self.y_train, self.y_val, self.folds = y_train, y_val, tuple(folds)
-        self.n_classes = n_classes_of(y_train, y_val)
-        self.budget, self.space, self.metric = budget, space, metric
-        self.seed, self.multi_objective = seed, multi_objective
+        self.n_outputs = task.n_outputs(y_train, y_val)
+        self.budget, self.space, self.options, self.task = budget, space, options, task
+        self.multi_objective = multi_objective
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         chosen = [
             self.by_name[n]
-            for n in trial.suggest_categorical("models", self.choices).split(SEPARATOR)
+            for n in split_models(trial.suggest_categorical("models", self.choices), self.names)
         ]
         layers = [int(trial.suggest_categorical(f"layer:{c.name}", c.layers)) for c in chosen]
-        head = _suggest_head(trial, self.space, chosen)
-        trial.set_user_attr("head", head)  # a param only where it was a choice
-        operator, width, lr = "concat", 0, 0.0
-        if head == "mlp":
-            if len(chosen) > 1:
-                operator = trial.suggest_categorical("operator", self.space.operator_names())
-            width = int(trial.suggest_categorical("width", self.space.widths))
-            lr = trial.suggest_float("lr", *self.space.lr, log=True)
-        cost = cost_of(
-            chosen,
-            layers,
-            operator,
-            width,
-            self.space.hidden,
-            self.n_classes,
-            len(self.y_train),
-            head,
-        )
+        kind = _suggest_head(trial, self.space, chosen)
+        trial.set_user_attr("head", kind)  # a param only where it was a choice
+        params = head_class(kind).suggest(trial, self.space, chosen)
+        trial.set_user_attr("head_params", params)
+        cost = cost_of(chosen, layers, kind, params, self.n_outputs, len(self.y_train))
         for key, value in cost.as_dict().items():
             trial.set_user_attr(key, value)
         broken = self.budget.violations(cost)
         if broken:
             trial.set_user_attr(INFEASIBLE, "; ".join(broken))
             raise optuna.TrialPruned("infeasible: " + "; ".join(broken))
-        earlier = _same_linear_head(trial, self.budget) if head == "linear" else None
+        finite = head_class(kind).n_configurations(self.space) is not None
+        earlier = _same_settings(trial, self.budget) if finite else None
         if earlier is not None:
             trial.set_user_attr(REPEAT, earlier)
-            raise optuna.TrialPruned(f"repeat: trial {earlier} trained this linear head")
+            raise optuna.TrialPruned(f"repeat: trial {earlier} trained this {kind} head")
         if slots_taken(trial.study, trial.number, self.budget) >= self.budget.n_trials:
             # Other workers' running trials fill the budget: wait for them instead of
             # training one too many. If one of them died, its retry will need a worker.
             trial.set_user_attr(SURPLUS, True)
             time.sleep(self.wait)
             raise optuna.TrialPruned("surplus: running trials of other workers fill the budget")
-        params = FusionParams(
-            operator=operator,
-            width=width,
-            hidden=self.space.hidden,
-            dropout=self.space.dropout,
-            lr=lr,
-            max_epochs=self.space.max_epochs,
-            patience=self.space.patience,
-            metric=self.metric,
-            head=head,
-        )
+        head = make_head(kind, params, task=self.task, metric=self.options.metric)
         train = [c.features(layer, "train") for c, layer in zip(chosen, layers, strict=True)]
+        seed = self.options.seed
         if self.folds:
             result = cross_validate(
-                train,
-                self.y_train,
-                self.folds,
-                params=params,
-                seed=self.seed,
-                n_classes=self.n_classes,
+                head, train, self.y_train, self.folds, seed=seed, n_outputs=self.n_outputs
             )
             epochs_run = len(result.curve)
             trial.set_user_attr("fold_scores", list(result.fold_scores))
             trial.set_user_attr("n_rows", sum(len(fold) for fold in self.folds))  # held out
         else:
-            result = train_fusion(
+            result = head.fit(
                 train,
                 self.y_train,
                 [c.features(layer, "val") for c, layer in zip(chosen, layers, strict=True)],
                 self.y_val,
-                params=params,
-                seed=self.seed,
+                seed=seed,
                 on_epoch=None if self.multi_objective else _pruning_hook(trial),
+                n_outputs=self.n_outputs,
             )
             epochs_run = len(result.history)
         trial.set_user_attr("best_epoch", result.best_epoch)
@@ -168,15 +147,10 @@ class _Objective:
         return result.best_val_metric
 
 
-def n_classes_of(y_train: np.ndarray, y_val: np.ndarray) -> int:
-    """Classes the heads predict (``y_val`` is empty under cross-validation)."""
-    return int(np.concatenate([y_train, y_val]).max()) + 1
-
-
 def _suggest_head(trial: optuna.Trial, space: Space, chosen: Sequence[Candidate]) -> str:
-    """The head of a trial: a choice only where it is one (the linear head takes dense
-    features only, so a trial with a sparse source gets the MLP)."""
-    heads = space.heads if not any(c.sparse for c in chosen) else ("mlp",)
+    """The head of a trial: a choice only where it is one (a dense-only head, such as the
+    linear one, never takes a sparse source: see :func:`autolayer.space.heads_for`)."""
+    heads = heads_for(space, chosen)
     return heads[0] if len(heads) == 1 else trial.suggest_categorical("head", heads)
 
 
@@ -188,11 +162,11 @@ def _pruning_hook(trial: optuna.Trial) -> Callable[[int, float], bool]:
     return on_epoch
 
 
-def _same_linear_head(trial: optuna.Trial, budget: Budget) -> int | None:
-    """The number of a finished trial with the same parameters, if any. A linear head has
-    no width or learning rate to vary, so TPE often proposes one again (6 of 10 trials on
-    a latency budget that allowed little else); training it twice would only spend the
-    budget."""
+def _same_settings(trial: optuna.Trial, budget: Budget) -> int | None:
+    """The number of a finished trial with the same parameters, if any: asked for a head
+    of finitely many settings. The linear head has none to vary, so TPE often proposes one
+    again (6 of 10 trials on a latency budget that allowed little else); training it twice
+    would only spend the budget."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     done = trial.study.get_trials(deepcopy=False, states=states)
     same = (t for t in done if t.number < trial.number and t.params == trial.params)
@@ -221,7 +195,7 @@ def anchor_can_stop(budget: Budget, space: Space, multi_objective: bool = False)
     extraction): only one objective (a Pareto front has room beside it), the linear head
     offered (the anchor's), and no timeout (the margin assumes every trial of the budget
     runs; fewer trials would need a smaller one)."""
-    return not multi_objective and "linear" in space.heads and budget.timeout is None
+    return not multi_objective and ANCHOR_HEAD in space.heads and budget.timeout is None
 
 
 def _stop_if_unbeatable(
@@ -371,8 +345,8 @@ def run_search(
     study_name: str,
     budget: Budget | None = None,
     space: Space | None = None,
-    metric: str = "accuracy",
-    seed: int = 0,
+    options: Options | None = None,
+    task: Task | None = None,
     multi_objective: bool = False,
     prune: bool = True,
     callbacks: Sequence[Callable] = (),
@@ -382,7 +356,8 @@ def run_search(
     first: Sequence[dict] = (),
     folds: Sequence[np.ndarray] = (),
 ) -> SearchResult:
-    """Run (or resume) the study and return its trials, best first by validation metric.
+    """Run (or resume) the study and return its trials, best first by ``options.metric``
+    (the heads seeded by ``options.seed``), for ``task`` (default: ``options.task``'s).
 
     ``prune`` stops unpromising trials early (median of earlier trials' epoch curves);
     ``heartbeat`` is the seconds between a worker's signs of life (see
@@ -395,18 +370,18 @@ def run_search(
     runs before its sampler's own; those outside the space (a pair when ``max_models`` is
     1) are skipped.
     ``folds`` (held-out rows of ``y_train``, one array per fold) judge every trial by
-    cross-validation instead of ``y_val`` (see :func:`autolayer.fusion.cross_validate`).
+    cross-validation instead of ``y_val`` (see :func:`autolayer.heads.cross_validate`).
     """
-    budget, space = budget or Budget(), space or Space()
-    n_classes = n_classes_of(y_train, y_val)
-    check_feasible(candidates, budget, space, n_classes, len(y_train))
+    budget, space, options = budget or Budget(), space or Space(), options or Options()
+    task = task or make_task(options.task)
     objective = _Objective(
-        candidates, y_train, y_val, budget, space, metric, seed, multi_objective, heartbeat, folds
+        candidates, y_train, y_val, budget, space, options, task, multi_objective, heartbeat, folds
     )
+    check_feasible(candidates, budget, space, objective.n_outputs, len(y_train))
     directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
     signature = {
         "objectives": directions,
-        "metric": metric,
+        "metric": options.metric,
         **(identity or {}),
         "search space": space_signature(candidates, objective.choices, space),
     }
@@ -416,12 +391,13 @@ def run_search(
         if prune
         else optuna.pruners.NopPruner()
     )
-    study, created = _create_or_load(opened, study_name, TrialSeededTPE(seed), pruner, directions)
+    sampler = TrialSeededTPE(options.seed)
+    study, created = _create_or_load(opened, study_name, sampler, pruner, directions)
     if not created:
         _await_signature(study)  # a worker that created it together with this one
         check_same_study(opened, storage, study_name, signature)
     if "signature" not in study.user_attrs:
-        study.set_user_attr("metric", metric)
+        study.set_user_attr("metric", options.metric)
         if context is not None:
             study.set_user_attr("context", context)
         for params in first:

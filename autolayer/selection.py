@@ -14,7 +14,8 @@ import optuna
 from autolayer.anchor import against_anchor, is_anchor
 from autolayer.budgets import Budget, Cost
 from autolayer.errors import ConfigError
-from autolayer.space import SEPARATOR
+from autolayer.heads import head_class
+from autolayer.space import split_models
 
 # Trial attributes of configurations that were never trained (they cost no budget).
 INFEASIBLE = "infeasible"  # breaks a budget: its reasons
@@ -27,22 +28,36 @@ LIMITS = "budget_limits"  # study attribute: the limits of the latest run's budg
 
 @dataclass(frozen=True)
 class TrialSummary:
-    """A read-only view of one trial, enough to rank, report and export it."""
+    """A read-only view of one trial, enough to rank, report and export it: its models
+    and layers, and its head's kind and full parameters (``head_params``)."""
 
     number: int
     state: str
     values: tuple[float, ...] | None
     models: tuple[str, ...]
     layers: tuple[int, ...]
-    operator: str
-    width: int
-    lr: float
     attrs: dict = field(default_factory=dict)
     head: str = "mlp"
+    head_params: dict = field(default_factory=dict)
 
     @property
     def value(self) -> float | None:
         return self.values[0] if self.values else None
+
+    @property
+    def operator(self) -> str:
+        """The fusion operator of a head that has one ("concat" otherwise)."""
+        return self.head_params.get("operator", "concat")
+
+    @property
+    def width(self) -> int:
+        """The projection width of a head that has one (0 otherwise)."""
+        return int(self.head_params.get("width", 0))
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of a head trained by gradient (0.0 otherwise)."""
+        return float(self.head_params.get("lr", 0.0))
 
 
 @dataclass(frozen=True)
@@ -60,24 +75,39 @@ class SearchResult:
     trained: int | None = None
 
 
-def summary(trial: optuna.trial.FrozenTrial) -> TrialSummary:
-    """A read-only view of one stored trial (see :class:`TrialSummary`)."""
+def summary(trial: optuna.trial.FrozenTrial, context: dict | None = None) -> TrialSummary:
+    """A read-only view of one stored trial (see :class:`TrialSummary`); ``context`` is the
+    study's, which completes the head parameters of a trial stored without them."""
     params = trial.params
-    models = tuple(params["models"].split(SEPARATOR)) if "models" in params else ()
-    if any(f"layer:{m}" not in params for m in models):
-        models = ()  # another worker is still suggesting this trial's parameters
+    # the models whose layers are suggested: none while another worker is still suggesting
+    names = [key.removeprefix("layer:") for key in params if key.startswith("layer:")]
+    models = split_models(params["models"], names) if "models" in params else ()
+    kind = params.get("head", trial.user_attrs.get("head", "mlp"))
+    head_params = trial.user_attrs.get("head_params")
     return TrialSummary(
         number=trial.number,
         state=trial.state.name,
         values=tuple(trial.values) if trial.values else None,
         models=models,
         layers=tuple(int(params[f"layer:{m}"]) for m in models),
-        operator=params.get("operator", "concat"),
-        width=int(params.get("width", 0)),
-        lr=float(params.get("lr", 0.0)),
         attrs=dict(trial.user_attrs),
-        head=params.get("head", trial.user_attrs.get("head", "mlp")),
+        head=kind,
+        head_params=_stored_before(params, kind, context) if head_params is None else head_params,
     )
+
+
+def _stored_before(params: Mapping, kind: str, context: dict | None) -> dict:
+    """The head parameters of a trial stored before trials recorded them: its searched
+    operator, width and lr (operator "concat" for one model) over the study context's fixed
+    ones (``head``: hidden, dropout, batch_size), keeping the fields ``kind`` takes (the
+    linear head takes none)."""
+    taken = head_class(kind).check_params({})  # every field, at its default
+    stored = {
+        "operator": "concat",
+        **((context or {}).get("head") or {}),
+        **{k: params[k] for k in ("operator", "width", "lr") if k in params},
+    }
+    return {k: v for k, v in stored.items() if k in taken}
 
 
 def counts(attrs: Mapping, budget: Budget | None = None) -> bool:
@@ -156,7 +186,8 @@ def collect(study: optuna.Study, storage: str, budget: Budget | None = None) -> 
     are left out of the choice and of the front, marked :data:`OVER_BUDGET`, and the notes
     say so: a resumed study, or its export, never recommends what the budget forbids."""
     budget = budget or _stored_budget(study)
-    trials = [summary(t) for t in study.get_trials(deepcopy=False)]
+    context = study.user_attrs.get("context")
+    trials = [summary(t, context) for t in study.get_trials(deepcopy=False)]
     complete = sorted(
         (t for t in trials if t.state == "COMPLETE"),
         key=lambda t: (-t.values[0], t.attrs.get("latency_ms", 0)),
@@ -199,7 +230,7 @@ def summarise_trial(study: optuna.Study, number: int) -> TrialSummary | None:
     found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
     if not found:
         return None
-    trial = summary(found[0])
+    trial = summary(found[0], study.user_attrs.get("context"))
     if trial.state == "COMPLETE":
         _mark_over_budget(trial, _stored_budget(study))
     return trial

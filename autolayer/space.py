@@ -7,15 +7,17 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+import optuna
 from scipy.sparse import issparse
 
 from autolayer.budgets import Budget, Cost
 from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
-from autolayer.fusion import HEADS, OPERATORS, count_parameters, fused_dim
+from autolayer.fusion import OPERATORS
+from autolayer.heads import HEADS, head_class
 
 SEPARATOR = " + "
 
@@ -78,24 +80,24 @@ class Candidate:
 def cost_of(
     chosen: Sequence[Candidate],
     layers: Sequence[int],
-    operator: str,
-    width: int,
-    hidden: int,
-    n_classes: int,
+    kind: str,
+    params: Mapping[str, Any],
+    n_outputs: int,
     n_rows: int,
-    head: str = "mlp",
 ) -> Cost:
     """Latency (backbones up to their layers), memory (weights + the ``n_rows`` embeddings
-    the head trains on), and head parameters of one configuration."""
+    the head trains on), and head parameters of one configuration: ``chosen`` at
+    ``layers`` under a head of ``kind`` with ``params``, as the head class prices it."""
+    head = head_class(kind)
     dims = [c.width for c in chosen]
-    params = count_parameters(dims, width, operator, hidden, n_classes, head)
+    n_params = head.n_parameters(dims, n_outputs, params)
     features_mb = n_rows * sum(c.bytes_per_row for c in chosen) / 2**20
     weights_mb = sum(c.weights_mb(layer) for c, layer in zip(chosen, layers, strict=True))
     return Cost(
         latency_ms=sum(c.latency_ms(layer) for c, layer in zip(chosen, layers, strict=True)),
-        memory_mb=weights_mb + features_mb + 4 * params / 2**20,
-        params=params,
-        fused_dim=sum(dims) if head == "linear" else fused_dim(len(chosen), width, operator),
+        memory_mb=weights_mb + features_mb + 4 * n_params / 2**20,
+        params=n_params,
+        fused_dim=head.fused_dim(dims, params),
     )
 
 
@@ -110,16 +112,25 @@ class Space:
     dropout: float = 0.1
     max_epochs: int = 60
     patience: int = 8
-    heads: tuple[str, ...] = ("mlp",)  # "linear" too: offered where every input is dense
+    heads: tuple[str, ...] = ("mlp",)  # kinds of :data:`autolayer.heads.HEADS`
 
     def __post_init__(self) -> None:
-        if not self.heads or not set(self.heads) <= set(HEADS):
+        if not self.heads or not set(self.heads) <= set(HEADS):  # read now: plugins count
             raise ConfigError(f"heads must be some of {', '.join(HEADS)}; got {self.heads!r}")
 
     def operator_names(self) -> tuple[str, ...]:
         """The operators searched, read when asked (an operator registered after import,
         by a plugin, is searched too)."""
         return self.operators or tuple(OPERATORS)
+
+
+def heads_for(space: Space, chosen: Sequence[Candidate]) -> tuple[str, ...]:
+    """The heads a trial of ``chosen`` may take: the space's that read its inputs (a
+    dense-only head, such as the linear one, no sparse source). When none does, the first
+    registered head that does, so a sparse source is searched in any space."""
+    sparse = any(c.sparse for c in chosen)
+    fit = tuple(k for k in space.heads if not (sparse and head_class(k).dense_only))
+    return fit or (next(k for k, cls in HEADS.items() if not cls.dense_only),)
 
 
 def subsets(names: Sequence[str], max_models: int) -> list[str]:
@@ -130,7 +141,20 @@ def subsets(names: Sequence[str], max_models: int) -> list[str]:
     return out
 
 
-GUIDE_LR = 1e-3  # the learning rate of guided first trials (clipped to the space's range)
+def split_models(choice: str, names: Sequence[str]) -> tuple[str, ...]:
+    """The models of ``choice`` (names joined with :data:`SEPARATOR`, as :func:`subsets`
+    joins them), split back into ``names``: longest name first, so that a name holding
+    ``" + "`` itself (a folder ``a + b``) stays whole, and a choice that reads both ways
+    (names ``a``, ``b`` and ``a + b``) reads as the one model. ``()`` when ``choice``
+    joins no such names (a stored trial whose layers are not suggested yet names none)."""
+    if choice in names:
+        return (choice,)
+    for name in sorted(names, key=len, reverse=True):
+        if choice.startswith(name + SEPARATOR):
+            rest = split_models(choice[len(name) + len(SEPARATOR) :], names)
+            if rest:
+                return (name, *rest)
+    return ()
 
 
 def guided_trials(
@@ -141,7 +165,9 @@ def guided_trials(
 ) -> list[dict]:
     """Trials to run first: the best model alone, then up to ``n_pairs`` pairs whose probe
     on both models beats the better one alone, best joint probe first, each at its best
-    layers, fused by concatenation when searched, with the smallest width.
+    layers, under each head of the space that reads its inputs, set as the head guides
+    (:meth:`autolayer.heads.Head.guided`; the MLP: concatenation when searched, the smallest
+    width). Heads of finitely many settings (the linear head), the cheapest, come first.
 
     Pairs are ranked by their joint probe, not by their gain: two weak models can gain most
     and still lose to one strong model. TPE starts from random trials; these give it strong
@@ -152,9 +178,6 @@ def guided_trials(
     known = [p for p in pairs if set(p.models) <= set(names)]
     if not known:
         return []
-    head = {"width": min(space.widths), "lr": min(max(GUIDE_LR, space.lr[0]), space.lr[1])}
-    if len(space.heads) > 1:
-        head["head"] = "mlp"
     alone = {n: acc for p in known for n, acc in zip(p.models, p.accuracy, strict=True)}
     best = max(alone, key=alone.__getitem__)
     chosen = [{"models": best, f"layer:{best}": best_layer[best]}]
@@ -167,33 +190,34 @@ def guided_trials(
                 f"layer:{b}": best_layer[b],
             }
         )
-    sparse = {c.name for c in candidates if c.sparse}
-    linear = [
-        {**c, "head": "linear"}
-        for c in chosen
-        if "linear" in space.heads and not sparse & set(c["models"].split(SEPARATOR))
-    ]
-    operators = space.operator_names()
-    operator = {"operator": "concat" if "concat" in operators else operators[0]}
-    mlp = [{**c, **(operator if SEPARATOR in c["models"] else {}), **head} for c in chosen]
-    return linear + mlp if "mlp" in space.heads else linear
+    by_name = {c.name: c for c in candidates}
+    trials = []
+    for kind in sorted(space.heads, key=lambda k: head_class(k).n_configurations(space) is None):
+        head, named = head_class(kind), {"head": kind} if len(space.heads) > 1 else {}
+        for params in chosen:
+            models = [by_name[m] for m in split_models(params["models"], list(by_name))]
+            if not (head.dense_only and any(m.sparse for m in models)):
+                trials.append({**params, **head.guided(space, models), **named})
+    return trials
 
 
 def check_feasible(
-    candidates: Sequence[Candidate], budget: Budget, space: Space, n_classes: int, n_rows: int
+    candidates: Sequence[Candidate], budget: Budget, space: Space, n_outputs: int, n_rows: int
 ) -> None:
     """Fail fast, naming the binding limits, when not even the cheapest configuration fits
-    (the nearest miss: fewest limits broken, then least in excess)."""
+    (the nearest miss: fewest limits broken, then least in excess). A head is priced at
+    its guided setting (:meth:`autolayer.heads.Head.guided`: the MLP's smallest width)."""
     misses = []
     for cand in candidates:
         layer = min(cand.layers)
-        for head in ("mlp",) if cand.sparse else space.heads:
-            cost = cost_of(
-                [cand], [layer], "concat", min(space.widths), space.hidden, n_classes, n_rows, head
-            )
+        for kind in heads_for(space, [cand]):
+            head = head_class(kind)
+            fixed = optuna.trial.FixedTrial(head.guided(space, [cand]))
+            params = head.suggest(fixed, space, [cand])
+            cost = cost_of([cand], [layer], kind, params, n_outputs, n_rows)
             if not budget.violations(cost):
                 return
-            misses.append((f"{cand.name} layer {layer}, {head} head", cost))
+            misses.append((f"{cand.name} layer {layer}, {kind} head", cost))
     where, cost = min(misses, key=lambda item: budget.shortfall(item[1]))
     raise ConfigError(
         f"no configuration meets the budget; the nearest miss ({where}) breaks: "
@@ -204,13 +228,18 @@ def check_feasible(
 def finite_configurations(
     candidates: Sequence[Candidate], choices: Sequence[str], space: Space
 ) -> int | None:
-    """How many configurations a space of linear heads only has (None with an MLP head, or
-    with a sparse source, which always takes the MLP head: see
-    :func:`autolayer.search._suggest_head`)."""
-    if "mlp" in space.heads or any(c.sparse for c in candidates):
-        return None
-    layers = {c.name: len(c.layers) for c in candidates}
-    return sum(math.prod(layers[m] for m in choice.split(SEPARATOR)) for choice in choices)
+    """How many configurations the space has: per model subset, its layer combinations
+    times the settings of the heads it may take (:func:`heads_for`). None when one of
+    those heads has infinitely many (the MLP's learning rate), as a sparse source's has."""
+    by_name = {c.name: c for c in candidates}
+    total = 0
+    for choice in choices:
+        chosen = [by_name[m] for m in split_models(choice, list(by_name))]
+        settings = [head_class(k).n_configurations(space) for k in heads_for(space, chosen)]
+        if None in settings:
+            return None
+        total += math.prod(len(c.layers) for c in chosen) * sum(settings)
+    return total
 
 
 def space_signature(candidates: Sequence[Candidate], choices: Sequence[str], space: Space) -> dict:

@@ -34,7 +34,7 @@ for result in autolayer.score(models, data):
 rec = autolayer.recommend(
     data, models, output_dir=args.output_dir, budget=autolayer.Budget(n_trials=args.n_trials)
 )
-print("recommended:", [(m.spec, m.layer) for m in rec.config.models], rec.config.operator)
+print("recommended:", [(m.spec, m.layer) for m in rec.config.models], rec.config.head)
 for reason in rec.reasons:
     print("  -", reason)
 

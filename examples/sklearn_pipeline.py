@@ -11,7 +11,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 import autolayer
-from autolayer.config import FusionConfig, ModelChoice
+from autolayer.config import FusionConfig, HeadChoice, ModelChoice
 from autolayer.sources import make_source
 
 parser = argparse.ArgumentParser()
@@ -31,13 +31,10 @@ else:
     source = make_source(args.model)
     config = FusionConfig(
         models=(ModelChoice(args.model, source.identity, args.layer, source.n_states),),
-        operator="concat",
-        width=256,
-        hidden=128,
-        dropout=0.1,
-        lr=1e-3,
-        batch_size=100,
-        epochs=20,
+        head=HeadChoice(
+            "mlp",
+            {"operator": "concat", "width": 256, "hidden": 128, "lr": 1e-3, "epochs": 20},
+        ),
         label_names=data.label_names,
     )
 

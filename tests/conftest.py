@@ -141,15 +141,26 @@ def models(tiny_models) -> str:
     return f"{tiny_models['bert']},{tiny_models['llama']}"
 
 
+TINY_HEAD = {
+    "operator": "concat",
+    "width": 16,
+    "hidden": 8,
+    "dropout": 0.0,
+    "lr": 0.003,
+    "batch_size": 8,
+    "epochs": 2,
+}
+
+
 def write_config(folder: Path, model: Path, **changes) -> Path:
-    """A small valid config (tiny encoder at hidden state 2, concat head) as
-    ``folder/config.yaml``; ``changes`` replace or add top-level fields."""
+    """A small valid config (tiny encoder at hidden state 2, a small MLP head fusing by
+    concatenation) as ``folder/config.yaml``; ``changes`` replace or add top-level fields."""
     import yaml
 
     from autolayer import zoo
 
     data = {
-        "schema_version": 1,
+        "schema_version": 2,
         "models": [
             {
                 "spec": str(model),
@@ -158,13 +169,7 @@ def write_config(folder: Path, model: Path, **changes) -> Path:
                 "n_hidden_states": 5,
             }
         ],
-        "operator": "concat",
-        "width": 16,
-        "hidden": 8,
-        "dropout": 0.0,
-        "lr": 0.003,
-        "batch_size": 8,
-        "epochs": 2,
+        "head": {"kind": "mlp", "params": TINY_HEAD},
         "label_names": ["neg", "pos"],
         **changes,
     }

@@ -19,7 +19,7 @@ from tests.conftest import run, write_jsonl
 
 def trial(number, value, models=("m",), layers=(6,), head="linear", n_rows=100):
     attrs = {"n_rows": n_rows, "params": 100}
-    return TrialSummary(number, "COMPLETE", (value,), models, layers, "concat", 8, 0.1, attrs, head)
+    return TrialSummary(number, "COMPLETE", (value,), models, layers, attrs, head)
 
 
 def ranked(*trials):
@@ -78,17 +78,23 @@ def sentence_encoder(tiny_models, tmp_path):
 
 
 def test_auto_is_the_pools_sentence_encoder(sentence_encoder, tiny_models):
+    from autolayer.candidates import resolve_models
+    from autolayer.options import Options
+
+    def pool(*models: str) -> dict:
+        return resolve_models(models, Options())
+
     plain = str(tiny_models["bert"])
-    assert anchor.resolve("auto", [plain, sentence_encoder]) == sentence_encoder
-    assert anchor.resolve("auto", [plain, str(tiny_models["llama"])]) is None
-    assert anchor.resolve("none", [sentence_encoder]) is None
-    assert anchor.resolve(plain, [plain, sentence_encoder]) == plain
+    assert anchor.resolve("auto", pool(plain, sentence_encoder)) == sentence_encoder
+    assert anchor.resolve("auto", pool(plain, str(tiny_models["llama"]))) is None
+    assert anchor.resolve("none", pool(sentence_encoder)) is None
+    assert anchor.resolve(plain, pool(plain, sentence_encoder)) == plain
     # another spelling of the same folder is the pool's model, as the pool spells it
-    assert anchor.resolve(sentence_encoder + "/", [plain, sentence_encoder]) == sentence_encoder
+    assert anchor.resolve(sentence_encoder + "/", pool(plain, sentence_encoder)) == sentence_encoder
     with pytest.raises(ConfigError, match="not one of the models"):
-        anchor.resolve("mpnet", [plain])
+        anchor.resolve("mpnet", pool(plain))
     with pytest.raises(ConfigError, match="sparse"):
-        anchor.resolve("tfidf", [plain, "tfidf"])
+        anchor.resolve("tfidf", pool(plain, "tfidf"))
 
 
 def test_few_labels_search_the_anchors_last_layer_first(

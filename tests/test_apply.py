@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from autolayer.classifier import MODEL_FILES, SOURCE_FILES, predict_file
+from autolayer.classifier import check_model_folder, model_files, predict_file
 from autolayer.config import load_config
-from autolayer.errors import DataError
+from autolayer.errors import ConfigError, DataError
+from autolayer.sources import SOURCES, FeatureSource
 from tests.conftest import one_error_line, run, write_jsonl
 
-NEURAL_MODEL_FILES = sorted(set(MODEL_FILES) - set(SOURCE_FILES))  # no tfidf fitted
+# What apply saves for a transformer's features (no TF-IDF fitted).
+NEURAL_MODEL_FILES = [
+    "config.yaml",
+    "features.json",
+    "head.json",
+    "head.safetensors",
+    "metrics.json",
+]
 
 
 def test_apply_into_the_current_directory_deletes_nothing(
@@ -46,6 +54,29 @@ def test_an_existing_model_is_replaced_only_with_overwrite(
     assert not [p for p in saved_model.parent.iterdir() if p.name.startswith(".model")]
 
 
+def test_a_model_folder_may_hold_the_files_of_every_registered_head_and_source(
+    tmp_path, monkeypatch
+):
+    """A source registered after import (a plug-in) counts: its saved files make a model
+    folder no less autolayer's, while a file nobody registered keeps it the user's."""
+
+    class Saving(FeatureSource):  # only its files matter here
+        files = ("saving.json",)
+
+    assert {"head.json", "head.safetensors", "tfidf.json", "tfidf.safetensors"} <= set(
+        model_files()
+    )
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in ("config.yaml", "head.json", "head.safetensors", "saving.json"):
+        (folder / name).write_text("x")
+    with pytest.raises(ConfigError, match="did not write"):
+        check_model_folder(folder, overwrite=True)
+    monkeypatch.setitem(SOURCES, "saving", Saving)
+    assert "saving.json" in model_files()
+    check_model_folder(folder, overwrite=True)
+
+
 def test_apply_into_an_empty_folder_works(capsys, tmp_path, home, config, tiny_dataset):
     (tmp_path / "empty").mkdir()
     code, _, err = run(capsys, "apply", config, "-d", tiny_dataset, "-o", tmp_path / "empty")
@@ -69,6 +100,28 @@ def test_apply_accepts_device_auto(capsys, tmp_path, home, config, tiny_dataset)
         capsys, "apply", config, "-d", tiny_dataset, "-o", tmp_path / "m", "--device", "auto"
     )
     assert code == 0, err
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_apply_gives_trust_remote_code_to_every_extraction(
+    capsys, tmp_path, home, config, tiny_dataset, monkeypatch, flag
+):
+    """Before: apply had no --trust-remote-code, so a model that needs its own code could
+    be searched but not trained on."""
+    from autolayer import extraction
+
+    seen = []
+    make = extraction.make_source
+
+    def spy(spec, *, trust_remote_code=False):
+        seen.append(trust_remote_code)
+        return make(spec, trust_remote_code=trust_remote_code)
+
+    monkeypatch.setattr(extraction, "make_source", spy)
+    args = ["apply", config, "-d", tiny_dataset, "-o", tmp_path / "m"]
+    code, _, err = run(capsys, *args, *(["--trust-remote-code"] if flag else []))
+    assert code == 0, err
+    assert seen and set(seen) == {flag}
 
 
 def test_apply_on_a_single_file_trains_on_all_of_it(capsys, tmp_path, home, config, tiny_dataset):

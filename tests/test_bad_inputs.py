@@ -51,7 +51,7 @@ def _rows(tmp: Path, model: Path, dataset: Path) -> dict[str, tuple[list, str]]:
         "schema_version 99",
     )
     (tmp / "v").mkdir()
-    config = _config(tmp / "v", model, operator="tensor")
+    config = _config(tmp / "v", model, head={"kind": "mlp", "params": {"operator": "tensor"}})
     rows["unknown operator in config"] = (
         ["apply", config, "-d", dataset, "-o", tmp / "m"],
         "operator",

@@ -6,8 +6,18 @@ from __future__ import annotations
 import numpy as np
 
 from autolayer.classifier import FusionTextClassifier
-from autolayer.config import FusionConfig, ModelChoice
+from autolayer.config import FusionConfig, HeadChoice, ModelChoice
 from tests.conftest import run
+
+HEAD = {
+    "operator": "concat",
+    "width": 16,
+    "hidden": 8,
+    "dropout": 0.0,
+    "lr": 3e-3,
+    "batch_size": 8,
+    "epochs": 5,
+}
 
 
 def _tiny_config(spec: str, layer: int = 2) -> FusionConfig:
@@ -15,13 +25,7 @@ def _tiny_config(spec: str, layer: int = 2) -> FusionConfig:
 
     return FusionConfig(
         models=(ModelChoice(spec, zoo.resolve(spec).identity, layer, 5),),
-        operator="concat",
-        width=16,
-        hidden=8,
-        dropout=0.0,
-        lr=3e-3,
-        batch_size=8,
-        epochs=5,
+        head=HeadChoice("mlp", HEAD),
         label_names=("neg", "pos"),
     )
 
@@ -85,17 +89,22 @@ def test_predict_on_empty_input_is_an_error(capsys, home, tmp_path, tiny_models,
     assert code != 0 and "no texts" in err and "Traceback" not in err
 
 
-def test_apply_refuses_to_save_a_head_that_diverged(home, tmp_path, tiny_models, tiny_dataset):
-    from dataclasses import replace
-
+def test_apply_refuses_to_save_a_head_that_diverged(
+    home, tmp_path, tiny_models, tiny_dataset, monkeypatch
+):
+    """Whatever head diverges (how a head notices is its own test's), nothing is saved."""
     import pytest
 
     from autolayer.classifier import apply
     from autolayer.errors import DivergedError
+    from autolayer.heads.mlp import MLPHead
 
-    config = replace(_tiny_config(str(tiny_models["bert"])), lr=1e30)
+    def diverges(self, *args):
+        raise DivergedError("the mlp head diverged (its training loss is nan); lower lr")
+
+    monkeypatch.setattr(MLPHead, "_fit", diverges)
     with pytest.raises(DivergedError, match="lower lr"):
-        apply(config, str(tiny_dataset), tmp_path / "m")
+        apply(_tiny_config(str(tiny_models["bert"])), str(tiny_dataset), tmp_path / "m")
     assert not (tmp_path / "m").exists()
 
 
@@ -180,3 +189,33 @@ def test_a_config_or_dataset_of_the_wrong_type_is_named(home, tmp_path, tiny_mod
         ConfigError, match="dataset must be a name, a path or a loaded dataset; got"
     ):
         apply(config, ["good", "bad"], tmp_path / "m")
+
+
+def test_predictions_follow_the_config_tasks_decision_rule(
+    home, tmp_path, tiny_models, tiny_dataset, monkeypatch
+):
+    """A task registered from outside decides by its own rule (here the least probable
+    class) in predict, apply's test metrics and predict_file alike."""
+    from dataclasses import replace
+
+    from autolayer.classifier import apply, predict_file
+    from autolayer.task import TASKS, SingleLabel
+
+    class LeastLikely(SingleLabel):
+        name = "least_likely"
+
+        def decide(self, proba: np.ndarray) -> np.ndarray:
+            return np.asarray(proba).argmin(axis=1)
+
+    monkeypatch.setitem(TASKS, "least_likely", LeastLikely)
+    config = replace(_tiny_config(str(tiny_models["bert"])), task="least_likely")
+    apply(config, str(tiny_dataset), tmp_path / "m")
+    texts = ["good fun", "bad plot", "awful dull film"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    loaded = FusionTextClassifier.load(tmp_path / "m")
+    proba = loaded.predict_proba(texts)
+    least = loaded.classes_[proba.argmin(axis=1)]
+    assert loaded._config().task == "least_likely"
+    assert list(loaded.predict(texts)) == list(least)
+    rows = predict_file(tmp_path / "m", tmp_path / "in.txt")
+    assert [row["label"] for row in rows] == list(least)

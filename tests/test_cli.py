@@ -272,10 +272,10 @@ def _search(capsys, tiny_dataset, models, out, *extra):
 def test_ctrl_c_is_one_line_and_an_interrupted_first_run_can_be_exported(
     capsys, tmp_path, home, tiny_models, tiny_dataset, monkeypatch, caplog
 ):
-    from autolayer import fusion, search
+    from autolayer.heads.mlp import MLPHead
 
     calls = {"n": 0}
-    real = fusion.train_fusion
+    real = MLPHead.fit
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -283,7 +283,7 @@ def test_ctrl_c_is_one_line_and_an_interrupted_first_run_can_be_exported(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search, "train_fusion", interrupted)
+    monkeypatch.setattr(MLPHead, "fit", interrupted)
     logged = []  # what Optuna's own handlers print (after their filters)
     for handler in optuna.logging.get_logger("optuna").handlers:
         monkeypatch.setattr(handler, "emit", logged.append)

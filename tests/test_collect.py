@@ -352,3 +352,77 @@ def test_export_of_a_folder_with_two_studies_takes_its_recommendation(
     code, _, err = run(capsys, "export", out, "-o", tmp_path / "c.yaml")
     assert code == 0, err
     assert load_config(tmp_path / "c.yaml").models[0].spec == llama
+
+
+def _context(head: dict | None = None) -> dict:
+    """A study context as ``search`` stores it (``head``: what studies made before trials
+    recorded their head's parameters held)."""
+    model = {"identity": "x", "n_hidden_states": 7, "pooling": "mean", "max_length": 32}
+    return {
+        "models": {"a": model, "b": model},
+        "label_names": ["neg", "pos"],
+        "dataset": {"name": "d", "fingerprint": "f", "validation": {}},
+        "options": {},
+        "metric": "accuracy",
+        "seed": 0,
+        **({"head": head} if head else {}),
+    }
+
+
+def _stored(study, params: dict, **attrs) -> None:
+    """A finished trial with these Optuna parameters and user attributes."""
+    choices = {
+        "models": ["a", "b", "a + b"],
+        "width": [256, 512],
+        "operator": ["sum", "concat"],
+        "head": ["mlp", "linear"],
+    }
+    distributions = {k: CategoricalDistribution(choices.get(k, [2, 3])) for k in params}
+    if "lr" in params:
+        distributions["lr"] = optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=params, distributions=distributions, value=0.9, user_attrs=attrs
+        )
+    )
+
+
+def test_a_trial_stored_before_head_params_exports_the_head_it_trained():
+    """Trials of older studies recorded only the searched operator, width and lr (the rest
+    in the study's context): their export holds the numbers it always held."""
+    from autolayer.config import HeadChoice
+    from autolayer.pipeline import trial_config
+    from autolayer.selection import summary
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("context", _context({"hidden": 64, "dropout": 0.2, "batch_size": 100}))
+    pair = {"models": "a + b", "layer:a": 2, "layer:b": 3, "operator": "sum", "width": 512}
+    _stored(study, {**pair, "lr": 2e-3, "head": "mlp"}, head="mlp", best_epoch=6)
+    _stored(study, {"models": "a", "layer:a": 2, "width": 256, "lr": 1e-3}, best_epoch=0)
+    _stored(study, {"models": "a", "layer:a": 3, "head": "linear"}, head="linear", best_epoch=0)
+    context = study.user_attrs["context"]
+    heads = [trial_config(summary(t, context), context, "s", "mem").head for t in study.trials]
+    fixed = {"hidden": 64, "dropout": 0.2, "batch_size": 100}
+    assert heads == [
+        HeadChoice("mlp", {"operator": "sum", "width": 512, **fixed, "lr": 2e-3, "epochs": 7}),
+        HeadChoice("mlp", {"operator": "concat", "width": 256, **fixed, "lr": 1e-3, "epochs": 1}),
+        HeadChoice("linear", {}),
+    ]
+    assert [(t.operator, t.width) for t in collect(study, "mem").trials] == [
+        ("sum", 512),
+        ("concat", 256),
+        ("concat", 0),
+    ]
+
+
+def test_a_trial_exports_its_recorded_head_params_made_final():
+    from autolayer.pipeline import trial_config
+    from autolayer.selection import summary
+
+    study = optuna.create_study(direction="maximize")
+    params = {"operator": "concat", "width": 8, "hidden": 4, "dropout": 0.0, "lr": 1e-3}
+    recorded = {**params, "batch_size": 10, "epochs": 60, "patience": 8, "weight_decay": 0.0}
+    _stored(study, {"models": "a", "layer:a": 2}, head_params=recorded, best_epoch=3)
+    config = trial_config(summary(study.trials[0]), _context(), "s", "mem")
+    assert config.head.kind == "mlp" and config.task == "single_label"
+    assert config.head.params == {**params, "batch_size": 10, "epochs": 4, "weight_decay": 0.0}

@@ -7,20 +7,25 @@ import re
 import pytest
 import yaml
 
-from autolayer.config import FusionConfig, ModelChoice, from_dict, load_config
+from autolayer.config import FusionConfig, HeadChoice, ModelChoice, from_dict, load_config
 from autolayer.errors import ConfigError
+
+MLP = {
+    "operator": "concat",
+    "width": 256,
+    "hidden": 128,
+    "dropout": 0.1,
+    "lr": 1e-3,
+    "batch_size": 100,
+    "epochs": 12,
+}
+DEFAULTS = {"patience": 10, "weight_decay": 0.0}  # what the MLP head completes
 
 
 def _config() -> FusionConfig:
     return FusionConfig(
         models=(ModelChoice("minilm", "abc", 4, 7, pooling="last", max_length=128),),
-        operator="concat",
-        width=256,
-        hidden=128,
-        dropout=0.1,
-        lr=1e-3,
-        batch_size=100,
-        epochs=12,
+        head=HeadChoice("mlp", {**MLP, **DEFAULTS}),
         label_names=("neg", "pos"),
         dataset={"name": "mr", "fingerprint": "f" * 64},
         metric="macro_f1",
@@ -29,25 +34,101 @@ def _config() -> FusionConfig:
     )
 
 
+def _schema1(**changes) -> dict:
+    """``_config()`` as schema 1 wrote it: the MLP's fields flat, ``head`` its kind."""
+    data = {k: v for k, v in _config().to_dict().items() if k not in ("head", "task")}
+    return {**data, "schema_version": 1, **MLP, "head": "mlp", **changes}
+
+
+def _with_head(schema: int, change: dict) -> dict:
+    """``_config()`` in ``schema`` with ``change`` made to its head's fields (the seed stays
+    at the top)."""
+    if schema == 1:
+        return _schema1(**change)
+    data = _config().to_dict()
+    params = {**data["head"]["params"], **{k: v for k, v in change.items() if k != "seed"}}
+    return {
+        **data,
+        **{k: v for k, v in change.items() if k == "seed"},
+        "head": {**data["head"], "params": params},
+    }
+
+
 def test_a_config_survives_a_yaml_round_trip_exactly(tmp_path):
     config = _config()
-    assert load_config(config.save(tmp_path / "c.yaml")) == config
+    path = config.save(tmp_path / "c.yaml")
+    assert load_config(path) == config
+    saved = yaml.safe_load(path.read_text())
+    assert saved["schema_version"] == 2 and saved["task"] == "single_label"
+    assert saved["head"] == {"kind": "mlp", "params": {**MLP, **DEFAULTS}}
+
+
+def test_a_schema_1_config_reads_as_the_same_config():
+    assert from_dict(_schema1()) == _config()
+
+
+def test_the_heads_params_are_completed_with_its_defaults():
+    data = _config().to_dict()
+    data["head"] = {"kind": "mlp", "params": {"width": 32}}
+    assert from_dict(data).head.params == {
+        "operator": "concat",
+        "width": 32,
+        "hidden": 256,
+        "dropout": 0.1,
+        "lr": 1e-4,
+        "batch_size": 100,
+        "epochs": 120,
+        "patience": 10,
+        "weight_decay": 0.0,
+    }
+
+
+def test_make_head_builds_the_configs_head_for_its_task_and_metric():
+    head = _config().make_head()
+    assert (head.kind, head.params, head.task.name, head.metric) == (
+        "mlp",
+        {**MLP, **DEFAULTS},
+        "single_label",
+        "macro_f1",
+    )
 
 
 @pytest.mark.parametrize(
     ("change", "named"),
     [
         ({"colour": "blue"}, "unknown field(s) 'colour'"),
-        ({"width": 0}, "'width' must be an integer in [1, 65536]; got 0"),
-        ({"operator": "tensor"}, "operator must be one of"),
         ({"label_names": ["one"]}, "at least 2 classes"),
-        ({"schema_version": 2}, "schema_version 2"),
+        ({"schema_version": 3}, "unsupported schema_version 3; this autolayer reads 1 and 2"),
+        ({"head": "mlp"}, "field 'head' must be dict; got 'mlp'"),
+        ({"head": {"params": {}}}, "head: missing required field 'kind'"),
+        ({"head": {"kind": "mlp", "size": 3}}, "head: unknown field(s) 'size'"),
+        ({"head": {"kind": "mlp", "params": [1]}}, "head: field 'params' must be dict"),
+        ({"head": {"kind": "tree", "params": {}}}, "head must be one of"),
+        ({"head": {"kind": "linear", "params": {"width": 8}}}, "unknown field(s) 'width'"),
+        ({"head": {"kind": "mlp", "params": {"operator": "tensor"}}}, "'operator' must be one of"),
+        ({"task": "multi_label"}, "task must be one of single_label; got 'multi_label'"),
+        ({"task": 3}, "field 'task' must be str; got 3"),
+        ({"metric": "auc"}, "metric must be one of ['accuracy', 'macro_f1'], got 'auc'"),
     ],
 )
 def test_every_field_is_validated_in_one_line(change, named):
     data = {**_config().to_dict(), **change}
+    with pytest.raises(ConfigError, match=re.escape(named)) as caught:
+        from_dict(data, "c.yaml")
+    assert str(caught.value).startswith("c.yaml: ") and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"operator": "tensor"}, "operator must be one of"),
+        ({"task": "single_label"}, "unknown field(s) 'task'"),
+        ({"head": "tree"}, "head must be one of"),
+    ],
+)
+def test_a_schema_1_config_is_validated_as_that_schema(change, named):
     with pytest.raises(ConfigError, match=re.escape(named)):
-        from_dict(data)
+        from_dict(_schema1(**change))
 
 
 @pytest.mark.parametrize(
@@ -73,30 +154,20 @@ def test_a_file_that_is_not_yaml_is_one_line(tmp_path):
     assert yaml.safe_load(_config().save(tmp_path / "d.yaml").read_text())["seed"] == 7
 
 
-def test_a_linear_head_over_a_sparse_source_or_a_broken_draw_is_refused_on_load(tmp_path):
-    import yaml
-
-    from autolayer.config import load_config
-
-    base = {
-        "schema_version": 1,
-        "models": [{"spec": "tfidf", "identity": "x", "layer": 0, "n_hidden_states": 1}],
-        "operator": "concat",
-        "width": 0,
-        "hidden": 8,
-        "dropout": 0.0,
-        "lr": 0.0,
-        "batch_size": 8,
-        "epochs": 1,
-        "label_names": ["neg", "pos"],
-        "head": "linear",
-    }
+@pytest.mark.parametrize("schema", [1, 2])
+def test_a_linear_head_over_a_sparse_source_or_a_broken_draw_is_refused_on_load(tmp_path, schema):
+    tfidf = [{"spec": "tfidf", "identity": "x", "layer": 0, "n_hidden_states": 1}]
+    head = (
+        {"width": 0, "lr": 0.0, "head": "linear"}
+        if schema == 1
+        else {"head": {"kind": "linear", "params": {}}}
+    )
+    base = {**(_schema1() if schema == 1 else _config().to_dict()), "models": tfidf, **head}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(base))
     with pytest.raises(ConfigError, match="linear head takes dense features; tfidf is sparse"):
         load_config(path)
-    broken = {**base, "head": "mlp", "width": 16, "lr": 0.001, "dataset": {"draw": 8}}
-    path.write_text(yaml.safe_dump(broken))
+    path.write_text(yaml.safe_dump({**_with_head(schema, {}), "dataset": {"draw": 8}}))
     with pytest.raises(ConfigError, match="dataset.draw must map"):
         load_config(path)
 
@@ -114,15 +185,19 @@ def test_a_linear_head_over_a_sparse_source_or_a_broken_draw_is_refused_on_load(
         ({"hidden": True}, "'hidden' must be an integer in [1, 65536]; got True"),
         ({"batch_size": 0}, "'batch_size' must be an integer in [1, 1048576]; got 0"),
         ({"width": 10**9}, "'width' must be an integer in [1, 65536]"),
+        ({"width": 0}, "'width' must be an integer in [1, 65536]; got 0"),
         ({"seed": "x"}, "'seed' must be an integer in [0, 4294967295]; got 'x'"),
         ({"seed": 2**33}, "'seed' must be an integer in [0, 4294967295]; got 8589934592"),
     ],
 )
-def test_the_heads_numbers_are_bounded_naming_the_file_and_the_field(tmp_path, change, named):
+@pytest.mark.parametrize("schema", [1, 2])
+def test_the_heads_numbers_are_bounded_naming_the_file_and_the_field(
+    tmp_path, schema, change, named
+):
     """Like scikit-learn's parameter constraints: a typo (``epochs: 1000000000``, ``lr:
     1.0e30``) is refused when the config is read, not run for days or into a NaN head."""
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({**_config().to_dict(), **change}))
+    path.write_text(yaml.safe_dump(_with_head(schema, change)))
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert str(caught.value).startswith(f"{path}: field ") and named in str(caught.value)
@@ -139,7 +214,8 @@ def test_a_models_max_length_is_checked_on_load_naming_the_file_and_the_field(tm
         load_config(path)
 
 
-def test_a_linear_heads_unused_width_and_lr_may_be_zero():
-    data = {**_config().to_dict(), "head": "linear", "width": 0, "lr": 0.0}
-    config = from_dict(data)
-    assert (config.width, config.lr) == (0, 0.0)
+def test_a_schema_1_linear_heads_unused_width_and_lr_may_be_zero():
+    config = from_dict(_schema1(head="linear", width=0, lr=0.0))
+    assert config.head == HeadChoice("linear", {})
+    with pytest.raises(ConfigError, match=re.escape("'hidden' must be an integer in [1, 65536]")):
+        from_dict(_schema1(head="linear", width=0, lr=0.0, hidden=0))

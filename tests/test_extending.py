@@ -1,6 +1,6 @@
-"""Extending autolayer from outside the package: a fusion operator, a feature source and a
-budget, each one class registered by name, run through a real search, export, apply and
-predict (the README's "Extending autolayer" section shows the same three)."""
+"""Extending autolayer from outside the package: a fusion operator, a feature source, a
+budget, a head and a task, each one class registered by name, run through a real search,
+export, apply and predict (the README's "Extending autolayer" section shows the same)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,15 @@ import autolayer
 from autolayer import pipeline
 from autolayer.budgets import CONSTRAINTS, Budget, Constraint, register_constraint
 from autolayer.classifier import FusionTextClassifier
+from autolayer.config import load_config
+from autolayer.errors import ConfigError
 from autolayer.fusion import OPERATORS, FusionOperator, register
+from autolayer.heads import HEADS, Head, HeadFit, register_head
+from autolayer.options import Options
 from autolayer.sources import SOURCES, FeatureSource, make_source, register_source
 from autolayer.space import Space
+from autolayer.task import TASKS, SingleLabel, register_task
+from tests.conftest import run
 
 PACKAGE = Path(autolayer.__file__).parent
 
@@ -154,7 +160,7 @@ def test_a_budget_plugged_in_gets_its_cli_flag(plugins, capsys):
         register_constraint(MaxFusedDim)  # the fixture removes it
 
 
-@pytest.mark.parametrize("module", ["probe.py", "cka.py"])
+@pytest.mark.parametrize("module", ["probe.py", "logistic.py", "cka.py"])
 def test_scorers_are_pure(module):
     """Arrays in, scores out: the maths modules never load data, extract or resolve models."""
     tree = ast.parse((PACKAGE / module).read_text())
@@ -172,3 +178,121 @@ def test_json_of_a_plugged_source_study_is_plain(plugins, home, tmp_path, tiny_d
     prepared = pipeline.prepare(str(tiny_dataset), ["hash:8"], top_k=1)
     context = pipeline.study_context(prepared, Space())
     assert json.loads(json.dumps(context))["models"]["hash:8"]["n_hidden_states"] == 2
+
+
+class NearestCentroid(Head):
+    """``centroid``: standardised, concatenated features; probabilities from the squared
+    distance to each class's mean, sharpened by ``temperature`` (a trial's one choice)."""
+
+    dense_only = True
+
+    @classmethod
+    def suggest(cls, trial, space, chosen):
+        return {"temperature": trial.suggest_categorical("temperature", [0.5, 2.0])}
+
+    @classmethod
+    def guided(cls, space, chosen):
+        return {"temperature": 2.0}
+
+    @classmethod
+    def check_params(cls, params, where="head"):
+        if set(params) != {"temperature"} or not params["temperature"] > 0:
+            raise ConfigError(f"{where}: the centroid head takes a temperature > 0")
+        return dict(params)
+
+    @classmethod
+    def n_parameters(cls, input_dims, n_outputs, params):
+        return sum(input_dims) * n_outputs
+
+    @classmethod
+    def n_configurations(cls, space):
+        return 2
+
+    @classmethod
+    def describe(cls, params, n_models):
+        return f"nearest centroid, temperature {params['temperature']}"
+
+    def _fit(self, train, target, val, val_target, seed, device, on_epoch, stop_early):
+        x = torch.as_tensor(np.concatenate(train, axis=1), dtype=torch.float32)
+        self.mean_, self.std_ = x.mean(0), x.std(0).clamp_min(1e-6)
+        z = (x - self.mean_) / self.std_
+        y = torch.as_tensor(target)
+        self.centroids_ = torch.stack(
+            [
+                z[y == c].mean(0) if (y == c).any() else torch.zeros(z.shape[1])
+                for c in range(self.n_outputs_)
+            ]
+        )
+        judged, truth = (train, target) if val is None else (val, val_target)
+        score = self.task.score(self._proba(judged), truth, self.metric)
+        return HeadFit(0, score, (score,), 0.0, self.centroids_.numel())
+
+    def _proba(self, inputs):
+        x = torch.as_tensor(np.concatenate(inputs, axis=1), dtype=torch.float32)
+        distance = torch.cdist((x - self.mean_) / self.std_, self.centroids_) ** 2
+        return torch.softmax(-distance / self.params["temperature"] / x.shape[1], 1).numpy()
+
+    def _state(self):
+        return {"centroids": self.centroids_, "mean": self.mean_, "std": self.std_}
+
+    def _restore(self, state):
+        self.centroids_, self.mean_, self.std_ = state["centroids"], state["mean"], state["std"]
+
+
+class LeastLikely(SingleLabel):
+    """A task whose decision is not the most probable class: the least probable one (a
+    rule no stock task has, so a test sees that every stage asked the task)."""
+
+    def decide(self, proba):
+        return np.asarray(proba).argmin(axis=1)
+
+
+@pytest.fixture()
+def head_and_task():
+    """Register the toy head and task, and remove them again afterwards."""
+    register_head("centroid")(NearestCentroid)
+    register_task("least_likely")(LeastLikely)
+    yield
+    HEADS.pop("centroid")
+    TASKS.pop("least_likely")
+
+
+def test_a_head_and_a_task_plug_in_from_outside(
+    head_and_task, capsys, home, tmp_path, tiny_models, tiny_dataset
+):
+    """search → export → apply → predict with a head and a task the package does not have:
+    the search trains the toy head (each of its two settings once per layer choice: a
+    finite head is not trained twice), the config names both, and every stage decides by
+    the toy task's rule."""
+    options = Options(task="least_likely")
+    prepared = pipeline.prepare(
+        str(tiny_dataset), [str(tiny_models["bert"])], options=options, top_k=1
+    )
+    result = pipeline.search(
+        prepared,
+        output_dir=tmp_path / "out",
+        budget=Budget(n_trials=4),
+        space=Space(heads=("centroid",)),
+    )
+    trained = [t for t in result.trials if t.state == "COMPLETE"]
+    assert trained and all(t.head == "centroid" for t in trained)
+    settings = [t.head_params["temperature"] for t in trained]
+    assert len(settings) == len(set(settings)) <= 2  # the same setting is never trained twice
+    code, _, err = run(capsys, "export", tmp_path / "out", "-o", tmp_path / "config.yaml")
+    assert code == 0, err
+    config = load_config(tmp_path / "config.yaml")
+    assert config.task == "least_likely" and config.head.kind == "centroid"
+    assert config.head.params == {"temperature": result.best.head_params["temperature"]}
+    code, _, err = run(
+        capsys, "apply", tmp_path / "config.yaml", "-d", tiny_dataset, "-o", tmp_path / "model"
+    )
+    assert code == 0, err
+    texts = tmp_path / "texts.txt"
+    texts.write_text("good fun film\nawful dull plot\ngreat story\n")
+    code, out, err = run(capsys, "predict", tmp_path / "model", "-i", texts)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    for row in rows:  # the least probable label, by the toy task's rule
+        assert row["label"] == min(row["probabilities"], key=row["probabilities"].get)
+    model = FusionTextClassifier.load(tmp_path / "model")
+    assert isinstance(model.head_, NearestCentroid) and isinstance(model.head_.task, LeastLikely)

@@ -177,6 +177,23 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@pytest.mark.parametrize("max_length", [1, "8", 8.0, True])
+def test_a_max_length_the_options_refuse_is_refused_as_the_options_word_it(
+    tiny_models, home, max_length
+):
+    """One bound, one message: before, ``embed_texts`` had its own check, which let 8.0
+    and True through and met "8" with a TypeError."""
+    from autolayer.extraction import embed_texts
+    from autolayer.options import Options
+
+    with pytest.raises(ConfigError) as options:
+        Options(max_length=max_length)
+    with pytest.raises(ConfigError) as extraction:
+        embed_texts(str(tiny_models["bert"]), ["a b"], max_length=max_length)
+    assert str(extraction.value) == str(options.value)
+    assert str(extraction.value).startswith("max_length must be an integer >= 2; got ")
+
+
 def test_max_length_beyond_the_model_is_cut_with_a_note(
     capsys, tmp_path, home, tiny_models, caplog
 ):

@@ -9,7 +9,7 @@ import pytest
 
 from autolayer.data import load_dataset
 from autolayer.errors import ConfigError, DataError
-from autolayer.fusion import FusionParams, cross_validate, predict_proba, train_fusion
+from autolayer.heads import HeadFit, cross_validate, make_head
 from autolayer.options import Options
 from autolayer.probe import folds as stratified_folds
 from tests.conftest import run, write_jsonl
@@ -54,13 +54,13 @@ def test_cross_validation_never_trains_on_the_rows_it_judges(one_thread):
     x = np.eye(n, dtype=np.float32)
     y = np.arange(n) % 2
     folds = stratified_folds(y, 4, seed=0)
-    params = FusionParams(operator="concat", width=16, hidden=16, lr=1e-2, max_epochs=30)
-    result = cross_validate([x], y, folds, params=params, seed=0)
+    params = {"operator": "concat", "width": 16, "hidden": 16, "lr": 1e-2, "epochs": 30}
+    result = cross_validate(make_head("mlp", params), [x], y, folds, seed=0)
     assert len(result.curve) == 30  # no early stopping inside a fold
     assert result.best_epoch == int(np.argmax(result.curve))
     assert result.best_val_metric <= max(result.curve)  # no fold judged at its own best
     assert result.best_val_metric < 0.8
-    fit = train_fusion([x], y, [x], y, params=params, seed=0)
+    fit = make_head("mlp", params).fit([x], y, [x], y, seed=0)
     assert fit.best_val_metric == 1.0  # the same head does memorise what it trains on
 
 
@@ -173,7 +173,7 @@ def test_linear_head_is_offered_for_dense_inputs_and_its_config_applies(
     linear = next(t for t in trained if t.head == "linear")
     config = pipeline.export(output_dir=tmp_path / "out", trial_number=linear.number)
     config.save(tmp_path / "linear.yaml")
-    assert load_config(tmp_path / "linear.yaml").head == "linear"
+    assert load_config(tmp_path / "linear.yaml").head.kind == "linear"
     result = apply(tmp_path / "linear.yaml", tiny_dataset, tmp_path / "model")
     assert result.accuracy is not None
     clf = FusionTextClassifier.load(tmp_path / "model")
@@ -183,20 +183,17 @@ def test_linear_head_is_offered_for_dense_inputs_and_its_config_applies(
 def test_each_fold_is_scored_at_the_epochs_the_other_folds_chose(monkeypatch):
     # Two folds whose curves peak at opposite epochs: the best epoch of their mean curve
     # would score 0.5 (a maximum over noise); each fold judged where the other peaks, 0.1.
-    from autolayer import fusion
-    from autolayer.fusion import TrainResult
+    from autolayer.heads.mlp import MLPHead
 
     histories = iter([(0.9, 0.1), (0.1, 0.9)])
 
-    def fake_train(*args, **kwargs):
-        return TrainResult(None, 0, 0.0, next(histories), 1.0, 0)
+    def fake_fit(self, *args, **kwargs):
+        return HeadFit(0, 0.0, next(histories), 1.0, 0)
 
-    monkeypatch.setattr(fusion, "train_fusion", fake_train)
+    monkeypatch.setattr(MLPHead, "fit", fake_fit)
     y = np.array([0, 1, 0, 1])
-    params = FusionParams(operator="concat", max_epochs=2)
-    result = cross_validate(
-        [np.zeros((4, 2))], y, [np.array([0, 1]), np.array([2, 3])], params=params
-    )
+    head = make_head("mlp", {"operator": "concat", "epochs": 2})
+    result = cross_validate(head, [np.zeros((4, 2))], y, [np.array([0, 1]), np.array([2, 3])])
     assert result.best_val_metric == pytest.approx(0.1)
     assert result.curve == pytest.approx((0.5, 0.5)) and result.best_epoch == 0
 
@@ -210,12 +207,12 @@ def test_linear_head_matches_sklearn_with_fewer_rows_than_features(n_classes):
     x = rng.normal(size=(32, 448)).astype(np.float32)
     y = np.arange(32) % n_classes
     x[:, :4] += 2 * np.eye(n_classes, 4)[y]  # some signal, far fewer rows than features
-    params = FusionParams(operator="concat", width=0, lr=0.0, head="linear")
-    model = train_fusion([x], y, None, None, params=params).model
+    head = make_head("linear", {})
+    head.fit([x], y)
     scaler = StandardScaler().fit(x)
     reference = LogisticRegression(max_iter=10000, tol=1e-10).fit(scaler.transform(x), y)
     test = rng.normal(size=(200, 448)).astype(np.float32)
-    ours = predict_proba(model, [test])
+    ours = head.predict_proba([test])
     theirs = reference.predict_proba(scaler.transform(test))
     assert np.abs(ours - theirs).max() < 5e-3
     top = np.sort(theirs, axis=1)
@@ -228,7 +225,7 @@ def test_cross_validated_choice_is_the_smallest_head_within_one_standard_error()
 
     def trial(number, value, params, folds=None):
         attrs = {"params": params, **({"fold_scores": folds} if folds else {})}
-        return TrialSummary(number, "COMPLETE", (value,), ("m",), (1,), "concat", 8, 0.1, attrs)
+        return TrialSummary(number, "COMPLETE", (value,), ("m",), (1,), attrs)
 
     noisy = [1.0, 2 / 3, 1.0, 2 / 3, 1.0]  # mean 0.867, standard error 0.082
     top = trial(0, 0.8667, 500_000, noisy)

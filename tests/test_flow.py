@@ -91,6 +91,32 @@ def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_da
     assert lines[0].startswith("row,text,label,p_neg,p_pos") and len(lines) == 3
 
 
+def test_a_model_path_holding_the_models_separator_works_end_to_end(
+    capsys, tmp_path, home, tiny_dataset, tiny_models
+):
+    """Before: the search joined model names with " + " into its choices and split them
+    again on it, so a folder named ``a + b`` became two models that do not exist."""
+    import shutil
+
+    folder = tmp_path / "a + b" / "model"
+    shutil.copytree(tiny_models["bert"], folder)
+    out_dir = tmp_path / "out"
+    pool = f"{folder},tfidf"  # fused, the choice is "…/a + b/model + tfidf"
+    args = ["-d", tiny_dataset, "--models", pool, "--max-length", 12, "--n-trials", 4]
+    code, _, err = run(capsys, "recommend", *args, "--exhaustive", "-o", out_dir)
+    assert code == 0, err
+    config = load_config(out_dir / "recommendation.yaml")
+    assert {m.spec for m in config.models} <= {str(folder), "tfidf"}
+    model = tmp_path / "model"
+    code, _, err = run(capsys, "apply", out_dir / "recommendation.yaml", "-o", model)
+    assert code == 0, err
+    texts, predicted = tmp_path / "new.txt", tmp_path / "predicted.csv"
+    texts.write_text("the movie was good\nawful plot\n")
+    code, _, err = run(capsys, "predict", model, "-i", texts, "-o", predicted)
+    assert code == 0, err
+    assert len(predicted.read_text().strip().splitlines()) == 3
+
+
 def test_a_recommend_on_other_data_into_a_folder_a_running_one_holds_is_refused(
     home, tmp_path, tiny_dataset
 ):

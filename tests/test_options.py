@@ -49,12 +49,97 @@ def test_the_metric_and_seed_of_the_options_judge_the_search(
         ("validation_size", "0.2", "validation_size"),
         ("cv_folds", 1, "cv_folds"),
         ("threads", 0, "threads"),
+        ("task", "multi_label_someday", "task"),
+        ("task", 3, "task"),
+        ("trust_remote_code", "yes", "trust_remote_code"),
     ],
 )
 def test_bad_options_are_one_line_config_errors(field, value, named):
     with pytest.raises(ConfigError, match=named) as caught:
         Options(**{field: value})
     assert caught.value.params == (named,)
+
+
+def test_an_unknown_task_names_the_registered_ones():
+    with pytest.raises(ConfigError) as caught:
+        Options(task="regression")
+    assert str(caught.value) == "task must be one of single_label; got 'regression'"
+
+
+def test_the_task_is_single_label_unless_named_and_a_result_depends_on_it():
+    assert Options().task == Options(task="single_label").task == "single_label"
+    assert Options() == Options(task="single_label")
+    assert Options().results()["task"] == "single_label"
+
+
+def test_trust_remote_code_changes_no_result():
+    """A permission, not a setting: the features are keyed by the weights' identity, and a
+    model that needs its own code fails to load without it rather than loading otherwise."""
+    assert Options(trust_remote_code=True).results() == Options().results()
+    assert Options(trust_remote_code=True).extraction()["trust_remote_code"] is True
+
+
+def test_trust_remote_code_of_the_options_reaches_every_source_a_search_builds(
+    home, tmp_path, tiny_models, tiny_dataset, monkeypatch
+):
+    """Before: Options had no trust_remote_code, so search and recommend built every source
+    without it, and a model that needs its own code could not be searched."""
+    from autolayer.sources.transformer import TransformerSource
+
+    seen = []
+    build = TransformerSource.__init__
+
+    def spy(self, spec, *, trust_remote_code=False):
+        seen.append(trust_remote_code)
+        build(self, spec, trust_remote_code=trust_remote_code)
+
+    monkeypatch.setattr(TransformerSource, "__init__", spy)
+    options = Options(trust_remote_code=True, max_length=16)
+    models = [str(tiny_models["bert"])]
+    prepared = pipeline.prepare(str(tiny_dataset), models, top_k=1, options=options)
+    pipeline.search(prepared, output_dir=tmp_path, budget=Budget(n_trials=1))
+    assert seen and all(seen)
+
+
+@pytest.mark.parametrize("command", ["search", "recommend"])
+@pytest.mark.parametrize("flag", [True, False])
+def test_the_cli_gives_trust_remote_code_to_a_search(
+    command, flag, capsys, home, tmp_path, tiny_dataset, monkeypatch
+):
+    seen = []
+
+    def stop(data, models, *, options, **kwargs):
+        seen.append(options.trust_remote_code)
+        raise ConfigError("stop")
+
+    monkeypatch.setattr(pipeline, "prepare", stop)
+    args = [command, "-d", tiny_dataset, "--models", "x", "-o", tmp_path / "out"]
+    _, _, err = run(capsys, *args, *(["--trust-remote-code"] if flag else []))
+    assert err.startswith("error: stop") and seen == [flag]
+
+
+def test_the_study_records_the_max_length_its_features_took_and_builds_no_source(
+    home, tiny_models, tiny_dataset, monkeypatch
+):
+    """The tiny models have 128 positions: of the 1000 tokens asked for they take 128, which
+    the cache keys the features by and the context (hence the config) now records. The
+    study is still identified by the option, as studies made before were. Each model was
+    resolved once, when the pool entered ``prepare``: the context asks no source again."""
+    from autolayer.sources.transformer import TransformerSource
+
+    model = str(tiny_models["bert"])
+    prepared = pipeline.prepare(str(tiny_dataset), [model], top_k=1, max_length=1000)
+    assert prepared.sources[model].max_length == 128
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a source was built again")
+
+    monkeypatch.setattr(TransformerSource, "__init__", refuse)
+    context = pipeline.study_context(prepared, pipeline.Space())
+    assert context["models"][model]["max_length"] == 128
+    assert context["models"][model]["identity"] == prepared.sources[model].identity
+    features = pipeline.study_identity(context)["features (pooling, max_length)"]
+    assert features == [("mean", 1000)]
 
 
 def test_unknown_settings_are_named():

@@ -15,7 +15,6 @@ from autolayer.errors import ConfigError, DataError
 from autolayer.metrics import macro_f1
 from autolayer.probe import (
     LayerScores,
-    fit_logistic,
     probe_layers,
     probe_layers_holdout,
 )
@@ -58,18 +57,6 @@ def test_agrees_with_sklearn_logistic_regression_on_the_same_folds() -> None:
             model.fit(X[train, layer], y[train])
             reference[layer] += model.score(X[test, layer], y[test]) / 5
     assert np.abs(scores.accuracy - reference).mean() <= 0.02
-
-
-@pytest.mark.parametrize("classes", [2, 4])
-def test_fit_logistic_matches_sklearn_probabilities(classes: int) -> None:
-    # Two classes exercise the doubled penalty that maps softmax onto sklearn's binary model.
-    X, y = _layered(n=200, layers=1, width=8, classes=classes, signal={0: 0.8})
-    x = StandardScaler().fit_transform(X[:, 0].astype(np.float64))
-    reference = LogisticRegression(C=0.5, tol=1e-8, max_iter=10000).fit(x, y)
-    features = torch.as_tensor(np.c_[x, np.ones(len(x))], dtype=torch.float32)[None]
-    weights = fit_logistic(features, torch.as_tensor(y), alpha=2.0, tol=1e-6)
-    probs = torch.softmax(features.double() @ weights.mT, -1)[0].numpy()
-    np.testing.assert_allclose(probs, reference.predict_proba(x), atol=1e-4)
 
 
 def test_same_seed_same_scores() -> None:
@@ -213,7 +200,8 @@ def test_the_head_penalty_is_the_one_cv_scores_best_weakest_on_ties() -> None:
     """``chosen_alpha`` picks by the probe's own CV on the same folds; with a weak signal
     spread over many features (as in an embedding) and a few rows per class, a stronger
     penalty than sklearn's default wins."""
-    from autolayer.probe import DEFAULT_ALPHA, PENALTIES, chosen_alpha, out_of_fold
+    from autolayer.logistic import DEFAULT_ALPHA
+    from autolayer.probe import PENALTIES, chosen_alpha, out_of_fold
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 12)

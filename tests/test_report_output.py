@@ -103,7 +103,8 @@ def test_terminal_is_decided_per_call_and_keeps_the_rich_bar(capsys, monkeypatch
 
 
 def _trial(number: int, values: tuple[float, ...], model: str) -> TrialSummary:
-    return TrialSummary(number, "COMPLETE", values, (model,), (2,), "concat", 256, 1e-3)
+    head = {"operator": "concat", "width": 256, "lr": 1e-3}
+    return TrialSummary(number, "COMPLETE", values, (model,), (2,), head_params=head)
 
 
 def test_search_summary_shows_the_pareto_front_rounded_only_when_multi_objective(capsys):
@@ -118,6 +119,19 @@ def test_search_summary_shows_the_pareto_front_rounded_only_when_multi_objective
     single = (_trial(0, (0.9,), "m"),)
     report.search_summary(SearchResult("s", "sqlite://", single[0], single, single))
     assert "Pareto" not in capsys.readouterr().out
+
+
+def test_the_trials_table_asks_the_head_for_its_operator_and_width(capsys):
+    """A pair shows its operator, one model "—", a head without an operator its own name;
+    a head without a width "—"."""
+    pair = TrialSummary(0, "COMPLETE", (0.9,), ("a", "b"), (1, 2), head_params={
+        "operator": "sum", "width": 512, "lr": 1e-3,
+    })  # fmt: skip
+    linear = TrialSummary(1, "COMPLETE", (0.8,), ("a",), (1,), head="linear")
+    report.trials_table([pair, _trial(2, (0.7,), "c"), linear], "accuracy")
+    rows = [line.split("│") for line in capsys.readouterr().out.splitlines() if "│" in line]
+    cells = {row[1].strip(): (row[4].strip(), row[5].strip()) for row in rows}
+    assert cells == {"0": ("sum", "512"), "2": ("—", "256"), "1": ("linear head", "—")}
 
 
 def test_piped_search_prints_full_width_tables_and_progress_lines(

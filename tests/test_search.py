@@ -127,6 +127,20 @@ def _pair(a: str, b: str, gain: float, accuracy=(0.7, 0.8)) -> PairEstimate:
     return PairEstimate((a, b), accuracy, max(accuracy) + gain, gain, 0.01, 0.1, 0.2, 0.1, 0.5, 99)
 
 
+def test_a_choice_splits_back_into_the_pools_models_even_a_name_holding_the_separator():
+    """Before: a choice was split on " + ", so a folder ``a + b`` became two models."""
+    import itertools
+
+    from autolayer.space import split_models, subsets
+
+    names = ["/data/a + b/model", "tfidf", "/data/a", "b"]
+    combos = [c for n in (1, 2, 3) for c in itertools.combinations(names, n)]
+    assert [split_models(choice, names) for choice in subsets(names, 3)] == combos
+    assert split_models("/data/a + b/model + tfidf", names) == ("/data/a + b/model", "tfidf")
+    assert split_models("/data/a + tfidf", names) == ("/data/a", "tfidf")
+    assert split_models("/data/a + x", names) == ()  # not a join of the pool's names
+
+
 def test_guided_trials_try_the_best_model_then_the_best_pairs_that_gain(home, tiny_dataset, models):
     prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
     first, second = (c.name for c in prepared.candidates)
@@ -442,16 +456,17 @@ def test_a_trial_whose_head_diverges_is_pruned_with_a_warning(tmp_path, monkeypa
     """A diverged head (non-finite loss) ends its trial, not the study."""
     from autolayer import search
     from autolayer.errors import DivergedError
+    from autolayer.heads.mlp import MLPHead
 
-    real, calls = search.train_fusion, []
+    real, calls = MLPHead._fit, []
 
-    def diverges_first(*args, **kwargs):
+    def diverges_first(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise DivergedError("the fusion head diverged (its training loss is nan); lower lr")
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(search, "train_fusion", diverges_first)
+    monkeypatch.setattr(MLPHead, "_fit", diverges_first)
     models = _two_models(np.random.default_rng(0), 40, 10)
     result = search.run_search(
         models,
@@ -466,6 +481,55 @@ def test_a_trial_whose_head_diverges_is_pruned_with_a_warning(tmp_path, monkeypa
     states = sorted(t.state for t in result.trials)
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
     assert "trial 0: the fusion head diverged" in caplog.text
+
+
+def test_a_trial_records_the_parameters_its_head_class_suggested(tmp_path):
+    """The head's full parameters are a trial attribute (what export makes final); its
+    cost is the head class's; the options judge it (their metric is the study's)."""
+    from autolayer.heads.mlp import MLPHead
+    from autolayer.options import Options
+    from autolayer.search import run_search
+
+    models = _two_models(np.random.default_rng(0), 40, 10)
+    space = Space(widths=(8,), hidden=4, max_epochs=2, patience=1)
+    result = run_search(
+        models, np.arange(40) % 2, np.arange(10) % 2, storage=f"sqlite:///{tmp_path / 's.db'}",
+        study_name="s", budget=Budget(n_trials=1, max_models=1), space=space, prune=False,
+        options=Options(metric="macro_f1", seed=3),
+    )  # fmt: skip
+    [trial] = result.trials
+    assert trial.head == "mlp" and space.lr[0] <= trial.lr <= space.lr[1]
+    assert trial.head_params == {
+        **{"operator": "concat", "width": 8, "hidden": 4, "dropout": 0.1, "lr": trial.lr},
+        **{"batch_size": 100, "epochs": 2, "patience": 1, "weight_decay": 0.0},
+    }
+    assert trial.attrs["params"] == MLPHead.n_parameters([8], 2, trial.head_params)
+    study = optuna.load_study(study_name="s", storage=result.storage)
+    assert study.user_attrs["metric"] == "macro_f1"
+
+
+def test_a_head_registered_by_a_plugin_is_searched_and_never_trained_twice(tmp_path):
+    """The search asks the head classes: a kind registered after import is offered, and,
+    having finitely many settings, is not trained twice on the same configuration (the
+    rule is the head class's, not the linear head's)."""
+    from autolayer.heads import HEADS, register_head
+    from autolayer.heads.linear import LinearHead
+    from autolayer.search import run_search
+    from autolayer.selection import REPEAT
+
+    register_head("toy")(type("Toy", (LinearHead,), {}))
+    try:
+        result = run_search(
+            _two_models(np.random.default_rng(0), 40, 10), np.arange(40) % 2,
+            np.arange(10) % 2, storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s",
+            budget=Budget(n_trials=10), space=Space(heads=("toy",)), prune=False,
+        )  # fmt: skip
+    finally:
+        HEADS.pop("toy")
+    complete = [t for t in result.trials if t.state == "COMPLETE"]
+    assert len(complete) == 8 and {t.head for t in complete} == {"toy"}
+    assert all(t.head_params == {} for t in complete)
+    assert any(REPEAT in t.attrs for t in result.trials) and result.trained == 8
 
 
 def test_cost_attributes_are_stored_unrounded():

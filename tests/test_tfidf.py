@@ -13,7 +13,8 @@ from autolayer import pipeline
 from autolayer.budgets import Budget
 from autolayer.classifier import FusionTextClassifier, apply
 from autolayer.errors import ConfigError, DataError
-from autolayer.fusion import OPERATORS, FusionParams, predict_proba, train_fusion
+from autolayer.fusion import OPERATORS
+from autolayer.heads import make_head
 from autolayer.sources import make_source
 from autolayer.sources.tfidf import TfidfSource
 from tests.conftest import run, write_jsonl
@@ -136,31 +137,28 @@ def test_every_operator_learns_from_sparse_beside_dense():
     X = sparse.hstack([X, sparse.csr_matrix(np.eye(2, dtype=np.float32)[y])], format="csr")
     dense = rng.normal(size=(600, 6)).astype(np.float32)
     for operator in OPERATORS:
-        result = train_fusion(
-            [X[:450], dense[:450]],
-            y[:450],
-            [X[450:], dense[450:]],
-            y[450:],
-            params=FusionParams(operator=operator, width=8, lr=1e-2, max_epochs=40),
-        )
-        assert result.model.sparse == [True, False]
-        assert result.best_val_metric > 0.95, operator
-        assert predict_proba(result.model, [X[450:], dense[450:]]).shape == (150, 2)
+        head = make_head("mlp", {"operator": operator, "width": 8, "lr": 1e-2, "epochs": 40})
+        fit = head.fit([X[:450], dense[:450]], y[:450], [X[450:], dense[450:]], y[450:])
+        assert head.sparse_ == [True, False]
+        assert fit.best_val_metric > 0.95, operator
+        assert head.predict_proba([X[450:], dense[450:]]).shape == (150, 2)
 
 
 def test_a_batch_updates_only_the_table_rows_it_touches():
     import torch
     from torch.nn import functional as F
 
-    from autolayer.fusion import FusionClassifier, SparseRows, _optimizers
+    from autolayer.heads.modules import SparseRows
 
     X = sparse.csr_matrix(np.array([[1, 0, 0, 2], [0, 0, 0, 1]], dtype=np.float32))
+    head = make_head("mlp", {"width": 3, "hidden": 4, "dropout": 0.0, "lr": 0.1})
+    head.input_dims_, head.sparse_, head.n_outputs_ = [4], [True], 2
     torch.manual_seed(0)
-    model = FusionClassifier([4], 3, "concat", 4, 0.0, 2, sparse=[True]).train()
+    model = head.net_ = head._build().train()
     with torch.no_grad():  # every projected unit active: no ReLU can zero a row's gradient
         model.projections[0].bias.fill_(10.0)
     table = model.projections[0].weight.clone()
-    optimizers = _optimizers(model, FusionParams(operator="concat", lr=0.1))
+    optimizers = head._optimizers()
     batch = SparseRows(X, torch.device("cpu"))[torch.tensor([0, 1])]
     F.cross_entropy(model([batch]), torch.tensor([0, 1])).backward()
     for optimizer in optimizers:
@@ -186,7 +184,7 @@ def test_recommend_apply_predict_with_tfidf(capsys, home, tmp_path, tiny_dataset
     assert (tmp_path / "model" / "tfidf.json").is_file() and applied.accuracy is not None
     loaded = FusionTextClassifier.load(tmp_path / "model")
     texts = ["good fun", "awful dull"]
-    assert loaded.sources_["tfidf"].width == loaded.model_.input_dims[-1]
+    assert loaded.sources_["tfidf"].width == loaded.head_.input_dims_[-1]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
     code, out, err = run(capsys, "predict", tmp_path / "model", "-i", tmp_path / "in.txt")
     assert code == 0, err
@@ -243,9 +241,10 @@ def test_dense_features_for_a_sparse_head_are_refused():
     rng = np.random.default_rng(0)
     X = sparse.random(60, 30, density=0.1, format="csr", random_state=0, dtype=np.float32)
     y = rng.integers(0, 2, 60)
-    result = train_fusion([X], y, None, None, params=FusionParams(operator="concat", width=4))
+    head = make_head("mlp", {"operator": "concat", "width": 4})
+    head.fit([X], y)
     with pytest.raises(ConfigError, match="sparse"):
-        predict_proba(result.model, [X.toarray()])
+        head.predict_proba([X.toarray()])
 
 
 def test_score_and_complementarity_refuse_tfidf_before_any_extraction(
@@ -263,8 +262,22 @@ def test_memory_of_a_sparse_candidate_is_its_non_zeros(home, tiny_dataset):
 
     [candidate] = pipeline.prepare(str(tiny_dataset), ["tfidf"], top_k=1).candidates
     X = candidate.features(0, "train")
-    cost = cost_of([candidate], [0], "concat", 8, 8, 2, X.shape[0])
+    params = {"operator": "concat", "width": 8, "hidden": 8}
+    cost = cost_of([candidate], [0], "mlp", params, 2, X.shape[0])
     stored = (8 * X.nnz + 4 * (X.shape[0] + 1)) / 2**20
     head = 4 * cost.params / 2**20
     assert cost.memory_mb == pytest.approx(candidate.weights_mb(0) + stored + head)
     assert stored < 4 * X.shape[0] * X.shape[1] / 2**20  # far below the dense size
+
+
+def test_a_tfidf_record_learns_from_texts_and_names_the_files_it_saves(tmp_path):
+    """Resolved once, the record says what the stages ask: one state, fitted on the texts
+    (each fit a new source, the record's own left unfitted), and the files a fit saves."""
+    from autolayer.sources import resolve_spec
+
+    record = resolve_spec("tfidf", max_length=256)
+    assert record.sparse and record.n_states == 1 and not record.sentence_encoder
+    fitted = record.unfitted().fit(["good movie", "bad movie", "good plot", "bad plot"])
+    assert fitted is not record.source and record.source._vectorizers is None
+    fitted.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(record.files)

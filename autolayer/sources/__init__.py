@@ -7,9 +7,19 @@ from autolayer.sources import (  # noqa: F401 - register the "transformers" and 
 from autolayer.sources.base import (
     SOURCES,
     FeatureSource,
+    SourceRecord,
     make_source,
     normalise_layers,
     register_source,
+    resolve_spec,
 )
 
-__all__ = ["SOURCES", "FeatureSource", "make_source", "normalise_layers", "register_source"]
+__all__ = [
+    "SOURCES",
+    "FeatureSource",
+    "SourceRecord",
+    "make_source",
+    "normalise_layers",
+    "register_source",
+    "resolve_spec",
+]

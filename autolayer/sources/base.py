@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
 import numpy as np
@@ -34,6 +35,7 @@ class FeatureSource(ABC):
     # ``transform(texts)`` → a CSR matrix ``[N, D]`` (one state) instead of ``embed``,
     # ``save(directory)`` and ``load(directory)`` (see ``sources/tfidf.py``).
     sparse: ClassVar[bool] = False
+    files: ClassVar[tuple[str, ...]] = ()  # what ``save`` writes (a fitted source's state)
 
     def __init__(self, spec: str, *, trust_remote_code: bool = False) -> None:
         self.spec = spec
@@ -141,6 +143,56 @@ def source_class(spec: str) -> type[FeatureSource]:
 def make_source(spec: str, *, trust_remote_code: bool = False) -> FeatureSource:
     """The source for a model spec (see :func:`source_class`)."""
     return source_class(spec)(spec, trust_remote_code=trust_remote_code)
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """A model spec resolved once, where it enters a run (:func:`resolve_spec`), and then
+    carried whole: what the later stages ask of its source, so that none turns the spec
+    back into a source (each time a zoo lookup, a folder hash, a config read).
+
+    ``max_length`` is the tokens per text the features really take (the model's own limit
+    may cut the option's): what the cache keys them by and what a config records.
+    ``sparse``: the source learns from the task's texts (fit, transform, and ``files`` it
+    saves beside a model). ``source`` is the resolved source, unfitted, for what is only
+    computed on demand (each layer's cost); its weights are loaded by the extraction,
+    which builds its own source so that a search does not hold every model's weights.
+    """
+
+    spec: str
+    identity: str
+    n_states: int
+    max_length: int
+    sparse: bool
+    files: tuple[str, ...]
+    sentence_encoder: bool
+    parameters: int  # of the whole model (every state)
+    trust_remote_code: bool
+    source: FeatureSource = field(compare=False, repr=False)
+
+    def unfitted(self) -> FeatureSource:
+        """A new source of this spec, for a source that learns from texts: each fit is its
+        own, and the record's source stays unfitted."""
+        return type(self.source)(self.spec, trust_remote_code=self.trust_remote_code)
+
+
+def resolve_spec(spec: str, *, max_length: int, trust_remote_code: bool = False) -> SourceRecord:
+    """The record of ``spec`` (a ModelError when it names nothing loadable), its features
+    ``max_length`` tokens per text at most."""
+    source = make_source(spec, trust_remote_code=trust_remote_code)
+    last = source.n_states - 1
+    return SourceRecord(
+        spec=spec,
+        identity=source.identity,
+        n_states=source.n_states,
+        max_length=source.max_length(max_length),
+        sparse=source.sparse,
+        files=source.files,
+        sentence_encoder=source.sentence_encoder,
+        parameters=source.parameters(last),
+        trust_remote_code=trust_remote_code,
+        source=source,
+    )
 
 
 def normalise_layers(layers: Sequence[int] | None, n_states: int) -> tuple[int, ...]:

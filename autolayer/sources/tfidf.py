@@ -46,6 +46,7 @@ class TfidfSource(FeatureSource):
     """Word n-gram TF-IDF, fitted on training texts (see the module docstring)."""
 
     sparse = True
+    files = ("tfidf.json", "tfidf.safetensors")
 
     def __init__(self, spec: str = "tfidf", *, trust_remote_code: bool = False) -> None:
         super().__init__(spec, trust_remote_code=trust_remote_code)

@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,8 @@ import autolayer
 from autolayer import pipeline
 from autolayer.budgets import Budget
 from autolayer.fidelity import Fidelity
-from autolayer.fusion import OPERATORS, FusionParams, predict_proba, train_fusion
+from autolayer.fusion import OPERATORS
+from autolayer.heads import make_head
 from autolayer.options import Options
 from autolayer.search import Space
 
@@ -67,7 +67,7 @@ def recommend_arm(
         "dropped": rec.dropped,
         "config": {
             "models": [[m.spec, m.layer] for m in rec.config.models],
-            "operator": rec.config.operator,
+            "operator": rec.config.head.params.get("operator"),
         },
         "val_accuracy": rec.config.validation.get(options.metric),
     }
@@ -94,26 +94,27 @@ def brute_force_arm(data, models, options, exhaustive: dict, root: Path) -> dict
     space = Space()
 
     def fit_params(operator):
-        return FusionParams(
-            operator=operator,
-            width=WIDTH,
-            hidden=space.hidden,
-            dropout=space.dropout,
-            lr=LR,
-            max_epochs=space.max_epochs,
-            patience=space.patience,
-        )
+        return {
+            "operator": operator,
+            "width": WIDTH,
+            "hidden": space.hidden,
+            "dropout": space.dropout,
+            "lr": LR,
+            "epochs": space.max_epochs,
+            "patience": space.patience,
+        }
 
     def fit(members, operator):
-        params = fit_params(operator)
-        return train_fusion(
+        """A head trained on the train rows, early-stopped on validation: (head, its fit)."""
+        head = make_head("mlp", fit_params(operator))
+        result = head.fit(
             [c.features(layer, "train") for c, layer in members],
             prepared.y_train,
             [c.features(layer, "val") for c, layer in members],
             prepared.y_val,
-            params=params,
             seed=options.seed,
         )
+        return head, result
 
     start = time.process_time()
     pairs = {}
@@ -122,21 +123,21 @@ def brute_force_arm(data, models, options, exhaustive: dict, root: Path) -> dict
             (fit([(a, la), (b, lb)], operator), [[a.name, la], [b.name, lb]], operator)
             for la, lb, operator in itertools.product(a.layers, b.layers, OPERATORS)
         ]
-        pairs[(a.name, b.name)] = max(runs, key=lambda r: r[0].best_val_metric), runs
+        pairs[(a.name, b.name)] = max(runs, key=lambda r: r[0][1].best_val_metric), runs
     cpu = forward + time.process_time() - start
     singles = {
         c.name: max(
             ((fit([(c, layer)], "concat"), [[c.name, layer]], None) for layer in c.layers),
-            key=lambda r: r[0].best_val_metric,
+            key=lambda r: r[0][1].best_val_metric,
         )
         for c in prepared.candidates
     }
     test = _test_features(data, prepared.candidates, options)
 
     def record(best) -> dict:
-        result, members, operator = best
+        (head, result), members, operator = best
         features = [test[name][layer] for name, layer in members]
-        predicted = predict_proba(result.model, features).argmax(1)
+        predicted = head.predict_proba(features).argmax(1)
         return {
             "models": members,
             "operator": operator,
@@ -147,16 +148,17 @@ def brute_force_arm(data, models, options, exhaustive: dict, root: Path) -> dict
     def applied(best) -> float:
         """Test accuracy of a configuration retrained as ``apply`` does: train +
         validation rows, exactly best epoch + 1 epochs, no early stopping."""
-        result, members, operator = best
-        params = replace(fit_params(operator or "concat"), max_epochs=result.best_epoch + 1)
+        (_, result), members, operator = best
+        params = {**fit_params(operator or "concat"), "epochs": result.best_epoch + 1}
         both = [
             _stack(c.features(layer, "train"), c.features(layer, "val"))
             for c, layer in ((by_name[m], layer) for m, layer in members)
         ]
         y = np.concatenate([prepared.y_train, prepared.y_val])
-        final = train_fusion(both, y, None, None, params=params, seed=options.seed)
+        final = make_head("mlp", params)
+        final.fit(both, y, seed=options.seed)
         features = [test[name][layer] for name, layer in members]
-        predicted = predict_proba(final.model, features).argmax(1)
+        predicted = final.predict_proba(features).argmax(1)
         return float((predicted == data.split("test").labels).mean())
 
     by_name = {c.name: c for c in prepared.candidates}
@@ -165,7 +167,7 @@ def brute_force_arm(data, models, options, exhaustive: dict, root: Path) -> dict
         {
             **record(best),
             "pair": list(names),
-            "runs": [[m, op, r.best_val_metric] for r, m, op in runs],
+            "runs": [[m, op, r.best_val_metric] for (_, r), m, op in runs],
         }
         for names, (best, runs) in pairs.items()
     ]

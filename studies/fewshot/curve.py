@@ -112,7 +112,8 @@ def autolayer_arm(
     )
     result = apply(rec.config, drawn, out / "model", cache_dir=options.cache_dir, overwrite=True)
     seconds = time.process_time() - start
-    head = "linear head" if rec.config.head == "linear" else rec.config.operator
+    kind, params = rec.config.head.kind, rec.config.head.params
+    head = params.get("operator", f"{kind} head")
     return {
         "cpu_seconds": seconds,
         "test_accuracy": result.accuracy,

@@ -9,7 +9,6 @@ regression (C=1) on the standardised layer. Output: studies/results/fewshot/head
 """
 
 import sys
-from dataclasses import replace
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -17,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 import autolayer
 from autolayer import pipeline
-from autolayer.fusion import FusionParams, cross_validate, predict_proba, train_fusion
+from autolayer.heads import cross_validate, make_head
 from autolayer.options import Options
 from autolayer.probe import folds as stratified_folds
 from autolayer.probe import probe_layers
@@ -27,10 +26,10 @@ data = autolayer.load_dataset(
 )
 opts = Options(max_length=256)  # run here with cache_dir="/work/fewshot-work/sst2/cache"
 variants = {
-    "A e60 d0.1": dict(max_epochs=60, dropout=0.1),
-    "B e200 d0.1": dict(max_epochs=200, dropout=0.1),
-    "C e200 d0.5": dict(max_epochs=200, dropout=0.5),
-    "D e200 d0.1 wd0.01": dict(max_epochs=200, dropout=0.1, weight_decay=0.01),
+    "A e60 d0.1": dict(epochs=60, dropout=0.1),
+    "B e200 d0.1": dict(epochs=200, dropout=0.1),
+    "C e200 d0.5": dict(epochs=200, dropout=0.5),
+    "D e200 d0.1 wd0.01": dict(epochs=200, dropout=0.1, weight_decay=0.01),
 }
 res = {}
 for model in sys.argv[1].split(","):
@@ -51,12 +50,11 @@ for model in sys.argv[1].split(","):
             f = stratified_folds(y, 5, d)
             for name, v in variants.items():
                 for rate in (1e-3,):
-                    p = FusionParams(operator="concat", width=256, lr=rate, **v)
-                    cv = cross_validate([x], y, f, params=p, seed=d)
-                    fit = train_fusion(
-                        [x], y, None, None, params=replace(p, max_epochs=cv.best_epoch + 1), seed=d
-                    )
-                    acc = (predict_proba(fit.model, [xt]).argmax(1) == yt).mean()
+                    p = {"operator": "concat", "width": 256, "lr": rate, **v}
+                    cv = cross_validate(make_head("mlp", p), [x], y, f, seed=d)
+                    final = make_head("mlp", {**p, "epochs": cv.best_epoch + 1})
+                    final.fit([x], y, seed=d)
+                    acc = (final.predict_proba([xt]).argmax(1) == yt).mean()
                     res.setdefault((model, n, name), []).append(acc)
                     print(
                         model,

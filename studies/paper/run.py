@@ -37,7 +37,8 @@ import autolayer
 from autolayer import zoo
 from autolayer.budgets import Budget
 from autolayer.cka import cka_matrix
-from autolayer.fusion import OPERATORS, FusionParams, count_parameters, predict_proba, train_fusion
+from autolayer.fusion import OPERATORS
+from autolayer.heads import head_class, make_head
 from autolayer.probe import probe_layers
 from autolayer.search import Space
 
@@ -183,25 +184,27 @@ class Study:
         """Train one fusion head (train part, early stopping on validation), score on test."""
         parts = [self.features(m, layer) for m, layer in choice]
         space = Space()
-        params = FusionParams(
-            operator=operator,
-            width=WIDTH,
-            hidden=space.hidden,
-            dropout=space.dropout,
-            lr=LR,
-            max_epochs=space.max_epochs,
-            patience=space.patience,
+        head = make_head(
+            "mlp",
+            {
+                "operator": operator,
+                "width": WIDTH,
+                "hidden": space.hidden,
+                "dropout": space.dropout,
+                "lr": LR,
+                "epochs": space.max_epochs,
+                "patience": space.patience,
+            },
         )
-        result = train_fusion(
+        result = head.fit(
             [p[0] for p in parts],
             self.y_tr,
             [p[1] for p in parts],
             self.y_va,
-            params=params,
             seed=self.seed,
-            n_classes=self.n_classes,
+            n_outputs=self.n_classes,
         )
-        pred = predict_proba(result.model, [p[2] for p in parts]).argmax(1)
+        pred = head.predict_proba([p[2] for p in parts]).argmax(1)
         dims = [p[0].shape[1] for p in parts]
         return {
             "models": [m for m, _ in choice],
@@ -211,7 +214,7 @@ class Study:
             "test_accuracy": round(float((pred == self.y_te).mean()), 5),
             "test_macro_f1": round(float(f1_score(self.y_te, pred, average="macro")), 5),
             "train_seconds": result.train_seconds,
-            "head_params": count_parameters(dims, WIDTH, operator, space.hidden, self.n_classes),
+            "head_params": head_class("mlp").n_parameters(dims, self.n_classes, head.params),
             **self.cost(choice),
         }
 
@@ -359,15 +362,13 @@ class Study:
         return {
             "config": {
                 "models": choice,
-                "operator": config.operator,
-                "width": config.width,
-                "lr": config.lr,
-                "epochs": config.epochs,
+                "head": config.head.kind,
+                **config.head.params,
             },
             "search_val_accuracy": config.validation["accuracy"],
             "apply_test_accuracy": round(applied.accuracy, 5),
             "apply_test_macro_f1": round(applied.macro_f1, 5),
-            "same_protocol": self.evaluate(choice, config.operator),
+            "same_protocol": self.evaluate(choice, config.head.params.get("operator", "concat")),
             "trials_trained": len(trials),
             "train_seconds": round(sum(t.attrs["train_seconds"] for t in trials), 1),
             "wall_seconds": round(wall, 1),

@@ -1,0 +1,29 @@
+"""Heads, by kind: a small base and one module per implementation (see base)."""
+
+from autolayer.heads import (  # noqa: F401 - register the "mlp" and "linear" kinds
+    linear,
+    mlp,
+)
+from autolayer.heads.base import (
+    HEADS,
+    CrossValidation,
+    Head,
+    HeadFit,
+    cross_validate,
+    head_class,
+    load_head,
+    make_head,
+    register_head,
+)
+
+__all__ = [
+    "HEADS",
+    "CrossValidation",
+    "Head",
+    "HeadFit",
+    "cross_validate",
+    "head_class",
+    "load_head",
+    "make_head",
+    "register_head",
+]

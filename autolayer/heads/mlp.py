@@ -1,0 +1,284 @@
+"""The MLP head, after Gwak & Jung (2025), "Layer-Aware Embedding Fusion for LLMs in Text
+Classifications" (arXiv 2504.05764): each model's chosen-layer embedding ``[N, D_i]`` is
+standardised, projected to a common width ``d`` by Linear+ReLU, the ``m`` projections are
+fused by one operator (:mod:`autolayer.fusion`), and an MLP gives the task's logits.
+
+Trained by AdamW on shuffled mini-batches (and Adam on the touched rows of a sparse
+source's table), with early stopping on the validation metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from autolayer.errors import ConfigError, DivergedError
+from autolayer.fusion import OPERATORS, _check_shape, fused_dim, make_operator
+from autolayer.heads.base import HeadFit, OnEpoch, register_head
+from autolayer.heads.modules import (
+    NetHead,
+    SparseRows,
+    _Projection,
+    _RowAdam,
+    _SparseProjection,
+    n_learned,
+    seeded,
+    to_tensor,
+)
+from autolayer.options import Interval
+
+if TYPE_CHECKING:
+    import optuna
+
+# The defaults follow the paper where it gives them (lr, batch_size, epochs, width);
+# hidden, dropout and patience are ours.
+DEFAULTS: dict[str, Any] = {
+    "operator": "concat",
+    "width": 1024,
+    "hidden": 256,
+    "dropout": 0.1,
+    "lr": 1e-4,
+    "batch_size": 100,
+    "epochs": 120,  # the most; with validation, early stopping picks fewer
+    "patience": 10,  # epochs without a strictly better validation metric
+    "weight_decay": 0.0,
+}
+GUIDE_LR = 1e-3  # the learning rate of guided first trials (see MLPHead.guided)
+BOUNDS = {
+    "width": Interval(int, 1, 65536),
+    "hidden": Interval(int, 1, 65536),
+    "dropout": Interval(float, 0, 1, closed="left"),
+    "lr": Interval(float, 0, 1, closed="right"),
+    "batch_size": Interval(int, 1, 1048576),
+    "epochs": Interval(int, 1, 1000),
+    "patience": Interval(int, 1),
+    "weight_decay": Interval(float, 0),
+}
+
+
+class MLPNet(nn.Module):
+    """Per-model standardise -> Linear(D_i, d)+ReLU -> operator -> MLP -> logits ``[B, C]``.
+
+    The MLP is ``Linear(out_dim, hidden) -> ReLU -> Dropout(p) -> Linear(hidden, C)``; a
+    sparse input (TF-IDF) gets a :class:`~autolayer.heads.modules._SparseProjection`. The
+    tensor names (``projections.*``, ``fusion.*``, ``head.*``) are what saved heads hold.
+    """
+
+    def __init__(
+        self,
+        input_dims: Sequence[int],
+        sparse: Sequence[bool],
+        params: Mapping[str, Any],
+        n_outputs: int,
+    ) -> None:
+        super().__init__()
+        width = params["width"]
+        self.projections = nn.ModuleList(
+            (_SparseProjection if is_sparse else _Projection)(dim, width)
+            for dim, is_sparse in zip(input_dims, sparse, strict=True)
+        )
+        self.fusion = make_operator(params["operator"], len(input_dims), width)
+        self.head = nn.Sequential(
+            nn.Linear(self.fusion.out_dim(len(input_dims), width), params["hidden"]),
+            nn.ReLU(),
+            nn.Dropout(params["dropout"]),
+            nn.Linear(params["hidden"], n_outputs),
+        )
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        """Logits ``[B, C]`` from one ``[B, D_i]`` tensor per model, in input order."""
+        hs = [projection(x) for projection, x in zip(self.projections, inputs, strict=True)]
+        return self.head(self.fusion(hs))
+
+
+@register_head("mlp")
+class MLPHead(NetHead):
+    """Projections + fusion operator + MLP, trained by gradient with early stopping."""
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], where: str = "head") -> dict[str, Any]:
+        unknown = sorted(str(k) for k in params if k not in DEFAULTS)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(DEFAULTS))}"
+            )
+        checked = {**DEFAULTS, **params}
+        for key, interval in BOUNDS.items():
+            value = checked[key]
+            if not interval.holds(value):
+                raise ConfigError(
+                    f"{where}: field {key!r} must be {interval.describe()}; got {value!r}"
+                )
+            checked[key] = interval.kind(value)
+        if checked["operator"] not in OPERATORS:
+            raise ConfigError(
+                f"{where}: field 'operator' must be one of {', '.join(sorted(OPERATORS))}; "
+                f"got {checked['operator']!r}"
+            )
+        try:
+            _check_shape(checked["operator"], 1, checked["width"])
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        return checked
+
+    @classmethod
+    def suggest(cls, trial: optuna.Trial, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
+        """The operator (among several models only), width and learning rate are choices;
+        the rest comes from the space."""
+        operator = "concat"
+        if len(chosen) > 1:
+            operator = trial.suggest_categorical("operator", space.operator_names())
+        width = int(trial.suggest_categorical("width", space.widths))
+        lr = trial.suggest_float("lr", *space.lr, log=True)
+        return cls.check_params(
+            {
+                "operator": operator,
+                "width": width,
+                "hidden": space.hidden,
+                "dropout": space.dropout,
+                "lr": lr,
+                "batch_size": 100,
+                "epochs": space.max_epochs,
+                "patience": space.patience,
+            }
+        )
+
+    @classmethod
+    def n_parameters(
+        cls, input_dims: Sequence[int], n_outputs: int, params: Mapping[str, Any]
+    ) -> int:
+        params = {**DEFAULTS, **params}
+        width, hidden, m = params["width"], params["hidden"], len(input_dims)
+        operator = _check_shape(params["operator"], m, width)
+        projections = sum(dim * width + width for dim in input_dims)
+        mlp = operator.out_dim(m, width) * hidden + hidden + hidden * n_outputs + n_outputs
+        return projections + operator.n_parameters(m, width) + mlp
+
+    @classmethod
+    def fused_dim(cls, input_dims: Sequence[int], params: Mapping[str, Any]) -> int:
+        params = {**DEFAULTS, **params}
+        return fused_dim(len(input_dims), params["width"], params["operator"])
+
+    @classmethod
+    def final_params(cls, params: Mapping[str, Any], fit: Mapping[str, Any]) -> dict[str, Any]:
+        """The final head trains, on every row, the epochs the trial's early stopping
+        chose; it has no validation to stop on, so no patience."""
+        final = {k: v for k, v in params.items() if k != "patience"}
+        return {**final, "epochs": int(fit["best_epoch"]) + 1}
+
+    @classmethod
+    def guided(cls, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
+        """The smallest width, a moderate learning rate (clipped to the space's range) and,
+        among several models, concatenation when searched (else the first operator)."""
+        operators = space.operator_names()
+        operator = "concat" if "concat" in operators else operators[0]
+        lr = min(max(GUIDE_LR, space.lr[0]), space.lr[1])
+        return {
+            **({"operator": operator} if len(chosen) > 1 else {}),
+            "width": min(space.widths),
+            "lr": lr,
+        }
+
+    @classmethod
+    def describe(cls, params: Mapping[str, Any], n_models: int) -> str:
+        params = {**DEFAULTS, **params}
+        width = f"width {params['width']}"
+        return f"{params['operator']}, {width}" if n_models > 1 else width
+
+    def _fit(
+        self,
+        train: Sequence[Any],
+        target: np.ndarray,
+        val: Sequence[Any] | None,
+        val_target: np.ndarray | None,
+        seed: int,
+        device: str | torch.device | None,
+        on_epoch: OnEpoch | None,
+        stop_early: bool,
+    ) -> HeadFit:
+        """Without ``val`` (the final fit on every row) it trains exactly ``epochs`` epochs
+        and keeps the last weights, its history the training metric; with ``val`` the best
+        epoch's weights are restored."""
+        with seeded(seed, device) as device:
+            x, y = self._start(train, target, device)
+            restore_best = val is not None
+            if val is None:
+                val_x, val_target, stop_early = x, target, False
+            else:
+                val_x = [to_tensor(array, device) for array in val]
+            generator = torch.Generator().manual_seed(seed)
+            best_epoch, history = self._epochs(
+                x, y, val_x, val_target, generator, on_epoch, stop_early, restore_best
+            )
+        self.net_.cpu().eval()
+        return HeadFit(best_epoch, history[best_epoch], history, 0.0, n_learned(self.net_))
+
+    def _epochs(
+        self,
+        x: list[Tensor | SparseRows],
+        y: Tensor,
+        val: list[Tensor | SparseRows],
+        val_target: np.ndarray,
+        generator: torch.Generator,
+        on_epoch: OnEpoch | None,
+        stop_early: bool,
+        restore_best: bool,
+    ) -> tuple[int, tuple[float, ...]]:
+        """The epoch loop; leaves the best (or last) state in ``net_``. Returns (best
+        epoch, validation history)."""
+        net, params = self.net_, self.params
+        optimizers = self._optimizers()
+        history: list[float] = []
+        best_epoch, best_state = 0, None
+        for epoch in range(params["epochs"]):
+            net.train()
+            order = torch.randperm(len(y), generator=generator).to(y.device)
+            total = torch.zeros((), device=y.device)  # summed on device: no sync per batch
+            for batch in order.split(params["batch_size"]):
+                loss = self.task.loss(net([t[batch] for t in x]), y[batch])
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for optimizer in optimizers:
+                    optimizer.step()
+                total += loss.detach()
+            if not torch.isfinite(total):
+                raise DivergedError(
+                    f"the {self.kind} head diverged (its training loss is {total.item()} in "
+                    f"epoch {epoch + 1})" + self._diverged_hint()
+                )
+            score = self._score(val, val_target)
+            history.append(score)
+            if best_state is None or score > history[best_epoch]:
+                best_epoch = epoch
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            if on_epoch is not None and on_epoch(epoch, score):
+                break
+            if stop_early and epoch - best_epoch >= params["patience"]:
+                break
+        if restore_best:
+            net.load_state_dict(best_state)
+        else:
+            best_epoch = len(history) - 1
+        return best_epoch, tuple(history)
+
+    def _optimizers(self) -> list:
+        """AdamW, and for sparse projections' tables (a TF-IDF vocabulary is tens of
+        thousands of rows) Adam on the rows each batch touches."""
+        lr, decay = self.params["lr"], self.params["weight_decay"]
+        out = [torch.optim.AdamW(self.net_.parameters(), lr=lr, weight_decay=decay)]
+        tables = [m for m in self.net_.projections if isinstance(m, _SparseProjection)]
+        if tables:
+            out.append(_RowAdam(tables, lr))
+        return out
+
+    def _build(self) -> MLPNet:
+        return MLPNet(self.input_dims_, self.sparse_, self.params, self.n_outputs_)
+
+    def _diverged_hint(self) -> str:
+        return f"; lower lr (it is {self.params['lr']:g})"
