@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +50,6 @@ class TfidfSource(FeatureSource):
     def __init__(self, spec: str = "tfidf", *, trust_remote_code: bool = False) -> None:
         super().__init__(spec, trust_remote_code=trust_remote_code)
         self._vectorizers: dict | None = None
-        self.transform_ms = 0.0  # measured vectorising time per text, for the budgets
 
     @classmethod
     def accepts(cls, spec: str) -> bool:
@@ -109,10 +107,8 @@ class TfidfSource(FeatureSource):
     def transform(self, texts: Sequence[str]) -> sparse.csr_matrix:
         """``[N, V]`` float32 CSR: the blocks side by side, scaled so each row's norm is ≤ 1
         (0 for a text with no known term)."""
-        start = time.perf_counter()
         blocks = [v.transform(list(texts)) for v in self._fitted().values()]
         out = sparse.hstack(blocks, format="csr", dtype=np.float32) / np.sqrt(len(blocks))
-        self.transform_ms = 1000 * (time.perf_counter() - start) / max(len(texts), 1)
         return sparse.csr_matrix(out, dtype=np.float32)
 
     def embed(self, texts, layers, **_settings) -> np.ndarray:
