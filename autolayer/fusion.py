@@ -9,13 +9,13 @@ the search can price a configuration before building anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from autolayer.errors import ConfigError
+from autolayer.registry import Registry
 
 __all__ = [
     "OPERATORS",
@@ -64,32 +64,13 @@ class FusionOperator(nn.Module):
         raise NotImplementedError
 
 
-OPERATORS: dict[str, type[FusionOperator]] = {}
-_Op = TypeVar("_Op", bound=type[FusionOperator])
-
-
-def register(name: str) -> Callable[[_Op], _Op]:
-    """Class decorator adding a FusionOperator to OPERATORS under ``name``."""
-
-    def decorator(cls: _Op) -> _Op:
-        if name in OPERATORS:
-            raise ConfigError(f"operator {name!r} is already registered by {OPERATORS[name]}")
-        cls.name = name
-        OPERATORS[name] = cls
-        return cls
-
-    return decorator
-
-
-def _operator_class(name: str) -> type[FusionOperator]:
-    if name not in OPERATORS:
-        raise ConfigError(f"operator must be one of {sorted(OPERATORS)}, got {name!r}")
-    return OPERATORS[name]
+OPERATORS = Registry("operator")
+register = OPERATORS.register  # class decorator: @register("name")
 
 
 def _check_shape(operator: str, n_inputs: int, width: int) -> type[FusionOperator]:
     """Resolve ``operator`` and reject impossible ``(n_inputs, width)`` before any building."""
-    cls = _operator_class(operator)
+    cls = OPERATORS.find(operator)
     if n_inputs < 1:
         raise ConfigError(f"n_inputs must be >= 1, got {n_inputs}")
     if width < 1:

@@ -9,13 +9,13 @@ the first task; a config names its task, so a saved model decides as it was trai
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from autolayer.errors import ConfigError
 from autolayer.metrics import METRICS
+from autolayer.registry import Registry
 
 if TYPE_CHECKING:  # torch loads with the first computation, not with the names (CLI help)
     from torch import Tensor
@@ -72,29 +72,13 @@ class Task:
         return np.asarray(target)
 
 
-TASKS: dict[str, type[Task]] = {}
-_T = TypeVar("_T", bound=type[Task])
-
-
-def register_task(name: str) -> Callable[[_T], _T]:
-    """Class decorator adding a Task to TASKS under ``name``."""
-
-    def decorator(cls: _T) -> _T:
-        if name in TASKS:
-            raise ConfigError(f"task {name!r} is already registered by {TASKS[name]}")
-        cls.name = name
-        TASKS[name] = cls
-        return cls
-
-    return decorator
+TASKS = Registry("task")
+register_task = TASKS.register  # class decorator: @register_task("name")
 
 
 def make_task(name: str | None = None) -> Task:
     """The task registered as ``name`` (None: single-label classification)."""
-    name = DEFAULT if name is None else name
-    if name not in TASKS:
-        raise ConfigError(f"task must be one of {', '.join(TASKS)}; got {name!r}", params=("task",))
-    return TASKS[name]()
+    return TASKS.find(DEFAULT if name is None else name, params=("task",))()
 
 
 @register_task(DEFAULT)

@@ -25,6 +25,7 @@ from autolayer.heads import HEADS, Head, HeadFit, register_head
 from autolayer.options import Options
 from autolayer.sources import SOURCES, FeatureSource, make_source, register_source
 from autolayer.space import Space
+from autolayer.study import study_context
 from autolayer.task import TASKS, SingleLabel, register_task
 from tests.conftest import run
 
@@ -176,7 +177,7 @@ def test_scorers_are_pure(module):
 def test_json_of_a_plugged_source_study_is_plain(plugins, home, tmp_path, tiny_dataset):
     """The study's stored context is JSON: options, models and identities, no objects."""
     prepared = pipeline.prepare(str(tiny_dataset), ["hash:8"], top_k=1)
-    context = pipeline.study_context(prepared, Space())
+    context = study_context(prepared, Space())
     assert json.loads(json.dumps(context))["models"]["hash:8"]["n_hidden_states"] == 2
 
 
@@ -212,18 +213,22 @@ class NearestCentroid(Head):
     def describe(cls, params, n_models):
         return f"nearest centroid, temperature {params['temperature']}"
 
-    def _fit(self, train, target, val, val_target, seed, device, on_epoch, stop_early):
-        x = torch.as_tensor(np.concatenate(train, axis=1), dtype=torch.float32)
+    def _fit(self, fitting):
+        x = torch.as_tensor(np.concatenate(fitting.train, axis=1), dtype=torch.float32)
         self.mean_, self.std_ = x.mean(0), x.std(0).clamp_min(1e-6)
         z = (x - self.mean_) / self.std_
-        y = torch.as_tensor(target)
+        y = torch.as_tensor(fitting.target)
         self.centroids_ = torch.stack(
             [
                 z[y == c].mean(0) if (y == c).any() else torch.zeros(z.shape[1])
                 for c in range(self.n_outputs_)
             ]
         )
-        judged, truth = (train, target) if val is None else (val, val_target)
+        judged, truth = (
+            (fitting.train, fitting.target)
+            if fitting.val is None
+            else (fitting.val, fitting.val_target)
+        )
         score = self.task.score(self._proba(judged), truth, self.metric)
         return HeadFit(0, score, (score,), 0.0, self.centroids_.numel())
 

@@ -7,6 +7,7 @@ from autolayer.heads import (  # noqa: F401 - register the "mlp" and "linear" ki
 from autolayer.heads.base import (
     HEADS,
     CrossValidation,
+    Fitting,
     Head,
     HeadFit,
     cross_validate,
@@ -19,6 +20,7 @@ from autolayer.heads.base import (
 __all__ = [
     "HEADS",
     "CrossValidation",
+    "Fitting",
     "Head",
     "HeadFit",
     "cross_validate",

@@ -17,11 +17,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from autolayer.errors import CacheError, ConfigError, DivergedError
+from autolayer.registry import Registry
 from autolayer.task import Task, make_task
 
 if TYPE_CHECKING:
@@ -44,6 +45,20 @@ class HeadFit:
     history: tuple[float, ...]
     train_seconds: float
     n_parameters: int
+
+
+@dataclass(frozen=True)
+class Fitting:
+    """What :meth:`Head._fit` is given: checked inputs and the settings of one fit."""
+
+    train: Sequence[Any]  # one [N, D_i] array (or sparse matrix) per model
+    target: np.ndarray  # the task's target of the train rows
+    val: Sequence[Any] | None  # None: the final fit, on every row, for the set epochs
+    val_target: np.ndarray | None
+    seed: int = 0
+    device: Any = None  # None: CUDA when present, else the CPU
+    on_epoch: OnEpoch | None = None  # (epoch, validation metric) -> stop now
+    stop_early: bool = True  # False: every epoch runs (cross-validation reads the curve)
 
 
 class Head(ABC):
@@ -150,7 +165,7 @@ class Head(ABC):
         self.sparse_ = [is_sparse(x) for x in train]
         self.n_outputs_ = n_outputs or self.task.n_outputs(*targets)
         start = time.perf_counter()
-        fit = self._fit(train, target, val, val_target, seed, device, on_epoch, stop_early)
+        fit = self._fit(Fitting(train, target, val, val_target, seed, device, on_epoch, stop_early))
         broken = self._non_finite()
         if broken:
             raise DivergedError(
@@ -208,17 +223,7 @@ class Head(ABC):
     # ------------------------------------------------------------------ for subclasses
 
     @abstractmethod
-    def _fit(
-        self,
-        train: Sequence[Any],
-        target: np.ndarray,
-        val: Sequence[Any] | None,
-        val_target: np.ndarray | None,
-        seed: int,
-        device: str | torch.device | None,
-        on_epoch: OnEpoch | None,
-        stop_early: bool,
-    ) -> HeadFit:
+    def _fit(self, fitting: Fitting) -> HeadFit:
         """Learn from checked inputs (``input_dims_``, ``sparse_`` and ``n_outputs_`` are
         set); ``train_seconds`` of the result is ignored (the base times the call)."""
 
@@ -270,28 +275,13 @@ class Head(ABC):
         )
 
 
-HEADS: dict[str, type[Head]] = {}
-_H = TypeVar("_H", bound=type[Head])
-
-
-def register_head(kind: str) -> Callable[[_H], _H]:
-    """Class decorator adding a Head to HEADS under ``kind``."""
-
-    def decorator(cls: _H) -> _H:
-        if kind in HEADS:
-            raise ConfigError(f"head {kind!r} is already registered by {HEADS[kind]}")
-        cls.kind = kind
-        HEADS[kind] = cls
-        return cls
-
-    return decorator
+HEADS = Registry("head", "kind")
+register_head = HEADS.register  # class decorator: @register_head("kind")
 
 
 def head_class(kind: str) -> type[Head]:
     """The head registered as ``kind``."""
-    if kind not in HEADS:
-        raise ConfigError(f"head must be one of {', '.join(HEADS)}; got {kind!r}")
-    return HEADS[kind]
+    return HEADS.find(kind)
 
 
 def make_head(

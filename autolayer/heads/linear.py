@@ -8,12 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from autolayer.errors import ConfigError
-from autolayer.heads.base import HeadFit, OnEpoch, register_head
+from autolayer.heads.base import Fitting, HeadFit, register_head
 from autolayer.heads.modules import NetHead, _Standardised, n_learned, seeded, to_tensor
 
 if TYPE_CHECKING:
@@ -69,30 +68,21 @@ class LinearHead(NetHead):
     def describe(cls, params: Mapping[str, Any], n_models: int) -> str:
         return "linear head"
 
-    def _fit(
-        self,
-        train: Sequence[Any],
-        target: np.ndarray,
-        val: Sequence[Any] | None,
-        val_target: np.ndarray | None,
-        seed: int,
-        device: str | torch.device | None,
-        on_epoch: OnEpoch | None,
-        stop_early: bool,
-    ) -> HeadFit:
+    def _fit(self, fitting: Fitting) -> HeadFit:
         """Fit to convergence; the one entry of the history is the validation metric (the
         training metric without ``val``)."""
         if any(self.sparse_):
             raise ConfigError(
                 "the linear head takes dense features only; a sparse source needs 'mlp'"
             )
-        with seeded(seed, device) as device:
-            x, y = self._start(train, target, device)
+        f = fitting
+        with seeded(f.seed, f.device) as device:
+            x, y = self._start(f.train, f.target, device)
             self._solve(x, y)
-            if val is None:
-                score = self._score(x, target)
+            if f.val is None:
+                score = self._score(x, f.target)
             else:
-                score = self._score([to_tensor(array, device) for array in val], val_target)
+                score = self._score([to_tensor(array, device) for array in f.val], f.val_target)
         self.net_.cpu().eval()
         return HeadFit(0, score, (score,), 0.0, n_learned(self.net_))
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from autolayer.errors import ConfigError, DivergedError
 from autolayer.fusion import OPERATORS, _check_shape, fused_dim, make_operator
-from autolayer.heads.base import HeadFit, OnEpoch, register_head
+from autolayer.heads.base import Fitting, HeadFit, OnEpoch, register_head
 from autolayer.heads.modules import (
     NetHead,
     SparseRows,
@@ -190,30 +190,21 @@ class MLPHead(NetHead):
         width = f"width {params['width']}"
         return f"{params['operator']}, {width}" if n_models > 1 else width
 
-    def _fit(
-        self,
-        train: Sequence[Any],
-        target: np.ndarray,
-        val: Sequence[Any] | None,
-        val_target: np.ndarray | None,
-        seed: int,
-        device: str | torch.device | None,
-        on_epoch: OnEpoch | None,
-        stop_early: bool,
-    ) -> HeadFit:
+    def _fit(self, fitting: Fitting) -> HeadFit:
         """Without ``val`` (the final fit on every row) it trains exactly ``epochs`` epochs
         and keeps the last weights, its history the training metric; with ``val`` the best
         epoch's weights are restored."""
-        with seeded(seed, device) as device:
-            x, y = self._start(train, target, device)
-            restore_best = val is not None
-            if val is None:
-                val_x, val_target, stop_early = x, target, False
+        f = fitting
+        with seeded(f.seed, f.device) as device:
+            x, y = self._start(f.train, f.target, device)
+            restore_best, val_target, stop_early = f.val is not None, f.val_target, f.stop_early
+            if f.val is None:
+                val_x, val_target, stop_early = x, f.target, False
             else:
-                val_x = [to_tensor(array, device) for array in val]
-            generator = torch.Generator().manual_seed(seed)
+                val_x = [to_tensor(array, device) for array in f.val]
+            generator = torch.Generator().manual_seed(f.seed)
             best_epoch, history = self._epochs(
-                x, y, val_x, val_target, generator, on_epoch, stop_early, restore_best
+                x, y, val_x, val_target, generator, f.on_epoch, stop_early, restore_best
             )
         self.net_.cpu().eval()
         return HeadFit(best_epoch, history[best_epoch], history, 0.0, n_learned(self.net_))

@@ -12,11 +12,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import numpy as np
 
 from autolayer.errors import ConfigError
+from autolayer.registry import Registry
 
 Progress = Callable[[int], None]
 FALLBACK = "transformers"  # the kind asked last: it accepts any spec the zoo can resolve
@@ -114,21 +115,8 @@ class FeatureSource(ABC):
         return np.ones(len(texts), dtype=np.int64)
 
 
-SOURCES: dict[str, type[FeatureSource]] = {}
-_S = TypeVar("_S", bound=type[FeatureSource])
-
-
-def register_source(kind: str) -> Callable[[_S], _S]:
-    """Class decorator adding a FeatureSource to SOURCES under ``kind``."""
-
-    def decorator(cls: _S) -> _S:
-        if kind in SOURCES:
-            raise ConfigError(f"feature source {kind!r} is already registered by {SOURCES[kind]}")
-        cls.kind = kind
-        SOURCES[kind] = cls
-        return cls
-
-    return decorator
+SOURCES = Registry("feature source", "kind")
+register_source = SOURCES.register  # class decorator: @register_source("kind")
 
 
 def source_class(spec: str) -> type[FeatureSource]:
