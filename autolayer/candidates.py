@@ -7,6 +7,11 @@ plausibly matter, and completes the survivors only up to their deepest kept laye
 labels it first scores the anchor and, when no trial of the budget could beat it, extracts
 nothing else. Rows are split here once (search-train and validation, or cross-validation
 folds), so every later step judges on the same rows.
+
+One module, though over 600 lines: the three ways of preparing (exhaustive, lexical,
+screened then completed) and the anchor's early skip all build the same private records
+(``_Rows``, ``_Features``, ``_candidate``); the skip, which extracts and prices through
+them, cannot move into :mod:`autolayer.anchor` either: this module imports that one.
 """
 
 from __future__ import annotations
@@ -229,8 +234,8 @@ def prepare(
     of a single-objective search that offers the linear head), the anchor is scored first,
     and when it fits that budget and none of its trials could beat it, the other models are
     not extracted at all (:func:`autolayer.anchor.unbeatable`). ``resumed_pool`` (see
-    :func:`study_pool`) overrides that decision for a study being resumed: a pool of more
-    models keeps every model, and the anchor alone keeps the anchor alone.
+    :func:`autolayer.study.study_pool`) overrides that decision for a study being resumed:
+    a pool of more models keeps every model, and the anchor alone keeps the anchor alone.
     """
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1; got {top_k}")

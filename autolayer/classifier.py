@@ -3,9 +3,10 @@
 ``FusionTextClassifier`` is a scikit-learn estimator over raw texts: it embeds them with each
 configured backbone cut at its chosen layer (cached), trains the config's head, and decides
 as the config's task does.
-``apply`` trains it on a dataset's train (+ validation) split and reports test metrics;
-``predict_file`` labels new texts with a saved model. Saved models are a folder holding the
-config (YAML) and the head (safetensors + JSON), written atomically: no pickle anywhere.
+``apply`` trains it on a dataset's train (+ validation) split and reports test metrics
+(labelling the texts of a file with a saved model is :mod:`autolayer.predictions`'s job).
+Saved models are a folder holding the config (YAML) and the head (safetensors + JSON),
+written atomically: no pickle anywhere.
 """
 
 from __future__ import annotations
@@ -22,21 +23,17 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from autolayer.config import FusionConfig, load_config
+from autolayer.config import FusionConfig, ModelChoice, load_config
 from autolayer.errors import ConfigError, DataError
 from autolayer.files import (
     RECOMMENDATION,
-    atomic_write,
     atomic_write_bytes,
-    check_output,
     check_owned_folder,
     check_writable,
-    mark_ours,
     replace_folder,
-    same_file,
     temp_dir,
 )
-from autolayer.sources import make_source
+from autolayer.sources import SourceRecord, resolve_spec
 from autolayer.task import make_task
 
 if TYPE_CHECKING:
@@ -88,11 +85,27 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
     def _config(self) -> FusionConfig:
         return as_config(self.config)
 
+    def _record(self, choice: ModelChoice) -> SourceRecord:
+        """One of the config's models resolved into its record (:func:`resolve_spec`) the
+        first time it is asked for, and kept: what kind of source it is and its identity are
+        then read from the record, not from a source built again from the spec. Kept by
+        spec, max_length and trust_remote_code, so that ``set_params`` changing them
+        resolves anew; the cache is not a constructor argument, so ``clone`` starts without."""
+        key = (choice.spec, choice.max_length, self.trust_remote_code)
+        resolved = self.__dict__.setdefault("_resolved", {})
+        if key not in resolved:
+            resolved[key] = resolve_spec(
+                choice.spec,
+                max_length=choice.max_length,
+                trust_remote_code=self.trust_remote_code,
+            )
+        return resolved[key]
+
     def fit_sources(self, texts) -> FusionTextClassifier:
         """Fit the sources that learn from texts (TF-IDF) on these training texts."""
         texts = _as_texts(texts)
-        sources = {choice.spec: make_source(choice.spec) for choice in self._config().models}
-        self.sources_ = {spec: s.fit(texts) for spec, s in sources.items() if s.sparse}
+        records = {choice.spec: self._record(choice) for choice in self._config().models}
+        self.sources_ = {spec: r.unfitted().fit(texts) for spec, r in records.items() if r.sparse}
         return self
 
     def embed(self, texts) -> list[np.ndarray]:
@@ -106,7 +119,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
             if choice.spec in getattr(self, "sources_", {}):
                 out.append(self.sources_[choice.spec].transform(texts))
                 continue
-            if make_source(choice.spec).sparse:
+            if self._record(choice).sparse:
                 raise ConfigError(f"{choice.spec} is not fitted yet: call fit first")
             emb = embed_texts(
                 choice.spec,
@@ -182,7 +195,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         unfitted = [
             m.spec
             for m in config.models
-            if make_source(m.spec).sparse and m.spec not in getattr(self, "sources_", {})
+            if self._record(m).sparse and m.spec not in getattr(self, "sources_", {})
         ]
         if unfitted:
             raise ConfigError(f"{unfitted[0]} was never fitted: call fit (or fit_sources) first")
@@ -232,8 +245,9 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         estimator.classes_ = np.asarray(config.label_names)
         estimator.sources_ = {}
         for choice, dim in zip(config.models, head.input_dims_, strict=False):
-            if make_source(choice.spec).sparse:
-                source = type(make_source(choice.spec)).load(directory)
+            record = estimator._record(choice)
+            if record.sparse:
+                source = type(record.source).load(directory)
                 if source.width != dim:
                     raise ConfigError(
                         f"{directory}: the {choice.spec} vocabulary has {source.width} terms, "
@@ -415,8 +429,11 @@ def split_features(
     return features
 
 
-def check_provenance(config: FusionConfig, fingerprint: str | None) -> list[str]:
-    """Warnings when the data or the weights differ from those the config was made on.
+def check_provenance(
+    config: FusionConfig, fingerprint: str | None, records: list[SourceRecord]
+) -> list[str]:
+    """Warnings when the data or the weights differ from those the config was made on
+    (``records``: the config's models, resolved, in order).
 
     Applying a config to other data is legitimate (that is what transferring a
     recommendation means), so a mismatch warns rather than refuses.
@@ -428,11 +445,10 @@ def check_provenance(config: FusionConfig, fingerprint: str | None) -> list[str]
             f"dataset fingerprint {fingerprint[:12]} differs from the config's {expected[:12]} "
             f"({config.dataset.get('name', '?')}): the recommendation was made on other data"
         )
-    for choice in config.models:
-        identity = make_source(choice.spec).identity
-        if identity != choice.identity:
+    for choice, record in zip(config.models, records, strict=True):
+        if record.identity != choice.identity:
             notes.append(
-                f"model {choice.spec!r} has identity {identity}, the config expects "
+                f"model {choice.spec!r} has identity {record.identity}, the config expects "
                 f"{choice.identity}: the weights differ"
             )
     return notes
@@ -472,7 +488,11 @@ def apply(
         )
     data, drawn = _as_drawn(config, data, all_rows)
     check_labels(config, data)
-    notes = [*drawn, *check_provenance(config, None if drawn else data.fingerprint)]
+    estimator = FusionTextClassifier(
+        config, device=device, cache_dir=cache_dir, trust_remote_code=trust_remote_code
+    )
+    records = [estimator._record(choice) for choice in config.models]
+    notes = [*drawn, *check_provenance(config, None if drawn else data.fingerprint, records)]
     names = [s for s in ("train", "validation") if s in data.splits]
     labels = [data.label_names[i] for s in names for i in data.split(s).labels]
     if "test" not in data.splits:
@@ -483,9 +503,6 @@ def apply(
         )
     for note in notes:
         logger.warning(note)
-    estimator = FusionTextClassifier(
-        config, device=device, cache_dir=cache_dir, trust_remote_code=trust_remote_code
-    )
     estimator.fit_sources([t for s in names for t in data.split(s).texts])
     features = split_features(
         config,
@@ -564,156 +581,3 @@ def check_labels(config: FusionConfig, data) -> None:
             f"the config's label_names include {shown}, absent from dataset {data.name!r} "
             f"(labels: {', '.join(data.label_names)}); remove it from the config"
         )
-
-
-PREDICTION_FORMATS = (".jsonl", ".csv", ".tsv", ".parquet")
-
-
-def check_prediction_output(output: Path, input_path: Path, *, overwrite: bool = False) -> None:
-    """Before any model work: the output names a format we write, is writable, is not the
-    input (writing predictions over the texts they came from would lose them, whatever
-    ``overwrite`` says), and is new or autolayer's own (or ``overwrite``)."""
-    if output.is_dir():
-        raise ConfigError(
-            f"output {str(output)!r} is a folder; name a file in it, such as "
-            f"{str(output / 'predictions.jsonl')!r}"
-        )
-    if same_file(output, input_path) or output.absolute() == Path(input_path).absolute():
-        raise ConfigError(
-            f"output {str(output)!r} is the input file: predictions would overwrite the texts; "
-            "choose another output"
-        )
-    if output.suffix.lower() not in PREDICTION_FORMATS:
-        said = f"as {output.suffix!r}" if output.suffix else f"to {output.name!r} (no extension)"
-        raise ConfigError(
-            f"cannot write predictions {said}: the extension names the format; name the "
-            f"output {', '.join('*' + f for f in PREDICTION_FORMATS)}"
-        )
-    check_output(output, "predictions", overwrite=overwrite)
-
-
-def _read_texts(estimator, input_path, text_column: str | None, id_column: str | None):
-    """The input's texts, from ``text_column`` or else the column the model's training data
-    had them in (else "text"); a missing column that the user did not name says where its
-    name came from."""
-    from autolayer.data import read_inputs
-
-    if text_column is not None:
-        return read_inputs(input_path, text_column=text_column, id_column=id_column)
-    recorded = (estimator._config().dataset.get("origin") or {}).get("text_column", "text")
-    try:
-        return read_inputs(input_path, text_column=recorded, id_column=id_column)
-    except DataError as exc:
-        if f"text_column={recorded!r}" not in str(exc):
-            raise
-        raise DataError(
-            f"{exc} (the column the model's training data had its texts in; pass text_column)",
-            params=("text_column",),
-        ) from None
-
-
-def predict_file(
-    model_dir: str | Path,
-    input_path: str | Path,
-    output: str | Path | None = None,
-    *,
-    text_column: str | None = None,
-    id_column: str | None = None,
-    device: str | None = None,
-    overwrite: bool = False,
-    cache_dir: str | Path | None = None,
-    use_cache: bool = False,
-) -> list[dict]:
-    """Label every text of ``input_path``; write them to ``output`` (format by extension)
-    when given, and return the rows. A table's texts are read from ``text_column``, by
-    default the column the model's training data had them in (else "text"). An existing
-    ``output`` is replaced only if autolayer wrote it, or with ``overwrite``.
-
-    Each row keeps ``row``, the text's 0-based position in the input (and the value of
-    ``id_column`` when given), so outputs match inputs even where empty texts were skipped.
-
-    The texts' embeddings are not cached unless ``use_cache`` (in ``cache_dir``, default
-    ``$AUTOLAYER_HOME/embeddings``): new texts are seldom labelled twice, so a cache would
-    only grow by an entry per input, and a read-only one would stop prediction.
-    """
-    from autolayer.device import resolve_device
-
-    if id_column in ("row", "text", "label", "probabilities"):
-        raise ConfigError(
-            f"id_column {id_column!r} would overwrite the predictions' own {id_column!r} field; "
-            "rename that column in the input",
-            params=("id_column",),
-        )
-    if output is not None:
-        output = Path(output)
-        check_prediction_output(output, Path(input_path), overwrite=overwrite)
-    resolve_device(device)
-    estimator = FusionTextClassifier.load(
-        model_dir, device=device, cache_dir=cache_dir, use_cache=use_cache
-    )
-    inputs = _read_texts(estimator, input_path, text_column, id_column)
-    proba = estimator.predict_proba(list(inputs.texts))
-    classes = [str(c) for c in estimator.classes_]
-    labels = [str(c) for c in estimator.decide(proba)]
-    rows = []
-    for i, (text, ps) in enumerate(zip(inputs.texts, proba, strict=True)):
-        row = {"row": inputs.rows[i]}
-        if id_column is not None:
-            row[id_column] = inputs.ids[i]
-        row.update(
-            text=text,
-            label=labels[i],
-            probabilities={c: float(p) for c, p in zip(classes, ps, strict=True)},
-        )
-        rows.append(row)
-    if output is not None:
-        write_predictions(rows, output)
-    return rows
-
-
-def _flat(row: dict) -> dict:
-    """A prediction row with one ``p_<class>`` column per class, for tables."""
-    out = {k: v for k, v in row.items() if k != "probabilities"}
-    out.update({f"p_{c}": p for c, p in row["probabilities"].items()})
-    return out
-
-
-def prediction_lines(rows: list[dict]) -> str:
-    """JSON Lines, one prediction per line (what ``predict`` prints without ``-o``)."""
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def write_predictions(rows: list[dict], output: Path) -> None:
-    """Write in the format the extension names: JSONL, CSV, TSV or Parquet (atomically),
-    with the proof that autolayer wrote it (so that a re-run may replace it)."""
-    _write_table(rows, output)
-    mark_ours(output, "predictions")
-
-
-def _write_table(rows: list[dict], output: Path) -> None:
-    suffix = output.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.Table.from_pylist([_flat(r) for r in rows])
-        atomic_write(output, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
-        return
-    if suffix in (".csv", ".tsv"):
-        import csv
-        import io
-
-        buffer = io.StringIO()
-        flat = [_flat(r) for r in rows]
-        writer = csv.DictWriter(
-            buffer,
-            fieldnames=list(flat[0]),
-            delimiter="\t" if suffix == ".tsv" else ",",
-            lineterminator="\n",  # as pandas writes it, and the JSONL beside it
-        )
-        writer.writeheader()
-        writer.writerows(flat)
-        data = buffer.getvalue()
-    else:
-        data = prediction_lines(rows)
-    atomic_write_bytes(output, data.encode("utf-8"))

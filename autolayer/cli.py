@@ -310,7 +310,7 @@ def extract(
     import numpy as np
 
     _quiet()
-    from autolayer import report
+    from autolayer import progress, report
     from autolayer.data import split_texts
     from autolayer.errors import ConfigError
     from autolayer.extraction import embed_texts
@@ -333,7 +333,7 @@ def extract(
         cache_dir=cache_dir,
         trust_remote_code=trust_remote_code,
     )
-    with report.progress_bar(f"{model} · {source}", len(texts)) as advance:
+    with progress.progress_bar(f"{model} · {source}", len(texts)) as advance:
         embeddings = embed_texts(
             model,
             texts,
@@ -409,7 +409,7 @@ def score(
     _quiet()
     import json
 
-    from autolayer import report
+    from autolayer import progress, report
     from autolayer.data import load_dataset
     from autolayer.files import atomic_write_bytes, mark_ours
     from autolayer.options import Options
@@ -427,7 +427,7 @@ def score(
         split=split,
         n_folds=folds,
         max_examples=max_examples,
-        progress=report.progress_bar,
+        progress=progress.progress_bar,
     )
     report.score_tables(results)
     if json_path:
@@ -486,7 +486,7 @@ def complementarity(
     _quiet()
     import json
 
-    from autolayer import report
+    from autolayer import progress, report
     from autolayer.data import load_dataset
     from autolayer.files import atomic_write_bytes, mark_ours
     from autolayer.options import Options
@@ -516,7 +516,7 @@ def complementarity(
         layers=chosen,
         max_examples=max_examples,
         debiased=debiased,
-        progress=report.progress_bar,
+        progress=progress.progress_bar,
     )
     labels = [f"{m} L{layer}" for m, layer in zip(result.models, result.layers, strict=True)]
     report.pairs_table(result.pairs, "predicted fusion gain: held-out probe")
@@ -682,11 +682,12 @@ def _say_ignored(kw: dict, models: list[str] | None) -> None:
 
 def _run_search(kw: dict, *, full_report: bool):
     _quiet()
-    from autolayer import pipeline, report
+    from autolayer import pipeline, progress, report
     from autolayer.budgets import CONSTRAINTS, Budget
     from autolayer.data import load_dataset
     from autolayer.fidelity import Fidelity
     from autolayer.options import Options
+    from autolayer.study import default_study_name, resumed_pool
 
     budget = Budget(
         n_trials=kw["n_trials"],
@@ -720,12 +721,12 @@ def _run_search(kw: dict, *, full_report: bool):
     study = {
         "output_dir": kw["output_dir"],
         "storage": kw["storage"],
-        "study_name": kw["study_name"] or pipeline.default_study_name(data, models, options),
+        "study_name": kw["study_name"] or default_study_name(data, models, options),
         "budget": budget,
         "multi_objective": kw["multi_objective"],
         "heartbeat": kw["heartbeat"],
     }
-    with report.trial_progress(kw["n_trials"], budget) as on_trial:
+    with progress.trial_progress(kw["n_trials"], budget) as on_trial:
         if full_report:
             rec = pipeline.recommend(
                 data,
@@ -733,7 +734,7 @@ def _run_search(kw: dict, *, full_report: bool):
                 options=options,
                 top_k=kw["top_k"],
                 fidelity=fidelity,
-                progress=report.progress_bar,
+                progress=progress.progress_bar,
                 callbacks=[on_trial],
                 overwrite=kw["overwrite"],
                 **study,
@@ -745,13 +746,11 @@ def _run_search(kw: dict, *, full_report: bool):
                 options=options,
                 top_k=kw["top_k"],
                 fidelity=fidelity,
-                progress=report.progress_bar,
+                progress=progress.progress_bar,
                 anchor_budget=pipeline.anchor_budget(
                     budget, pipeline.default_space(options), kw["multi_objective"]
                 ),
-                resumed_pool=pipeline.resumed_pool(
-                    kw["output_dir"], kw["storage"], study["study_name"]
-                ),
+                resumed_pool=resumed_pool(kw["output_dir"], kw["storage"], study["study_name"]),
             )
             result = pipeline.search(prepared, callbacks=[on_trial], **study)
     if full_report:
@@ -953,6 +952,7 @@ def apply(
     help="Cache folder; implies --cache (default with --cache: $AUTOLAYER_HOME/embeddings).",
 )
 @_device_option(default=None)
+@_trust_option
 def predict(
     model_dir: Path,
     input_path: Path,
@@ -963,6 +963,7 @@ def predict(
     cache: bool | None,
     cache_dir: Path | None,
     device,
+    trust_remote_code: bool,
 ) -> None:
     """Label new texts with a saved model (backbones run only up to their chosen layers).
 
@@ -979,7 +980,7 @@ def predict(
         raise click.UsageError("--no-cache and --cache-dir contradict each other: pick one")
     _quiet()
     from autolayer import report
-    from autolayer.classifier import predict_file, prediction_lines
+    from autolayer.predictions import predict_file, prediction_lines
 
     rows = predict_file(
         model_dir,
@@ -991,6 +992,7 @@ def predict(
         overwrite=overwrite,
         cache_dir=cache_dir,
         use_cache=bool(cache or cache_dir),
+        trust_remote_code=trust_remote_code,
     )
     if output is None:
         click.echo(prediction_lines(rows), nl=False)

@@ -3,9 +3,11 @@
 This is the one orchestration module: it loads data, extracts (cached) features, and hands
 arrays to the pure scorers (``probe``, ``cka``) and to the search, taking a progress
 callback so the CLI only renders. Preparing the search's candidates (exhaustive or
-multi-fidelity, and the few-label anchor's early skip) is :mod:`autolayer.candidates`.
-Settings travel with the data in one :class:`Options`, held by the prepared state and
-stored in the study before its first trial.
+multi-fidelity, and the few-label anchor's early skip) is :mod:`autolayer.candidates`; the
+study a run writes into (its name, storage, context and identity) :mod:`autolayer.study`;
+the output folder recommend holds and checks :mod:`autolayer.claims`; the sentences that
+explain a recommendation :mod:`autolayer.reasons`. Settings travel with the data in one
+:class:`Options`, held by the prepared state and stored in the study before its first trial.
 
 Everything is chosen on a validation split carved from train (or the dataset's own): the
 test split is never looked at here, so the recommendation's test accuracy (``apply``) is an
@@ -15,14 +17,9 @@ config (``export``), so a study can be re-read, resumed or exported later from i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,23 +33,23 @@ from autolayer.candidates import (
     Prepared,
     ProgressFactory,
     anchor_budget,
-    check_models,
     dataset_of,
     embed,
-    folds_run,
     pair_estimates,
     prepare,
     resolve_models,
     resolve_options,
 )
+from autolayer.claims import check_output_dir, claim_output_dir
 from autolayer.complementarity import PairEstimate
 from autolayer.config import FusionConfig, HeadChoice, ModelChoice, library_versions
 from autolayer.data import LabelledDataset
 from autolayer.errors import ConfigError, warns_once
 from autolayer.fidelity import Fidelity, StageCost
-from autolayer.files import RECOMMENDATION, check_writable, is_ours, mark_ours
+from autolayer.files import RECOMMENDATION, mark_ours
 from autolayer.heads import head_class
 from autolayer.options import Options
+from autolayer.reasons import reasons
 from autolayer.search import run_search
 from autolayer.selection import (
     INFEASIBLE,
@@ -63,6 +60,15 @@ from autolayer.selection import (
 )
 from autolayer.sources import SourceRecord
 from autolayer.space import Space, guided_trials
+from autolayer.study import (
+    check_own_database,
+    default_storage,
+    default_study_name,
+    recommended_study,
+    resumed_pool,
+    study_context,
+    study_identity,
+)
 from autolayer.task import DEFAULT as DEFAULT_TASK
 
 logger = logging.getLogger("autolayer")
@@ -265,142 +271,11 @@ def complementarity(
     return Complementarity(tuple(models), tuple(chosen), matrix, grids, len(rows), debiased, pairs)
 
 
-def default_storage(output_dir: str | Path) -> str:
-    """The study database of an output folder."""
-    return f"sqlite:///{(Path(output_dir) / 'study.db').resolve()}"
-
-
-def _check_own_database(path: Path) -> None:
-    """Refuse to add a study's tables to a user's own SQLite file that happens to be named
-    like the output folder's study database (autolayer never writes into what it did not
-    write)."""
-    import sqlite3
-    from contextlib import closing
-
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.DatabaseError:
-        tables = {"not a database"}
-    if tables and "studies" not in tables:
-        raise ConfigError(
-            f"{path} is not a study database (autolayer's or Optuna's): refusing to write "
-            "into it; choose another output folder"
-        )
-
-
-def resumed_pool(
-    output_dir: str | Path, storage: str | None, study_name: str | None
-) -> tuple[str, ...]:
-    """:func:`study_pool` of a run's storage, by default the output folder's study
-    database, refused first when it is a user's own SQLite file: reading the pool would
-    add Optuna's tables to it."""
-    if storage is None:
-        _check_own_database(Path(output_dir) / "study.db")
-        storage = default_storage(output_dir)
-    return study_pool(storage, study_name)
-
-
-def study_pool(storage: str, study_name: str | None) -> tuple[str, ...]:
-    """The models of the stored study a run will resume (none for a new study, or a name
-    left to be derived from the pool): :func:`prepare` keeps a resumed study's pool whole,
-    or the anchor alone, whatever the early skip would decide under this budget. Never
-    creates a storage; a storage that cannot be opened is an error here, before any work."""
-    from autolayer.storage import check_storage_url, make_storage, missing_sqlite_file
-
-    check_storage_url(storage)  # a URL no study can live in: said before any work
-    if study_name is None or missing_sqlite_file(storage):
-        return ()
-    opened = make_storage(storage)
-    try:
-        attrs = opened.get_study_user_attrs(opened.get_study_id_from_name(study_name))
-    except KeyError:
-        return ()
-    return tuple((attrs.get("context") or {}).get("models") or {})
-
-
-def study_context(prepared: Prepared, space: Space) -> dict:
-    """What export needs besides a trial's parameters, stored as a study attribute before
-    the first trial (so an interrupted first run can be exported too)."""
-    options = prepared.options
-    models = {}
-    for cand in prepared.candidates:
-        record = prepared.sources[cand.name]
-        models[cand.name] = {
-            "identity": record.identity,
-            "n_hidden_states": cand.n_hidden_states,
-            "pooling": options.pooling,
-            "max_length": record.max_length,  # what the cache used: the model's limit may cut
-        }
-    return {
-        "models": models,
-        "label_names": list(prepared.data.label_names),
-        "dataset": {
-            "name": prepared.data.name,
-            "fingerprint": prepared.data.fingerprint,
-            "validation": prepared.validation,
-            **({"draw": prepared.data.draw} if prepared.data.draw else {}),
-            **({"sample": prepared.data.sample} if prepared.data.sample else {}),
-            **({"origin": prepared.data.origin} if prepared.data.origin else {}),
-        },
-        "head": {"hidden": space.hidden, "dropout": space.dropout, "batch_size": 100},
-        "task": options.task,
-        "options": options.results(),
-        "metric": options.metric,
-        "seed": options.seed,
-    }
-
-
-def study_identity(context: dict) -> dict:
-    """What makes two runs the same study: trials of another dataset, validation split,
-    model pool or feature settings are not comparable, so such a study is refused."""
-    validation = context["dataset"]["validation"]
-    split = {k: validation[k] for k in ("seed", "n_train", "n_val", "cv_folds") if k in validation}
-    options = context.get("options") or {}
-    # the option, whichever split validated: studies have always been identified by it
-    size = options.get("validation_size", validation.get("size"))
-    # the max_length asked for, not the one a model's limit cut it to (the context's):
-    # studies have always been identified by the option
-    requested = options.get("max_length")
-    return {
-        "dataset fingerprint": context["dataset"]["fingerprint"],
-        "validation split": {**({"size": size} if size is not None else {}), **split},
-        "model pool": {name: info["identity"] for name, info in context["models"].items()},
-        "features (pooling, max_length)": sorted(
-            {(info["pooling"], requested) for info in context["models"].values()}
-        ),
-        # which trial the others must beat: the same trials, judged by another rule
-        "anchor": options.get("anchor"),
-    }
-
-
 def default_space(options: Options) -> Space:
     """The search space: with cross-validation (few labels) the linear head is offered
     beside the MLP, which a handful of labels per class cannot train as well (measured in
     ``studies/fewshot``)."""
     return Space(heads=("mlp", "linear")) if options.cv_folds is not None else Space()
-
-
-def default_study_name(
-    data: LabelledDataset, models: Sequence[str] | None, options: Options
-) -> str:
-    """Named by the data, the models asked for and, under cross-validation, the folds that
-    run (:func:`folds_run`, so the name made from the options as given and from a prepared
-    run's is one) and the anchor: a run judged another way is another study, not a refused
-    resume. Not by the models a run keeps: the anchor's early skip depends on the budget,
-    so a re-run with more trials or a timeout would silently start another study; it
-    resumes this one, with its pool (:func:`study_pool`). Known before any extraction."""
-    names = check_models(models)
-    key = f"{data.fingerprint}|{','.join(names)}"
-    if (folds := folds_run(data, options)) is not None:
-        key += f"|cv{folds}"
-        chosen = anchor.resolve(options.anchor, resolve_models(names, options))
-        if chosen is not None:
-            key += f"|anchor={chosen}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    return f"autolayer-{data.name}-{digest}"
 
 
 @warns_once
@@ -430,7 +305,7 @@ def search(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if storage is None:  # only None: "" (an unset variable) is refused by make_storage
-        _check_own_database(output_dir / "study.db")
+        check_own_database(output_dir / "study.db")
         storage = default_storage(output_dir)
     study_name = study_name or default_study_name(prepared.data, prepared.pool, prepared.options)
     space = space or default_space(prepared.options)
@@ -536,7 +411,7 @@ def export(
     if study_name is None and len(names) == 1:
         study_name = names[0]
     elif study_name is None and output_dir is not None:
-        study_name = _recommended_study(Path(output_dir))
+        study_name = recommended_study(Path(output_dir))
     if study_name not in names:
         asked = "pass study_name" if study_name is None else f"no study named {study_name!r}"
         raise ConfigError(
@@ -574,19 +449,6 @@ def _untrained(trial: TrialSummary) -> str:
     return ""
 
 
-def _recommended_study(output_dir: Path) -> str | None:
-    """The study the folder's recommendation came from (a folder may hold several)."""
-    from autolayer.config import load_config
-
-    path = output_dir / RECOMMENDATION
-    if not path.is_file():
-        return None
-    try:
-        return load_config(path).validation.get("study")
-    except ConfigError:
-        return None
-
-
 def cka_at_best(prepared: Prepared) -> np.ndarray:
     """Model × model linear CKA at each model's best layer (on ≤ 5,000 train rows)."""
     from autolayer.cka import cka_matrix
@@ -598,99 +460,6 @@ def cka_at_best(prepared: Prepared) -> np.ndarray:
     if dense:
         matrix[np.ix_(at, at)] = cka_matrix(dense)
     return matrix
-
-
-def reasons(prepared: Prepared, result: SearchResult, cka: np.ndarray) -> list[str]:
-    """Short sentences that say why the recommendation looks the way it does."""
-    out = []
-    for report in prepared.reports:
-        if report.n_hidden_states == 1:  # one state (TF-IDF): no layer to choose
-            continue
-        best, last = report.best_layer, report.last_layer
-        metric = prepared.options.metric
-        score = getattr(report.scores, metric)
-        gap = 100 * (score[best] - score[last])
-        error = 100 * _gap_error(report, best, metric)
-        name = metric.replace("_", "-")
-        if best == last:
-            out.append(f"{report.model}: the last layer ({last}) is its best layer by probe")
-        elif abs(gap) <= 2 * error:
-            out.append(
-                f"{report.model}: layer {best}/{last} and the last layer differ by {gap:+.1f} "
-                f"± {error:.1f} pt of probe {name}, within two standard errors: no clear best"
-            )
-        else:
-            out.append(
-                f"{report.model}: layer {best}/{last} beats the last layer by {gap:.1f} "
-                f"± {error:.1f} pt (probe CV {name} {100 * score[best]:.1f}% "
-                f"vs {100 * score[last]:.1f}%)"
-            )
-    names = [c.name for c in prepared.candidates]
-    best = result.best
-    if len(best.models) > 1:
-        i, j = names.index(best.models[0]), names.index(best.models[1])
-        out.append(_pair_reason(prepared.pairs, best.models, cka[i, j]))
-    singles = [
-        t
-        for t in result.trials
-        if t.state == "COMPLETE" and len(t.models) == 1 and OVER_BUDGET not in t.attrs
-    ]
-    top_single = max(singles, key=lambda t: t.value) if singles else None
-    if top_single is not None and len(best.models) > 1 and best.value > top_single.value:
-        out.append(
-            f"fusion ({best.operator}) beats the best single-model trial "
-            f"({top_single.models[0]} layer {top_single.layers[0]}) by "
-            f"{100 * (best.value - top_single.value):.1f} pt on validation"
-        )
-    return out + _no_better_than_majority(prepared, best.value)
-
-
-def _no_better_than_majority(prepared: Prepared, score: float) -> list[str]:
-    """Say so when the chosen score does not beat always answering the majority class: on
-    a few labels the anchor can stand at a CV accuracy below it (and does better on test
-    than the trial that scored higher: ``studies/results/fewshot``), which a reader would
-    otherwise take for a broken result."""
-    if prepared.options.metric != "accuracy":
-        return []
-    judged = prepared.y_train if prepared.folds else prepared.y_val
-    majority = float(np.bincount(judged).max() / len(judged))
-    if score > majority:
-        return []
-    noise = "; on so few rows a score is mostly noise" if len(judged) < FEW_ROWS else ""
-    return [
-        f"its {100 * score:.1f}% is no better than always answering the majority class "
-        f"({100 * majority:.1f}%) on these {len(judged):,} rows{noise}"
-    ]
-
-
-def _gap_error(report: ModelScores, layer: int, metric: str) -> float:
-    """Standard error of a layer's probe score minus the last layer's, from their spread
-    over the folds (as if independent): on a few dozen texts it is often larger than the
-    gap itself."""
-    std = getattr(report.scores, f"{metric}_std")
-    spread = std[layer] ** 2 + std[report.last_layer] ** 2
-    return float(np.sqrt(spread / max(report.scores.n_folds, 1)))
-
-
-def _pair_reason(pairs: Sequence[PairEstimate], models: Sequence[str], similarity: float) -> str:
-    """What the screen's probe said about the chosen pair (CKA only as similarity)."""
-    a, b = models[:2]
-    found = [p for p in pairs if set(p.models) == {a, b}]
-    if not found:
-        return f"{a} + {b}: linear CKA similarity {similarity:.2f}"  # no estimate was made
-    pair = found[0]
-    cka = "" if np.isnan(similarity) else f"; linear CKA similarity {similarity:.2f}"
-    return (
-        f"{a} + {b}: a linear probe on both scores {100 * pair.gain:+.1f} "
-        f"± {100 * pair.gain_se:.1f} pt against the better alone on {pair.n_examples:,} "
-        f"held-out rows{cka}"
-    )
-
-
-FEW_ROWS = 100  # below it, a score judged on these rows is said to be mostly noise
-PLOTS = {"layers.png", "cka.png"}  # what report.recommendation draws into the output folder
-CLAIM = ".autolayer-recommend"  # held by each recommend writing into an output folder
-CLAIM_LOCK = f"{CLAIM}.lock"  # held while a claim is taken or dropped, then removed
 
 
 def restrict(
@@ -720,175 +489,6 @@ def restrict(
         if options.anchor is None:
             options = replace(options, anchor=anchor.AUTO)
     return data, options
-
-
-def check_output_dir(output_dir: Path, data: LabelledDataset, *, overwrite: bool) -> None:
-    """Refuse, before extraction rather than after an hour of it, to replace what
-    ``output_dir`` holds unless it is autolayer's own: a ``recommendation.yaml`` made for
-    other data, or without a matching proof (:func:`files.is_ours`: edited by hand, or
-    older than the proof), only with ``overwrite``; a file that is no recommendation, or a
-    plot autolayer did not draw, never. (``claim_output_dir`` has checked the folder.)"""
-    import yaml
-
-    for plot in (PLOTS & {p.name for p in output_dir.glob("*.png")}) if output_dir.is_dir() else ():
-        if not is_ours(output_dir / plot, "plot"):
-            raise ConfigError(
-                f"{output_dir / plot} exists and is not a plot autolayer wrote; move it or "
-                "choose another output folder"
-            )
-    path = output_dir / RECOMMENDATION
-    if not path.exists():
-        return
-    check_writable(path, "recommendation")  # a read-only one is never replaced
-    try:
-        previous = yaml.safe_load(path.read_text(encoding="utf-8"))
-        fingerprint = previous["dataset"]["fingerprint"]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
-        raise ConfigError(
-            f"{path} exists and is not an autolayer recommendation; move it or choose another "
-            "output folder"
-        ) from None
-    if overwrite:
-        return
-    if fingerprint != data.fingerprint:
-        raise ConfigError(
-            f"{path} was made for {_other_data(previous['dataset'], data)}; choose another "
-            "output folder, or pass overwrite=True to replace it",
-            params=("overwrite=True",),
-        )
-    if not is_ours(path, "recommendation"):
-        raise ConfigError(
-            f"{path} was changed since autolayer wrote it (or written by a version that kept "
-            "no proof of it); pass overwrite=True to replace it, or choose another output folder",
-            params=("overwrite=True",),
-        )
-
-
-@contextmanager
-def claim_output_dir(output_dir: Path, fingerprint: str) -> Iterator[None]:
-    """Hold ``output_dir`` for a recommend on data ``fingerprint`` while the block runs.
-
-    Two recommends that both check the folder before either has written
-    ``recommendation.yaml`` would both pass, and one would silently replace the other's.
-    Each holds a shared lock on a claim file recording the data's fingerprint: a run on the
-    same data shares it (a worker of the same study), a run on other data is refused while
-    a holder lives. The kernel drops a killed run's lock, so a claim it left behind blocks
-    nothing. Claims are taken and released under an exclusive lock (:func:`_folder_locked`),
-    so the file is written, and removed by its last holder, by one run at a time."""
-    check_writable(output_dir, "output folder")
-    created = not output_dir.exists()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / CLAIM
-    with _folder_locked(output_dir):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            _take_claim(fd, path, fingerprint)
-        except BaseException:
-            os.close(fd)
-            raise
-    try:
-        yield
-    finally:
-        with _folder_locked(output_dir):
-            _release_claim(fd, path)
-        if created and not any(output_dir.iterdir()):  # a run that failed before writing
-            output_dir.rmdir()
-
-
-@contextmanager
-def _folder_locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock in ``folder`` for the few statements that take or drop a claim.
-
-    The lock is on a regular file opened for writing, not on the folder: on NFS, ``flock``
-    is emulated with POSIX locks, which a folder cannot take. Its holder removes the file
-    when done, so a run that waited for it may then hold a removed file: it takes the new
-    one instead."""
-    import fcntl
-
-    path = folder / CLAIM_LOCK
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        if _is_current(fd, path):
-            break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # while held: a waiter then sees its file is stale
-        os.close(fd)
-
-
-def _is_current(fd: int, path: Path) -> bool:
-    """Whether ``fd`` is the file ``path`` names now (not one removed since it was opened)."""
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
-
-
-def _take_claim(fd: int, path: Path, fingerprint: str) -> None:
-    """Share the claim of a live run on the same data, or write ours (none is live)."""
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # live holders, which hold it shared
-        holder = _claim_record(fd)
-        if holder.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{path.parent} is in use by a recommend on other data (pid "
-                f"{holder.get('pid', '?')} on {holder.get('host', '?')}); wait for it to "
-                "end, or choose another output folder"
-            ) from None
-    else:
-        record = {"fingerprint": fingerprint, "pid": os.getpid(), "host": socket.gethostname()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-    fcntl.flock(fd, fcntl.LOCK_SH)  # taken by holders only, under the folder's lock
-
-
-def _claim_record(fd: int) -> dict:
-    """What a claim file says (empty if unreadable: a holder of unknown data)."""
-    try:
-        record = json.loads(os.pread(fd, 4096, 0))
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _release_claim(fd: int, path: Path) -> None:
-    """Drop our share of the claim; its last holder removes the file."""
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        path.unlink(missing_ok=True)
-    except BlockingIOError:
-        pass  # another run on the same data still holds it
-    finally:
-        os.close(fd)
-
-
-def _other_data(previous: dict, data: LabelledDataset) -> str:
-    """What differs: another draw or sample of the same data, or other data."""
-    draw = previous.get("draw") or previous.get("sample") or {}
-    source = draw.get("source_fingerprint", previous["fingerprint"])
-    ours = data.draw or data.sample or {}
-    if draw and source == ours.get("source_fingerprint", data.fingerprint):
-        return f"another draw of the same data ({_drawn(draw)})"
-    return f"other data ({previous.get('name', '?')}, fingerprint {str(source)[:12]})"
-
-
-def _drawn(record: dict) -> str:
-    """A recorded draw (few labels) or sample (capped train split), in words."""
-    if "labels_per_class" in record:
-        return f"{record['labels_per_class']} labels per class, seed {record['seed']}"
-    return f"a sample of {record['max_train_samples']} training rows, seed {record['seed']}"
 
 
 @warns_once

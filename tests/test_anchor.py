@@ -210,6 +210,7 @@ def test_a_resumed_stopped_study_trains_nothing_more(
     from autolayer import pipeline
     from autolayer.budgets import Budget
     from autolayer.options import Options
+    from autolayer.study import default_study_name
 
     drawn, options = pipeline.restrict(
         load_dataset(perfect), Options(max_length=8), labels_per_class=8
@@ -227,7 +228,7 @@ def test_a_resumed_stopped_study_trains_nothing_more(
     plain = pipeline.prepare(
         drawn, [str(tiny_models["llama"]), sentence_encoder], options=replace_anchor(options)
     )
-    assert pipeline.default_study_name(drawn, plain.pool, plain.options) != first.study_name
+    assert default_study_name(drawn, plain.pool, plain.options) != first.study_name
     with pytest.raises(ConfigError, match="anchor"):
         pipeline.search(
             plain, output_dir=tmp_path / "o", budget=Budget(n_trials=2), study_name=first.study_name
@@ -494,19 +495,19 @@ def test_the_default_study_name_of_a_plain_search_is_made_of_its_data_and_models
 ):
     """A plain search's study is named by its data and models alone (cross-validation
     adds its folds): a run's other settings are checked when it resumes, not named."""
-    from autolayer import pipeline
     from autolayer.options import Options
+    from autolayer.study import default_study_name
 
     data, bert, llama = (
         load_dataset(tiny_dataset),
         str(tiny_models["bert"]),
         str(tiny_models["llama"]),
     )
-    name = pipeline.default_study_name(data, [bert], Options())
+    name = default_study_name(data, [bert], Options())
     assert name.startswith("autolayer-tiny-")
-    assert pipeline.default_study_name(data, [bert], Options(seed=3, metric="macro_f1")) == name
-    assert pipeline.default_study_name(data, [llama], Options()) != name
-    assert pipeline.default_study_name(data, [bert], Options(cv_folds=2)) != name
+    assert default_study_name(data, [bert], Options(seed=3, metric="macro_f1")) == name
+    assert default_study_name(data, [llama], Options()) != name
+    assert default_study_name(data, [bert], Options(cv_folds=2)) != name
 
 
 def test_a_space_of_fewer_configurations_than_trials_needs_a_smaller_margin():

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from autolayer.classifier import check_model_folder, model_files, predict_file
+from autolayer.classifier import check_model_folder, model_files
 from autolayer.config import load_config
 from autolayer.errors import ConfigError, DataError
+from autolayer.predictions import predict_file
 from autolayer.sources import SOURCES, FeatureSource
 from tests.conftest import one_error_line, run, write_jsonl
 

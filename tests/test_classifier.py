@@ -198,7 +198,8 @@ def test_predictions_follow_the_config_tasks_decision_rule(
     class) in predict, apply's test metrics and predict_file alike."""
     from dataclasses import replace
 
-    from autolayer.classifier import apply, predict_file
+    from autolayer.classifier import apply
+    from autolayer.predictions import predict_file
     from autolayer.task import TASKS, SingleLabel
 
     class LeastLikely(SingleLabel):
@@ -219,3 +220,41 @@ def test_predictions_follow_the_config_tasks_decision_rule(
     assert list(loaded.predict(texts)) == list(least)
     rows = predict_file(tmp_path / "m", tmp_path / "in.txt")
     assert [row["label"] for row in rows] == list(least)
+
+
+def test_each_configured_model_is_resolved_once_per_estimator(
+    home, tmp_path, tiny_models, tiny_dataset, monkeypatch
+):
+    """fit, predict, save, load and apply read each model's record (sparse or not, its
+    identity), not a source built again from its spec; a clone resolves its own."""
+    from dataclasses import replace
+
+    from sklearn.base import clone
+
+    from autolayer import classifier
+    from autolayer.sources import make_source
+
+    resolved = []
+    resolve = classifier.resolve_spec
+
+    def spy(spec, **kwargs):
+        resolved.append(spec)
+        return resolve(spec, **kwargs)
+
+    monkeypatch.setattr(classifier, "resolve_spec", spy)
+    bert = _tiny_config(str(tiny_models["bert"]))
+    tfidf = ModelChoice("tfidf", make_source("tfidf").identity, 0, 5)
+    config = replace(bert, models=(tfidf, *bert.models))
+    texts, labels = (
+        ["good fun", "great fun", "bad dull", "awful dull"] * 3,
+        ["pos", "pos", "neg", "neg"] * 3,
+    )
+    estimator = FusionTextClassifier(config).fit(texts, labels)
+    estimator.predict(texts)
+    estimator.save(tmp_path / "m")
+    once = sorted(["tfidf", bert.models[0].spec])
+    assert sorted(resolved) == once
+    FusionTextClassifier.load(tmp_path / "m").predict(texts)
+    clone(estimator).fit(texts, labels).predict(texts)
+    classifier.apply(config, tiny_dataset, tmp_path / "applied")
+    assert sorted(resolved) == sorted(once * 4)

@@ -172,7 +172,8 @@ def scores(accuracy, std, n_folds=5):
 def test_a_best_layer_is_claimed_only_beyond_the_probes_noise(std, metric, said):
     from types import SimpleNamespace
 
-    from autolayer.pipeline import ModelScores, reasons
+    from autolayer.pipeline import ModelScores
+    from autolayer.reasons import reasons
 
     report = ModelScores("m", 3, scores([0.5, 0.75, 0.5], std), searched=(1, 2))
 
@@ -188,7 +189,7 @@ def test_a_best_layer_is_claimed_only_beyond_the_probes_noise(std, metric, said)
 
 def test_another_draw_of_the_same_data_is_named_as_such(tmp_path, tiny_dataset):
 
-    from autolayer import pipeline
+    from autolayer import claims
     from autolayer.data import load_dataset
 
     data = load_dataset(tiny_dataset)
@@ -196,18 +197,18 @@ def test_another_draw_of_the_same_data_is_named_as_such(tmp_path, tiny_dataset):
     previous = {"dataset": {"name": "tiny", "fingerprint": "f" * 64, "draw": draw}}
     (tmp_path / "recommendation.yaml").write_text(yaml.safe_dump(previous))
     with pytest.raises(ConfigError, match=r"another draw of the same data \(8 labels per class"):
-        pipeline.check_output_dir(tmp_path, data.per_class(16, seed=0), overwrite=False)
+        claims.check_output_dir(tmp_path, data.per_class(16, seed=0), overwrite=False)
     with pytest.raises(ConfigError, match=r"another draw of the same data \(8 labels per class"):
-        pipeline.check_output_dir(tmp_path, data.subsample(10), overwrite=False)
+        claims.check_output_dir(tmp_path, data.subsample(10), overwrite=False)
     sample = {"max_train_samples": 12, "seed": 1, "source_fingerprint": data.fingerprint}
     previous["dataset"] = {"name": "tiny", "fingerprint": "f" * 64, "sample": sample}
     (tmp_path / "recommendation.yaml").write_text(yaml.safe_dump(previous))
     with pytest.raises(ConfigError, match=r"same data \(a sample of 12 training rows, seed 1"):
-        pipeline.check_output_dir(tmp_path, data, overwrite=False)
+        claims.check_output_dir(tmp_path, data, overwrite=False)
     previous["dataset"]["sample"]["source_fingerprint"] = "e" * 64
     (tmp_path / "recommendation.yaml").write_text(yaml.safe_dump(previous))
     with pytest.raises(ConfigError, match="other data"):
-        pipeline.check_output_dir(tmp_path, data, overwrite=False)
+        claims.check_output_dir(tmp_path, data, overwrite=False)
 
 
 def test_the_pareto_front_is_the_budgets():

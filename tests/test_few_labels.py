@@ -241,7 +241,7 @@ def test_a_choice_no_better_than_the_majority_class_is_said():
     a few labels, by design): the report says so, and that a score on so few rows is noise."""
     from types import SimpleNamespace
 
-    from autolayer.pipeline import reasons
+    from autolayer.reasons import reasons
 
     y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
     prepared = SimpleNamespace(
@@ -267,6 +267,7 @@ def test_a_study_whose_folds_were_lowered_has_one_name_and_resumes(
     name the study by the 3 folds that ran, so either resumes what the other started."""
     from autolayer import pipeline
     from autolayer.budgets import Budget
+    from autolayer.study import default_study_name
 
     models, out = [str(tiny_models["bert"])], tmp_path / "out"
     settings = {"labels_per_class": 3, "cv_folds": 5, "max_length": 12}
@@ -277,7 +278,7 @@ def test_a_study_whose_folds_were_lowered_has_one_name_and_resumes(
     data, options = pipeline.restrict(
         load_dataset(tiny_dataset), Options(cv_folds=5, max_length=12), labels_per_class=3
     )
-    assert pipeline.default_study_name(data, models, options) == rec.search.study_name
+    assert default_study_name(data, models, options) == rec.search.study_name
     prepared = pipeline.prepare(data, models, options=options)
     again = pipeline.search(prepared, output_dir=out, budget=Budget(n_trials=3))
     assert again.study_name == rec.search.study_name

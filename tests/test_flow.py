@@ -120,7 +120,7 @@ def test_a_model_path_holding_the_models_separator_works_end_to_end(
 def test_a_recommend_on_other_data_into_a_folder_a_running_one_holds_is_refused(
     home, tmp_path, tiny_dataset
 ):
-    from autolayer import pipeline
+    from autolayer import claims, pipeline
     from autolayer.budgets import Budget
 
     out_dir, refused = tmp_path / "out", []
@@ -143,16 +143,16 @@ def test_a_recommend_on_other_data_into_a_folder_a_running_one_holds_is_refused(
     assert refused[0].startswith(f"{out_dir} is in use by a recommend on other data (pid ")
     assert "wait for it to end, or choose another output folder" in refused[0]
     assert load_config(out_dir / "recommendation.yaml").dataset == rec.config.dataset
-    assert pipeline.CLAIM not in {p.name for p in out_dir.iterdir()}  # released when done
+    assert claims.CLAIM not in {p.name for p in out_dir.iterdir()}  # released when done
 
 
 def test_a_claim_on_the_output_folder_is_shared_by_runs_on_the_same_data(tmp_path):
-    from autolayer import pipeline
+    from autolayer import claims
 
-    with pipeline.claim_output_dir(tmp_path, "a" * 64):
-        with pipeline.claim_output_dir(tmp_path, "a" * 64):  # a worker of the same study
+    with claims.claim_output_dir(tmp_path, "a" * 64):
+        with claims.claim_output_dir(tmp_path, "a" * 64):  # a worker of the same study
             pass
-        assert [p.name for p in tmp_path.iterdir()] == [pipeline.CLAIM]  # still held
+        assert [p.name for p in tmp_path.iterdir()] == [claims.CLAIM]  # still held
     assert not list(tmp_path.iterdir())
 
 
@@ -163,7 +163,7 @@ def test_claiming_the_output_folder_locks_no_folder(tmp_path, monkeypatch):
     import fcntl
     import stat
 
-    from autolayer import pipeline
+    from autolayer import claims
 
     real_flock = fcntl.flock
 
@@ -175,8 +175,8 @@ def test_claiming_the_output_folder_locks_no_folder(tmp_path, monkeypatch):
         return real_flock(fd, operation)
 
     monkeypatch.setattr(fcntl, "flock", nfs_flock)
-    with pipeline.claim_output_dir(tmp_path, "a" * 64):
-        assert [p.name for p in tmp_path.iterdir()] == [pipeline.CLAIM]
+    with claims.claim_output_dir(tmp_path, "a" * 64):
+        assert [p.name for p in tmp_path.iterdir()] == [claims.CLAIM]
     assert not list(tmp_path.iterdir())
 
 
@@ -186,7 +186,7 @@ def test_a_run_that_waited_for_the_folder_lock_takes_the_new_lock_file(tmp_path,
     import fcntl
     import threading
 
-    from autolayer import pipeline
+    from autolayer import claims
 
     real_flock, waiting, order = fcntl.flock, threading.Event(), []
 
@@ -196,12 +196,12 @@ def test_a_run_that_waited_for_the_folder_lock_takes_the_new_lock_file(tmp_path,
         return real_flock(fd, operation)
 
     def second() -> None:
-        with pipeline._folder_locked(tmp_path):
-            order.append(("second", (tmp_path / pipeline.CLAIM_LOCK).exists()))
+        with claims._folder_locked(tmp_path):
+            order.append(("second", (tmp_path / claims.CLAIM_LOCK).exists()))
 
     monkeypatch.setattr(fcntl, "flock", flock)
     thread = threading.Thread(target=second, name="second")
-    with pipeline._folder_locked(tmp_path):
+    with claims._folder_locked(tmp_path):
         thread.start()
         assert waiting.wait(10)
         order.append(("first", True))
@@ -213,8 +213,8 @@ def test_a_run_that_waited_for_the_folder_lock_takes_the_new_lock_file(tmp_path,
 CLAIM_HOLDER = """
 import sys, time
 from pathlib import Path
-from autolayer import pipeline
-with pipeline.claim_output_dir(Path(sys.argv[1]), "b" * 64):
+from autolayer import claims
+with claims.claim_output_dir(Path(sys.argv[1]), "b" * 64):
     print("held", flush=True)
     time.sleep(600)
 """
@@ -226,7 +226,7 @@ def test_a_claim_left_by_a_killed_run_blocks_nothing(tmp_path):
     import subprocess
     import sys
 
-    from autolayer import pipeline
+    from autolayer import claims
 
     holder = [sys.executable, "-c", CLAIM_HOLDER, str(tmp_path)]
     child = subprocess.Popen(holder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -235,23 +235,23 @@ def test_a_claim_left_by_a_killed_run_blocks_nothing(tmp_path):
         refused = f"in use by a recommend on other data \\(pid {child.pid} "
         with (
             pytest.raises(ConfigError, match=refused),
-            pipeline.claim_output_dir(tmp_path, "a" * 64),
+            claims.claim_output_dir(tmp_path, "a" * 64),
         ):
             pass
     finally:
         child.kill()
         child.communicate()
-    assert '"b' in (tmp_path / pipeline.CLAIM).read_text()  # what the killed run left
-    with pipeline.claim_output_dir(tmp_path, "a" * 64):
-        assert '"a' in (tmp_path / pipeline.CLAIM).read_text()
+    assert '"b' in (tmp_path / claims.CLAIM).read_text()  # what the killed run left
+    with claims.claim_output_dir(tmp_path, "a" * 64):
+        assert '"a' in (tmp_path / claims.CLAIM).read_text()
     assert not list(tmp_path.iterdir())
 
 
 def test_a_recommend_that_fails_before_writing_leaves_no_output_folder(home, tmp_path):
-    from autolayer import pipeline
+    from autolayer import claims
 
     out_dir = tmp_path / "out"
-    with pytest.raises(ConfigError), pipeline.claim_output_dir(out_dir, "a" * 64):
+    with pytest.raises(ConfigError), claims.claim_output_dir(out_dir, "a" * 64):
         raise ConfigError("a bad input found after the claim")
     assert not out_dir.exists()
 
@@ -312,7 +312,7 @@ def test_recommend_replaces_only_a_recommendation_it_wrote_unless_overwrite(
 
 
 def test_recommend_never_replaces_a_read_only_recommendation(tmp_path, tiny_dataset):
-    from autolayer import pipeline
+    from autolayer import claims
     from autolayer.data import load_dataset
     from autolayer.files import mark_ours
 
@@ -322,7 +322,7 @@ def test_recommend_never_replaces_a_read_only_recommendation(tmp_path, tiny_data
     mark_ours(path, "recommendation")
     path.chmod(0o444)  # the user protected it: ours or not, --overwrite or not
     with pytest.raises(ConfigError, match="the file is read-only"):
-        pipeline.check_output_dir(tmp_path, data, overwrite=True)
+        claims.check_output_dir(tmp_path, data, overwrite=True)
 
 
 def test_the_library_says_each_warning_once_per_call(tmp_path, home, tiny_models, recwarn):

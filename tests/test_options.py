@@ -12,6 +12,7 @@ from autolayer import pipeline
 from autolayer.budgets import Budget
 from autolayer.errors import ConfigError
 from autolayer.options import Options
+from autolayer.study import study_context, study_identity
 from tests.conftest import run
 
 
@@ -135,10 +136,10 @@ def test_the_study_records_the_max_length_its_features_took_and_builds_no_source
         raise AssertionError("a source was built again")
 
     monkeypatch.setattr(TransformerSource, "__init__", refuse)
-    context = pipeline.study_context(prepared, pipeline.Space())
+    context = study_context(prepared, pipeline.Space())
     assert context["models"][model]["max_length"] == 128
     assert context["models"][model]["identity"] == prepared.sources[model].identity
-    features = pipeline.study_identity(context)["features (pooling, max_length)"]
+    features = study_identity(context)["features (pooling, max_length)"]
     assert features == [("mean", 1000)]
 
 
@@ -153,7 +154,6 @@ def test_unknown_settings_are_named():
 def test_a_study_identified_before_the_split_kind_was_recorded_still_resumes():
     """Studies stored ``size`` (the option) under every split; a config now records it only
     for a carved split, and the identity must not change with that."""
-    from autolayer.pipeline import study_identity
 
     validation = {"split": "cross-validation", "seed": 0, "n_train": 16, "n_val": 0, "cv_folds": 5}
     context = {

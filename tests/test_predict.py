@@ -14,12 +14,12 @@ from tests.conftest import one_error_line, run
 
 def test_an_interrupted_predict_says_what_it_left(capsys, tmp_path, saved_model, monkeypatch):
     """No trials to resume: predict says that nothing was written, not that work is kept."""
-    from autolayer import classifier
+    from autolayer import predictions
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(classifier, "predict_file", interrupted)
+    monkeypatch.setattr(predictions, "predict_file", interrupted)
     (tmp_path / "in.txt").write_text("good film\n")
     code, _, err = run(capsys, "predict", saved_model, "-i", tmp_path / "in.txt")
     assert code == 130
@@ -42,6 +42,29 @@ def test_predictions_are_written_in_the_format_the_extension_names(capsys, tmp_p
     assert code == 0, err
     written = (tmp_path / "p.csv").read_bytes()
     assert written.startswith(b"row,text,label,p_neg,p_pos\n") and b"\r" not in written
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_predict_gives_trust_remote_code_to_every_extraction(
+    capsys, tmp_path, saved_model, monkeypatch, flag
+):
+    """Before: predict had no --trust-remote-code, so a model whose backbone needs its own
+    code could be trained by apply but not used to label texts."""
+    from autolayer import extraction
+
+    seen = []
+    make = extraction.make_source
+
+    def spy(spec, *, trust_remote_code=False):
+        seen.append(trust_remote_code)
+        return make(spec, trust_remote_code=trust_remote_code)
+
+    monkeypatch.setattr(extraction, "make_source", spy)
+    (tmp_path / "in.txt").write_text("good film\n")
+    args = ["predict", saved_model, "-i", tmp_path / "in.txt"]
+    code, _, err = run(capsys, *args, *(["--trust-remote-code"] if flag else []))
+    assert code == 0, err
+    assert seen and set(seen) == {flag}
 
 
 def test_predict_passes_an_id_column_through(capsys, tmp_path, saved_model):

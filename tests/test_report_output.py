@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from autolayer import report
+from autolayer import progress, report
 from autolayer.cli import main
 from autolayer.selection import SearchResult, TrialSummary
 
@@ -38,7 +38,7 @@ def _lines(text: str) -> list[str]:
 
 def test_plain_progress_lines_are_rate_limited(capsys):
     clock = FakeClock()
-    with report.progress_bar("minilm · demo/train", 1000, clock=clock) as advance:
+    with progress.progress_bar("minilm · demo/train", 1000, clock=clock) as advance:
         # 10 % but only 4 s after the first line; 30 s but only 1 % after the second
         for at, n in ((1, 10), (5, 200), (40, 10), (45, 770), (90, 10)):
             clock.now = at
@@ -52,10 +52,10 @@ def test_plain_progress_lines_are_rate_limited(capsys):
 
 def test_plain_progress_prints_nothing_before_work_starts_and_no_duplicate_final(capsys):
     clock = FakeClock()
-    with report.progress_bar("m · d/train", 40, clock=clock):
+    with progress.progress_bar("m · d/train", 40, clock=clock):
         pass
     assert capsys.readouterr().err == ""
-    with report.progress_bar("m · d/train", 40, clock=clock) as advance:
+    with progress.progress_bar("m · d/train", 40, clock=clock) as advance:
         advance(40)  # a cache hit: one step does it all
     assert len(_lines(capsys.readouterr().err)) == 1
 
@@ -73,7 +73,7 @@ def test_trial_lines_count_the_studys_trained_trials_and_show_the_best_of_the_fr
         study.add_trial(trial)
         on_trial(study, trial)
 
-    with report.trial_progress(10, clock=clock) as on_trial:
+    with progress.trial_progress(10, clock=clock) as on_trial:
         finish("PRUNED", infeasible="latency")
         clock.now = 50
         finish("COMPLETE", (0.8, 1.0))
@@ -84,7 +84,7 @@ def test_trial_lines_count_the_studys_trained_trials_and_show_the_best_of_the_fr
         "search: 1/10 trials (10 %), best 80.0 %, 50 s elapsed",
         "search: 2/10 trials (20 %), best 90.0 %, 60 s elapsed",
     ]
-    with report.trial_progress(10, clock=clock) as on_trial:  # resumed: counts from 2
+    with progress.trial_progress(10, clock=clock) as on_trial:  # resumed: counts from 2
         finish("COMPLETE", (0.7, 1.0))
     assert _lines(capsys.readouterr().err) == [
         "search: 3/10 trials (30 %), best 90.0 %, 0 s elapsed"
@@ -92,11 +92,11 @@ def test_trial_lines_count_the_studys_trained_trials_and_show_the_best_of_the_fr
 
 
 def test_terminal_is_decided_per_call_and_keeps_the_rich_bar(capsys, monkeypatch):
-    with report.progress_bar("m · d/train", 4, clock=FakeClock()) as advance:
+    with progress.progress_bar("m · d/train", 4, clock=FakeClock()) as advance:
         advance(4)
     assert "4/4 texts" in capsys.readouterr().err
     monkeypatch.setenv("TTY_COMPATIBLE", "1")  # the same console now sees a terminal
-    with report.progress_bar("m · d/train", 4) as advance:
+    with progress.progress_bar("m · d/train", 4) as advance:
         advance(4)
     err = capsys.readouterr().err
     assert "texts (" not in err and "\x1b[?25l" in err  # rich's live bar hides the cursor

@@ -346,8 +346,8 @@ def test_workers_sharing_a_study_draw_their_own_trials_and_a_seed_still_reproduc
 
 
 def test_reading_a_storage_that_is_not_there_never_creates_it(tmp_path):
-    from autolayer.pipeline import study_pool
     from autolayer.storage import missing_sqlite_file
+    from autolayer.study import study_pool
 
     path = tmp_path / "none.db"
     for url in (f"sqlite:///{path}", f"sqlite+pysqlite:///{path}?timeout=60"):

@@ -17,6 +17,7 @@ from autolayer.fusion import OPERATORS
 from autolayer.heads import make_head
 from autolayer.sources import make_source
 from autolayer.sources.tfidf import TfidfSource
+from autolayer.study import study_context
 from tests.conftest import run, write_jsonl
 
 TRAIN = ["the film was good", "a good story", "the plot was bad", "a bad film", "good fun"]
@@ -178,7 +179,7 @@ def test_recommend_apply_predict_with_tfidf(capsys, home, tmp_path, tiny_dataset
     assert lexical, "the search never tried tfidf"
     trial = lexical[0]
     config = pipeline.trial_config(
-        trial, pipeline.study_context(prepared, pipeline.Space()), result.study_name, "x"
+        trial, study_context(prepared, pipeline.Space()), result.study_name, "x"
     )
     applied = apply(config, str(tiny_dataset), tmp_path / "model")
     assert (tmp_path / "model" / "tfidf.json").is_file() and applied.accuracy is not None
@@ -203,7 +204,7 @@ def test_estimator_fit_learns_the_vocabulary_from_its_own_texts(home, tmp_path, 
     config_path = tmp_path / "c.yaml"
     prepared = pipeline.prepare(str(tiny_dataset), ["tfidf"], top_k=1)
     result = pipeline.search(prepared, output_dir=tmp_path / "o", budget=Budget(n_trials=1))
-    context = pipeline.study_context(prepared, pipeline.Space())
+    context = study_context(prepared, pipeline.Space())
     pipeline.trial_config(result.best, context, result.study_name, "x").save(config_path)
     clf = FusionTextClassifier(load_config(config_path))
     with pytest.raises(ConfigError, match="not fitted"):

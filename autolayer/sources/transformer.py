@@ -339,7 +339,8 @@ class TransformerSource(FeatureSource):
         """The text model's config, read without loading weights."""
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(str(self.model.folder)).get_text_config()
+        folder, trust = str(self.model.folder), self.trust_remote_code
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust).get_text_config()
 
     @property
     def n_states(self) -> int:
