@@ -37,7 +37,8 @@ from autolayer.options import Options
 from autolayer.probe import LayerScores
 from autolayer.search import anchor_can_stop
 from autolayer.sources import SourceRecord, resolve_spec
-from autolayer.space import Candidate, LayerCost, Space
+from autolayer.space import SEPARATOR, Candidate, LayerCost, Space
+from autolayer.task import Task, make_task
 
 logger = logging.getLogger("autolayer")
 
@@ -93,10 +94,12 @@ class ModelScores:
 
 @dataclass(frozen=True)
 class Prepared:
-    """Inputs of a search: the data and its options, train/validation labels, candidates."""
+    """Inputs of a search: the data, its options and task, train/validation labels,
+    candidates."""
 
     data: LabelledDataset
     options: Options  # how the candidates' features were made: export must say the same
+    task: Task  # ``options.task``, built once: the search's heads train for it
     y_train: np.ndarray
     y_val: np.ndarray
     candidates: tuple[Candidate, ...]
@@ -129,13 +132,37 @@ def default_models() -> list[str]:
 
 
 def check_models(models: Sequence[str] | None, *, at_least: int = 1) -> list[str]:
-    """The model list, checked: ``None`` is the default pool; empty or repeated is an error."""
+    """The model list, checked: ``None`` is the default pool; empty or repeated is an error,
+    and so is a name that is also a join of others (names ``a``, ``b`` and ``a + b``): the
+    search's choices join names with :data:`~autolayer.space.SEPARATOR`, and the pair would
+    read as the one model, never searched."""
     models = default_models() if models is None else list(models)
     if len(models) < at_least:
         raise ConfigError(f"give at least {at_least} model(s); got {len(models)}")
     if len(set(models)) != len(models):
         raise ConfigError(f"models must be distinct; got {', '.join(models)}")
+    for name in models:
+        parts = _joined_of(name.split(SEPARATOR), set(models) - {name})
+        if parts:
+            raise ConfigError(
+                f"model {name!r} is also {' and '.join(map(repr, parts))} joined with "
+                f"{SEPARATOR!r}: a search could not tell them apart; rename or leave out one",
+                params=("models",),
+            )
     return models
+
+
+def _joined_of(words: list[str], names: set[str]) -> tuple[str, ...]:
+    """``names`` that ``words`` joined with the separator are, in order (``()``: none)."""
+    for end in range(len(words), 0, -1):
+        head = SEPARATOR.join(words[:end])
+        if head in names:
+            if end == len(words):
+                return (head,)
+            rest = _joined_of(words[end:], names)
+            if rest:
+                return (head, *rest)
+    return ()
 
 
 def resolve_models(
@@ -179,19 +206,19 @@ def embed(
         return embed_texts(model, texts, progress=advance, **settings)
 
 
-def _split_rows(data: LabelledDataset, options: Options) -> _Rows:
+def _split_rows(data: LabelledDataset, options: Options, task: Task) -> _Rows:
     """Search-train and validation rows: a source validation split when there is one, a
     carved one otherwise, or none under cross-validation (every row trains and, in its
     fold, validates). A validation split that cannot judge (one class) is refused here,
     before any extraction."""
     every = np.arange(len(data.split("train")))
     if options.cv_folds is not None:
-        return _Rows(data, every, np.empty(0, dtype=np.int64), external=False)
+        return _Rows(data, task, every, np.empty(0, dtype=np.int64), external=False)
     if "validation" in data.splits:
         data.check_validation()
-        return _Rows(data, every, np.empty(0, dtype=np.int64), external=True)
+        return _Rows(data, task, every, np.empty(0, dtype=np.int64), external=True)
     train, val = data.train_validation(size=options.validation_size, seed=options.seed)
-    return _Rows(data, train, val, external=False)
+    return _Rows(data, task, train, val, external=False)
 
 
 def _check_learnable(data: LabelledDataset, models: Sequence[SourceRecord], rows: _Rows) -> None:
@@ -199,7 +226,7 @@ def _check_learnable(data: LabelledDataset, models: Sequence[SourceRecord], rows
     any model is extracted: found after the other models' extraction, it cost that time."""
     texts = data.split("train").texts
     for record in models:
-        if record.sparse:
+        if record.learns:
             record.source.check_texts([texts[i] for i in rows.train])
 
 
@@ -240,15 +267,16 @@ def prepare(
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1; got {top_k}")
     options = resolve_options(options, settings)
+    task = make_task(options.task)
     data = dataset_of(dataset)
     sources = resolve_models(models, options)
     models = list(sources)
     pool = tuple(models)
     options = replace(options, anchor=_anchor(options, sources))
-    rows = _split_rows(data, options)
+    rows = _split_rows(data, options, task)
     _check_learnable(data, list(sources.values()), rows)
     if options.cv_folds is not None:
-        options = _fit_folds(data, options)
+        options = _fit_folds(data, options, task)
     clock = StageClock()
     unread = {}
     if options.anchor is not None and len(models) > 1:
@@ -258,7 +286,9 @@ def prepare(
             reason = None
         else:
             record = sources[options.anchor]
-            reason = _unbeaten_anchor(data, rows, options, record, anchor_budget, clock, progress)
+            reason = _unbeaten_anchor(
+                data, rows, options, task, record, anchor_budget, clock, progress
+            )
         if reason is not None:
             unread = {name: reason for name in models if name != options.anchor}
             models = [options.anchor]
@@ -291,11 +321,12 @@ def prepare(
     if options.cv_folds is not None:
         from autolayer.probe import folds as stratified_folds
 
-        folds = tuple(stratified_folds(rows.y_train, options.cv_folds, options.seed))
+        folds = tuple(stratified_folds(rows.strata, options.cv_folds, options.seed))
         validation["cv_folds"] = len(folds)
     return Prepared(
         data,
         options,
+        task,
         rows.y_train,
         rows.y_val,
         candidates,
@@ -337,7 +368,7 @@ def _anchor(options: Options, models: Mapping[str, SourceRecord]) -> str | None:
 
 
 def _unbeaten_anchor(
-    data, rows, options, record: SourceRecord, budget: Budget, clock, progress
+    data, rows, options, task: Task, record: SourceRecord, budget: Budget, clock, progress
 ) -> str | None:
     """Why the other models need not be extracted, when the anchor's cross-validated score
     (its last layer, linear head, as its trial will score it) is out of reach of every
@@ -347,14 +378,13 @@ def _unbeaten_anchor(
     the last layer anyway, and when the search goes on it reads them from the cache."""
     from autolayer.heads import cross_validate, make_head
     from autolayer.probe import folds as stratified_folds
-    from autolayer.task import make_task
 
     with clock.stage("anchor", "the anchor's last layer, cross-validated") as count:
         train = embed(options.anchor, data, "train", options, progress)
         count(computed(train.meta, len(train.layers)))
         x = np.asarray(train.array[rows.train])[:, -1]
-        folds = stratified_folds(rows.y_train, options.cv_folds, options.seed)
-        head = make_head(anchor.HEAD, {}, task=make_task(options.task), metric=options.metric)
+        folds = stratified_folds(rows.strata, options.cv_folds, options.seed)
+        head = make_head(anchor.HEAD, {}, task=task, metric=options.metric)
         score = cross_validate(
             head,
             [x],
@@ -394,30 +424,39 @@ def _searched(name: str, scores: LayerScores, options: Options, top_k: int) -> t
     return top + (last,) if name == options.anchor and last not in top else top
 
 
-def folds_run(data: LabelledDataset, options: Options) -> int | None:
+def folds_run(data: LabelledDataset, options: Options, task: Task | None = None) -> int | None:
     """The folds a cross-validation of ``data``'s training rows runs (None without one):
-    ``options.cv_folds``, or as many as the rarest class has examples when that is fewer.
-    Cheap and known before any extraction, so every caller that names the study (from the
-    options as given, or from a prepared run's) names it by the folds that ran."""
+    ``options.cv_folds``, or as many as the rarest stratum (``task.strata``) has examples
+    when that is fewer. Cheap and known before any extraction, so every caller that names
+    the study (from the options as given, or from a prepared run's) names it by the folds
+    that ran. Without ``task`` (a study named before one is built), rows are stratified by
+    class, as the single-label task stratifies them."""
     if options.cv_folds is None:
         return None
-    counts = np.bincount(data.split("train").labels, minlength=len(data.label_names))
-    return int(min(options.cv_folds, counts.min()))
+    return int(min(options.cv_folds, _stratum_counts(data, task).min()))
 
 
-def _fit_folds(data: LabelledDataset, options: Options) -> Options:
+def _stratum_counts(data: LabelledDataset, task: Task | None) -> np.ndarray:
+    """Training rows of each stratum of ``task`` (by class without one), every class
+    counted, those with no row too."""
+    labels = data.split("train").labels
+    strata = labels if task is None else task.strata(labels)
+    return np.bincount(strata, minlength=len(data.label_names))
+
+
+def _fit_folds(data: LabelledDataset, options: Options, task: Task) -> Options:
     """Before any extraction: refuse a class that no fold could both train and judge, and
     use no more folds than the rarest class has examples (:func:`folds_run`; said once,
     here, and recorded in the study as the folds that ran, so a 5-fold request that ran 3
     folds is the same study as a 3-fold one). Every training row is in some fold."""
-    counts = np.bincount(data.split("train").labels, minlength=len(data.label_names))
+    counts = _stratum_counts(data, task)
     rarest = int(np.argmin(counts))
     if counts[rarest] < 2:
         raise DataError(
             f"dataset {data.name!r}: cross-validation needs 2 or more examples of every class; "
             f"class {data.label_names[rarest]!r} has {counts[rarest]}"
         )
-    folds = folds_run(data, options)
+    folds = folds_run(data, options, task)
     if folds == options.cv_folds:
         return options
     logger.warning(
@@ -432,14 +471,22 @@ def _fit_folds(data: LabelledDataset, options: Options) -> Options:
 
 class _Rows:
     """Which rows of the train split train the heads and which validate them (``external``:
-    the source's validation split validates instead)."""
+    the source's validation split validates instead), and the task's stratum of each
+    search-train row (what its samples and folds keep the proportions of)."""
 
     def __init__(
-        self, data: LabelledDataset, train: np.ndarray, val: np.ndarray, *, external: bool
+        self,
+        data: LabelledDataset,
+        task: Task,
+        train: np.ndarray,
+        val: np.ndarray,
+        *,
+        external: bool,
     ) -> None:
         labels = data.split("train").labels
         self.train, self.val, self.external = train, val, external
         self.y_train = labels[train]
+        self.strata = task.strata(self.y_train)
         self.names = data.label_names  # what the labels index, for messages
         self.y_val = data.split("validation").labels if external else labels[val]
 
@@ -475,7 +522,7 @@ def _exhaustive(data, record, rows, options, top_k, probe_max_examples, clock, p
     from autolayer.probe import probe_layers
 
     name = record.spec
-    if record.sparse:
+    if record.learns:
         with clock.stage("extract", "every layer, every row"):
             x_train, x_val, ms, memory = _lexical(data, record, rows)
         with clock.stage("probe", "every layer"):
@@ -516,16 +563,24 @@ def _exhaustive(data, record, rows, options, top_k, probe_max_examples, clock, p
 
 
 def _lexical(data: LabelledDataset, record: SourceRecord, rows: _Rows):
-    """A sparse source (TF-IDF) fitted on the search-train rows only, then applied to those
-    and the validation rows: (train ``[n_train, V]``, validation, ms per text, memory MB)."""
+    """A source that learns from texts (TF-IDF), fitted on the search-train rows only, then
+    applied to those and the validation rows: (train ``[n_train, V]``, validation, ms per
+    text, memory MB), as :func:`_one_state` gives them."""
     texts = data.split("train").texts
     source = record.unfitted().fit([texts[i] for i in rows.train])
     start = time.perf_counter()  # what the budgets price: the transform, as predict runs it
-    matrix = source.transform(texts)
+    matrix = _one_state(source.transform(texts))
     ms, memory = 1000 * (time.perf_counter() - start) / max(len(texts), 1), source.memory_mb(0)
     if not rows.external:
         return matrix[rows.train], matrix[rows.val], ms, memory
-    return matrix[rows.train], source.transform(data.split("validation").texts), ms, memory
+    valid = _one_state(source.transform(data.split("validation").texts))
+    return matrix[rows.train], valid, ms, memory
+
+
+def _one_state(features):
+    """What a fitted source transformed, as the search reads it: a sparse matrix
+    ``[N, V]`` as it is, dense features ``[N, D]`` as their one state ``[N, 1, D]``."""
+    return features if issparse(features) else np.asarray(features, dtype=np.float32)[:, None]
 
 
 def _screened(data, records, rows, options, top_k, fidelity, clock, progress):
@@ -534,12 +589,12 @@ def _screened(data, records, rows, options, top_k, fidelity, clock, progress):
     from autolayer.probe import probe_layers
     from autolayer.sampling import stratified_rows
 
-    pick = stratified_rows(rows.y_train, fidelity.screen_size, options.seed, per_class=1)
+    pick = stratified_rows(rows.strata, fidelity.screen_size, options.seed, per_class=1)
     screen = rows.train[pick]  # sorted rows of the train split
     screened, scores, lexical = {}, {}, {}
     models = list(records)
     for name, record in records.items():
-        if record.sparse:  # cheap: fitted and applied to every row at once
+        if record.learns:  # cheap: fitted and applied to every row at once
             with clock.stage("screen", f"every layer, {len(screen)} rows"):
                 lexical[name] = _lexical(data, record, rows)
                 screened[name] = lexical[name][0][pick]
@@ -613,7 +668,7 @@ def _pairs(
     y_train = rows.y_train
     sample = np.arange(len(y_train))
     if len(sample) > PAIR_ROWS:
-        sample = stratified_rows(y_train, PAIR_ROWS, options.seed, per_class=1)
+        sample = stratified_rows(rows.strata, PAIR_ROWS, options.seed, per_class=1)
     at_best = {
         f.name: f.train[sample] if issparse(f.train) else f.train[sample, 0] for f in features
     }

@@ -34,7 +34,6 @@ from autolayer.files import (
     temp_dir,
 )
 from autolayer.sources import SourceRecord, resolve_spec
-from autolayer.task import make_task
 
 if TYPE_CHECKING:
     from autolayer.heads import Head
@@ -105,7 +104,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         """Fit the sources that learn from texts (TF-IDF) on these training texts."""
         texts = _as_texts(texts)
         records = {choice.spec: self._record(choice) for choice in self._config().models}
-        self.sources_ = {spec: r.unfitted().fit(texts) for spec, r in records.items() if r.sparse}
+        self.sources_ = {spec: r.unfitted().fit(texts) for spec, r in records.items() if r.learns}
         return self
 
     def embed(self, texts) -> list[np.ndarray]:
@@ -119,7 +118,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
             if choice.spec in getattr(self, "sources_", {}):
                 out.append(self.sources_[choice.spec].transform(texts))
                 continue
-            if self._record(choice).sparse:
+            if self._record(choice).learns:
                 raise ConfigError(f"{choice.spec} is not fitted yet: call fit first")
             emb = embed_texts(
                 choice.spec,
@@ -177,9 +176,11 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         return self.decide(self.predict_proba(X))  # first: it says so when unfitted
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
-        """The labels of ``classes_`` that probabilities ``[N, C]`` decide, by the config's
-        task's rule (the most probable class, for single-label classification)."""
-        return self.classes_[make_task(self._config().task).decide(proba)]
+        """The labels of ``classes_`` that probabilities ``[N, C]`` decide, by the rule of
+        the task the head was trained for (the most probable class, for single-label
+        classification)."""
+        check_is_fitted(self, "head_")
+        return self.classes_[self.head_.task.decide(proba)]
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write config + head into ``directory`` atomically (all or nothing).
@@ -195,7 +196,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         unfitted = [
             m.spec
             for m in config.models
-            if self._record(m).sparse and m.spec not in getattr(self, "sources_", {})
+            if self._record(m).learns and m.spec not in getattr(self, "sources_", {})
         ]
         if unfitted:
             raise ConfigError(f"{unfitted[0]} was never fitted: call fit (or fit_sources) first")
@@ -246,7 +247,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         estimator.sources_ = {}
         for choice, dim in zip(config.models, head.input_dims_, strict=False):
             record = estimator._record(choice)
-            if record.sparse:
+            if record.learns:
                 source = type(record.source).load(directory)
                 if source.width != dim:
                     raise ConfigError(
@@ -284,6 +285,11 @@ def _feature_record(choice, dim: int) -> dict:
 def _check_trained_on(directory: Path, config: FusionConfig, head: Head) -> None:
     """Refuse a config.yaml that no longer describes the features the head was trained on."""
     where = directory / CONFIG_FILE
+    if head.task.name != config.task:
+        raise ConfigError(
+            f"{where}: task {config.task!r}, but the head was trained for task "
+            f"{head.task.name!r}; restore the file or re-run apply"
+        )
     if head.n_outputs_ != len(config.label_names):
         raise ConfigError(
             f"{where}: {len(config.label_names)} label_names, but the head was trained on "

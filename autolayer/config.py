@@ -227,7 +227,7 @@ def _checked_head(head: HeadChoice, models: tuple[ModelChoice, ...], where: str)
         cls = head_class(head.kind)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    params = cls.check_params(head.params, where)
+    params = cls.check_params(head.params, f"{where}: head.params")
     sparse = [m.spec for m in models if source_class(m.spec).sparse]
     if cls.dense_only and sparse:
         raise ConfigError(

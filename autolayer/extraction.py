@@ -127,7 +127,7 @@ def embed_texts(
         else make_source(model, trust_remote_code=trust_remote_code)
     )
     name = model if isinstance(model, str) else feature_source.spec
-    if feature_source.sparse:
+    if feature_source.learns:
         raise ConfigError(
             f"{name} is fitted on training rows and gives sparse features: use it in "
             "recommend, search or apply (extract, score and complementarity take "

@@ -152,7 +152,7 @@ def budget_of(budget: object) -> Budget:
 def check_pretrained(models: Mapping[str, SourceRecord], command: str) -> None:
     """Refuse, before any extraction, sources that learn from the task's texts (TF-IDF):
     ``score`` and ``complementarity`` look at pretrained models' layers."""
-    lexical = [name for name, record in models.items() if record.sparse]
+    lexical = [name for name, record in models.items() if record.learns]
     if lexical:
         raise ConfigError(
             f"{command} takes pretrained models; {', '.join(lexical)} is fitted on training "
@@ -314,6 +314,7 @@ def search(
         prepared.candidates,
         prepared.y_train,
         prepared.y_val,
+        task=prepared.task,
         storage=storage,
         study_name=study_name,
         budget=budget,
@@ -357,7 +358,8 @@ def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: s
                 max_length=info["max_length"],
             )
         )
-    params = head_class(trial.head).final_params(trial.head_params, trial.attrs)
+    head = head_class(trial.head)  # every field, as a config read back holds them
+    params = head.check_params(head.final_params(trial.head_params, trial.attrs))
     return FusionConfig(
         models=tuple(models),
         head=HeadChoice(trial.head, params),

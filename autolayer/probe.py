@@ -186,8 +186,9 @@ def _prepared(
 
 
 def folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
-    """Held-out rows of each stratified fold (fewer folds, warned, for a rare class): the
-    probe's folds, and the search's under cross-validation."""
+    """Held-out rows of each fold stratified by ``labels`` (fewer folds, warned, for a rare
+    class): the probe's folds, by class, and the search's under cross-validation, by the
+    task's strata (:meth:`autolayer.task.Task.strata`; the class for single-label)."""
     n_folds = _feasible_folds(labels, n_folds)
     folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [te for _, te in folds.split(np.zeros(len(labels)), labels)]

@@ -160,9 +160,9 @@ def _similarity(value: float) -> str:
 
 def _operator(trial) -> str:
     """The operator column: the fusion operator of a pair ("—" for one model), or, for a
-    head that fuses by no operator, what the head class calls it ("linear head")."""
+    head that fuses by no operator, its kind ("linear head")."""
     if "operator" not in trial.head_params:
-        return _describe(trial.head, trial.head_params, len(trial.models))
+        return f"{trial.head} head"
     return trial.head_params["operator"] if len(trial.models) > 1 else "—"
 
 
@@ -172,7 +172,7 @@ def _width(trial) -> str:
 
 
 def _describe(kind: str, params: dict, n_models: int) -> str:
-    """A head in a few words, as its class says it ("sum, width 256", "linear head")."""
+    """A head in a few words, as its class says it ("fused by sum, width 256")."""
     from autolayer.heads import head_class
 
     return head_class(kind).describe(params, n_models)

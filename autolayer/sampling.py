@@ -13,8 +13,10 @@ import numpy as np
 def stratified_rows(labels: np.ndarray, size: int, seed: int, *, per_class: int = 0) -> np.ndarray:
     """Sorted indices of ``size`` rows of ``labels``, class proportions kept.
 
-    Each class first gets ``per_class`` rows (1 keeps every class, hence the label
-    vocabulary); the rest follow class proportions by largest remainders.
+    ``labels`` are one stratum per row: the class, or a task's strata
+    (:meth:`autolayer.task.Task.strata`) where the caller has the task. Each class first
+    gets ``per_class`` rows (1 keeps every class, hence the label vocabulary); the rest
+    follow class proportions by largest remainders.
     """
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)

@@ -58,7 +58,7 @@ from autolayer.space import (
     subsets,
 )
 from autolayer.storage import WORKER, make_storage, this_worker
-from autolayer.task import Task, make_task
+from autolayer.task import Task
 
 logger = logging.getLogger("autolayer")
 
@@ -341,12 +341,12 @@ def run_search(
     y_train: np.ndarray,
     y_val: np.ndarray,
     *,
+    task: Task,
     storage: str,
     study_name: str,
     budget: Budget | None = None,
     space: Space | None = None,
     options: Options | None = None,
-    task: Task | None = None,
     multi_objective: bool = False,
     prune: bool = True,
     callbacks: Sequence[Callable] = (),
@@ -357,7 +357,9 @@ def run_search(
     folds: Sequence[np.ndarray] = (),
 ) -> SearchResult:
     """Run (or resume) the study and return its trials, best first by ``options.metric``
-    (the heads seeded by ``options.seed``), for ``task`` (default: ``options.task``'s).
+    (the heads seeded by ``options.seed``), for ``task`` (the one
+    :func:`autolayer.candidates.prepare` built from ``options.task``: every trial's head
+    trains for it).
 
     ``prune`` stops unpromising trials early (median of earlier trials' epoch curves);
     ``heartbeat`` is the seconds between a worker's signs of life (see
@@ -373,7 +375,6 @@ def run_search(
     cross-validation instead of ``y_val`` (see :func:`autolayer.heads.cross_validate`).
     """
     budget, space, options = budget or Budget(), space or Space(), options or Options()
-    task = task or make_task(options.task)
     objective = _Objective(
         candidates, y_train, y_val, budget, space, options, task, multi_objective, heartbeat, folds
     )

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-import optuna
 from scipy.sparse import issparse
 
 from autolayer.budgets import Budget, Cost
 from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
 from autolayer.fusion import OPERATORS
-from autolayer.heads import HEADS, head_class
+from autolayer.heads import HEADS, guided_params, head_class
 
 SEPARATOR = " + "
 
@@ -212,8 +211,7 @@ def check_feasible(
         layer = min(cand.layers)
         for kind in heads_for(space, [cand]):
             head = head_class(kind)
-            fixed = optuna.trial.FixedTrial(head.guided(space, [cand]))
-            params = head.suggest(fixed, space, [cand])
+            params = guided_params(head, space, [cand])
             cost = cost_of([cand], [layer], kind, params, n_outputs, n_rows)
             if not budget.violations(cost):
                 return

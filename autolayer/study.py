@@ -113,10 +113,10 @@ def study_identity(context: dict) -> dict:
     validation = context["dataset"]["validation"]
     split = {k: validation[k] for k in ("seed", "n_train", "n_val", "cv_folds") if k in validation}
     options = context.get("options") or {}
-    # the option, whichever split validated: studies have always been identified by it
+    # the option, whichever split validated (a stored study's identity holds the option)
     size = options.get("validation_size", validation.get("size"))
     # the max_length asked for, not the one a model's limit cut it to (the context's):
-    # studies have always been identified by the option
+    # a stored study's identity holds the option
     requested = options.get("max_length")
     return {
         "dataset fingerprint": context["dataset"]["fingerprint"],

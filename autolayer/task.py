@@ -42,7 +42,10 @@ class Task:
 
     def n_outputs(self, *targets: np.ndarray) -> int:
         """Outputs a head needs for these targets (classes: the largest index + 1, >= 2)."""
-        return max(2, max(int(t.max()) + 1 for t in targets if len(t)))
+        counted = [int(t.max()) + 1 for t in targets if len(t)]
+        if not counted:
+            raise ConfigError("cannot count the classes: every target given is empty")
+        return max(2, *counted)
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """The training loss of ``logits [B, C]`` against ``target`` (mean over rows)."""

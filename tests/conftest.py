@@ -245,3 +245,57 @@ def saved_model(capsys, tmp_path, home, config, tiny_dataset) -> Path:
     code, _, err = run(capsys, "apply", config, "-d", tiny_dataset, "-o", tmp_path / "model")
     assert code == 0, err
     return tmp_path / "model"
+
+
+@pytest.fixture()
+def word_counts(monkeypatch) -> type:
+    """A dense source that learns from texts (its vocabulary, and a text's counts of it),
+    registered as ``counts`` for one test."""
+    import numpy as np
+
+    from autolayer.sources import SOURCES, FeatureSource
+
+    class WordCounts(FeatureSource):
+        kind = "counts"
+        learns = True
+        files = ("counts.json",)
+        identity = "counts-1"
+        n_states = 1
+
+        def __init__(self, spec: str = "counts", *, trust_remote_code: bool = False) -> None:
+            super().__init__(spec, trust_remote_code=trust_remote_code)
+            self.words: list[str] = []
+
+        @classmethod
+        def accepts(cls, spec: str) -> bool:
+            return spec == "counts"
+
+        @property
+        def width(self) -> int:
+            return len(self.words)
+
+        def embed(self, texts, layers, **settings):
+            raise AssertionError("a source that learns is transformed, never embedded")
+
+        def parameters(self, layer: int) -> int:
+            return 0
+
+        def fit(self, texts) -> WordCounts:
+            self.words = sorted({word for text in texts for word in text.split()})
+            return self
+
+        def transform(self, texts) -> np.ndarray:
+            rows = [[text.split().count(word) for word in self.words] for text in texts]
+            return np.asarray(rows, dtype=np.float32)
+
+        def save(self, directory: Path) -> None:
+            (directory / "counts.json").write_text(json.dumps(self.words))
+
+        @classmethod
+        def load(cls, directory: Path) -> WordCounts:
+            source = cls()
+            source.words = json.loads((directory / "counts.json").read_text())
+            return source
+
+    monkeypatch.setitem(SOURCES, "counts", WordCounts)
+    return WordCounts

@@ -418,6 +418,7 @@ def test_an_anchor_an_earlier_budget_excluded_runs_when_the_study_resumes(tmp_pa
     from autolayer.probe import folds
     from autolayer.search import run_search
     from autolayer.space import Candidate, LayerCost, Space
+    from autolayer.task import make_task
 
     rng = np.random.default_rng(0)
     y = np.arange(16) % 2
@@ -428,6 +429,7 @@ def test_an_anchor_an_earlier_budget_excluded_runs_when_the_study_resumes(tmp_pa
     ]
     context = {"options": {"anchor": "a"}, "models": {m: {"n_hidden_states": 3} for m in "ab"}}
     settings = {
+        "task": make_task(),
         "storage": f"sqlite:///{tmp_path / 's.db'}",
         "study_name": "s",
         "space": Space(heads=("mlp", "linear"), max_epochs=3, widths=(8,), hidden=8),

@@ -3,6 +3,8 @@ and used to predict."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from autolayer.classifier import FusionTextClassifier
@@ -220,6 +222,75 @@ def test_predictions_follow_the_config_tasks_decision_rule(
     assert list(loaded.predict(texts)) == list(least)
     rows = predict_file(tmp_path / "m", tmp_path / "in.txt")
     assert [row["label"] for row in rows] == list(least)
+
+
+def test_a_fitted_estimator_decides_by_its_heads_task_not_the_name_looked_up_again(
+    home, tiny_models, monkeypatch
+):
+    """The task is built once, with the head: predict does not look its name up again
+    (here unregistered after the fit, so a lookup would fail)."""
+    from dataclasses import replace
+
+    from autolayer.task import TASKS, SingleLabel
+
+    class LeastLikely(SingleLabel):
+        name = "least_likely"
+
+        def decide(self, proba: np.ndarray) -> np.ndarray:
+            return np.asarray(proba).argmin(axis=1)
+
+    monkeypatch.setitem(TASKS, "least_likely", LeastLikely)
+    config = replace(_tiny_config(str(tiny_models["bert"])), task="least_likely")
+    texts, labels = ["good fun", "bad dull"] * 4, ["pos", "neg"] * 4
+    estimator = FusionTextClassifier(config).fit(texts, labels)
+    del TASKS["least_likely"]
+    proba = estimator.predict_proba(texts)
+    assert list(estimator.predict(texts)) == list(estimator.classes_[proba.argmin(axis=1)])
+
+
+def test_a_dense_source_that_learns_is_fitted_saved_and_loaded_with_the_model(
+    home, tmp_path, word_counts
+):
+    """Whether a source learns from texts is its ``learns``, not its sparseness: a dense
+    one is fitted on the training texts, transformed, and saved and loaded with the head."""
+    from autolayer.sources import resolve_spec
+
+    record = resolve_spec("counts", max_length=5)
+    assert (record.learns, record.sparse) == (True, False)
+    config = FusionConfig(
+        models=(ModelChoice("counts", "counts-1", 0, 5),),
+        head=HeadChoice("mlp", HEAD),
+        label_names=("neg", "pos"),
+    )
+    texts, labels = (
+        ["good fun", "great fun", "bad dull", "awful dull"] * 3,
+        ["pos", "pos", "neg", "neg"] * 3,
+    )
+    estimator = FusionTextClassifier(config).fit(texts, labels)
+    assert estimator.sources_["counts"].words == ["awful", "bad", "dull", "fun", "good", "great"]
+    estimator.save(tmp_path / "m")
+    loaded = FusionTextClassifier.load(tmp_path / "m")
+    assert loaded.sources_["counts"].words == estimator.sources_["counts"].words
+    assert np.allclose(loaded.predict_proba(texts), estimator.predict_proba(texts))
+
+
+def test_a_source_that_learns_nothing_has_no_fit_save_or_load(tiny_models):
+    """The contract of a source that learns is in the base class: a pretrained source
+    says it has nothing to fit, save or load."""
+    import pytest
+
+    from autolayer.sources import make_source
+    from autolayer.sources.tfidf import TfidfSource
+
+    source = make_source(str(tiny_models["bert"]))
+    assert not source.learns and TfidfSource.learns
+    for call in (
+        lambda: source.fit(["a"]),
+        lambda: source.save(Path(".")),
+        lambda: type(source).load(Path(".")),
+    ):
+        with pytest.raises(NotImplementedError, match="does not learn from texts"):
+            call()
 
 
 def test_each_configured_model_is_resolved_once_per_estimator(

@@ -403,7 +403,7 @@ def test_a_trial_stored_before_head_params_exports_the_head_it_trained():
     _stored(study, {"models": "a", "layer:a": 3, "head": "linear"}, head="linear", best_epoch=0)
     context = study.user_attrs["context"]
     heads = [trial_config(summary(t, context), context, "s", "mem").head for t in study.trials]
-    fixed = {"hidden": 64, "dropout": 0.2, "batch_size": 100}
+    fixed = {"hidden": 64, "dropout": 0.2, "batch_size": 100, "patience": 10, "weight_decay": 0}
     assert heads == [
         HeadChoice("mlp", {"operator": "sum", "width": 512, **fixed, "lr": 2e-3, "epochs": 7}),
         HeadChoice("mlp", {"operator": "concat", "width": 256, **fixed, "lr": 1e-3, "epochs": 1}),
@@ -426,4 +426,4 @@ def test_a_trial_exports_its_recorded_head_params_made_final():
     _stored(study, {"models": "a", "layer:a": 2}, head_params=recorded, best_epoch=3)
     config = trial_config(summary(study.trials[0]), _context(), "s", "mem")
     assert config.head.kind == "mlp" and config.task == "single_label"
-    assert config.head.params == {**params, "batch_size": 10, "epochs": 4, "weight_decay": 0.0}
+    assert config.head.params == {**recorded, "epochs": 4}  # patience kept, unused

@@ -137,6 +137,27 @@ def test_cross_validation_refuses_a_class_with_one_example_before_extraction(
     assert not (home / "embeddings").exists()
 
 
+def test_cross_validation_folds_are_stratified_by_the_tasks_strata(home, tiny_dataset, monkeypatch):
+    """prepare asks the task how rows are stratified: a task whose strata are not the
+    classes (here the first and the second half of the rows) gets folds of its strata."""
+    from autolayer import pipeline
+    from autolayer.task import TASKS, SingleLabel
+
+    class ByHalf(SingleLabel):
+        name = "by_half"
+
+        def strata(self, target: np.ndarray) -> np.ndarray:
+            return (np.arange(len(target)) >= len(target) // 2).astype(np.int64)
+
+    monkeypatch.setitem(TASKS, "by_half", ByHalf)
+    prepared = pipeline.prepare(str(tiny_dataset), ["tfidf"], top_k=1, cv_folds=2, task="by_half")
+    assert isinstance(prepared.task, ByHalf)
+    expected = stratified_folds(prepared.task.strata(prepared.y_train), 2, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(prepared.folds, expected, strict=True))
+    by_class = stratified_folds(prepared.y_train, 2, seed=0)
+    assert not all(np.array_equal(a, b) for a, b in zip(prepared.folds, by_class, strict=True))
+
+
 def test_cli_report_says_cross_validated(capsys, tmp_path, home, tiny_dataset, tiny_models):
     code, out, err = run(
         capsys,

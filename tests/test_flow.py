@@ -94,8 +94,8 @@ def test_cli_flow_recommend_export_apply_predict(capsys, tmp_path, home, tiny_da
 def test_a_model_path_holding_the_models_separator_works_end_to_end(
     capsys, tmp_path, home, tiny_dataset, tiny_models
 ):
-    """Before: the search joined model names with " + " into its choices and split them
-    again on it, so a folder named ``a + b`` became two models that do not exist."""
+    """A model folder named ``a + b`` is one model through recommend, apply and predict,
+    although the search joins model names with " + " into its choices."""
     import shutil
 
     folder = tmp_path / "a + b" / "model"
@@ -115,6 +115,44 @@ def test_a_model_path_holding_the_models_separator_works_end_to_end(
     code, _, err = run(capsys, "predict", model, "-i", texts, "-o", predicted)
     assert code == 0, err
     assert len(predicted.read_text().strip().splitlines()) == 3
+
+
+def test_a_pool_where_a_model_path_is_a_join_of_two_others_is_refused(
+    capsys, tmp_path, home, tiny_dataset, tiny_models
+):
+    """Before: with ``m``, ``tfidf`` and ``m + tfidf`` in the pool, the choice of the pair
+    read as the one model ``m + tfidf``, so the pair was silently never searched."""
+    import shutil
+
+    alone, joined = tmp_path / "m", tmp_path / "m + tfidf"
+    for folder in (alone, joined):
+        shutil.copytree(tiny_models["bert"], folder)
+    pool = f"{alone},tfidf,{joined}"
+    code, _, err = run(
+        capsys, "recommend", "-d", tiny_dataset, "--models", pool, "-o", tmp_path / "o"
+    )
+    assert code == ConfigError.exit_code
+    assert f"model '{joined}' is also '{alone}' and 'tfidf' joined with" in one_error_line(err)
+    assert not (home / "embeddings").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_dense_source_that_learns_from_texts_works_end_to_end(
+    capsys, tmp_path, home, tiny_dataset, word_counts
+):
+    """A source is fitted on the training rows because it ``learns``, whether or not its
+    features are sparse: a dense one is searched (as its one state), applied and saved."""
+    out_dir, model = tmp_path / "out", tmp_path / "model"
+    args = ["-d", tiny_dataset, "--models", "counts", "--n-trials", 2, "--exhaustive"]
+    code, _, err = run(capsys, "recommend", *args, "-o", out_dir)
+    assert code == 0, err
+    assert [m.spec for m in load_config(out_dir / "recommendation.yaml").models] == ["counts"]
+    code, _, err = run(capsys, "apply", out_dir / "recommendation.yaml", "-o", model)
+    assert code == 0, err
+    assert (model / "counts.json").is_file()
+    (tmp_path / "new.txt").write_text("good fun\nawful plot\n")
+    code, out, err = run(capsys, "predict", model, "-i", tmp_path / "new.txt")
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 2
 
 
 def test_a_recommend_on_other_data_into_a_folder_a_running_one_holds_is_refused(

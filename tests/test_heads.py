@@ -5,10 +5,12 @@ divergence."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from scipy.sparse import csr_matrix
@@ -17,7 +19,15 @@ from sklearn.metrics import f1_score
 
 from autolayer.errors import CacheError, ConfigError, DivergedError
 from autolayer.fusion import OPERATORS
-from autolayer.heads import Head, HeadFit, cross_validate, head_class, load_head, make_head
+from autolayer.heads import (
+    Head,
+    HeadFit,
+    cross_validate,
+    guided_params,
+    head_class,
+    load_head,
+    make_head,
+)
 from autolayer.heads.linear import LinearHead
 from autolayer.heads.mlp import DEFAULTS, MLPHead, MLPNet
 from autolayer.heads.modules import (
@@ -28,6 +38,7 @@ from autolayer.heads.modules import (
     to_tensor,
 )
 from autolayer.metrics import score
+from autolayer.task import make_task
 
 ALL_OPERATORS = sorted(OPERATORS)
 DIMS = (5, 7, 3)
@@ -142,12 +153,17 @@ def test_mlp_params_are_completed_with_defaults() -> None:
         ("width", 0),
         ("hidden", 65537),
         ("weight_decay", -1.0),
+        ("weight_decay", float("inf")),
+        ("weight_decay", 1e12),
+        ("patience", 1001),
         ("width", True),
         ("operator", "outer"),
+        ("operator", ["sum"]),
     ],
 )
 def test_invalid_mlp_params_raise_config_error_naming_the_field(field: str, value: object) -> None:
-    with pytest.raises(ConfigError, match=rf"^head: field '{field}' must be .*; got {value!r}$"):
+    named = rf"^head: field '{field}' must be .*; got {re.escape(repr(value))}$"
+    with pytest.raises(ConfigError, match=named):
         make_head("mlp", {field: value})
 
 
@@ -188,9 +204,9 @@ def test_mlp_suggests_the_operator_only_among_several_models() -> None:
 def test_mlp_final_params_train_the_chosen_epochs_and_describe_says_its_shape() -> None:
     params = make_head("mlp", {"operator": "sum", "width": 256}).params
     final = MLPHead.final_params(params, {"best_epoch": 6, "epochs_run": 15})
-    assert final == {k: v for k, v in params.items() if k != "patience"} | {"epochs": 7}
+    assert final == params | {"epochs": 7}
     assert MLPHead.n_configurations(space()) is None
-    assert MLPHead.describe(params, 2) == "sum, width 256"
+    assert MLPHead.describe(params, 2) == "fused by sum, width 256"
     assert MLPHead.describe(params, 1) == "width 256"
 
 
@@ -314,7 +330,7 @@ def test_a_diverging_head_is_refused_and_names_lr() -> None:
     """A learning rate so large that the loss overflows must not yield a head that predicts
     NaN (and the first class for every row) while reporting a score."""
     train, y = sum_task(40, seed=1)
-    head = mlp("concat", epochs=3, lr=1.0, weight_decay=1e30)  # weights * (1 - 1e30) a step
+    head = mlp("concat", epochs=3, lr=1.0, weight_decay=1e3, batch_size=1)  # weights * -999 a step
     with pytest.raises(DivergedError, match=r"mlp head diverged.*; lower lr \(it is 1\)$"):
         head.fit(train, y, train, y)
 
@@ -525,5 +541,130 @@ def test_linear_head_takes_no_parameters_and_has_one_configuration() -> None:
         make_head("linear", {"width": 8})
     assert LinearHead.suggest(None, space(), ["a", "b"]) == {}
     assert LinearHead.n_configurations(space()) == 1
-    assert LinearHead.describe({}, 2) == "linear head"
+    assert LinearHead.describe({}, 2) == "linear head (logistic regression)"
     assert LinearHead.fused_dim([5, 7], {}) == 12
+
+
+# ---------------------------------------------------------------------- the base's contract
+
+
+class Forgetful(LinearHead):
+    """A head whose trials ask a choice its guided setting leaves out."""
+
+    kind = "forgetful"
+
+    @classmethod
+    def suggest(cls, trial, space, chosen):
+        return {"temperature": trial.suggest_float("temperature", 0.1, 10.0)}
+
+
+def test_a_head_must_say_its_guided_setting() -> None:
+    assert "guided" in Head.__abstractmethods__
+    assert LinearHead.guided(space(), ["a", "b"]) == {}
+
+
+def test_guided_params_are_the_suggested_params_of_the_guided_setting() -> None:
+    chosen = ["a", "b"]
+    expected = MLPHead.suggest(
+        optuna.trial.FixedTrial({"operator": "sum", "width": 256, "lr": 1e-3}), space(), chosen
+    )
+    assert guided_params(MLPHead, space(operator_names=lambda: ("sum",)), chosen) == expected
+    assert guided_params(LinearHead, space(), chosen) == {}
+
+
+def test_a_guided_setting_missing_a_choice_names_the_head_and_the_choice() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^the forgetful head's guided setting has no value for 'temperature'"
+    ):
+        guided_params(Forgetful, space(), ["a"])
+
+
+@pytest.mark.parametrize("text", [b"[1, 2]", b'"mlp"', b'{"kind": ["mlp"]}', b"\xff{"])
+def test_a_head_json_that_is_not_a_head_record_is_a_cache_error(tmp_path, text) -> None:
+    fitted_mlp().save(tmp_path)
+    (tmp_path / "head.json").write_bytes(text)
+    with pytest.raises(CacheError, match="not a valid head config"):
+        load_head(tmp_path)
+
+
+@pytest.mark.parametrize(("field", "what"), [("kind", "head"), ("task", "task")])
+def test_a_saved_head_of_an_unregistered_plug_in_names_what_to_import(tmp_path, field, what):
+    """Not damage (exit 4): this process lacks the plug-in's module (exit 2)."""
+    fitted_mlp().save(tmp_path)
+    record = json.loads((tmp_path / "head.json").read_text())
+    (tmp_path / "head.json").write_text(json.dumps({**record, field: "toy"}))
+    with pytest.raises(ConfigError) as caught:
+        load_head(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'head.json'} names {what} 'toy', which is not registered in this "
+        "process: import the module that registers it"
+    )
+    assert not isinstance(caught.value, CacheError)
+
+
+def test_the_base_refuses_sparse_features_to_a_dense_only_head(tmp_path) -> None:
+    inputs = random_inputs(30, DIMS[:2])
+    y = np.arange(30) % 2
+    sparse = [inputs[0], csr_matrix(inputs[1])]
+    head = make_head("linear", {})
+    with pytest.raises(
+        ConfigError, match=r"^the linear head takes dense features only; train\[1\] is sparse$"
+    ):
+        head.fit(sparse, y)
+    with pytest.raises(
+        ConfigError, match=r"^the linear head takes dense features only; val\[1\] is sparse$"
+    ):
+        head.fit(inputs, y, sparse, y)
+    head.fit(inputs, y)
+    with pytest.raises(
+        ConfigError, match=r"^the linear head takes dense features only; inputs\[1\] is sparse$"
+    ):
+        head.predict_proba(sparse)
+    head.save(tmp_path)
+    record = json.loads((tmp_path / "head.json").read_text())
+    (tmp_path / "head.json").write_text(json.dumps({**record, "sparse": [False, True]}))
+    with pytest.raises(CacheError, match="takes dense features only"):
+        load_head(tmp_path)
+
+
+class Scaled(LinearHead):
+    """A head whose constructor takes one more argument, so it overrides clone."""
+
+    def __init__(self, params, *, scale: float, task=None, metric: str = "accuracy") -> None:
+        super().__init__(params, task=task, metric=metric)
+        self.scale = scale
+
+    def clone(self) -> Scaled:
+        return Scaled(self.params, scale=self.scale, task=self.task, metric=self.metric)
+
+
+def test_clone_is_an_unfitted_copy_and_cross_validation_trains_clones() -> None:
+    head = mlp(metric="macro_f1", epochs=1)
+    head.fit(*sum_task(20, seed=0))
+    copy = head.clone()
+    assert type(copy) is MLPHead and not hasattr(copy, "fit_") and not hasattr(copy, "net_")
+    assert (copy.params, copy.task, copy.metric) == (head.params, head.task, "macro_f1")
+    assert copy.params is not head.params
+    scaled = Scaled({}, scale=2.0)
+    train, y = sum_task(40, seed=1)
+    result = cross_validate(scaled, train, y, [np.arange(0, 20), np.arange(20, 40)])
+    assert len(result.fold_scores) == 2 and not hasattr(scaled, "fit_")
+
+
+def test_the_task_cannot_count_classes_of_empty_targets_alone() -> None:
+    task = make_task()
+    assert task.n_outputs(np.array([], dtype=np.int64), np.array([4])) == 5
+    with pytest.raises(ConfigError, match="every target given is empty"):
+        task.n_outputs(np.array([], dtype=np.int64))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_an_unfitted_head_neither_predicts_nor_saves(kind: str, tmp_path) -> None:
+    from sklearn.exceptions import NotFittedError
+
+    head = make_head(kind, {})
+    with pytest.raises(NotFittedError, match=f"this {kind} head is not fitted yet"):
+        head.predict_proba(random_inputs(3, (5,)))
+    with pytest.raises(NotFittedError):
+        head.save(tmp_path / "head")
+    assert not (tmp_path / "head").exists()

@@ -94,6 +94,24 @@ def test_a_saved_model_whose_config_names_another_layer_is_refused(capsys, tmp_p
     assert code != 0 and "layer 3 (trained on 2)" in one_error_line(err)
 
 
+def test_a_saved_model_whose_config_names_another_task_is_refused(
+    capsys, tmp_path, saved_model, monkeypatch
+):
+    """The head decides as the task it was trained for; a config.yaml edited to name
+    another (registered) task no longer describes it."""
+    from autolayer.task import TASKS, SingleLabel
+
+    monkeypatch.setitem(TASKS, "other", type("Other", (SingleLabel,), {"name": "other"}))
+    (tmp_path / "in.txt").write_text("good film\n")
+    path = saved_model / "config.yaml"
+    edited = yaml.safe_load(path.read_text())
+    edited["task"] = "other"
+    path.write_text(yaml.safe_dump(edited))
+    code, _, err = run(capsys, "predict", saved_model, "-i", tmp_path / "in.txt")
+    assert code != 0
+    assert "task 'other', but the head was trained for task 'single_label'" in one_error_line(err)
+
+
 def test_a_corrupt_saved_head_is_one_line_not_a_bug(capsys, tmp_path, saved_model):
     (saved_model / "head.safetensors").write_bytes(b"\xff" * 64)
     (tmp_path / "in.txt").write_text("good film\n")

@@ -128,7 +128,8 @@ def _pair(a: str, b: str, gain: float, accuracy=(0.7, 0.8)) -> PairEstimate:
 
 
 def test_a_choice_splits_back_into_the_pools_models_even_a_name_holding_the_separator():
-    """Before: a choice was split on " + ", so a folder ``a + b`` became two models."""
+    """A folder named ``a + b`` stays one model: a choice is split back into the pool's
+    names, not at every " + "."""
     import itertools
 
     from autolayer.space import split_models, subsets
@@ -139,6 +140,24 @@ def test_a_choice_splits_back_into_the_pools_models_even_a_name_holding_the_sepa
     assert split_models("/data/a + b/model + tfidf", names) == ("/data/a + b/model", "tfidf")
     assert split_models("/data/a + tfidf", names) == ("/data/a", "tfidf")
     assert split_models("/data/a + x", names) == ()  # not a join of the pool's names
+
+
+def test_a_pool_holding_a_name_that_is_a_join_of_others_is_refused():
+    """Names ``a``, ``b`` and ``a + b``: the choice of the pair would read as the one model
+    and the pair never be searched, so the pool is refused; a name merely holding the
+    separator is not."""
+    from autolayer.candidates import check_models
+
+    with pytest.raises(ConfigError, match=r"model 'a \+ b' is also 'a' and 'b' joined with"):
+        check_models(["a", "b", "a + b"])
+    with pytest.raises(ConfigError, match=r"is also 'a' and 'b \+ c' joined with"):
+        check_models(["a + b + c", "b + c", "a"])
+    assert check_models(["/data/a + b/model", "/data/a", "b"]) == [
+        "/data/a + b/model",
+        "/data/a",
+        "b",
+    ]
+    assert check_models(["a + b", "a"]) == ["a + b", "a"]
 
 
 def test_guided_trials_try_the_best_model_then_the_best_pairs_that_gain(home, tiny_dataset, models):
@@ -284,6 +303,31 @@ def test_with_an_mlp_head_the_space_is_never_exhausted(home, tmp_path, tiny_data
     assert result.trained == 4 and result.notes == ()
 
 
+def test_the_search_trains_for_the_task_prepare_built(home, tmp_path, tiny_dataset, tiny_models):
+    """prepare builds the options' task once; the search's heads train for that object,
+    not for another built again from its name."""
+    from dataclasses import replace
+
+    from autolayer.task import SingleLabel
+
+    losses = []
+
+    class Counted(SingleLabel):
+        name = "single_label"
+
+        def loss(self, logits, target):
+            losses.append(1)
+            return super().loss(logits, target)
+
+    prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=1)
+    assert type(prepared.task) is SingleLabel
+    budget, space = Budget(n_trials=1), Space(heads=("mlp",), max_epochs=1)
+    pipeline.search(
+        replace(prepared, task=Counted()), output_dir=tmp_path, budget=budget, space=space
+    )
+    assert losses
+
+
 def _two_models(rng, n, n_val=0):
     from autolayer.space import Candidate, LayerCost
 
@@ -313,11 +357,13 @@ def test_a_space_with_a_sparse_source_is_never_finite():
 
 def test_configurations_an_earlier_budget_excluded_are_tried_when_resumed(tmp_path):
     from autolayer.search import run_search
+    from autolayer.task import make_task
 
     rng = np.random.default_rng(0)
     models = _two_models(rng, 40, 10)
     y, y_val = np.arange(40) % 2, np.arange(10) % 2
     settings = {
+        "task": make_task(),
         "storage": f"sqlite:///{tmp_path / 's.db'}",
         "study_name": "s",
         "space": Space(heads=("linear",)),
@@ -363,10 +409,12 @@ def test_a_resumed_run_gets_draws_of_its_own(tmp_path, one_thread):
     """The cap of 20 draws per trial ends a nearly infeasible search; it counts this run's
     draws, so a resumed run under a looser budget does not stop at once."""
     from autolayer.search import run_search
+    from autolayer.task import make_task
 
     models = _two_models(np.random.default_rng(0), 40, 10)
     y, y_val = np.arange(40) % 2, np.arange(10) % 2
     settings = {
+        "task": make_task(),
         "storage": f"sqlite:///{tmp_path / 's.db'}",
         "study_name": "s",
         "space": Space(heads=("mlp", "linear"), max_epochs=3, widths=(8,), hidden=8),
@@ -411,6 +459,7 @@ def _created_by_another_worker(url: str, write) -> threading.Timer:
 
 def test_a_worker_checks_the_signature_of_a_study_another_just_created(tmp_path):
     from autolayer.search import run_search
+    from autolayer.task import make_task
 
     models = _two_models(np.random.default_rng(0), 40, 10)
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -418,7 +467,8 @@ def test_a_worker_checks_the_signature_of_a_study_another_just_created(tmp_path)
     timer = _created_by_another_worker(url, lambda s: s.set_user_attr("signature", other))
     with pytest.raises(ConfigError, match="differs in its metric"):
         run_search(
-            models, np.arange(40) % 2, np.arange(10) % 2, storage=url, study_name="s",
+            models, np.arange(40) % 2, np.arange(10) % 2, task=make_task(), storage=url,
+            study_name="s",
             budget=Budget(n_trials=2), space=Space(heads=("linear",)), prune=False,
         )  # fmt: skip
     timer.join()
@@ -427,6 +477,7 @@ def test_a_worker_checks_the_signature_of_a_study_another_just_created(tmp_path)
 def test_guided_trials_are_queued_once_by_workers_starting_together(tmp_path):
     from autolayer.search import run_search
     from autolayer.space import space_signature, subsets
+    from autolayer.task import make_task
 
     models, space, budget = _two_models(np.random.default_rng(0), 40, 10), Space(), Budget(1)
     url, guided = f"sqlite:///{tmp_path / 's.db'}", {"models": "a", "layer:a": 2}
@@ -444,8 +495,8 @@ def test_guided_trials_are_queued_once_by_workers_starting_together(tmp_path):
     timer = _created_by_another_worker(url, create)
     y, y_val = np.arange(40) % 2, np.arange(10) % 2
     run_search(
-        models, y, y_val, storage=url, study_name="s", budget=budget, space=space,
-        first=[guided], prune=False,
+        models, y, y_val, task=make_task(), storage=url, study_name="s", budget=budget,
+        space=space, first=[guided], prune=False,
     )  # fmt: skip
     timer.join()
     queued = optuna.load_study(storage=url, study_name="s").get_trials()
@@ -457,6 +508,7 @@ def test_a_trial_whose_head_diverges_is_pruned_with_a_warning(tmp_path, monkeypa
     from autolayer import search
     from autolayer.errors import DivergedError
     from autolayer.heads.mlp import MLPHead
+    from autolayer.task import make_task
 
     real, calls = MLPHead._fit, []
 
@@ -472,6 +524,7 @@ def test_a_trial_whose_head_diverges_is_pruned_with_a_warning(tmp_path, monkeypa
         models,
         np.arange(40) % 2,
         np.arange(10) % 2,
+        task=make_task(),
         storage=f"sqlite:///{tmp_path / 's.db'}",
         study_name="s",
         budget=Budget(n_trials=3),
@@ -489,12 +542,14 @@ def test_a_trial_records_the_parameters_its_head_class_suggested(tmp_path):
     from autolayer.heads.mlp import MLPHead
     from autolayer.options import Options
     from autolayer.search import run_search
+    from autolayer.task import make_task
 
     models = _two_models(np.random.default_rng(0), 40, 10)
     space = Space(widths=(8,), hidden=4, max_epochs=2, patience=1)
     result = run_search(
-        models, np.arange(40) % 2, np.arange(10) % 2, storage=f"sqlite:///{tmp_path / 's.db'}",
-        study_name="s", budget=Budget(n_trials=1, max_models=1), space=space, prune=False,
+        models, np.arange(40) % 2, np.arange(10) % 2, task=make_task(),
+        storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s",
+        budget=Budget(n_trials=1, max_models=1), space=space, prune=False,
         options=Options(metric="macro_f1", seed=3),
     )  # fmt: skip
     [trial] = result.trials
@@ -516,12 +571,14 @@ def test_a_head_registered_by_a_plugin_is_searched_and_never_trained_twice(tmp_p
     from autolayer.heads.linear import LinearHead
     from autolayer.search import run_search
     from autolayer.selection import REPEAT
+    from autolayer.task import make_task
 
     register_head("toy")(type("Toy", (LinearHead,), {}))
     try:
         result = run_search(
             _two_models(np.random.default_rng(0), 40, 10), np.arange(40) % 2,
-            np.arange(10) % 2, storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s",
+            np.arange(10) % 2, task=make_task(), storage=f"sqlite:///{tmp_path / 's.db'}",
+            study_name="s",
             budget=Budget(n_trials=10), space=Space(heads=("toy",)), prune=False,
         )  # fmt: skip
     finally:

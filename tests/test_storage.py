@@ -243,12 +243,14 @@ def test_each_trial_records_its_worker_once(tmp_path):
     from autolayer.budgets import Budget
     from autolayer.search import run_search
     from autolayer.space import Candidate, LayerCost, Space
+    from autolayer.task import make_task
 
     features = np.random.default_rng(0).normal(size=(30, 2, 8)).astype("float32")
     model = Candidate("a", (1,), 3, features[:20], features[20:], 1.0, {1: LayerCost(0.5, 1.0)})
     url = f"sqlite:///{tmp_path / 's.db'}"
     run_search(
-        [model], np.arange(20) % 2, np.arange(10) % 2, storage=url, study_name="s",
+        [model], np.arange(20) % 2, np.arange(10) % 2, task=make_task(), storage=url,
+        study_name="s",
         budget=Budget(n_trials=1), space=Space(heads=("linear",)), prune=False,
     )  # fmt: skip
     trials = optuna.load_study(study_name="s", storage=url).get_trials()

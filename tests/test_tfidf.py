@@ -277,7 +277,8 @@ def test_a_tfidf_record_learns_from_texts_and_names_the_files_it_saves(tmp_path)
     from autolayer.sources import resolve_spec
 
     record = resolve_spec("tfidf", max_length=256)
-    assert record.sparse and record.n_states == 1 and not record.sentence_encoder
+    assert record.learns and record.sparse and record.n_states == 1
+    assert not record.sentence_encoder
     fitted = record.unfitted().fit(["good movie", "bad movie", "good plot", "bad plot"])
     assert fitted is not record.source and record.source._vectorizers is None
     fitted.save(tmp_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ import numpy as np
 
 from autolayer.errors import CacheError, ConfigError, DivergedError
 from autolayer.registry import Registry
-from autolayer.task import Task, make_task
+from autolayer.task import DEFAULT as DEFAULT_TASK
+from autolayer.task import TASKS, Task, make_task
 
 if TYPE_CHECKING:
     import optuna
@@ -80,6 +82,12 @@ class Head(ABC):
         self.task = task if task is not None else make_task()
         self.metric = metric
 
+    def clone(self) -> Head:
+        """An unfitted copy with the same constructor arguments (as ``sklearn.clone``):
+        what cross-validation trains once per fold. A subclass whose constructor takes
+        more than ``params``, ``task`` and ``metric`` overrides this to pass them too."""
+        return type(self)(self.params, task=self.task, metric=self.metric)
+
     # ------------------------------------------------------------------ the class's side
 
     @classmethod
@@ -91,12 +99,12 @@ class Head(ABC):
         (:class:`autolayer.space.Candidate`; ``space`` imports heads, not the reverse)."""
 
     @classmethod
+    @abstractmethod
     def guided(cls, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
         """The Optuna parameters (as :meth:`suggest` names them) of this head in a guided
         first trial of ``chosen``: a cheap, sensible setting, also what the search prices
-        to tell whether any configuration fits a budget: a value for every choice
-        :meth:`suggest` asks (empty for a head without choices)."""
-        return {}
+        to tell whether any configuration fits a budget (:func:`guided_params`): a value
+        for every choice :meth:`suggest` asks (empty for a head without choices)."""
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any], where: str = "head") -> dict[str, Any]:
@@ -156,9 +164,11 @@ class Head(ABC):
         import time
 
         dims = input_dims(train)
+        self._check_dense(train, "train")
         target = self.task.target(target, np.shape(train[0])[0], "y_train")
         if val is not None:
             check_inputs(dims, val, "val")
+            self._check_dense(val, "val")
             val_target = self.task.target(val_target, np.shape(val[0])[0], "y_val")
         targets = [target] if val is None else [target, val_target]
         self.input_dims_ = dims
@@ -184,7 +194,9 @@ class Head(ABC):
     def predict_proba(self, inputs: Sequence[Any]) -> np.ndarray:
         """Probabilities ``[N, C]`` (float32) for one ``[N, D_i]`` input per model, sparse
         where the head was fitted on sparse features."""
+        self._check_fitted()
         check_inputs(self.input_dims_, inputs, "inputs")
+        self._check_dense(inputs, "inputs")
         given = [is_sparse(x) for x in inputs]
         if given != self.sparse_:
             raise ConfigError(
@@ -204,6 +216,7 @@ class Head(ABC):
 
         from autolayer.files import atomic_write
 
+        self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self._state().items()}
@@ -219,6 +232,24 @@ class Head(ABC):
         }
         text = json.dumps(record, indent=2) + "\n"
         atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text))
+
+    def _check_fitted(self) -> None:
+        """scikit-learn's NotFittedError before a fitted head's state is read."""
+        from sklearn.exceptions import NotFittedError
+
+        if not hasattr(self, "input_dims_"):
+            raise NotFittedError(
+                f"this {self.kind} head is not fitted yet: call fit, or load a saved one "
+                "with load_head"
+            )
+
+    def _check_dense(self, inputs: Sequence[Any], name: str) -> None:
+        """Refuse a sparse input (a TF-IDF source's) to a ``dense_only`` head."""
+        sparse = [i for i, x in enumerate(inputs) if is_sparse(x)]
+        if self.dense_only and sparse:
+            raise ConfigError(
+                f"the {self.kind} head takes dense features only; {name}[{sparse[0]}] is sparse"
+            )
 
     # ------------------------------------------------------------------ for subclasses
 
@@ -284,6 +315,24 @@ def head_class(kind: str) -> type[Head]:
     return HEADS.find(kind)
 
 
+def guided_params(cls: type[Head], space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
+    """The full parameters of head ``cls`` at its guided setting (:meth:`Head.guided` fed
+    to :meth:`Head.suggest`); a ConfigError naming the head and the choice when ``guided``
+    leaves out one that ``suggest`` asks, which would otherwise fail every search."""
+    import optuna
+
+    try:
+        return cls.suggest(optuna.trial.FixedTrial(cls.guided(space, chosen)), space, chosen)
+    except ValueError as error:
+        missing = re.search(r"parameter '(.+)' is not found", str(error))
+        if missing is None:
+            raise
+        raise ConfigError(
+            f"the {cls.kind} head's guided setting has no value for {missing[1]!r}, which "
+            "its suggest asks: Head.guided must give every choice of a trial"
+        ) from None
+
+
 def make_head(
     kind: str,
     params: Mapping[str, Any],
@@ -313,8 +362,8 @@ def load_head(directory: str | os.PathLike) -> Head:
         if not (directory / name).is_file():
             raise ConfigError(f"directory {str(directory)!r} has no {name}")
     config = directory / CONFIG_FILE
+    record = _read_record(config)
     try:
-        record = _current(json.loads(config.read_text()))
         head = make_head(
             record["kind"],
             record["params"],
@@ -326,7 +375,9 @@ def load_head(directory: str | os.PathLike) -> Head:
         head.n_outputs_ = int(record["n_outputs"])
         if len(head.sparse_) != len(head.input_dims_) or not head.input_dims_:
             raise ValueError("input_dims and sparse differ in length")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, ConfigError) as error:
+        if head.dense_only and any(head.sparse_):
+            raise ValueError(f"the {head.kind} head takes dense features only; sparse is true")
+    except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise CacheError(f"{config} is not a valid head config: {error}") from None
     weights = directory / WEIGHTS_FILE
     try:
@@ -348,10 +399,12 @@ def load_head(directory: str | os.PathLike) -> Head:
     return head
 
 
-def _current(record: dict) -> dict:
+def _current(record: object) -> dict:
     """A ``head.json`` record in today's form: schema 1 wrote the MLP's constructor
     arguments flat, its kind as ``head`` and its outputs as ``n_classes``; the linear
     head wrote them too, unused, and takes none."""
+    if not isinstance(record, dict):
+        raise TypeError(f"expected a JSON object, got {type(record).__name__}")
     if "kind" in record:
         return record
     kind = record.get("head", "mlp")
@@ -363,6 +416,27 @@ def _current(record: dict) -> dict:
         "sparse": record.get("sparse") or [False] * len(record["input_dims"]),
         "n_outputs": record["n_classes"],
     }
+
+
+def _read_record(config: Path) -> dict:
+    """``head.json`` parsed, in today's form (:func:`_current`), its head kind and task
+    registered. A file that does not parse is damaged (CacheError); a kind or task that is
+    not registered here is a plug-in whose module was not imported (ConfigError, exit 2)."""
+    try:
+        record = _current(json.loads(config.read_text()))
+        task = record.get("task")
+        names = {"head": record["kind"], "task": DEFAULT_TASK if task is None else task}
+        if not all(isinstance(name, str) for name in names.values()):
+            raise TypeError(f"head kind and task must be strings, got {names}")
+    except (KeyError, TypeError, ValueError) as error:  # ValueError: JSON, UTF-8
+        raise CacheError(f"{config} is not a valid head config: {error}") from None
+    for (what, name), registry in zip(names.items(), (HEADS, TASKS), strict=True):
+        if name not in registry:
+            raise ConfigError(
+                f"{config} names {what} {name!r}, which is not registered in this "
+                "process: import the module that registers it"
+            )
+    return record
 
 
 # ---------------------------------------------------------------------- input checks
@@ -436,8 +510,7 @@ def cross_validate(
     curves, seconds = [], 0.0
     for held in folds:
         keep = np.setdiff1d(every, held)
-        copy = type(head)(head.params, task=head.task, metric=head.metric)
-        fit = copy.fit(
+        fit = head.clone().fit(
             [x[keep] for x in train],
             target[keep],
             [x[held] for x in train],

@@ -55,6 +55,10 @@ class LinearHead(NetHead):
         return {}
 
     @classmethod
+    def guided(cls, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
+        return {}
+
+    @classmethod
     def n_parameters(
         cls, input_dims: Sequence[int], n_outputs: int, params: Mapping[str, Any]
     ) -> int:
@@ -66,15 +70,11 @@ class LinearHead(NetHead):
 
     @classmethod
     def describe(cls, params: Mapping[str, Any], n_models: int) -> str:
-        return "linear head"
+        return "linear head (logistic regression)"
 
     def _fit(self, fitting: Fitting) -> HeadFit:
         """Fit to convergence; the one entry of the history is the validation metric (the
         training metric without ``val``)."""
-        if any(self.sparse_):
-            raise ConfigError(
-                "the linear head takes dense features only; a sparse source needs 'mlp'"
-            )
         f = fitting
         with seeded(f.seed, f.device) as device:
             x, y = self._start(f.train, f.target, device)
@@ -109,6 +109,4 @@ class LinearHead(NetHead):
         net.head.bias[:k] = weights[:, -1].to(net.head.bias.dtype)
 
     def _build(self) -> LinearNet:
-        if any(self.sparse_):
-            raise ValueError("the linear head takes dense features only")
         return LinearNet(self.input_dims_, self.n_outputs_)

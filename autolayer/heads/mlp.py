@@ -55,8 +55,8 @@ BOUNDS = {
     "lr": Interval(float, 0, 1, closed="right"),
     "batch_size": Interval(int, 1, 1048576),
     "epochs": Interval(int, 1, 1000),
-    "patience": Interval(int, 1),
-    "weight_decay": Interval(float, 0),
+    "patience": Interval(int, 1, 1000),
+    "weight_decay": Interval(float, 0, 1e3),
 }
 
 
@@ -115,7 +115,7 @@ class MLPHead(NetHead):
                     f"{where}: field {key!r} must be {interval.describe()}; got {value!r}"
                 )
             checked[key] = interval.kind(value)
-        if checked["operator"] not in OPERATORS:
+        if not isinstance(checked["operator"], str) or checked["operator"] not in OPERATORS:
             raise ConfigError(
                 f"{where}: field 'operator' must be one of {', '.join(sorted(OPERATORS))}; "
                 f"got {checked['operator']!r}"
@@ -167,9 +167,8 @@ class MLPHead(NetHead):
     @classmethod
     def final_params(cls, params: Mapping[str, Any], fit: Mapping[str, Any]) -> dict[str, Any]:
         """The final head trains, on every row, the epochs the trial's early stopping
-        chose; it has no validation to stop on, so no patience."""
-        final = {k: v for k, v in params.items() if k != "patience"}
-        return {**final, "epochs": int(fit["best_epoch"]) + 1}
+        chose (its patience is kept, unused: there is no validation to stop on)."""
+        return {**params, "epochs": int(fit["best_epoch"]) + 1}
 
     @classmethod
     def guided(cls, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
@@ -188,7 +187,7 @@ class MLPHead(NetHead):
     def describe(cls, params: Mapping[str, Any], n_models: int) -> str:
         params = {**DEFAULTS, **params}
         width = f"width {params['width']}"
-        return f"{params['operator']}, {width}" if n_models > 1 else width
+        return f"fused by {params['operator']}, {width}" if n_models > 1 else width
 
     def _fit(self, fitting: Fitting) -> HeadFit:
         """Without ``val`` (the final fit on every row) it trains exactly ``epochs`` epochs

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -31,11 +32,10 @@ class FeatureSource(ABC):
     """
 
     kind: ClassVar[str]
-    # Sparse sources (TF-IDF) learn from training texts: they implement ``fit(texts)``,
-    # ``check_texts(texts)`` (cheap: refuses texts ``fit`` could not learn from),
-    # ``transform(texts)`` → a CSR matrix ``[N, D]`` (one state) instead of ``embed``,
-    # ``save(directory)`` and ``load(directory)`` (see ``sources/tfidf.py``).
-    sparse: ClassVar[bool] = False
+    # True: it learns from the task's training texts (TF-IDF) and implements ``fit``,
+    # ``transform``, ``save`` and ``load`` (``check_texts`` if some texts cannot teach it)
+    learns: ClassVar[bool] = False
+    sparse: ClassVar[bool] = False  # True: its features are a CSR matrix ``[N, D]``
     files: ClassVar[tuple[str, ...]] = ()  # what ``save`` writes (a fitted source's state)
 
     def __init__(self, spec: str, *, trust_remote_code: bool = False) -> None:
@@ -114,6 +114,32 @@ class FeatureSource(ABC):
         the total is recorded with the features."""
         return np.ones(len(texts), dtype=np.int64)
 
+    # What a source that learns from texts (``learns``) implements: it is fitted on the
+    # training rows only, gives the features of its one state with ``transform`` instead of
+    # ``embed``, and travels with a saved model as ``files``. A pretrained source has
+    # nothing to learn, hence none of these.
+
+    def fit(self, texts: Sequence[str]) -> FeatureSource:
+        """Learn from the training ``texts`` (never validation or test rows); ``self``."""
+        raise NotImplementedError(f"{self.kind} does not learn from texts")
+
+    def check_texts(self, texts: Sequence[str]) -> None:  # noqa: B027
+        """Refuse, cheaply and before any other work, training ``texts`` :meth:`fit` could
+        learn nothing from. Any texts by default."""
+
+    def transform(self, texts: Sequence[str]) -> object:
+        """Features of ``texts`` from the fitted source: ``[N, D]`` (CSR when ``sparse``)."""
+        raise NotImplementedError(f"{self.kind} does not learn from texts")
+
+    def save(self, directory: Path) -> None:
+        """Write what :meth:`fit` learnt into ``directory`` (the ``files``)."""
+        raise NotImplementedError(f"{self.kind} does not learn from texts")
+
+    @classmethod
+    def load(cls, directory: Path) -> FeatureSource:
+        """The fitted source :meth:`save` wrote into ``directory``."""
+        raise NotImplementedError(f"{cls.kind} does not learn from texts")
+
 
 SOURCES = Registry("feature source", "kind")
 register_source = SOURCES.register  # class decorator: @register_source("kind")
@@ -141,16 +167,19 @@ class SourceRecord:
 
     ``max_length`` is the tokens per text the features really take (the model's own limit
     may cut the option's): what the cache keys them by and what a config records.
-    ``sparse``: the source learns from the task's texts (fit, transform, and ``files`` it
-    saves beside a model). ``source`` is the resolved source, unfitted, for what is only
-    computed on demand (each layer's cost); its weights are loaded by the extraction,
-    which builds its own source so that a search does not hold every model's weights.
+    ``learns``: the source learns from the task's texts (fit, transform, and ``files`` it
+    saves beside a model); ``sparse``: its features are a sparse matrix (which a dense-only
+    head cannot read, priced by its non-zeros). ``source`` is the resolved source,
+    unfitted, for what is only computed on demand (each layer's cost); its weights are
+    loaded by the extraction, which builds its own source so that a search does not hold
+    every model's weights.
     """
 
     spec: str
     identity: str
     n_states: int
     max_length: int
+    learns: bool
     sparse: bool
     files: tuple[str, ...]
     sentence_encoder: bool
@@ -174,6 +203,7 @@ def resolve_spec(spec: str, *, max_length: int, trust_remote_code: bool = False)
         identity=source.identity,
         n_states=source.n_states,
         max_length=source.max_length(max_length),
+        learns=source.learns,
         sparse=source.sparse,
         files=source.files,
         sentence_encoder=source.sentence_encoder,

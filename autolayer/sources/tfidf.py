@@ -44,6 +44,7 @@ NO_WORDS = (
 class TfidfSource(FeatureSource):
     """Word n-gram TF-IDF, fitted on training texts (see the module docstring)."""
 
+    learns = True
     sparse = True
     files = ("tfidf.json", "tfidf.safetensors")
 
