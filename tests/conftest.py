@@ -299,3 +299,19 @@ def word_counts(monkeypatch) -> type:
 
     monkeypatch.setitem(SOURCES, "counts", WordCounts)
     return WordCounts
+
+
+@pytest.fixture()
+def trust_seen(monkeypatch) -> list[bool]:
+    """The ``trust_remote_code`` of every source extraction builds, in order."""
+    from autolayer import extraction
+
+    seen = []
+    make = extraction.make_source
+
+    def spy(spec, *, trust_remote_code=False):
+        seen.append(trust_remote_code)
+        return make(spec, trust_remote_code=trust_remote_code)
+
+    monkeypatch.setattr(extraction, "make_source", spy)
+    return seen

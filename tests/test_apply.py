@@ -105,24 +105,14 @@ def test_apply_accepts_device_auto(capsys, tmp_path, home, config, tiny_dataset)
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_apply_gives_trust_remote_code_to_every_extraction(
-    capsys, tmp_path, home, config, tiny_dataset, monkeypatch, flag
+    capsys, tmp_path, home, config, tiny_dataset, trust_seen, flag
 ):
-    """Before: apply had no --trust-remote-code, so a model that needs its own code could
-    be searched but not trained on."""
-    from autolayer import extraction
-
-    seen = []
-    make = extraction.make_source
-
-    def spy(spec, *, trust_remote_code=False):
-        seen.append(trust_remote_code)
-        return make(spec, trust_remote_code=trust_remote_code)
-
-    monkeypatch.setattr(extraction, "make_source", spy)
+    """apply's --trust-remote-code reaches every source it builds (a model that needs its
+    own code can be trained on, not only searched)."""
     args = ["apply", config, "-d", tiny_dataset, "-o", tmp_path / "m"]
     code, _, err = run(capsys, *args, *(["--trust-remote-code"] if flag else []))
     assert code == 0, err
-    assert seen and set(seen) == {flag}
+    assert trust_seen and set(trust_seen) == {flag}
 
 
 def test_apply_on_a_single_file_trains_on_all_of_it(capsys, tmp_path, home, config, tiny_dataset):

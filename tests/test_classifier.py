@@ -9,6 +9,7 @@ import numpy as np
 
 from autolayer.classifier import FusionTextClassifier
 from autolayer.config import FusionConfig, HeadChoice, ModelChoice
+from autolayer.task import TASKS, SingleLabel
 from tests.conftest import run
 
 HEAD = {
@@ -30,6 +31,15 @@ def _tiny_config(spec: str, layer: int = 2) -> FusionConfig:
         head=HeadChoice("mlp", HEAD),
         label_names=("neg", "pos"),
     )
+
+
+class LeastLikely(SingleLabel):
+    """A task deciding for the least probable class: a rule only a task can bring."""
+
+    name = "least_likely"
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        return np.asarray(proba).argmin(axis=1)
 
 
 def test_estimator_works_in_sklearn_pipeline_and_cross_validation(home, tiny_models, tiny_dataset):
@@ -202,13 +212,6 @@ def test_predictions_follow_the_config_tasks_decision_rule(
 
     from autolayer.classifier import apply
     from autolayer.predictions import predict_file
-    from autolayer.task import TASKS, SingleLabel
-
-    class LeastLikely(SingleLabel):
-        name = "least_likely"
-
-        def decide(self, proba: np.ndarray) -> np.ndarray:
-            return np.asarray(proba).argmin(axis=1)
 
     monkeypatch.setitem(TASKS, "least_likely", LeastLikely)
     config = replace(_tiny_config(str(tiny_models["bert"])), task="least_likely")
@@ -230,14 +233,6 @@ def test_a_fitted_estimator_decides_by_its_heads_task_not_the_name_looked_up_aga
     """The task is built once, with the head: predict does not look its name up again
     (here unregistered after the fit, so a lookup would fail)."""
     from dataclasses import replace
-
-    from autolayer.task import TASKS, SingleLabel
-
-    class LeastLikely(SingleLabel):
-        name = "least_likely"
-
-        def decide(self, proba: np.ndarray) -> np.ndarray:
-            return np.asarray(proba).argmin(axis=1)
 
     monkeypatch.setitem(TASKS, "least_likely", LeastLikely)
     config = replace(_tiny_config(str(tiny_models["bert"])), task="least_likely")

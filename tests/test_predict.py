@@ -46,25 +46,15 @@ def test_predictions_are_written_in_the_format_the_extension_names(capsys, tmp_p
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_predict_gives_trust_remote_code_to_every_extraction(
-    capsys, tmp_path, saved_model, monkeypatch, flag
+    capsys, tmp_path, saved_model, trust_seen, flag
 ):
-    """Before: predict had no --trust-remote-code, so a model whose backbone needs its own
-    code could be trained by apply but not used to label texts."""
-    from autolayer import extraction
-
-    seen = []
-    make = extraction.make_source
-
-    def spy(spec, *, trust_remote_code=False):
-        seen.append(trust_remote_code)
-        return make(spec, trust_remote_code=trust_remote_code)
-
-    monkeypatch.setattr(extraction, "make_source", spy)
+    """predict's --trust-remote-code reaches every source it builds (a model whose backbone
+    needs its own code labels texts, as apply trained it)."""
     (tmp_path / "in.txt").write_text("good film\n")
     args = ["predict", saved_model, "-i", tmp_path / "in.txt"]
     code, _, err = run(capsys, *args, *(["--trust-remote-code"] if flag else []))
     assert code == 0, err
-    assert seen and set(seen) == {flag}
+    assert trust_seen and set(trust_seen) == {flag}
 
 
 def test_predict_passes_an_id_column_through(capsys, tmp_path, saved_model):
