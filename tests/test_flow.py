@@ -120,8 +120,8 @@ def test_a_model_path_holding_the_models_separator_works_end_to_end(
 def test_a_pool_where_a_model_path_is_a_join_of_two_others_is_refused(
     capsys, tmp_path, home, tiny_dataset, tiny_models
 ):
-    """Before: with ``m``, ``tfidf`` and ``m + tfidf`` in the pool, the choice of the pair
-    read as the one model ``m + tfidf``, so the pair was silently never searched."""
+    """With ``m``, ``tfidf`` and ``m + tfidf`` in the pool, the pair (m, tfidf) and the model
+    ``m + tfidf`` would be one choice: the pool is refused in one line."""
     import shutil
 
     alone, joined = tmp_path / "m", tmp_path / "m + tfidf"

@@ -44,8 +44,9 @@ def environment(monkeypatch: pytest.MonkeyPatch):
 def test_offline_reads_the_switches_as_the_hugging_face_libraries_do(
     environment, settings: dict[str, str], models: bool, datasets: bool
 ) -> None:
-    """Before: ``data`` took ``ON`` for true and ``zoo`` did not; ``datasets``' own switch
-    concerns datasets only, and overrides the hub's for them, as in ``datasets.config``."""
+    """One reading of the offline switches for models and data (``ON`` is true for both);
+    ``datasets``' own switch concerns datasets only, and overrides the hub's for them, as in
+    ``datasets.config``."""
     environment(settings)
     assert (offline(), offline(datasets=True)) == (models, datasets)
 

@@ -17,7 +17,7 @@ from tests.conftest import run
 
 
 def test_features_pooled_last_are_exported_as_last(home, tmp_path, tiny_models, tiny_dataset):
-    """Before: prepare(pooling="last") then search() exported a config saying "mean"."""
+    """Features pooled "last" in prepare are exported as "last" by search."""
     prepared = pipeline.prepare(
         str(tiny_dataset), [str(tiny_models["bert"])], top_k=1, pooling="last", max_length=16
     )
@@ -83,8 +83,8 @@ def test_trust_remote_code_changes_no_result():
 def test_trust_remote_code_of_the_options_reaches_every_source_a_search_builds(
     home, tmp_path, tiny_models, tiny_dataset, monkeypatch
 ):
-    """Before: Options had no trust_remote_code, so search and recommend built every source
-    without it, and a model that needs its own code could not be searched."""
+    """Options' trust_remote_code reaches every source search and recommend build (a model
+    that needs its own code can be searched)."""
     from autolayer.sources.transformer import TransformerSource
 
     seen = []
@@ -194,8 +194,8 @@ def test_a_budget_takes_numpy_numbers_as_plain_ones():
 
 @pytest.mark.parametrize("seed", ["x", -1, 1.5, None, 2**32, 2**33])
 def test_the_seed_is_one_numpy_takes_as_in_a_config(seed):
-    """Before: ``Options(seed=2**33)`` was accepted, then scikit-learn's split raised its own
-    error (a bug exit), while a config with that seed was refused (see test_config)."""
+    """Options take the seeds a config takes (see test_config): ``2**33`` is refused here,
+    in one line, not later by scikit-learn's split."""
     allowed = "an integer in [0, 4294967295]"
     with pytest.raises(ConfigError, match=re.escape(f"seed must be {allowed}; got {seed!r}")):
         Options(seed=seed)
