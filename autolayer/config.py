@@ -10,7 +10,7 @@ reports the first problem in one line; files of schema 1 (flat head fields) stil
 from __future__ import annotations
 
 import platform
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -147,7 +147,7 @@ def from_dict(data: object, where: str = "config") -> FusionConfig:
     known = _field_names(FusionConfig)
     if version == 1:
         known = (known - {"task"}) | set(SCHEMA1_HEAD)
-    _no_unknown_keys(data, known, where)
+    _no_unknown_keys(data, known, where, _schema1_hint if version == 2 else "")
     models = _require(data, "models", list, where)
     if not models:
         raise ConfigError(f"{where}: models must list at least one model")
@@ -175,14 +175,24 @@ def from_dict(data: object, where: str = "config") -> FusionConfig:
     return config
 
 
-def _no_unknown_keys(data: dict, known: Collection[str], where: str) -> None:
-    """A misspelt or foreign key would otherwise be ignored silently."""
+def _no_unknown_keys(
+    data: dict, known: Collection[str], where: str, hint: Callable[[list[str]], str] | str = ""
+) -> None:
+    """A misspelt or foreign key would otherwise be ignored silently; ``hint`` may add a
+    word on the unknown keys."""
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
+        extra = hint(unknown) if callable(hint) else hint
         raise ConfigError(
             f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
-            f"known: {', '.join(sorted(known))}"
+            f"known: {', '.join(sorted(known))}{extra}"
         )
+
+
+def _schema1_hint(unknown: list[str]) -> str:
+    """Schema 1 kept the head's fields at the top level; schema 2 under ``head.params``."""
+    moved = [k for k in unknown if k in SCHEMA1_HEAD]
+    return f" (schema 2 keeps {', '.join(moved)} under head.params)" if moved else ""
 
 
 def _field_names(kind: type) -> set[str]:
@@ -253,9 +263,14 @@ def _require(data: dict, key: str, kind, where: str):
         raise ConfigError(f"{where}: missing required field {key!r}")
     value = data[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        kinds = (kind,) if isinstance(kind, type) else kind
+        names = " or ".join(_KIND_WORDS.get(k, k.__name__) for k in kinds)
         raise ConfigError(f"{where}: field {key!r} must be {names}; got {value!r}")
     return value
+
+
+# What a YAML reader calls the Python types a field must have.
+_KIND_WORDS = {dict: "a mapping", list: "a list", str: "text", int: "an integer"}
 
 
 def _positive(data: dict, key: str, where: str) -> int:

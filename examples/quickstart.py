@@ -34,7 +34,8 @@ for result in autolayer.score(models, data):
 rec = autolayer.recommend(
     data, models, output_dir=args.output_dir, budget=autolayer.Budget(n_trials=args.n_trials)
 )
-print("recommended:", [(m.spec, m.layer) for m in rec.config.models], rec.config.head)
+head = rec.config.head
+print("recommended:", [(m.spec, m.layer) for m in rec.config.models], head.kind, head.params)
 for reason in rec.reasons:
     print("  -", reason)
 

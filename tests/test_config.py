@@ -99,10 +99,10 @@ def test_make_head_builds_the_configs_head_for_its_task_and_metric():
         ({"colour": "blue"}, "unknown field(s) 'colour'"),
         ({"label_names": ["one"]}, "at least 2 classes"),
         ({"schema_version": 3}, "unsupported schema_version 3; this autolayer reads 1 and 2"),
-        ({"head": "mlp"}, "field 'head' must be dict; got 'mlp'"),
+        ({"head": "mlp"}, "field 'head' must be a mapping; got 'mlp'"),
         ({"head": {"params": {}}}, "head: missing required field 'kind'"),
         ({"head": {"kind": "mlp", "size": 3}}, "head: unknown field(s) 'size'"),
-        ({"head": {"kind": "mlp", "params": [1]}}, "head: field 'params' must be dict"),
+        ({"head": {"kind": "mlp", "params": [1]}}, "head: field 'params' must be a mapping"),
         ({"head": {"kind": "tree", "params": {}}}, "head must be one of"),
         ({"head": {"kind": "linear", "params": {"width": 8}}}, "unknown field(s) 'width'"),
         (
@@ -114,7 +114,7 @@ def test_make_head_builds_the_configs_head_for_its_task_and_metric():
             "c.yaml: head.params: field 'patience' must be an integer in [1, 1000]",
         ),
         ({"task": "multi_label"}, "task must be one of single_label; got 'multi_label'"),
-        ({"task": 3}, "field 'task' must be str; got 3"),
+        ({"task": 3}, "field 'task' must be text; got 3"),
         ({"metric": "auc"}, "metric must be one of ['accuracy', 'macro_f1'], got 'auc'"),
     ],
 )
@@ -144,7 +144,7 @@ def test_a_schema_1_config_is_validated_as_that_schema(change, named):
         ({"layer": 7}, "outside 0..6"),
         ({"pooling": "max"}, "pooling must be one of"),
         ({"pooling_mode": "max"}, "'pooling_mode'"),
-        ({"identity": None}, "'identity' must be str"),
+        ({"identity": None}, "'identity' must be text"),
     ],
 )
 def test_every_model_field_is_validated(change, named):
@@ -228,3 +228,12 @@ def test_a_schema_1_linear_heads_unused_width_and_lr_may_be_zero():
     assert config.head == HeadChoice("linear", {})
     with pytest.raises(ConfigError, match=re.escape("'hidden' must be an integer in [1, 65536]")):
         from_dict(_schema1(head="linear", width=0, lr=0.0, hidden=0))
+
+
+def test_a_schema_1_head_in_a_schema_2_config_says_where_its_fields_went() -> None:
+    data = yaml.safe_load(
+        "schema_version: 2\nmodels: [{spec: tfidf, identity: x, layer: 0, n_hidden_states: 1}]\n"
+        "operator: sum\nwidth: 8\nlabel_names: [a, b]\n"
+    )
+    with pytest.raises(ConfigError, match=r"\(schema 2 keeps operator, width under head.params\)$"):
+        from_dict(data, "c.yaml")

@@ -587,6 +587,16 @@ def test_a_head_json_that_is_not_a_head_record_is_a_cache_error(tmp_path, text) 
         load_head(tmp_path)
 
 
+@pytest.mark.parametrize("field", ["params", "input_dims", "n_outputs"])
+def test_a_head_json_missing_a_field_names_it(tmp_path, field) -> None:
+    fitted_mlp().save(tmp_path)
+    record = json.loads((tmp_path / "head.json").read_text())
+    del record[field]
+    (tmp_path / "head.json").write_text(json.dumps(record))
+    with pytest.raises(CacheError, match=f"not a valid head config: missing field '{field}'$"):
+        load_head(tmp_path)
+
+
 @pytest.mark.parametrize(("field", "what"), [("kind", "head"), ("task", "task")])
 def test_a_saved_head_of_an_unregistered_plug_in_names_what_to_import(tmp_path, field, what):
     """Not damage (exit 4): this process lacks the plug-in's module (exit 2)."""

@@ -377,7 +377,9 @@ def load_head(directory: str | os.PathLike) -> Head:
             raise ValueError("input_dims and sparse differ in length")
         if head.dense_only and any(head.sparse_):
             raise ValueError(f"the {head.kind} head takes dense features only; sparse is true")
-    except (KeyError, TypeError, ValueError, ConfigError) as error:
+    except KeyError as error:
+        raise CacheError(f"{config} is not a valid head config: missing field {error}") from None
+    except (TypeError, ValueError, ConfigError) as error:
         raise CacheError(f"{config} is not a valid head config: {error}") from None
     weights = directory / WEIGHTS_FILE
     try:
@@ -428,7 +430,9 @@ def _read_record(config: Path) -> dict:
         names = {"head": record["kind"], "task": DEFAULT_TASK if task is None else task}
         if not all(isinstance(name, str) for name in names.values()):
             raise TypeError(f"head kind and task must be strings, got {names}")
-    except (KeyError, TypeError, ValueError) as error:  # ValueError: JSON, UTF-8
+    except KeyError as error:
+        raise CacheError(f"{config} is not a valid head config: missing field {error}") from None
+    except (TypeError, ValueError) as error:  # ValueError: JSON, UTF-8
         raise CacheError(f"{config} is not a valid head config: {error}") from None
     for (what, name), registry in zip(names.items(), (HEADS, TASKS), strict=True):
         if name not in registry:
