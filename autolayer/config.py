@@ -291,7 +291,7 @@ def _bounded(
         raise ConfigError(f"{where}: missing required field {key!r}")
     value = data.get(key, default)
     if not interval.holds(value):
-        raise ConfigError(f"{where}: field {key!r} must be {interval.describe()}; got {value!r}")
+        raise ConfigError(f"{where}: {interval.refusal(key, value)}")
     return interval.kind(value)
 
 

@@ -56,6 +56,18 @@ class Interval(NamedTuple):
         right = "]" if self.closed in ("both", "right") else ")"
         return f"{kind} in {'[' if shut else '('}{self.low}, {self.high}{right}"
 
+    def refusal(self, field: str, value: object) -> str:
+        """Why a file's ``field`` cannot hold ``value``; a number YAML read as text (it takes
+        ``1e-3`` for a string: the exponent needs a dot) is said to be one."""
+        said = f"field {field!r} must be {self.describe()}; got {value!r}"
+        try:
+            number = float(value) if isinstance(value, str) else None
+        except ValueError:
+            number = None
+        if number is not None:
+            said += f" (text to YAML: write {number!r}, a number)"
+        return said
+
     def check(self, name: str, value: object, *, optional: bool = False) -> int | float | None:
         """``value`` as a plain Python int or float (a NumPy scalar would not go into a
         study's JSON attributes; an integer stays one), or a ConfigError naming the

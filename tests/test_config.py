@@ -237,3 +237,14 @@ def test_a_schema_1_head_in_a_schema_2_config_says_where_its_fields_went() -> No
     )
     with pytest.raises(ConfigError, match=r"\(schema 2 keeps operator, width under head.params\)$"):
         from_dict(data, "c.yaml")
+
+
+def test_a_number_yaml_read_as_text_is_said_to_be_one() -> None:
+    """YAML reads ``1e-3`` (no dot) as a string: the refusal says how to write it."""
+    data = yaml.safe_load(
+        "schema_version: 2\nmodels: [{spec: tfidf, identity: x, layer: 0, n_hidden_states: 1}]\n"
+        "head: {kind: mlp, params: {lr: 1e-3}}\nlabel_names: [a, b]\n"
+    )
+    assert data["head"]["params"]["lr"] == "1e-3"
+    with pytest.raises(ConfigError, match=re.escape("got '1e-3' (text to YAML: write 0.001, a")):
+        from_dict(data, "c.yaml")

@@ -111,9 +111,7 @@ class MLPHead(NetHead):
         for key, interval in BOUNDS.items():
             value = checked[key]
             if not interval.holds(value):
-                raise ConfigError(
-                    f"{where}: field {key!r} must be {interval.describe()}; got {value!r}"
-                )
+                raise ConfigError(f"{where}: {interval.refusal(key, value)}")
             checked[key] = interval.kind(value)
         if not isinstance(checked["operator"], str) or checked["operator"] not in OPERATORS:
             raise ConfigError(
