@@ -37,7 +37,7 @@ from autolayer.options import Options
 from autolayer.probe import LayerScores
 from autolayer.search import anchor_can_stop
 from autolayer.sources import SourceRecord, resolve_spec
-from autolayer.space import SEPARATOR, Candidate, LayerCost, Space
+from autolayer.space import SEPARATOR, Candidate, LayerCost, Space, split_models
 from autolayer.task import Task, make_task
 
 logger = logging.getLogger("autolayer")
@@ -142,7 +142,7 @@ def check_models(models: Sequence[str] | None, *, at_least: int = 1) -> list[str
     if len(set(models)) != len(models):
         raise ConfigError(f"models must be distinct; got {', '.join(models)}")
     for name in models:
-        parts = _joined_of(name.split(SEPARATOR), set(models) - {name})
+        parts = split_models(name, [m for m in models if m != name])
         if parts:
             raise ConfigError(
                 f"model {name!r} is also {' and '.join(map(repr, parts))} joined with "
@@ -150,19 +150,6 @@ def check_models(models: Sequence[str] | None, *, at_least: int = 1) -> list[str
                 params=("models",),
             )
     return models
-
-
-def _joined_of(words: list[str], names: set[str]) -> tuple[str, ...]:
-    """``names`` that ``words`` joined with the separator are, in order (``()``: none)."""
-    for end in range(len(words), 0, -1):
-        head = SEPARATOR.join(words[:end])
-        if head in names:
-            if end == len(words):
-                return (head,)
-            rest = _joined_of(words[end:], names)
-            if rest:
-                return (head, *rest)
-    return ()
 
 
 def resolve_models(
