@@ -239,7 +239,8 @@ class NetHead(Head):
         standardise(self.net_.projections, train)
         self.net_.to(device)
         x = [to_tensor(array, device) for array in train]
-        return x, torch.tensor(target, dtype=torch.long, device=device)  # a copy: read-only
+        # a copy (a split's labels are read-only), of the dtype the task's target has
+        return x, torch.tensor(target, device=device)
 
     def _score(self, inputs: Sequence[Tensor | SparseRows], target: np.ndarray) -> float:
         """``self.metric`` of the task's decisions on ``inputs`` against ``target``."""
