@@ -124,12 +124,12 @@ class Space:
 
 
 def heads_for(space: Space, chosen: Sequence[Candidate]) -> tuple[str, ...]:
-    """The heads a trial of ``chosen`` may take: the space's that read its inputs (a
-    dense-only head, such as the linear one, no sparse source). When none does, the first
-    registered head that does, so a sparse source is searched in any space."""
-    sparse = any(c.sparse for c in chosen)
-    fit = tuple(k for k in space.heads if not (sparse and head_class(k).dense_only))
-    return fit or (next(k for k, cls in HEADS.items() if not cls.dense_only),)
+    """The heads a trial of ``chosen`` may take: the space's that read its inputs
+    (:meth:`autolayer.heads.Head.takes`: a dense-only head no sparse source, late fusion
+    two models or more). When none does, the first registered head that does, so any
+    subset is searched in any space."""
+    fit = tuple(k for k in space.heads if head_class(k).takes(chosen))
+    return fit or (next(k for k, cls in HEADS.items() if cls.takes(chosen)),)
 
 
 def subsets(names: Sequence[str], max_models: int) -> list[str]:
@@ -195,7 +195,7 @@ def guided_trials(
         head, named = head_class(kind), {"head": kind} if len(space.heads) > 1 else {}
         for params in chosen:
             models = [by_name[m] for m in split_models(params["models"], list(by_name))]
-            if not (head.dense_only and any(m.sparse for m in models)):
+            if head.takes(models):
                 trials.append({**params, **head.guided(space, models), **named})
     return trials
 

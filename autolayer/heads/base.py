@@ -107,6 +107,13 @@ class Head(ABC):
         for every choice :meth:`suggest` asks (empty for a head without choices)."""
 
     @classmethod
+    def takes(cls, chosen: Sequence[Any]) -> bool:
+        """Whether this head can read the features of ``chosen`` (the candidates of one
+        trial, :class:`autolayer.space.Candidate`): by default any, but a sparse one (TF-IDF)
+        when ``dense_only``. A head of several members (late fusion) wants two or more."""
+        return not (cls.dense_only and any(c.sparse for c in chosen))
+
+    @classmethod
     def check_params(cls, params: Mapping[str, Any], where: str = "head") -> dict[str, Any]:
         """``params`` validated (a ConfigError naming ``where`` and the field) and completed
         with defaults; what a config's ``head.params`` must pass."""
