@@ -82,12 +82,11 @@ def _in_pool(anchor: str, models: Mapping[str, SourceRecord]) -> str:
     return same[0]
 
 
-def trial_params(anchor: str, n_states: int, heads: Sequence[str]) -> dict:
-    """The Optuna parameters of the anchor's trial: its last layer alone, linear head."""
-    params = {"models": anchor, f"layer:{anchor}": n_states - 1}
-    if len(heads) > 1:
-        params["head"] = HEAD
-    return params
+def trial_params(anchor: str, n_states: int) -> dict:
+    """The Optuna parameters of the anchor's model and layer: its last layer alone. Its
+    head (:data:`HEAD`) is the caller's to fix, under the parameter name the space gives
+    it (:func:`autolayer.space.fixed_head`)."""
+    return {"models": anchor, f"layer:{anchor}": n_states - 1}
 
 
 def is_anchor(trial: _Trial, anchor: str, layer: int) -> bool:

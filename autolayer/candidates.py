@@ -617,7 +617,8 @@ def _screened(data, records, rows, options, top_k, fidelity, clock, progress):
             fidelity.n_folds,
             rows.names,
         )
-        survivors, dropped = select(scores, options.metric, fidelity, pairs)
+        # TF-IDF (fitted on the texts) is kept: no forward pass to save, and a baseline
+        survivors, dropped = select(scores, options.metric, fidelity, pairs, keep=set(lexical))
         if dropped.pop(options.anchor, None) is not None:  # the anchor is always searched
             survivors = [name for name in models if name in survivors or name == options.anchor]
     rest = np.setdiff1d(rows.train, screen)

@@ -539,6 +539,24 @@ def _constraint_options() -> list:
     ]
 
 
+HEAD_KINDS = "mlp,linear,late"  # the registered heads (a plugin's kind is accepted too)
+
+
+def _heads(_ctx, _param, value: str) -> tuple[str, ...]:
+    """``--heads``: comma-separated head kinds, each registered and named once, checked
+    while parsing so that a typo costs no extraction."""
+    from autolayer.heads import HEADS
+
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = ", ".join(repr(k) for k in kinds if k not in HEADS)
+    if not kinds or unknown:
+        got = f"unknown head kind {unknown}" if unknown else f"no head kind in {value!r}"
+        raise click.BadParameter(f"{got}; the kinds are {', '.join(HEADS)}")
+    if len(set(kinds)) < len(kinds):
+        raise click.BadParameter(f"a head kind named twice in {value!r}; give each once")
+    return tuple(kinds)
+
+
 def _search_options(func):
     """Options shared by ``search`` and ``recommend``: models, budget, study storage."""
     options = [
@@ -574,6 +592,23 @@ def _search_options(func):
             help="Models fused at most.",
         ),
         *_constraint_options(),
+        click.option(
+            "--heads",
+            default=HEAD_KINDS,
+            show_default=True,
+            callback=_heads,
+            help="Head kinds searched: mlp (fusion of the models' features by an MLP), linear "
+            "(logistic regression; a linear SVM on tfidf), late (late fusion: a linear "
+            "classifier per model, stacked).",
+        ),
+        click.option(
+            "--baselines/--no-baselines",
+            default=True,
+            show_default=True,
+            help="Also train, outside --n-trials, each model's best layer under the linear head "
+            "(tfidf + linear SVM among them), so the recommendation is never below them on "
+            "validation.",
+        ),
         click.option(
             "--metric",
             type=click.Choice(METRICS),
@@ -687,6 +722,7 @@ def _run_search(kw: dict, *, full_report: bool):
     from autolayer.data import load_dataset
     from autolayer.fidelity import Fidelity
     from autolayer.options import Options
+    from autolayer.space import Space
     from autolayer.study import default_study_name, resumed_pool
 
     budget = Budget(
@@ -725,6 +761,7 @@ def _run_search(kw: dict, *, full_report: bool):
         "budget": budget,
         "multi_objective": kw["multi_objective"],
         "heartbeat": kw["heartbeat"],
+        "space": Space(heads=kw["heads"], baselines=kw["baselines"]),
     }
     with progress.trial_progress(kw["n_trials"], budget) as on_trial:
         if full_report:
@@ -747,9 +784,7 @@ def _run_search(kw: dict, *, full_report: bool):
                 top_k=kw["top_k"],
                 fidelity=fidelity,
                 progress=progress.progress_bar,
-                anchor_budget=pipeline.anchor_budget(
-                    budget, pipeline.default_space(options), kw["multi_objective"]
-                ),
+                anchor_budget=pipeline.anchor_budget(budget, study["space"], kw["multi_objective"]),
                 resumed_pool=resumed_pool(kw["output_dir"], kw["storage"], study["study_name"]),
             )
             result = pipeline.search(prepared, callbacks=[on_trial], **study)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import yaml
@@ -228,8 +229,10 @@ def _schema1_head(data: dict, where: str) -> HeadChoice:
 
 
 def _checked_head(head: HeadChoice, models: tuple[ModelChoice, ...], where: str) -> HeadChoice:
-    """``head`` with its params checked and completed by its class; a head that takes
-    dense features only is refused over a sparse source (TF-IDF)."""
+    """``head`` with its params checked and completed by its class, and refused over
+    models it cannot read (:meth:`autolayer.heads.Head.takes`: a dense-only head over a
+    sparse source, TF-IDF; late fusion over one model), told by each model's source class
+    without loading it."""
     from autolayer.heads import head_class
     from autolayer.sources.base import source_class
 
@@ -242,6 +245,13 @@ def _checked_head(head: HeadChoice, models: tuple[ModelChoice, ...], where: str)
     if cls.dense_only and sparse:
         raise ConfigError(
             f"{where}: the {head.kind} head takes dense features; {sparse[0]} is sparse"
+        )
+    if not cls.takes([SimpleNamespace(sparse=m.spec in sparse) for m in models]):
+        specs = ", ".join(m.spec for m in models)
+        raise ConfigError(
+            f"{where}: the {head.kind} head does not read "
+            f"{'one model' if len(models) == 1 else f'these {len(models)} models'} ({specs}); "
+            f"it is {cls.describe(params, len(models))}"
         )
     return HeadChoice(head.kind, params)
 

@@ -10,7 +10,9 @@ Extracting every layer of every candidate model on every training text costs mod
    best, so a fusion partner always survives, and never one whose features, beside a
    surviving model's, lift the probe more than ``z`` standard errors above that model
    alone (a weaker model that complements a stronger one; see
-   :mod:`autolayer.complementarity`).
+   :mod:`autolayer.complementarity`). A source fitted on the task's texts (TF-IDF) is
+   never dropped: it has no forward pass to save, and it is a baseline the search must
+   train.
 3. **Complete**: the remaining training and validation rows, for survivors only, and only
    up to their deepest kept layer (the backbone is cut there).
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,16 +121,20 @@ def select(
     metric: str,
     fidelity: Fidelity,
     pairs: Sequence[PairEstimate] = (),
+    keep: Collection[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
     """(survivors in the given order, dropped model → reason) by the rule in the module
     docstring: a model is dropped only when its interval lies wholly below the leader's
-    and no estimate in ``pairs`` shows it complementing a survivor."""
+    and no estimate in ``pairs`` shows it complementing a survivor. Those in ``keep`` are
+    never dropped (sources fitted on the texts, TF-IDF: dropping one saves no extraction,
+    and the search trains it as a baseline, TF-IDF + linear SVM, which the recommendation
+    must not lose to)."""
     estimates = {name: best_estimate(s, metric) for name, s in screens.items()}
     ranked = sorted(estimates, key=lambda n: -estimates[n][1])
     leader = ranked[0]
     _, top, top_se = estimates[leader]
     dropped = {}
-    for name in ranked[fidelity.keep_at_least :]:
+    for name in (n for n in ranked[fidelity.keep_at_least :] if n not in keep):
         layer, mean, se = estimates[name]
         if mean + fidelity.z * se < top - fidelity.z * top_se:
             dropped[name] = (

@@ -59,7 +59,7 @@ from autolayer.selection import (
     TrialSummary,
 )
 from autolayer.sources import SourceRecord
-from autolayer.space import Space, guided_trials
+from autolayer.space import Space, fixed_head, guided_trials
 from autolayer.study import (
     check_own_database,
     default_storage,
@@ -272,10 +272,13 @@ def complementarity(
 
 
 def default_space(options: Options) -> Space:
-    """The search space: with cross-validation (few labels) the linear head is offered
-    beside the MLP, which a handful of labels per class cannot train as well (measured in
-    ``studies/fewshot``)."""
-    return Space(heads=("mlp", "linear")) if options.cv_folds is not None else Space()
+    """The search space, the same with or without cross-validation (``options`` kept for
+    callers that pass them): every head and the baselines (see :class:`Space`). The linear
+    head was first offered for a few labels, which the MLP cannot train as well (measured in
+    ``studies/fewshot``); on full training sets it is a baseline the recommendation must not
+    lose to (TF-IDF + linear SVM, a sentence encoder's best layer + logistic regression),
+    and late fusion the cheap fusion of linear classifiers (issue 29)."""
+    return Space()
 
 
 @warns_once
@@ -338,7 +341,8 @@ def _anchor_trial(prepared: Prepared, space: Space) -> list[dict]:
     found = [c for c in prepared.candidates if c.name == name]
     if not found or anchor.HEAD not in space.heads:
         return []
-    return [anchor.trial_params(name, found[0].n_hidden_states, space.heads)]
+    params = anchor.trial_params(name, found[0].n_hidden_states)
+    return [{**params, **fixed_head(space, found, anchor.HEAD)}]
 
 
 def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: str) -> FusionConfig:

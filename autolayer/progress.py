@@ -154,6 +154,19 @@ def _trained(study, budget) -> int:
     return trained_count(study, budget)[0]
 
 
+def _baselines(study) -> str:
+    """The baselines the study has finished, as ", 3 baselines" ("" for none): they train
+    first and outside the trial budget, so a line said "0/30 trials, best 97.2 %" as if
+    that best came from nowhere."""
+    import optuna
+
+    from autolayer.selection import BASELINE
+
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    n = sum(bool(t.user_attrs.get(BASELINE)) for t in done)
+    return f", {n} baseline{'s' * (n != 1)}" if n else ""
+
+
 def _best_value(study) -> float | None:
     """The best metric so far: the highest first value on the front (a multi-objective
     study's ``best_trials`` is its whole Pareto front, in no useful order)."""
@@ -183,7 +196,7 @@ def _trials_bar(n_trials: int, budget) -> Iterator[Callable]:
         bar.update(task, completed=_trained(study, budget))
         best = _best_value(study)
         if best is not None:
-            bar.update(task, best=f"best {100 * best:.1f}%")
+            bar.update(task, best=f"best {100 * best:.1f}%{_baselines(study)}")
 
     try:
         yield on_trial
@@ -195,19 +208,20 @@ def _trials_bar(n_trials: int, budget) -> Iterator[Callable]:
 def _trial_lines(n_trials: int, budget, clock: Clock) -> Iterator[Callable]:
     """Plain lines like ``search: 3/30 trials (10 %), best 81.5 %, 95 s elapsed``."""
     best: float | None = None
+    baselines = ""
 
     def describe(done: int, elapsed: float) -> str:
         shown = "" if best is None else f", best {100 * best:.1f} %"
         return (
-            f"search: {done}/{n_trials} trials ({_percent(done, n_trials)}){shown}, "
-            f"{elapsed:.0f} s elapsed"
+            f"search: {done}/{n_trials} trials ({_percent(done, n_trials)}){shown}"
+            f"{baselines}, {elapsed:.0f} s elapsed"
         )
 
     lines = _Lines(describe, n_trials, clock)
 
     def on_trial(study, trial) -> None:
-        nonlocal best
-        best = _best_value(study)
+        nonlocal best, baselines
+        best, baselines = _best_value(study), _baselines(study)
         lines.advance(_trained(study, budget) - lines.done)
 
     yield on_trial

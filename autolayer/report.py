@@ -230,7 +230,7 @@ def search_summary(result, metric: str = "metric", judged: str = "val") -> None:
     untrained = 0
     for trial in result.trials:
         states[trial.state] = states.get(trial.state, 0) + 1
-        untrained += not counts(trial.attrs)
+        untrained += not counts(trial.attrs, baselines=True)  # a baseline is trained
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     console.print(
         f"study [bold]{escape(result.study_name)}[/] ({escape(result.storage)}): {counts}"
@@ -243,6 +243,58 @@ def search_summary(result, metric: str = "metric", judged: str = "val") -> None:
         console.print(f"note: {escape(note)}")
     if len(best.values) > 1:
         pareto_table(result.pareto, metric, judged)
+    baselines_table(result, metric, judged)
+
+
+def baselines_table(result, metric: str = "metric", judged: str = "val") -> None:
+    """The simple baselines the search always trains (each model's best layer alone under a
+    linear head, TF-IDF's linear classifier) and the recommendation's margin over each in
+    points, so a reader sees what the search bought over what they would have tried first;
+    and one line when the recommendation is itself a baseline. Nothing for a study without
+    baselines (an older one, or baselines turned off)."""
+    if not result.baselines:
+        return
+    from autolayer.selection import BASELINE
+
+    best = result.best
+    table = Table(title="baselines: each model's best layer alone, linear head")
+    for column in ("#", "model", "layer", "head", f"{judged} {metric} %", "latency ms"):
+        table.add_column(column, justify="right")
+    table.add_column("margin pt", justify="right")
+    table.add_column("")
+    for trial in result.baselines:
+        chosen = trial.number == best.number
+        table.add_row(
+            str(trial.number),
+            escape(" + ".join(trial.models)),
+            "—" if _layerless(trial) else ",".join(map(str, trial.layers)),
+            trial.head,
+            f"{100 * trial.value:.2f}",
+            f"{trial.attrs.get('latency_ms', 0):.2f}",
+            "—" if chosen else f"{100 * (best.value - trial.value):+.2f}",
+            "recommended" if chosen else "",
+            style="bold green" if chosen else None,
+        )
+    console.print(table)
+    if best.attrs.get(BASELINE):
+        console.print(
+            f"the recommendation is itself a baseline: {escape(_member(best))} with a "
+            f"{escape(best.head)} head — nothing searched beat it by more than noise"
+        )
+
+
+def _layerless(trial) -> bool:
+    """A trial on one source without layers (TF-IDF: one sparse state), named alone."""
+    from autolayer.sources.base import source_class
+
+    return len(trial.models) == 1 and source_class(trial.models[0]).sparse
+
+
+def _member(trial) -> str:
+    """A one-model trial in words: "tfidf", or "minilm layer 5"."""
+    if _layerless(trial):
+        return trial.models[0]
+    return f"{trial.models[0]} layer {trial.layers[0]}"
 
 
 def _chosen(result) -> str:
@@ -292,12 +344,12 @@ def stages_table(stages, dropped: dict) -> None:
 
 def _tried(trials) -> dict[str, set[int]]:
     """The layers of each model that a trained trial used (finished, or stopped by the
-    pruner after some epochs; never an infeasible or repeated one)."""
+    pruner after some epochs; a baseline's too; never an infeasible or repeated one)."""
     from autolayer.selection import counts
 
     out: dict[str, set[int]] = {}
     for t in trials:
-        if t.state in ("COMPLETE", "PRUNED") and counts(t.attrs):
+        if t.state in ("COMPLETE", "PRUNED") and counts(t.attrs, baselines=True):
             for model, layer in zip(t.models, t.layers, strict=True):
                 out.setdefault(model, set()).add(layer)
     return out

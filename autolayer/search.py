@@ -33,11 +33,13 @@ from autolayer.errors import ConfigError, DivergedError
 from autolayer.heads import cross_validate, head_class, make_head
 from autolayer.options import Options
 from autolayer.selection import (
+    BASELINE,
     INFEASIBLE,
     LIMITS,
     REPEAT,
     SURPLUS,
     UNBEATABLE,
+    VAL_ROWS,
     SearchResult,
     anchor_of,
     collect,
@@ -49,9 +51,11 @@ from autolayer.selection import (
 from autolayer.space import (
     Candidate,
     Space,
+    baseline_trials,
     check_feasible,
     cost_of,
     finite_configurations,
+    head_param,
     heads_for,
     space_signature,
     split_models,
@@ -110,7 +114,8 @@ class _Objective:
         if earlier is not None:
             trial.set_user_attr(REPEAT, earlier)
             raise optuna.TrialPruned(f"repeat: trial {earlier} trained this {kind} head")
-        if slots_taken(trial.study, trial.number, self.budget) >= self.budget.n_trials:
+        baseline = bool(trial.user_attrs.get(BASELINE))  # outside the budget: never surplus
+        if not baseline and self._budget_full(trial):
             # Other workers' running trials fill the budget: wait for them instead of
             # training one too many. If one of them died, its retry will need a worker.
             trial.set_user_attr(SURPLUS, True)
@@ -133,25 +138,34 @@ class _Objective:
                 [c.features(layer, "val") for c, layer in zip(chosen, layers, strict=True)],
                 self.y_val,
                 seed=seed,
-                on_epoch=None if self.multi_objective else _pruning_hook(trial),
+                on_epoch=None if self.multi_objective or baseline else _pruning_hook(trial),
                 n_outputs=self.n_outputs,
             )
             epochs_run = len(result.history)
+            # the one-standard-error rule's n; not "n_rows", which the anchor's rules read
+            # as every held-out row of a cross-validation
+            trial.set_user_attr(VAL_ROWS, len(self.y_val))
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", epochs_run)
         trial.set_user_attr("train_seconds", result.train_seconds)
-        if not self.multi_objective and trial.should_prune():
+        if not (self.multi_objective or baseline) and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epochs_run - 1}")
         if self.multi_objective:
             return result.best_val_metric, cost.latency_ms
         return result.best_val_metric
 
+    def _budget_full(self, trial: optuna.Trial) -> bool:
+        """Whether the trials trained or still to train before this one fill the budget's
+        ``n_trials`` (see :func:`slots_taken`)."""
+        return slots_taken(trial.study, trial.number, self.budget) >= self.budget.n_trials
+
 
 def _suggest_head(trial: optuna.Trial, space: Space, chosen: Sequence[Candidate]) -> str:
-    """The head of a trial: a choice only where it is one (a dense-only head, such as the
-    linear one, never takes a sparse source: see :func:`autolayer.space.heads_for`)."""
-    heads = heads_for(space, chosen)
-    return heads[0] if len(heads) == 1 else trial.suggest_categorical("head", heads)
+    """The head of a trial: a choice only where it is one (late fusion never takes one
+    model: see :func:`autolayer.space.heads_for`), under a name of its choices'
+    (:func:`autolayer.space.head_param`)."""
+    heads, name = heads_for(space, chosen), head_param(space, chosen)
+    return heads[0] if name is None else trial.suggest_categorical(name, heads)
 
 
 def _pruning_hook(trial: optuna.Trial) -> Callable[[int, float], bool]:
@@ -170,11 +184,12 @@ def _same_settings(trial: optuna.Trial, budget: Budget) -> int | None:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
     done = trial.study.get_trials(deepcopy=False, states=states)
     same = (t for t in done if t.number < trial.number and t.params == trial.params)
-    return next((t.number for t in same if counts(t.user_attrs, budget)), None)
+    return next((t.number for t in same if counts(t.user_attrs, budget, baselines=True)), None)
 
 
 def slots_taken(study: optuna.Study, number: int, budget: Budget | None = None) -> int:
-    """Trials trained, plus trials still to train that were created before trial ``number``.
+    """Trials trained, plus trials still to train that were created before trial ``number``
+    (within the budget: baselines are not, see :func:`autolayer.selection.counts`).
 
     Two workers that start together both see the other running; counting only earlier
     trials gives the budget's last slot to exactly one of them, so a shared study trains
@@ -231,31 +246,57 @@ def anchor_unbeatable(study: optuna.Study, budget: Budget, finite: int | None = 
     return found
 
 
-def _requeue_anchor(study: optuna.Study, first: Sequence[dict], budget: Budget) -> None:
-    """Queue the anchor's trial again when a resumed study holds none that was trained or
-    will run under ``budget``: an earlier run's tighter limits made it infeasible, or a
-    worker's trial limit left it untrained (surplus), and without it every other trial
-    would go unjudged by the anchor rule."""
+def _anchor_params(study: optuna.Study, first: Sequence[dict]) -> dict | None:
+    """The anchor's trial among ``first`` (None: the study has no anchor, or none there)."""
     anchor = anchor_of(study)
     if anchor is None:
-        return
+        return None
     name, last = anchor
-    params = next(
+    return next(
         (p for p in first if p.get("models") == name and p.get(f"layer:{name}") == last), None
     )
-    if params is None:
-        return
+
+
+def _queue_order(study: optuna.Study, first: Sequence[dict], baselines: Sequence[dict]) -> list:
+    """The trials a new study runs first: the anchor's (few labels), then the baselines,
+    then the rest of ``first``. The anchor is the few-label baseline every other trial,
+    the baselines included, is judged against; when none of them could beat it the search
+    stops after it at once, as the early skip of :func:`autolayer.candidates.prepare`
+    would have had it decided before extraction."""
+    anchor = _anchor_params(study, first)
+    head = [] if anchor is None else [anchor]
+    return [*head, *baselines, *(p for p in first if p is not anchor)]
+
+
+def _requeue(
+    study: optuna.Study, first: Sequence[dict], budget: Budget, baselines: Sequence[dict]
+) -> None:
+    """Queue again, on a resumed study, the anchor's trial and every baseline's (marked
+    :data:`BASELINE`) of which it holds none that was trained or will run under ``budget``:
+    an earlier run's tighter limits made it infeasible, or a worker's trial limit left the
+    anchor untrained (surplus). Without the anchor every other trial would go unjudged by
+    the anchor rule; without a baseline the recommendation could fall below it."""
+    anchor = _anchor_params(study, first)
+    for params in _queue_order(study, [] if anchor is None else [anchor], baselines):
+        if not _will_have_run(study, params, budget):
+            attrs = {BASELINE: True} if params in baselines else None
+            study.enqueue_trial(params, user_attrs=attrs)
+
+
+def _will_have_run(study: optuna.Study, params: dict, budget: Budget) -> bool:
+    """Whether the study holds a trial of ``params`` (drawn or queued) that was trained
+    (a baseline's too), waits or runs, or breaks ``budget`` too (no use queuing it)."""
     state = optuna.trial.TrialState
     for t in study.get_trials(deepcopy=False):
         if t.params != params and t.system_attrs.get("fixed_params") != params:
             continue
         if t.state in (state.WAITING, state.RUNNING):
-            return  # it will run
-        if t.state in (state.COMPLETE, state.PRUNED) and counts(t.user_attrs):
-            return  # it was trained
+            return True
+        if t.state in (state.COMPLETE, state.PRUNED) and counts(t.user_attrs, baselines=True):
+            return True
         if INFEASIBLE in t.user_attrs and _still_tried(t.user_attrs, budget):
-            return  # it breaks this budget too
-    study.enqueue_trial(params)
+            return True
+    return False
 
 
 def _out_of_reach(trial: optuna.trial.FrozenTrial, budget: Budget, finite: int | None) -> bool:
@@ -271,7 +312,8 @@ def _stop_after(
 ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
     """Stop once ``budget.n_trials`` trials were trained (finished or pruned by the pruner).
 
-    Infeasible and repeated trials cost nothing and do not count, but at most
+    Infeasible and repeated trials cost nothing and do not count, nor do the baselines
+    (trained outside the budget: :func:`autolayer.selection.counts`), but at most
     ``20 × n_trials`` trials are drawn by this run (``drawn_before`` were drawn earlier) so
     a nearly infeasible space still ends, and a resumed run gets its own draws; a space of
     ``finite`` configurations (linear heads only) ends once each was tried
@@ -370,7 +412,11 @@ def run_search(
     training, because its trials would not be comparable with the new ones.
     ``first`` are parameter sets (see :func:`autolayer.space.guided_trials`) a new study
     runs before its sampler's own; those outside the space (a pair when ``max_models`` is
-    1) are skipped.
+    1) are skipped. Before them, the anchor's trial aside (see :func:`_queue_order`), it
+    runs the space's baselines (:func:`autolayer.space.baseline_trials`), marked
+    :data:`BASELINE`, outside the budget's ``n_trials``; like ``first``, queued once, by the
+    worker that creates the study, and again by a resumed run when never trained (see
+    :func:`_requeue`).
     ``folds`` (held-out rows of ``y_train``, one array per fold) judge every trial by
     cross-validation instead of ``y_val`` (see :func:`autolayer.heads.cross_validate`).
     """
@@ -401,12 +447,14 @@ def run_search(
         study.set_user_attr("metric", options.metric)
         if context is not None:
             study.set_user_attr("context", context)
-        for params in first:
+        baselines = baseline_trials(candidates, space)
+        for params in _queue_order(study, first, baselines):
             if params["models"] in objective.choices:
-                study.enqueue_trial(params, skip_if_exists=True)
+                attrs = {BASELINE: True} if params in baselines else None
+                study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         study.set_user_attr("signature", signature)  # last: other workers wait for it
     else:
-        _requeue_anchor(study, first, budget)
+        _requeue(study, first, budget, baseline_trials(candidates, space))
     finite = finite_configurations(candidates, objective.choices, space)
     before, drawn_before = trained_count(study, budget)
     if not created:  # said before any trial: a re-run does not start afresh
@@ -587,12 +635,30 @@ def check_same_study(
     for key, value in json_safe(signature).items():
         if key in stored and stored[key] != value:
             named, new, old = _first_difference(key, value, stored)
+            hint = ""
+            if named == "search space (heads)":
+                old = old or ["mlp"]  # not stored: the MLP alone (see space_signature)
+                hint = _gained_heads(new, old)
             raise ConfigError(
                 f"study {study_name!r} in {url} differs in its {named}: stored "
-                f"{_short(old)}, this command {_short(new)}; "
+                f"{_short(old)}, this command {_short(new)}{hint}; "
                 "pass another study_name (or output folder) to start a new study",
                 params=("study_name",),
             )
+
+
+def _gained_heads(new: list, old: list) -> str:
+    """Why the heads of a study made with an earlier version's default space differ, and
+    how to resume it; empty when this command's heads are not the default's."""
+    gained = [h for h in new if h not in old]
+    if new != list(Space().heads) or not gained:
+        return ""
+    names = " and ".join(gained)
+    return (
+        f" (the default space gained the {names} head{'s' * (len(gained) > 1)} in this "
+        f"version; start a new study, or pass --heads {','.join(old)} / "
+        f"Space(heads={tuple(old)!r}))"
+    )
 
 
 def _first_difference(key: str, value, stored: dict) -> tuple[str, object, object]:

@@ -102,7 +102,15 @@ def cost_of(
 
 @dataclass(frozen=True)
 class Space:
-    """Choices besides models and layers. The paper's width is 1024; smaller ones are cheaper."""
+    """Choices besides models and layers. The paper's width is 1024; smaller ones are cheaper.
+
+    Every head is offered by default: the MLP (early fusion), the linear head (logistic
+    regression, or a linear SVM on a sparse source) and late fusion (a linear classifier
+    per model, stacked). ``baselines``: the search also trains what a user would try first,
+    each model's best layer alone under the linear head (TF-IDF + linear SVM among them),
+    outside the trial budget; the one-standard-error rule never chooses below the best of
+    them, so the recommendation is never below any baseline on validation (see
+    :func:`baseline_trials`, :func:`autolayer.selection.within_one_error`)."""
 
     operators: tuple[str, ...] | None = None  # None: every operator registered at search time
     widths: tuple[int, ...] = (256, 512, 1024)
@@ -111,7 +119,8 @@ class Space:
     dropout: float = 0.1
     max_epochs: int = 60
     patience: int = 8
-    heads: tuple[str, ...] = ("mlp",)  # kinds of :data:`autolayer.heads.HEADS`
+    heads: tuple[str, ...] = ("mlp", "linear", "late")  # kinds of :data:`autolayer.heads.HEADS`
+    baselines: bool = True
 
     def __post_init__(self) -> None:
         if not self.heads or not set(self.heads) <= set(HEADS):  # read now: plugins count
@@ -130,6 +139,25 @@ def heads_for(space: Space, chosen: Sequence[Candidate]) -> tuple[str, ...]:
     subset is searched in any space."""
     fit = tuple(k for k in space.heads if head_class(k).takes(chosen))
     return fit or (next(k for k, cls in HEADS.items() if cls.takes(chosen)),)
+
+
+def head_param(space: Space, chosen: Sequence[Candidate]) -> str | None:
+    """The Optuna parameter that chooses the head of a trial of ``chosen`` among
+    :func:`heads_for`'s (None when there is one): ``"head"`` when they are the space's own,
+    else a name of their own (``"head:mlp,linear"``). Optuna refuses a categorical whose
+    choices change within a study, and they do: late fusion takes two models or more, so
+    a trial of one model chooses among fewer heads than a pair's."""
+    heads = heads_for(space, chosen)
+    if len(heads) == 1:
+        return None
+    return "head" if heads == space.heads else "head:" + ",".join(heads)
+
+
+def fixed_head(space: Space, chosen: Sequence[Candidate], kind: str) -> dict:
+    """The parameter that fixes a queued trial of ``chosen`` to a head of ``kind`` (see
+    :func:`head_param`; none where the head is no choice)."""
+    name = head_param(space, chosen)
+    return {} if name is None else {name: kind}
 
 
 def subsets(names: Sequence[str], max_models: int) -> list[str]:
@@ -166,7 +194,9 @@ def guided_trials(
     on both models beats the better one alone, best joint probe first, each at its best
     layers, under each head of the space that reads its inputs, set as the head guides
     (:meth:`autolayer.heads.Head.guided`; the MLP: concatenation when searched, the smallest
-    width). Heads of finitely many settings (the linear head), the cheapest, come first.
+    width). Heads in :data:`GUIDED_ORDER` (the linear head, then the MLP, then late
+    fusion, the most expensive to train: a linear classifier per model and per fold), then
+    any other head in the space's order.
 
     Pairs are ranked by their joint probe, not by their gain: two weak models can gain most
     and still lose to one strong model. TPE starts from random trials; these give it strong
@@ -191,13 +221,42 @@ def guided_trials(
         )
     by_name = {c.name: c for c in candidates}
     trials = []
-    for kind in sorted(space.heads, key=lambda k: head_class(k).n_configurations(space) is None):
-        head, named = head_class(kind), {"head": kind} if len(space.heads) > 1 else {}
+    for kind in sorted(space.heads, key=_guided_rank):
+        head = head_class(kind)
         for params in chosen:
             models = [by_name[m] for m in split_models(params["models"], list(by_name))]
             if head.takes(models):
+                named = fixed_head(space, models, kind)
                 trials.append({**params, **head.guided(space, models), **named})
     return trials
+
+
+GUIDED_ORDER = ("linear", "mlp", "late")  # guided trials' heads, cheapest to train first
+
+
+def _guided_rank(kind: str) -> int:
+    """A head's place among the guided trials (a plugin's: after the built-in ones)."""
+    return GUIDED_ORDER.index(kind) if kind in GUIDED_ORDER else len(GUIDED_ORDER)
+
+
+def baseline_trials(candidates: Sequence[Candidate], space: Space) -> list[dict]:
+    """The simple baselines, as trials to run before any other: every candidate's best layer
+    (``layers[0]``, the probe's) alone under the linear head, TF-IDF's linear SVM among them,
+    when ``space.baselines`` and the space offers the linear head (and it reads that
+    candidate). Named as :func:`guided_trials` names its trials, so the guided trial of the
+    best model alone under the linear head, the same configuration, is queued once.
+
+    Why: a user expects the recommendation to be at least as good as what they would have
+    tried first; the search can only promise that on validation if it trains them, and
+    the one-standard-error rule, which prefers a cheaper near-tie, never goes below the
+    best finished baseline's score (:func:`autolayer.selection.within_one_error`)."""
+    if not space.baselines or "linear" not in space.heads:
+        return []
+    return [
+        {"models": c.name, f"layer:{c.name}": c.layers[0], **fixed_head(space, [c], "linear")}
+        for c in candidates
+        if head_class("linear").takes([c])
+    ]
 
 
 def check_feasible(

@@ -418,3 +418,47 @@ def test_extract_refuses_an_output_not_named_npy_before_any_work(
         f"error: extract writes a NumPy array: name the output *.npy, not {name!r}"
     )
     assert not target.exists() and not home.exists()  # nothing embedded, nothing written
+
+
+# ---------------------------------------------------------------------------------------------
+# The search space from the command line: --heads, --baselines
+
+
+@pytest.mark.parametrize("baselines", [True, False])
+def test_heads_and_baselines_reach_the_search(
+    capsys, tmp_path, home, tiny_models, tiny_dataset, one_thread, baselines
+):
+    """``--heads linear``: every trial trains the linear head; the baselines (each model's
+    best layer, tfidf's linear SVM among them) are trained unless ``--no-baselines``."""
+    from autolayer.selection import BASELINE
+
+    flag = "--baselines" if baselines else "--no-baselines"
+    models = f"{tiny_models['bert']},tfidf"
+    extra = ("--heads", "linear", flag, "--n-trials", 2, "--max-length", 8)
+    code, _, err = _search(capsys, tiny_dataset, models, tmp_path / "o", *extra)
+    assert code == 0, err
+    storage = f"sqlite:///{tmp_path / 'o' / 'study.db'}"
+    [summary] = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    trained = [t for t in trials if t.state.name == "COMPLETE"]
+    assert trained and {t.user_attrs["head"] for t in trained} == {"linear"}
+    marked = {t.params["models"] for t in trials if t.user_attrs.get(BASELINE)}
+    assert marked == ({str(tiny_models["bert"]), "tfidf"} if baselines else set())
+
+
+@pytest.mark.parametrize("command", ["search", "recommend"])
+@pytest.mark.parametrize("heads", ["bogus", "linear,bogus", ",", "linear,linear"])
+def test_a_bad_head_kind_is_one_line_naming_the_kinds(capsys, tmp_path, home, command, heads):
+    code, _, err = run(capsys, command, "--models", "tfidf", "-o", tmp_path / "o", "--heads", heads)
+    line = one_error_line(err)
+    assert code == 2 and "--heads" in line, err
+    if "bogus" in heads or heads == ",":
+        assert "the kinds are linear, late, mlp" in line
+    assert not (tmp_path / "o").exists()  # refused while parsing, before any work
+
+
+def test_help_names_the_head_kinds_and_the_baselines_flag(capsys):
+    code, out, _ = run(capsys, "recommend", "--help")
+    said = " ".join(out.split())
+    assert code == 0 and "[default: mlp,linear,late]" in said
+    assert "late (late fusion" in said and "--baselines / --no-baselines" in said

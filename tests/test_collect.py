@@ -15,7 +15,7 @@ from autolayer.budgets import Budget, Cost
 from autolayer.config import load_config
 from autolayer.data import load_dataset
 from autolayer.errors import ConfigError
-from autolayer.selection import INFEASIBLE, LIMITS, OVER_BUDGET, collect
+from autolayer.selection import BASELINE, INFEASIBLE, LIMITS, OVER_BUDGET, collect
 from tests.conftest import one_error_line, run
 
 CONTEXT = {"options": {"anchor": "m"}, "models": {"m": {"n_hidden_states": 7}}}
@@ -249,6 +249,7 @@ def test_a_trial_asked_for_by_number_is_read_even_when_none_meets_the_budget():
     assert summarise_trial(study, 7) is None
 
 
+@pytest.mark.parametrize("role", ["anchor", "baseline"])
 @pytest.mark.parametrize(
     ("state", "attrs", "queued"),
     [
@@ -257,11 +258,17 @@ def test_a_trial_asked_for_by_number_is_read_even_when_none_meets_the_budget():
         ("COMPLETE", {}, False),  # trained
     ],
 )
-def test_a_resumed_study_queues_an_anchor_that_was_never_trained(state, attrs, queued):
-    from autolayer.search import _requeue_anchor
+def test_a_resumed_study_queues_an_anchor_or_a_baseline_that_was_never_trained(
+    state, attrs, queued, role
+):
+    """The anchor's trial, or a baseline's (then marked a baseline again), queued once."""
+    from autolayer.search import _requeue
 
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("context", CONTEXT)
+    if role == "anchor":
+        study.set_user_attr("context", CONTEXT)
+    else:
+        attrs = {**attrs, BASELINE: True}
     add(
         study,
         6,
@@ -271,9 +278,12 @@ def test_a_resumed_study_queues_an_anchor_that_was_never_trained(state, attrs, q
         **attrs,
     )
     params = {"models": "m", "layer:m": 6, "head": "linear"}
-    _requeue_anchor(study, [params], Budget())
+    baselines = [params] if role == "baseline" else []
+    for _ in range(2):  # a second resume finds it waiting: not queued twice
+        _requeue(study, [params], Budget(), baselines)
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting] == ([params] if queued else [])
+    assert all(bool(t.user_attrs.get(BASELINE)) == (role == "baseline") for t in waiting)
 
 
 def test_a_trial_another_worker_is_still_suggesting_is_read_without_its_models():

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autolayer.selection import collect
+from autolayer.selection import BASELINE, collect, counts
 from autolayer.storage import WORKER
 from tests.conftest import REPO, WORDS, write_jsonl
 
@@ -113,17 +113,23 @@ def _load(storage: str, study: str) -> optuna.Study:
     return optuna.load_study(study_name=study, storage=_storage(storage))
 
 
+DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
 def _trained(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return [
-        t
-        for t in study.get_trials(states=done)
-        if "infeasible" not in t.user_attrs and "surplus" not in t.user_attrs
-    ]
+    """The trials of the budget that were trained: not the baselines (outside it), nor the
+    infeasible, surplus or repeated ones (see :func:`autolayer.selection.counts`)."""
+    return [t for t in study.get_trials(states=DONE) if counts(t.user_attrs)]
+
+
+def _finished(study: optuna.Study) -> dict[int, list[float] | None]:
+    """Every finished trial's values by number, trained within the budget or not."""
+    return {t.number: t.values for t in study.get_trials(states=DONE)}
 
 
 def _best_seen(stdout: str) -> int:
-    return int(re.search(r"best trial #(\d+)", stdout).group(1))
+    """The trial the report names: the best, or one a rule chose (one standard error)."""
+    return int(re.search(r"(?:best|recommended) trial #(\d+)", stdout).group(1))
 
 
 def _assert_consistent(study: optuna.Study) -> None:
@@ -132,6 +138,9 @@ def _assert_consistent(study: optuna.Study) -> None:
     assert len(numbers) == len(set(numbers))
     assert not [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     assert len(_trained(study)) == N_TRIALS
+    # each model's baseline trained exactly once, however many workers queued the study
+    baselines = [t.params for t in study.get_trials(states=DONE) if t.user_attrs.get(BASELINE)]
+    assert sorted(p["models"] for p in baselines) == sorted(study.user_attrs["context"]["models"])
 
 
 def test_two_workers_share_one_study(postgres_url, workload, tmp_path):
@@ -148,9 +157,9 @@ def test_two_workers_share_one_study(postgres_url, workload, tmp_path):
     assert by_worker == {str(w.pid) for w in workers}, "both workers took part"
     # Ties in accuracy are common: the best is autolayer's ordering (value, then latency,
     # then number), not the database's arbitrary pick among tied rows.
-    best = collect(study, postgres_url).best
-    assert _best_seen(outputs[0]) == _best_seen(outputs[1]) == best.number
-    assert best.value == study.best_value
+    result = collect(study, postgres_url)
+    assert _best_seen(outputs[0]) == _best_seen(outputs[1]) == result.best.number
+    assert result.trials[0].value == study.best_value
 
 
 def _wait_for_running_trial(storage: str, study: str, pid: int) -> None:
@@ -211,12 +220,12 @@ def test_a_killed_search_resumes_and_keeps_its_finished_trials(workload, tmp_pat
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     first = _worker(workload, storage, "resume", tmp_path / "out")
     killed = _kill(first, storage, "resume")
-    before = {t.number: t.values for t in _trained(_load(storage, "resume"))}
+    before = _finished(_load(storage, "resume"))  # the baselines first: outside the budget
     assert before, "trials finished before the kill"
     _finish(_worker(workload, storage, "resume", tmp_path / "out"))
     study = _load(storage, "resume")
     _assert_consistent(study)
-    after = {t.number: t.values for t in _trained(study)}
+    after = _finished(study)
     assert after.items() >= before.items(), "finished trials are kept as they were"
     assert study.trials[killed].state == optuna.trial.TrialState.FAIL
 

@@ -20,6 +20,7 @@ from sklearn.metrics import f1_score
 from autolayer.errors import CacheError, ConfigError, DivergedError
 from autolayer.fusion import OPERATORS
 from autolayer.heads import (
+    HEADS,
     Head,
     HeadFit,
     cross_validate,
@@ -27,6 +28,7 @@ from autolayer.heads import (
     head_class,
     load_head,
     make_head,
+    register_head,
 )
 from autolayer.heads.linear import LinearHead
 from autolayer.heads.mlp import DEFAULTS, MLPHead, MLPNet
@@ -522,7 +524,7 @@ def test_linear_head_is_sklearns_logistic_regression_on_standardised_concat() ->
     assert fit.history == (fit.best_val_metric,) and fit.best_epoch == 0
 
 
-def test_linear_head_round_trips_and_refuses_sparse_inputs(tmp_path) -> None:
+def test_linear_head_round_trips_and_takes_sparse_inputs(tmp_path) -> None:
     inputs = random_inputs(30, DIMS[:2])
     y = np.arange(30) % 2
     head = make_head("linear", {})
@@ -531,17 +533,16 @@ def test_linear_head_round_trips_and_refuses_sparse_inputs(tmp_path) -> None:
     loaded = load_head(tmp_path / "head")
     assert loaded.kind == "linear" and isinstance(loaded, LinearHead)
     np.testing.assert_array_equal(loaded.predict_proba(inputs), head.predict_proba(inputs))
-    with pytest.raises(ConfigError, match="dense features only"):
-        make_head("linear", {}).fit([csr_matrix(inputs[0])], y)
+    make_head("linear", {}).fit([csr_matrix(inputs[0])], y)  # see tests/test_linear_sparse.py
 
 
 def test_linear_head_takes_no_parameters_and_has_one_configuration() -> None:
-    assert LinearHead.dense_only and not MLPHead.dense_only
+    assert not LinearHead.dense_only and not MLPHead.dense_only
     with pytest.raises(ConfigError, match=r"head: unknown field\(s\) 'width'"):
         make_head("linear", {"width": 8})
     assert LinearHead.suggest(None, space(), ["a", "b"]) == {}
     assert LinearHead.n_configurations(space()) == 1
-    assert LinearHead.describe({}, 2) == "linear head (logistic regression)"
+    assert LinearHead.describe({}, 2) == "linear head (logistic regression; a linear SVM on TF-IDF)"
     assert LinearHead.fused_dim([5, 7], {}) == 12
 
 
@@ -612,22 +613,36 @@ def test_a_saved_head_of_an_unregistered_plug_in_names_what_to_import(tmp_path, 
     assert not isinstance(caught.value, CacheError)
 
 
-def test_the_base_refuses_sparse_features_to_a_dense_only_head(tmp_path) -> None:
+class DenseOnly(LinearHead):
+    """A head that takes dense features only (no stock head does since the linear head
+    reads sparse ones)."""
+
+    dense_only = True
+
+
+@pytest.fixture
+def dense_only():
+    register_head("dense")(DenseOnly)
+    yield
+    HEADS.pop("dense")
+
+
+def test_the_base_refuses_sparse_features_to_a_dense_only_head(tmp_path, dense_only) -> None:
     inputs = random_inputs(30, DIMS[:2])
     y = np.arange(30) % 2
     sparse = [inputs[0], csr_matrix(inputs[1])]
-    head = make_head("linear", {})
+    head = make_head("dense", {})
     with pytest.raises(
-        ConfigError, match=r"^the linear head takes dense features only; train\[1\] is sparse$"
+        ConfigError, match=r"^the dense head takes dense features only; train\[1\] is sparse$"
     ):
         head.fit(sparse, y)
     with pytest.raises(
-        ConfigError, match=r"^the linear head takes dense features only; val\[1\] is sparse$"
+        ConfigError, match=r"^the dense head takes dense features only; val\[1\] is sparse$"
     ):
         head.fit(inputs, y, sparse, y)
     head.fit(inputs, y)
     with pytest.raises(
-        ConfigError, match=r"^the linear head takes dense features only; inputs\[1\] is sparse$"
+        ConfigError, match=r"^the dense head takes dense features only; inputs\[1\] is sparse$"
     ):
         head.predict_proba(sparse)
     head.save(tmp_path)

@@ -17,17 +17,17 @@ from autolayer.selection import trained_count
 from autolayer.space import Space, guided_trials
 from tests.conftest import run
 
+MLP = Space(heads=("mlp",))  # the former default space, for tests of rules besides the heads
+
 
 def test_search_resumes_and_counts_trials_across_runs(home, tmp_path, tiny_dataset, models, caplog):
     prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    first = pipeline.search(
-        prepared, output_dir=tmp_path, storage=storage, study_name="s", budget=Budget(n_trials=3)
-    )
+    # the MLP alone: a continuous space, where no two draws are the same configuration
+    settings = {"output_dir": tmp_path, "storage": storage, "study_name": "s", "space": MLP}
+    first = pipeline.search(prepared, budget=Budget(n_trials=3), **settings)
     assert "resuming" not in caplog.text
-    again = pipeline.search(
-        prepared, output_dir=tmp_path, storage=storage, study_name="s", budget=Budget(n_trials=5)
-    )
+    again = pipeline.search(prepared, budget=Budget(n_trials=5), **settings)
     assert "resuming study 's': 3 of 5 trials trained, 2 to go" in caplog.text  # said once
     assert caplog.text.count("resuming") == 1
     study = optuna.load_study(study_name="s", storage=storage)
@@ -166,7 +166,7 @@ def test_guided_trials_try_the_best_model_then_the_best_pairs_that_gain(home, ti
     best = {c.name: c.layers[0] for c in prepared.candidates}
     # the pair named in the other order still maps to the search's own choice string
     pairs = [_pair(second, first, gain=0.04, accuracy=(0.8, 0.7))]
-    trials = guided_trials(prepared.candidates, pairs, Space())
+    trials = guided_trials(prepared.candidates, pairs, MLP)
     assert trials[0] == {
         "models": second,
         f"layer:{second}": best[second],
@@ -175,8 +175,10 @@ def test_guided_trials_try_the_best_model_then_the_best_pairs_that_gain(home, ti
     }
     assert trials[1]["models"] == f"{first} + {second}" and trials[1]["operator"] == "concat"
     assert trials[1][f"layer:{first}"] == best[first]
-    assert len(guided_trials(prepared.candidates, [_pair(first, second, -0.01)], Space())) == 1
-    no_concat = guided_trials(prepared.candidates, pairs, Space(operators=("sum", "moe")))
+    assert len(guided_trials(prepared.candidates, [_pair(first, second, -0.01)], MLP)) == 1
+    no_concat = guided_trials(
+        prepared.candidates, pairs, Space(heads=("mlp",), operators=("sum", "moe"))
+    )
     assert no_concat[1]["operator"] == "sum"
     assert guided_trials(prepared.candidates, [], Space()) == []
 
@@ -193,7 +195,7 @@ def test_guided_pairs_are_ranked_by_their_joint_probe_not_their_gain():
         _pair("strong", "partner", gain=0.01, accuracy=(0.9, 0.85)),  # joint 0.91
         _pair("strong", "weak", gain=0.0, accuracy=(0.9, 0.6)),  # no gain: never enqueued
     ]
-    trials = guided_trials([candidate(n) for n in names], pairs, Space(), n_pairs=2)
+    trials = guided_trials([candidate(n) for n in names], pairs, MLP, n_pairs=2)
     assert [t["models"] for t in trials] == ["strong", "strong + partner", "weak + weaker"]
 
 
@@ -203,20 +205,24 @@ def test_a_new_study_runs_the_guided_trials_first(home, tmp_path, tiny_dataset, 
     prepared = pipeline.prepare(str(tiny_dataset), models.split(","), top_k=2)
     first, second = (c.name for c in prepared.candidates)
     prepared = dataclasses.replace(prepared, pairs=(_pair(first, second, gain=0.05),))
-    expected = guided_trials(prepared.candidates, prepared.pairs, Space())
-    result = pipeline.search(prepared, output_dir=tmp_path, budget=Budget(n_trials=3))
+    expected = guided_trials(prepared.candidates, prepared.pairs, MLP)  # no baseline first
+    result = pipeline.search(prepared, output_dir=tmp_path, budget=Budget(n_trials=3), space=MLP)
     study = optuna.load_study(study_name=result.study_name, storage=result.storage)
     ran = sorted(study.trials, key=lambda t: t.number)
     assert [t.params for t in ran[:2]] == expected
     single = pipeline.search(
-        prepared, output_dir=tmp_path, study_name="one", budget=Budget(n_trials=2, max_models=1)
+        prepared,
+        output_dir=tmp_path,
+        study_name="one",
+        budget=Budget(n_trials=2, max_models=1),
+        space=MLP,
     )
     # the guided pair is outside a one-model space: only the single is enqueued
     trials = optuna.load_study(study_name="one", storage=single.storage).trials
     assert min(trials, key=lambda t: t.number).params == expected[0]
 
 
-def test_guided_trials_with_a_linear_head_try_it_first_and_never_on_a_sparse_source():
+def test_guided_trials_with_a_linear_head_try_it_first_and_on_a_sparse_source_too():
     from scipy.sparse import csr_matrix
 
     from autolayer.space import Candidate
@@ -232,13 +238,18 @@ def test_guided_trials_with_a_linear_head_try_it_first_and_never_on_a_sparse_sou
     assert heads == [
         ("a", "linear"),
         ("a + b", "linear"),
+        ("a + tfidf", "linear"),
         ("a", "mlp"),
         ("a + b", "mlp"),
         ("a + tfidf", "mlp"),
     ]
     assert all("width" not in t for t in trials if t["head"] == "linear")
     only = guided_trials([*dense, lexical], pairs, Space(heads=("linear",)))
-    assert [t["models"] for t in only] == ["a", "a + b"]
+    assert [t["models"] for t in only] == ["a", "a + b", "a + tfidf"]
+    # the default space: linear, then MLP, then late fusion (the costliest to train; pairs)
+    every = guided_trials([*dense, lexical], pairs, Space(heads=("late", "mlp", "linear")))
+    kinds = [next(v for k, v in t.items() if k.startswith("head")) for t in every]
+    assert kinds == ["linear"] * 3 + ["mlp"] * 3 + ["late"] * 2
     with pytest.raises(ConfigError, match="heads"):
         Space(heads=("tree",))
 
@@ -250,7 +261,7 @@ def test_a_budget_only_the_linear_head_meets_is_not_refused():
     budget = Budget(max_params=5000)  # the smallest MLP head has 164,866 parameters
     check_feasible([dense], budget, Space(heads=("mlp", "linear")), 2, 4)
     with pytest.raises(ConfigError, match="head parameters"):
-        check_feasible([dense], budget, Space(), 2, 4)
+        check_feasible([dense], budget, MLP, 2, 4)
 
 
 def test_an_infeasible_budget_names_the_nearest_miss_for_its_own_limit():
@@ -274,9 +285,10 @@ def test_a_negative_limit_is_refused():
 
 
 def search_bert(tmp_path, tiny_dataset, tiny_models, top_k, n_trials, heads):
-    """The tiny encoder alone, its ``top_k`` layers, searched with ``heads``."""
+    """The tiny encoder alone, its ``top_k`` layers, searched with ``heads`` (no baseline:
+    every trained head counts against ``n_trials``)."""
     prepared = pipeline.prepare(str(tiny_dataset), [str(tiny_models["bert"])], top_k=top_k)
-    budget, space = Budget(n_trials=n_trials), Space(heads=heads)
+    budget, space = Budget(n_trials=n_trials), Space(heads=heads, baselines=False)
     return prepared, pipeline.search(prepared, output_dir=tmp_path, budget=budget, space=space)
 
 
@@ -341,9 +353,9 @@ def _two_models(rng, n, n_val=0):
     ]
 
 
-def test_a_space_with_a_sparse_source_is_never_finite():
-    """A sparse source always takes the MLP head (a continuous learning rate), so even a
-    linear-only space never runs out of configurations."""
+def test_a_space_with_a_sparse_source_is_finite_under_the_linear_head_only():
+    """A sparse source takes the linear head (one setting) as a dense one does; the MLP
+    head (a continuous learning rate) never runs out of configurations."""
     from scipy import sparse
 
     from autolayer.space import SEPARATOR, Candidate, LayerCost, finite_configurations
@@ -352,7 +364,8 @@ def test_a_space_with_a_sparse_source_is_never_finite():
     lexical = Candidate("t", (0,), 1, sparse.csr_matrix(np.eye(4)), None, 0.1, {0: LayerCost(0, 1)})
     linear = Space(heads=("linear",))
     assert finite_configurations([a, b], ["a", "b", f"a{SEPARATOR}b"], linear) == 8
-    assert finite_configurations([lexical, a], ["t", "a"], linear) is None
+    assert finite_configurations([lexical, a], ["t", "a"], linear) == 1 + 2
+    assert finite_configurations([lexical], ["t"], Space(heads=("mlp", "linear"))) is None
 
 
 def test_configurations_an_earlier_budget_excluded_are_tried_when_resumed(tmp_path):
@@ -366,7 +379,7 @@ def test_configurations_an_earlier_budget_excluded_are_tried_when_resumed(tmp_pa
         "task": make_task(),
         "storage": f"sqlite:///{tmp_path / 's.db'}",
         "study_name": "s",
-        "space": Space(heads=("linear",)),
+        "space": Space(heads=("linear",), baselines=False),  # every head trained counts
         "prune": False,
     }
     tight = run_search(models, y, y_val, budget=Budget(n_trials=10, max_latency_ms=1.2), **settings)
@@ -476,7 +489,8 @@ def test_a_worker_checks_the_signature_of_a_study_another_just_created(tmp_path)
 
 def test_guided_trials_are_queued_once_by_workers_starting_together(tmp_path):
     from autolayer.search import run_search
-    from autolayer.space import space_signature, subsets
+    from autolayer.selection import BASELINE
+    from autolayer.space import baseline_trials, space_signature, subsets
     from autolayer.task import make_task
 
     models, space, budget = _two_models(np.random.default_rng(0), 40, 10), Space(), Budget(1)
@@ -488,7 +502,11 @@ def test_guided_trials_are_queued_once_by_workers_starting_together(tmp_path):
         "search space": space_signature(models, choices, space),
     }
 
+    baselines = baseline_trials(models, space)
+
     def create(study: optuna.Study) -> None:  # what run_search does for the worker it creates
+        for params in baselines:
+            study.enqueue_trial(params, user_attrs={BASELINE: True})
         study.enqueue_trial(guided)
         study.set_user_attr("signature", signature)
 
@@ -500,7 +518,7 @@ def test_guided_trials_are_queued_once_by_workers_starting_together(tmp_path):
     )  # fmt: skip
     timer.join()
     queued = optuna.load_study(storage=url, study_name="s").get_trials()
-    assert [t.system_attrs.get("fixed_params") for t in queued] == [guided]
+    assert [t.system_attrs.get("fixed_params") for t in queued] == [*baselines, guided]
 
 
 def test_a_trial_whose_head_diverges_is_pruned_with_a_warning(tmp_path, monkeypatch, caplog):
@@ -528,7 +546,7 @@ def test_a_trial_whose_head_diverges_is_pruned_with_a_warning(tmp_path, monkeypa
         storage=f"sqlite:///{tmp_path / 's.db'}",
         study_name="s",
         budget=Budget(n_trials=3),
-        space=Space(widths=(8,), hidden=4, max_epochs=2),
+        space=Space(heads=("mlp",), widths=(8,), hidden=4, max_epochs=2),
         prune=False,
     )
     states = sorted(t.state for t in result.trials)
@@ -545,7 +563,7 @@ def test_a_trial_records_the_parameters_its_head_class_suggested(tmp_path):
     from autolayer.task import make_task
 
     models = _two_models(np.random.default_rng(0), 40, 10)
-    space = Space(widths=(8,), hidden=4, max_epochs=2, patience=1)
+    space = Space(heads=("mlp",), widths=(8,), hidden=4, max_epochs=2, patience=1)
     result = run_search(
         models, np.arange(40) % 2, np.arange(10) % 2, task=make_task(),
         storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s",

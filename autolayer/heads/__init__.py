@@ -1,6 +1,7 @@
 """Heads, by kind: a small base and one module per implementation (see base)."""
 
-from autolayer.heads import (  # noqa: F401 - register the "mlp" and "linear" kinds
+from autolayer.heads import (  # noqa: F401 - register the "mlp", "linear" and "late" kinds
+    late,
     linear,
     mlp,
 )

@@ -1,7 +1,8 @@
 """The torch building blocks both heads share: standardised inputs, a dense or sparse
-Linear+ReLU projection, Adam on a sparse table's touched rows, the plumbing that turns
-``[N, D_i]`` arrays into tensors and batched logits under a forked, seeded RNG, and
-:class:`NetHead`, a head whose learned state is one ``nn.Module``."""
+Linear+ReLU projection, a sparse input times a linear head's columns, Adam on a sparse
+table's touched rows, the plumbing that turns ``[N, D_i]`` arrays into tensors and batched
+logits under a forked, seeded RNG, and :class:`NetHead`, a head whose learned state is one
+``nn.Module``."""
 
 from __future__ import annotations
 
@@ -111,6 +112,15 @@ class _SparseProjection(nn.Module):
         return F.relu(out + self.bias)
 
 
+def sparse_linear(x: SparseBatch, weight: Tensor) -> Tensor:
+    """``x [B, V] @ weight.T`` for ``weight [C, V]`` (a linear head's columns of a sparse
+    input): only the columns the batch uses are gathered, so the cost follows the batch's
+    non-zeros, not ``V``."""
+    unique, inverse = torch.unique(x.indices, return_inverse=True)
+    columns = weight.index_select(1, unique).t().contiguous()  # [U, C]
+    return F.embedding_bag(inverse, columns, x.offsets, mode="sum", per_sample_weights=x.weights)
+
+
 class _RowAdam:
     """Adam on the table rows the last batch touched (lazy, like ``torch.optim.SparseAdam``:
     an untouched row keeps its moments), for every sparse projection of a model."""
@@ -158,14 +168,14 @@ def _column_stats(array: np.ndarray, rows: int = 8192) -> tuple[np.ndarray, np.n
 @torch.no_grad()
 def standardise(projections: Sequence[nn.Module], inputs: Sequence[Any]) -> None:
     """Store per-feature mean and std of each training array ``[N, D_i]`` in its dense
-    projection's buffers (a sparse projection is not standardised).
+    projection's buffers (a sparse input's module, which is not standardised, is skipped).
 
     Features whose std is below 1e-6 (constant in training) are only centred, not divided.
     A non-finite feature (nan or inf) is refused here: it would make every loss NaN, which
     looks like a diverged head.
     """
     for i, (projection, array) in enumerate(zip(projections, inputs, strict=True)):
-        if isinstance(projection, _SparseProjection):
+        if not isinstance(projection, _Standardised):  # a sparse input's: no statistics
             continue
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: refused below
             mean, std = _column_stats(array)
