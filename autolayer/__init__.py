@@ -21,6 +21,7 @@ _LAZY = {
     "Options": "autolayer.options",
     "recommend": "autolayer.pipeline",
     "Budget": "autolayer.budgets",
+    "Space": "autolayer.space",
     "load_config": "autolayer.config",
     "apply": "autolayer.classifier",
     "FusionTextClassifier": "autolayer.classifier",

@@ -257,7 +257,10 @@ def baselines_table(result, metric: str = "metric", judged: str = "val") -> None
     from autolayer.selection import BASELINE
 
     best = result.best
-    table = Table(title="baselines: each model's best layer alone, linear head")
+    table = Table(
+        title="baselines: each model's best layer alone, linear head",
+        caption="margin: the recommendation's score minus the baseline's, on the same rows",
+    )
     for column in ("#", "model", "layer", "head", f"{judged} {metric} %", "latency ms"):
         table.add_column(column, justify="right")
     table.add_column("margin pt", justify="right")
@@ -276,6 +279,11 @@ def baselines_table(result, metric: str = "metric", judged: str = "val") -> None
             style="bold green" if chosen else None,
         )
     console.print(table)
+    if result.anchor and any(t.value > best.value for t in result.baselines):
+        console.print(
+            "few labels: the anchor rule decides; a baseline's higher score here is within "
+            "the margin luck gives the best of the trials, as for any other trial"
+        )
     if best.attrs.get(BASELINE):
         console.print(
             f"the recommendation is itself a baseline: {escape(_member(best))} with a "

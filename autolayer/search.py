@@ -57,6 +57,7 @@ from autolayer.space import (
     finite_configurations,
     head_param,
     heads_for,
+    space_notes,
     space_signature,
     split_models,
     subsets,
@@ -455,6 +456,8 @@ def run_search(
         study.set_user_attr("signature", signature)  # last: other workers wait for it
     else:
         _requeue(study, first, budget, baseline_trials(candidates, space))
+    for note in space_notes(candidates, objective.choices, space):
+        logger.warning(note)
     finite = finite_configurations(candidates, objective.choices, space)
     before, drawn_before = trained_count(study, budget)
     if not created:  # said before any trial: a re-run does not start afresh
@@ -603,7 +606,7 @@ def _stop_notes(
         return ()
     if exhausted(study, finite, budget):
         return (
-            f"all {finite} configurations of the space (linear heads) were tried: "
+            f"all {finite} configurations of the space (heads of one setting each) were tried: "
             f"{trained} of {budget.n_trials} trials trained",
         )
     if budget.timeout is not None and seconds >= budget.timeout:

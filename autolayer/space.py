@@ -141,6 +141,31 @@ def heads_for(space: Space, chosen: Sequence[Candidate]) -> tuple[str, ...]:
     return fit or (next(k for k, cls in HEADS.items() if cls.takes(chosen)),)
 
 
+def space_notes(candidates: Sequence[Candidate], choices: Sequence[str], space: Space) -> list[str]:
+    """What a user who narrowed the heads should know before the search: subsets none of
+    the heads reads (late fusion alone, for one model) are trained with another head, and
+    the baselines need the linear head."""
+    by_name = {c.name: c for c in candidates}
+    notes = []
+    if space.baselines and "linear" not in space.heads:
+        notes.append(
+            "no baselines: they are each model's best layer under the linear head, which "
+            "the heads searched leave out"
+        )
+    fallbacks = {}
+    for choice in choices:
+        chosen = [by_name[m] for m in split_models(choice, list(by_name))]
+        kind = heads_for(space, chosen)[0]
+        if kind not in space.heads:
+            fallbacks.setdefault(kind, choice)
+    for kind, choice in fallbacks.items():
+        notes.append(
+            f"no head of {', '.join(space.heads)} reads {choice} (late fusion needs two "
+            f"models or more): such trials use the {kind} head"
+        )
+    return notes
+
+
 def head_param(space: Space, chosen: Sequence[Candidate]) -> str | None:
     """The Optuna parameter that chooses the head of a trial of ``chosen`` among
     :func:`heads_for`'s (None when there is one): ``"head"`` when they are the space's own,

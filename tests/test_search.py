@@ -306,7 +306,8 @@ def test_a_repeated_linear_head_is_not_trained_again(home, tmp_path, tiny_datase
     assert len(result.trials) == len(complete) + len(repeats)
     assert result.trained == 2
     assert result.notes == (
-        "all 2 configurations of the space (linear heads) were tried: 2 of 5 trials trained",
+        "all 2 configurations of the space (heads of one setting each) were tried: 2 of 5 "
+        "trials trained",
     )
 
 
