@@ -16,7 +16,7 @@ the full test split:
 
 Every arm reads the zoo models' rows from one whole-split cache, ``W/<set>/cache`` (``W``:
 ``--work-dir``, default /work/bench-work; filled beforehand, every layer of train and test,
-by ``pipeline.embed`` with the same options: run after it is complete), so the recommend
+by ``studies/bench/warm_cache.py``: run after it is complete), so the recommend
 arms' CPU seconds are the search's, TF-IDF's and the probes', not forward passes. Each arm
 records its CPU (``time.process_time``) and wall seconds. Arms already in the JSON are
 kept, so a run resumes (an interrupted recommend arm starts over in a clean folder). The
