@@ -313,6 +313,33 @@ class Head(ABC):
         )
 
 
+class Untuned:
+    """A head with nothing to tune (linear, late fusion): no parameters, so one
+    configuration per model subset and layers, never trained twice on the same ones.
+    Listed before the head's base class: ``class LinearHead(Untuned, NetHead)``."""
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any], where: str = "head") -> dict[str, Any]:
+        if params:
+            unknown = ", ".join(map(repr, sorted(str(k) for k in params)))
+            raise ConfigError(
+                f"{where}: unknown field(s) {unknown}; the {cls.kind} head takes none"
+            )
+        return {}
+
+    @classmethod
+    def suggest(cls, trial: optuna.Trial, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def guided(cls, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def n_configurations(cls, space: Any) -> int | None:
+        return 1
+
+
 HEADS = Registry("head", "kind")
 register_head = HEADS.register  # class decorator: @register_head("kind")
 

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from autolayer.errors import ConfigError
-from autolayer.heads.base import Fitting, Head, HeadFit, register_head
+from autolayer.heads.base import Fitting, Head, HeadFit, Untuned, register_head
 from autolayer.heads.linear import LinearHead
 
 if TYPE_CHECKING:
-    import optuna
+    pass
 
 # folds of the out-of-fold probabilities (fewer for a rare class, >= 2). Three, not five:
 # each fold refits every member with its own CV, so the head costs (folds + 1) members'
@@ -55,7 +54,7 @@ def stacking_folds(strata: np.ndarray, seed: int) -> list[np.ndarray]:
 
 
 @register_head("late")
-class LateFusionHead(Head):
+class LateFusionHead(Untuned, Head):
     """A :class:`LinearHead` per input, stacked by multinomial logistic regression on the
     concatenated log-probabilities; no parameters, so one configuration.
 
@@ -70,21 +69,6 @@ class LateFusionHead(Head):
     dense_only = LinearHead.dense_only  # a member reads what a linear head reads
 
     @classmethod
-    def check_params(cls, params: Mapping[str, Any], where: str = "head") -> dict[str, Any]:
-        if params:
-            unknown = ", ".join(map(repr, sorted(str(k) for k in params)))
-            raise ConfigError(f"{where}: unknown field(s) {unknown}; the late head takes none")
-        return {}
-
-    @classmethod
-    def suggest(cls, trial: optuna.Trial, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def guided(cls, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
-        return {}
-
-    @classmethod
     def takes(cls, chosen: Sequence[Any]) -> bool:
         """Two models or more (one is the linear head), each one a linear head reads."""
         return len(chosen) >= 2 and all(LinearHead.takes([c]) for c in chosen)
@@ -95,10 +79,6 @@ class LateFusionHead(Head):
     ) -> int:
         members = sum(LinearHead.n_parameters([d], n_outputs, {}) for d in input_dims)
         return members + (len(input_dims) * n_outputs + 1) * n_outputs
-
-    @classmethod
-    def n_configurations(cls, space: Any) -> int | None:
-        return 1
 
     @classmethod
     def describe(cls, params: Mapping[str, Any], n_models: int) -> str:

@@ -25,8 +25,7 @@ from scipy import sparse as sp
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from autolayer.errors import ConfigError
-from autolayer.heads.base import Fitting, HeadFit, register_head
+from autolayer.heads.base import Fitting, HeadFit, Untuned, register_head
 from autolayer.heads.modules import (
     NetHead,
     SparseBatch,
@@ -39,7 +38,6 @@ from autolayer.heads.modules import (
 )
 
 if TYPE_CHECKING:
-    import optuna
     from sklearn.svm import LinearSVC
 
 SPARSE_CS = (0.1, 1.0, 10.0)  # the SVM's C, chosen among these by CV (ties: the smaller)
@@ -113,7 +111,7 @@ class LinearNet(nn.Module):
 
 
 @register_head("linear")
-class LinearHead(NetHead):
+class LinearHead(Untuned, NetHead):
     """Logistic regression, its L2 penalty chosen by cross-validation on the training rows
     (:func:`autolayer.probe.chosen_alpha`), on dense features; a linear SVM with a fitted
     temperature when an input is sparse (:meth:`_solve_sparse`). Nothing to tune, so one
@@ -125,29 +123,10 @@ class LinearHead(NetHead):
     dense_only = False
 
     @classmethod
-    def check_params(cls, params: Mapping[str, Any], where: str = "head") -> dict[str, Any]:
-        if params:
-            unknown = ", ".join(map(repr, sorted(str(k) for k in params)))
-            raise ConfigError(f"{where}: unknown field(s) {unknown}; the linear head takes none")
-        return {}
-
-    @classmethod
-    def suggest(cls, trial: optuna.Trial, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
-        return {}
-
-    @classmethod
-    def guided(cls, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
-        return {}
-
-    @classmethod
     def n_parameters(
         cls, input_dims: Sequence[int], n_outputs: int, params: Mapping[str, Any]
     ) -> int:
         return (sum(input_dims) + 1) * n_outputs
-
-    @classmethod
-    def n_configurations(cls, space: Any) -> int | None:
-        return 1
 
     @classmethod
     def describe(cls, params: Mapping[str, Any], n_models: int) -> str:
