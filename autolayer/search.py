@@ -116,7 +116,10 @@ class _Objective:
             trial.set_user_attr(REPEAT, earlier)
             raise optuna.TrialPruned(f"repeat: trial {earlier} trained this {kind} head")
         baseline = bool(trial.user_attrs.get(BASELINE))  # outside the budget: never surplus
-        if not baseline and self._budget_full(trial):
+        if (
+            not baseline
+            and slots_taken(trial.study, trial.number, self.budget) >= self.budget.n_trials
+        ):
             # Other workers' running trials fill the budget: wait for them instead of
             # training one too many. If one of them died, its retry will need a worker.
             trial.set_user_attr(SURPLUS, True)
@@ -154,11 +157,6 @@ class _Objective:
         if self.multi_objective:
             return result.best_val_metric, cost.latency_ms
         return result.best_val_metric
-
-    def _budget_full(self, trial: optuna.Trial) -> bool:
-        """Whether the trials trained or still to train before this one fill the budget's
-        ``n_trials`` (see :func:`slots_taken`)."""
-        return slots_taken(trial.study, trial.number, self.budget) >= self.budget.n_trials
 
 
 def _suggest_head(trial: optuna.Trial, space: Space, chosen: Sequence[Candidate]) -> str:
@@ -444,18 +442,18 @@ def run_search(
     if not created:
         _await_signature(study)  # a worker that created it together with this one
         check_same_study(opened, storage, study_name, signature)
+    baselines = baseline_trials(candidates, space)
     if "signature" not in study.user_attrs:
         study.set_user_attr("metric", options.metric)
         if context is not None:
             study.set_user_attr("context", context)
-        baselines = baseline_trials(candidates, space)
         for params in _queue_order(study, first, baselines):
             if params["models"] in objective.choices:
                 attrs = {BASELINE: True} if params in baselines else None
                 study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         study.set_user_attr("signature", signature)  # last: other workers wait for it
     else:
-        _requeue(study, first, budget, baseline_trials(candidates, space))
+        _requeue(study, first, budget, baselines)
     for note in space_notes(candidates, objective.choices, space):
         logger.warning(note)
     finite = finite_configurations(candidates, objective.choices, space)

@@ -13,7 +13,6 @@ from scipy.sparse import csr_matrix
 from autolayer.errors import ConfigError
 from autolayer.heads import head_class, load_head, make_head
 from autolayer.heads.late import LateFusionHead, stacking_folds
-from autolayer.heads.linear import LinearHead
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,7 +148,6 @@ def test_few_rows_use_fewer_folds_and_a_one_row_class_still_fits() -> None:
     assert head.predict_proba(train).shape == (40, 3)
 
 
-@pytest.mark.skipif(LinearHead.dense_only, reason="the linear head reads dense features only")
 def test_a_sparse_member_fits_predicts_and_round_trips(tmp_path: Path) -> None:
     train, y = complementary(80, seed=6)
     seen = np.random.default_rng(0).random(80) > 0.3  # a word of its class in 70 % of rows

@@ -12,7 +12,7 @@ member blindly. At predict time each member runs once.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +20,6 @@ from torch import Tensor
 
 from autolayer.heads.base import Fitting, Head, HeadFit, Untuned, register_head
 from autolayer.heads.linear import LinearHead
-
-if TYPE_CHECKING:
-    pass
 
 # folds of the out-of-fold probabilities (fewer for a rare class, >= 2). Three, not five:
 # each fold refits every member with its own CV, so the head costs (folds + 1) members'
@@ -65,8 +62,6 @@ class LateFusionHead(Untuned, Head):
     ``multi_class`` argument. ``fused_dim`` is the base's ΣD_i (what the members read):
     the meta-learner's M·C needs the number of classes, which ``fused_dim`` is not given.
     """
-
-    dense_only = LinearHead.dense_only  # a member reads what a linear head reads
 
     @classmethod
     def takes(cls, chosen: Sequence[Any]) -> bool:

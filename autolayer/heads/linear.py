@@ -79,11 +79,8 @@ class LinearNet(nn.Module):
     ``nn.Identity``, nothing saved) and meets its columns of ``head.weight`` directly; the
     dense ones beside it are :class:`_Scaled`. Without a sparse input, nothing changes."""
 
-    def __init__(
-        self, input_dims: Sequence[int], n_outputs: int, sparse: Sequence[bool] = ()
-    ) -> None:
+    def __init__(self, input_dims: Sequence[int], n_outputs: int, sparse: Sequence[bool]) -> None:
         super().__init__()
-        sparse = list(sparse) or [False] * len(input_dims)
         dense = _Scaled if any(sparse) else _Standardised
         self.projections = nn.ModuleList(
             nn.Identity() if is_sparse else dense(dim)
@@ -119,8 +116,6 @@ class LinearHead(Untuned, NetHead):
 
     After a sparse fit, ``C_`` and ``temperature_`` say what was chosen (not saved: the
     saved weights already hold the temperature)."""
-
-    dense_only = False
 
     @classmethod
     def n_parameters(
@@ -215,14 +210,17 @@ class LinearHead(Untuned, NetHead):
         from autolayer.probe import folds
 
         classes = np.unique(y)
-        tests = folds(np.searchsorted(classes, y), SPARSE_FOLDS, seed)
+        every = np.arange(len(y))
+        splits = []  # each fold's rows, sliced once for every C
+        for te in folds(np.searchsorted(classes, y), SPARSE_FOLDS, seed):
+            train = np.setdiff1d(every, te)
+            splits.append((design[train], y[train], design[te], te))
         runs, scores = [], []
         for c in SPARSE_CS:
             held_out = np.empty((len(y), len(classes)))
-            for te in tests:
-                train = np.setdiff1d(np.arange(len(y)), te)
-                weights, bias = _fitted(svm(c), design[train], y[train], classes)
-                held_out[te] = design[te] @ weights.T + bias
+            for train_x, train_y, test_x, te in splits:
+                weights, bias = _fitted(svm(c), train_x, train_y, classes)
+                held_out[te] = test_x @ weights.T + bias
             proba = np.zeros((len(y), self.n_outputs_))
             proba[np.arange(len(y)), classes[held_out.argmax(axis=1)]] = 1.0
             runs.append(held_out)
