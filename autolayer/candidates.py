@@ -33,6 +33,7 @@ from autolayer.errors import ConfigError, DataError
 from autolayer.extraction import Embeddings, embed_texts
 from autolayer.fidelity import Fidelity, StageClock, StageCost, computed, select
 from autolayer.heads import head_class
+from autolayer.metrics import MULTI_LABEL_METRICS
 from autolayer.options import Options
 from autolayer.probe import LayerScores
 from autolayer.search import anchor_can_stop
@@ -70,6 +71,9 @@ class ModelScores:
         return self.n_hidden_states - 1
 
     def to_dict(self) -> dict:
+        """``score --json``: each layer's probe metrics under their names (single-label:
+        accuracy with its std and macro-F1, as ever; multi-label: each of the task's
+        metrics with its std) and its rank by the metric the layers were ranked by."""
         s = self.scores
         return {
             "model": self.model,
@@ -82,14 +86,20 @@ class ModelScores:
                 {
                     "layer": i,
                     "depth": i / max(self.last_layer, 1),
-                    "accuracy": float(s.accuracy[i]),
-                    "accuracy_std": float(s.accuracy_std[i]),
-                    "macro_f1": float(s.macro_f1[i]),
+                    **{name: float(getattr(s, name)[i]) for name in _json_metrics(s)},
                     "rank": int(np.flatnonzero(s.ranking() == i)[0]) + 1,
                 }
                 for i in range(self.n_hidden_states)
             ],
         }
+
+
+def _json_metrics(scores: LayerScores) -> tuple[str, ...]:
+    """The per-layer fields of ``score --json``: a multi-label probe's metrics (it scores
+    micro-F1) each with its std; single-label's three fields as they always were."""
+    if "micro_f1" not in scores.metrics:
+        return ("accuracy", "accuracy_std", "macro_f1")
+    return tuple(f"{m}{std}" for m in MULTI_LABEL_METRICS for std in ("", "_std"))
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,27 @@ def resolve_options(options: Options | None, settings: dict) -> Options:
         raise ConfigError(
             f"unknown option(s) {unknown}; known: {', '.join(sorted(known))}"
         ) from None
+
+
+def for_data(data: LabelledDataset, options: Options) -> tuple[Options, Task]:
+    """``options`` where they first meet ``data``: the task named (None: the data's own,
+    single- or multi-label) and built, the metric named (:meth:`Options.for_task`). A
+    task whose target the labels are not (a single-label task on label sets) is refused
+    here, in one line, and so is few-label mode (``cv_folds``) on anything but
+    single-label data: its folds, anchor and margins count classes of one label each."""
+    task = make_task(options.task or data.task)
+    labels = data.split("train").labels
+    try:
+        task.target(labels, len(labels), "labels")
+    except ConfigError:
+        raise ConfigError(
+            f"task {task.name!r} does not fit dataset {data.name!r}, whose labels are "
+            f"{data.task.replace('_', '-')}; leave the task out to use the data's",
+            params=("task",),
+        ) from None
+    if options.cv_folds is not None:
+        data.check_single_label("cv_folds")
+    return options.for_task(task), task
 
 
 def default_models() -> list[str]:
@@ -254,8 +285,8 @@ def prepare(
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1; got {top_k}")
     options = resolve_options(options, settings)
-    task = make_task(options.task)
     data = dataset_of(dataset)
+    options, task = for_data(data, options)
     sources = resolve_models(models, options)
     models = list(sources)
     pool = tuple(models)
@@ -280,7 +311,7 @@ def prepare(
             unread = {name: reason for name in models if name != options.anchor}
             models = [options.anchor]
     if fidelity is not None and fidelity.screens(len(rows.train)):
-        fidelity.check(len(rows.train), len(data.label_names))
+        fidelity.check(len(rows.train), len(data.label_names), data.nouns[1])
         features, dropped, pairs = _screened(
             data, {n: sources[n] for n in models}, rows, options, top_k, fidelity, clock, progress
         )
@@ -406,8 +437,9 @@ def _anchor_cost(record: SourceRecord, train, x: np.ndarray, n_classes: int):
 def _searched(name: str, scores: LayerScores, options: Options, top_k: int) -> tuple[int, ...]:
     """A model's layers offered to the search: its top-k by probe, and the anchor's last
     layer (the trial every other must beat clearly)."""
-    top = tuple(int(i) for i in scores.ranking(options.metric)[:top_k])
-    last = len(scores.accuracy) - 1
+    ranking = scores.ranking(options.metric)
+    top = tuple(int(i) for i in ranking[:top_k])
+    last = len(ranking) - 1
     return top + (last,) if name == options.anchor and last not in top else top
 
 
@@ -520,6 +552,7 @@ def _exhaustive(data, record, rows, options, top_k, probe_max_examples, clock, p
                 seed=options.seed,
                 max_examples=probe_max_examples,
                 class_names=rows.names,
+                metric=options.metric,
             )
         return _Features(record, 1, (0,), scores, x_train, x_val, ms, memory)
     with clock.stage("extract", "every layer, every row") as count:
@@ -541,6 +574,7 @@ def _exhaustive(data, record, rows, options, top_k, probe_max_examples, clock, p
             max_examples=probe_max_examples,
             device=options.device,
             class_names=rows.names,
+            metric=options.metric,
         )
     top = _searched(name, scores, options, top_k)
     keep = list(top)
@@ -591,6 +625,7 @@ def _screened(data, records, rows, options, top_k, fidelity, clock, progress):
                     n_folds=fidelity.n_folds,
                     seed=options.seed,
                     class_names=rows.names,
+                    metric=options.metric,
                 )
             continue
         with clock.stage("screen", f"every layer, {len(screen)} rows") as count:
@@ -603,6 +638,7 @@ def _screened(data, records, rows, options, top_k, fidelity, clock, progress):
                 seed=options.seed,
                 device=options.device,
                 class_names=rows.names,
+                metric=options.metric,
             )
         screened[name] = emb
     with clock.stage("select", "each pair probed on the screen"):

@@ -2,7 +2,8 @@
 
 ``FusionTextClassifier`` is a scikit-learn estimator over raw texts: it embeds them with each
 configured backbone cut at its chosen layer (cached), trains the config's head, and decides
-as the config's task does.
+as the config's task does: one class per text, or (multi-label) a 0/1 indicator of labels,
+each at its fitted threshold.
 ``apply`` trains it on a dataset's train (+ validation) split and reports test metrics
 (labelling the texts of a file with a saved model is :mod:`autolayer.predictions`'s job).
 Saved models are a folder holding the config (YAML) and the head (safetensors + JSON),
@@ -15,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from autolayer.config import FusionConfig, ModelChoice, load_config
+from autolayer.data import binarize as binarize_labels
 from autolayer.errors import ConfigError, DataError
 from autolayer.files import (
     RECOMMENDATION,
@@ -34,6 +36,7 @@ from autolayer.files import (
     temp_dir,
 )
 from autolayer.sources import SourceRecord, resolve_spec
+from autolayer.task import DEFAULT as SINGLE_LABEL
 
 if TYPE_CHECKING:
     from autolayer.heads import Head
@@ -137,26 +140,22 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y) -> FusionTextClassifier:
         """Fit the sources that learn (TF-IDF) on ``X``, embed it, and train the head for
-        the config's number of epochs."""
+        the config's number of epochs.
+
+        ``y`` is one label per text, or, for a multi-label config, a list of labels per
+        text (as scikit-learn's ``MultiLabelBinarizer`` takes them) or a 0/1 indicator
+        matrix ``[N, K]`` (its columns are then the classes ``"0"`` .. ``"K-1"``)."""
         texts = _as_texts(X)
-        _as_labels(y, len(texts))  # checked before the embedding, which can take long
+        _as_target(y, len(texts), self._config())  # checked before the long embedding
         return self.fit_sources(texts).fit_embedded(self.embed(texts), y)
 
     def fit_embedded(self, features: list[np.ndarray], y) -> FusionTextClassifier:
         """Train the head on precomputed features (one ``[N, D_i]`` per model)."""
         config = self._config()
-        labels = _as_labels(y, np.shape(features[0])[0] if features else 0)
-        known = list(config.label_names)
-        unknown = sorted(set(labels) - set(known))
-        self.classes_ = np.asarray(known if not unknown else sorted(set(labels)))
-        index = {c: i for i, c in enumerate(self.classes_)}
-        head = config.make_head()
+        target, self.classes_ = _as_target(y, np.shape(features[0])[0] if features else 0, config)
+        head = _fitted_rule(config, self.classes_).make_head()
         fit = head.fit(
-            features,
-            np.asarray([index[v] for v in labels]),
-            seed=config.seed,
-            device=self.device,
-            n_outputs=len(self.classes_),
+            features, target, seed=config.seed, device=self.device, n_outputs=len(self.classes_)
         )
         self.head_: Head = head
         self.train_seconds_ = fit.train_seconds
@@ -172,15 +171,41 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         return self.head_.predict_proba(features)
 
     def predict(self, X) -> np.ndarray:
-        """One label of ``classes_`` per text."""
+        """One label of ``classes_`` per text; for a multi-label task, a 0/1 indicator
+        ``[N, K]`` with columns in ``classes_`` order (scikit-learn's convention)."""
         return self.decide(self.predict_proba(X))  # first: it says so when unfitted
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
         """The labels of ``classes_`` that probabilities ``[N, C]`` decide, by the rule of
         the task the head was trained for (the most probable class, for single-label
-        classification)."""
+        classification; each label above its threshold, as an indicator, for multi-label)."""
         check_is_fitted(self, "head_")
-        return self.classes_[self.head_.task.decide(proba)]
+        decided = np.asarray(self.head_.task.decide(proba))
+        return decided.astype(np.uint8) if decided.ndim == 2 else self.classes_[decided]
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Accuracy of single labels (scikit-learn's ``ClassifierMixin.score``); for a
+        multi-label task the config's metric (micro-F1 by default), as the search judged."""
+        if not _is_multi_label(y):
+            return super().score(X, y, sample_weight=sample_weight)
+        check_is_fitted(self, "head_")
+        truth = self.binarize(y)
+        metrics = multi_label_metrics(truth, self.predict(X), sample_weight=sample_weight)
+        return metrics[self._config().metric]
+
+    def binarize(self, y) -> np.ndarray:
+        """Label lists (or an indicator) as a 0/1 indicator ``[N, K]`` over ``classes_``;
+        a label the classifier does not know is refused, not dropped."""
+        check_is_fitted(self, "head_")
+        if _is_indicator(y):
+            truth = _indicator(y, y.shape[0])
+            if truth.shape[1] != len(self.classes_):
+                raise DataError(
+                    f"y has {truth.shape[1]} label columns; the classifier has "
+                    f"{len(self.classes_)} classes"
+                )
+            return truth
+        return binarize_labels(_label_sets(y, len(y)), [str(c) for c in self.classes_], "y")
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write config + head into ``directory`` atomically (all or nothing).
@@ -192,7 +217,11 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "head_")
         directory = Path(directory).absolute()
         check_model_folder(directory, overwrite=overwrite)
-        config = replace(self._config(), label_names=tuple(str(c) for c in self.classes_))
+        config = replace(
+            self._config(),
+            label_names=tuple(str(c) for c in self.classes_),
+            task_params=self.head_.task.params(),  # the rule it decides by, as head.json says
+        )
         unfitted = [
             m.spec
             for m in config.models
@@ -227,7 +256,9 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         """Rebuild a saved classifier (safetensors + YAML; nothing is unpickled).
 
         The head only makes sense on the features it was trained on: a ``config.yaml``
-        edited to name another layer, pooling or model is refused, not silently used.
+        edited to name another layer, pooling or model is refused, not silently used. Its
+        decision rule (``task_params``: a multi-label model's thresholds) is the config's,
+        so an edited threshold takes effect.
         """
         from autolayer.heads import load_head
 
@@ -241,6 +272,7 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         config = load_config(directory / CONFIG_FILE)
         head = load_head(directory)
         _check_trained_on(directory, config, head)
+        head.task = config.make_task()
         estimator = cls(config, **kwargs)
         estimator.head_ = head
         estimator.classes_ = np.asarray(config.label_names)
@@ -383,17 +415,144 @@ def _as_labels(y, n_texts: int) -> np.ndarray:
     return labels
 
 
+MULTI_LABEL = "multi_label"
+BUILT_IN_TASKS = (SINGLE_LABEL, MULTI_LABEL)
+
+
+def _as_target(y, n_texts: int, config: FusionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` as the head's target and the classes it names: class indices ``[N]`` for
+    single labels, a uint8 indicator ``[N, K]`` for label lists or an indicator matrix.
+    Classes are the config's ``label_names`` when they name every label of ``y`` (so a
+    recommendation keeps its order), else the labels of ``y``, sorted. The form of ``y``
+    must be the config's task's: the head trains for that task only."""
+    multi = _is_multi_label(y)
+    if config.task in BUILT_IN_TASKS and multi != (config.task == MULTI_LABEL):
+        raise DataError(
+            f"y is {'a list of labels' if multi else 'one label'} per text, but the config's "
+            f"task is {config.task!r}; "
+            + ("use a multi_label config" if multi else "give each text a list of labels")
+        )
+    if not multi:
+        labels = _as_labels(y, n_texts)
+        classes = _classes(set(labels.tolist()), config.label_names)
+        index = {c: i for i, c in enumerate(classes)}
+        return np.asarray([index[v] for v in labels]), classes
+    if _is_indicator(y):
+        target = _indicator(y, n_texts)
+        classes = np.asarray([str(i) for i in range(target.shape[1])])
+    else:
+        sets = _label_sets(y, n_texts)
+        classes = _classes({label for row in sets for label in row}, config.label_names)
+        target = binarize_labels(sets, classes, "y")
+    seen = int(target.any(0).sum())
+    if seen < 2:  # as one class: a head would learn nothing of the texts
+        raise DataError(f"fit needs at least 2 labels in y; got {seen}")
+    return target, classes
+
+
+def _fitted_rule(config: FusionConfig, classes: np.ndarray) -> FusionConfig:
+    """The config, without its fitted decision rule (per-label thresholds) when the classes
+    are not the labels it was fitted for (data of another label set): the task's defaults
+    decide then, and a warning says so."""
+    if not config.task_params or [str(c) for c in classes] == list(config.label_names):
+        return config
+    logger.warning(
+        "the config's task_params were fitted for its label_names, not for these labels "
+        "(%s): deciding by the %s task's defaults",
+        ", ".join(map(str, classes[:5])),
+        config.task,
+    )
+    return replace(config, task_params={})
+
+
+def _classes(seen: set[str], known: tuple[str, ...]) -> np.ndarray:
+    """The config's label names when they name every label seen, else the seen ones sorted."""
+    return np.asarray(list(known) if seen <= set(known) else sorted(seen))
+
+
+def _is_indicator(y) -> bool:
+    """``y`` is a 2-D array (a 0/1 indicator matrix), dense or sparse."""
+    return getattr(y, "ndim", 1) == 2
+
+
+def _is_label_list(value) -> bool:
+    """One text's labels given as a collection (list, tuple, set, array), not one label."""
+    return not isinstance(value, str | bytes) and isinstance(
+        value, list | tuple | set | frozenset | np.ndarray
+    )
+
+
+def _is_multi_label(y) -> bool:
+    """``y`` holds a list of labels per text (or is an indicator matrix); mixing lists with
+    single labels is refused, naming the first row that breaks the pattern."""
+    if _is_indicator(y):
+        return True
+    if isinstance(y, str | bytes) or (isinstance(y, np.ndarray) and y.dtype != object):
+        return False
+    rows = list(y)
+    kinds = [_is_label_list(v) for v in rows]
+    if any(kinds) and not all(kinds):
+        first = kinds.index(not kinds[0])
+        raise DataError(
+            f"y mixes lists of labels and single labels (y[0] is {rows[0]!r}, y[{first}] is "
+            f"{rows[first]!r}); give every text a list of labels, or every text one label"
+        )
+    return bool(kinds) and kinds[0]
+
+
+def _indicator(y, n_texts: int) -> np.ndarray:
+    """A 0/1 indicator matrix ``[N, K]`` checked (shape, values) and as uint8."""
+    dense = y.toarray() if hasattr(y, "toarray") else np.asarray(y)
+    if dense.shape[0] != n_texts:
+        raise DataError(f"y has {dense.shape[0]} rows for {n_texts} texts")
+    if not np.isin(dense, (0, 1)).all():
+        raise DataError("an indicator matrix y must hold only 0 and 1")
+    return dense.astype(np.uint8)
+
+
+def _label_sets(y, n_texts: int) -> list[list[str]]:
+    """Each text's labels as text (duplicates once), checked to be single labels."""
+    sets = []
+    for i, row in enumerate(y):
+        nested = next((v for v in row if _is_label_list(v)), None)
+        if nested is not None:
+            raise DataError(f"y[{i}] holds a list ({nested!r}); each label must be a single value")
+        sets.append(list(dict.fromkeys(str(v) for v in row)))
+    if len(sets) != n_texts:
+        raise DataError(f"y has {len(sets)} label lists for {n_texts} texts")
+    return sets
+
+
+def multi_label_metrics(truth: np.ndarray, predicted: np.ndarray, sample_weight=None) -> dict:
+    """Micro-, macro- and samples-F1 and subset accuracy of indicator decisions ``[N, K]``,
+    by the definitions the search judged by (:mod:`autolayer.metrics`), each row weighing
+    its ``sample_weight`` when given."""
+    import torch
+
+    from autolayer.metrics import MULTI_LABEL_METRICS, score
+
+    weight = None
+    if sample_weight is not None:
+        weight = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
+        if weight.shape != (len(truth),):
+            raise DataError(f"sample_weight has shape {tuple(weight.shape)} for {len(truth)} rows")
+    pred, true = torch.as_tensor(np.asarray(predicted)), torch.as_tensor(np.asarray(truth))
+    return {metric: score(pred, true, metric, weight) for metric in MULTI_LABEL_METRICS}
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     """Test metrics of the final classifier and where it was saved."""
 
     directory: Path
-    accuracy: float | None  # None: the dataset had no test split
+    accuracy: float | None  # None: the dataset had no test split (multi-label: subset accuracy)
     macro_f1: float | None
-    per_class: dict
+    per_class: dict  # class (multi-label: label) → precision, recall, f1-score, support
     n_train: int
     n_test: int
     warnings: tuple[str, ...]
+    task: str = SINGLE_LABEL
+    metrics: dict = field(default_factory=dict)  # every test metric, the config's first
 
 
 def split_features(
@@ -500,7 +659,7 @@ def apply(
     records = [estimator._record(choice) for choice in config.models]
     notes = [*drawn, *check_provenance(config, None if drawn else data.fingerprint, records)]
     names = [s for s in ("train", "validation") if s in data.splits]
-    labels = [data.label_names[i] for s in names for i in data.split(s).labels]
+    labels = [label for s in names for label in _split_labels(data, s)]
     if "test" not in data.splits:
         redrawn = bool(drawn) and not all_rows
         rows = f"the {len(labels)} rows drawn" if redrawn else f"all {len(labels)} rows"
@@ -523,6 +682,8 @@ def apply(
     metrics = _test_metrics(estimator, config, data, cache_dir, device)
     directory = estimator.save(output, overwrite=overwrite)
     metrics["n_train"] = len(labels)
+    if config.task != SINGLE_LABEL:  # single-label metrics.json is written as it always was
+        metrics["task"] = config.task
     atomic_write_bytes(directory / METRICS_FILE, json.dumps(metrics, indent=1).encode())
     return ApplyResult(directory=directory, warnings=tuple(notes), **metrics)
 
@@ -547,13 +708,22 @@ def _as_drawn(config: FusionConfig, data, all_rows: bool = False) -> tuple[objec
     return data, []
 
 
-def _test_metrics(estimator, config, data, cache_dir, device) -> dict:
-    """Accuracy, macro-F1 and per-class metrics on the test split (``None`` without one)."""
-    from sklearn.metrics import classification_report, f1_score
+def _split_labels(data, split: str) -> list:
+    """A split's labels by name: one per text, or a list per text for a multi-label set
+    (the form ``fit`` takes, so that the classes follow the names, not the columns)."""
+    labels = data.split(split).labels
+    names = np.asarray(data.label_names)
+    if labels.ndim == 2:
+        return [names[np.flatnonzero(row)].tolist() for row in labels]
+    return names[labels].tolist()
 
+
+def _test_metrics(estimator, config, data, cache_dir, device) -> dict:
+    """Metrics on the test split (``None`` without one): accuracy, macro-F1 and per-class
+    precision, recall and F1; for a multi-label task, micro-, macro- and samples-F1 and
+    subset accuracy (the config's metric first) and the same per label."""
     if "test" not in data.splits:
         return {"accuracy": None, "macro_f1": None, "per_class": {}, "n_test": 0}
-    truth = np.asarray([data.label_names[i] for i in data.split("test").labels])
     features = split_features(
         config,
         data,
@@ -563,8 +733,18 @@ def _test_metrics(estimator, config, data, cache_dir, device) -> dict:
         estimator.sources_,
         trust_remote_code=estimator.trust_remote_code,
     )
-    proba = estimator.predict_proba_embedded(features)
-    predicted = estimator.decide(proba)
+    predicted = estimator.decide(estimator.predict_proba_embedded(features))
+    truth = _split_labels(data, "test")
+    if predicted.ndim == 2:
+        return _multi_label_test(estimator, config, truth, predicted)
+    return _single_label_test(np.asarray(truth), predicted)
+
+
+def _single_label_test(truth: np.ndarray, predicted: np.ndarray) -> dict:
+    """Accuracy, macro-F1 and classification_report's per-class rows (metrics.json's keys
+    since its first version)."""
+    from sklearn.metrics import classification_report, f1_score
+
     report = classification_report(truth, predicted, output_dict=True, zero_division=0)
     return {
         "accuracy": float((predicted == truth).mean()),
@@ -574,11 +754,46 @@ def _test_metrics(estimator, config, data, cache_dir, device) -> dict:
     }
 
 
+def _first(metrics: dict, metric: str) -> dict:
+    """``metrics`` with ``metric`` (the config's, if among them) first."""
+    return dict(sorted(metrics.items(), key=lambda item: item[0] != metric))
+
+
+def _multi_label_test(estimator, config, truth: list, predicted: np.ndarray) -> dict:
+    """Multi-label test metrics and a per-label table, in classification_report's keys."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    truth = estimator.binarize(truth)
+    metrics = _first(multi_label_metrics(truth, predicted), config.metric)
+    columns = precision_recall_fscore_support(truth, predicted, average=None, zero_division=0)
+    keys = ("precision", "recall", "f1-score", "support")
+    per_label = {
+        str(name): {k: float(v[i]) for k, v in zip(keys, columns, strict=True)}
+        for i, name in enumerate(estimator.classes_)
+    }
+    return {
+        "metrics": metrics,
+        "accuracy": metrics["subset_accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "per_class": per_label,
+        "n_test": len(truth),
+    }
+
+
 def check_labels(config: FusionConfig, data) -> None:
     """Refuse a config whose classes the data cannot train: a label the config names but the
     data lacks, while the data brings no labels of its own, would give the head a class
     with no examples (a 3-class head for 2-class data). Data with another label set
-    (a recommendation transferred to another task) trains on its own labels."""
+    (a recommendation transferred to another task) trains on its own labels. A config
+    for single labels is refused on multi-label data, and the reverse: its head decides
+    one way only."""
+    task = getattr(data, "task", SINGLE_LABEL)
+    if config.task in BUILT_IN_TASKS and task != config.task:
+        said = "a list of labels" if task == MULTI_LABEL else "one label"
+        raise ConfigError(
+            f"the config's task is {config.task!r}, but dataset {data.name!r} has {said} per "
+            "text; apply a config recommended for data of its kind"
+        )
     ours, theirs = set(config.label_names), set(data.label_names)
     missing = sorted(ours - theirs)
     if missing and theirs <= ours:

@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from autolayer.errors import AutolayerError
-from autolayer.metrics import METRICS
+from autolayer.metrics import ALL_METRICS
 from autolayer.options import POOLINGS
 
 EPILOG_EXTRACT = """\b
@@ -40,16 +40,36 @@ DATASET_HELP = (
 )
 
 
+LABEL_SEP_HELP = (
+    "Multi-label: the separator of a text's labels in one CSV/TSV cell, e.g. ';' for "
+    "'sports;health' (a JSONL or Parquet list needs none)"
+)
+
+
 def _dataset_options(func, *, from_config: bool = False):
-    """``-d``, ``--text-column`` and ``--label-column``; ``from_config``: no fixed defaults,
-    the command takes the config's (``dataset.origin``: the data and columns the
+    """``-d``, ``--text-column``, ``--label-column``, and for multi-label data
+    ``--label-sep`` and ``--allow-empty-labels``; ``from_config``: no fixed defaults, the
+    command takes the config's (``dataset.origin``: the data and columns the
     recommendation was read from), else the demo's."""
     config = " (default: the config's, else {!r})." if from_config else "."
+    func = click.option(
+        "--allow-empty-labels",
+        is_flag=True,
+        help="Multi-label: keep a text with no label (it means 'none of these'); "
+        "by default such rows are refused, as a likely mistake.",
+    )(func)
+    func = click.option(
+        "--label-sep",
+        metavar="TEXT",
+        help=LABEL_SEP_HELP
+        + (" (default: the config's, else none)." if from_config else " (default: none)."),
+    )(func)
     func = click.option(
         "--label-column",
         default=None if from_config else "label",
         show_default=not from_config,
-        help="Label column name" + config.format("label"),
+        help="Label column name; 'labels' is read when 'label' is absent (a list of labels "
+        "per text: multi-label)" + config.format("label"),
     )(func)
     func = click.option(
         "--text-column",
@@ -389,6 +409,8 @@ def score(
     dataset,
     text_column,
     label_column,
+    label_sep,
+    allow_empty_labels,
     split,
     folds,
     max_examples,
@@ -399,7 +421,8 @@ def score(
     plot,
     cache_dir,
 ) -> None:
-    """Rank every layer of each model by cross-validated linear-probe accuracy.
+    """Rank every layer of each model by cross-validated linear-probe accuracy (micro-F1
+    on multi-label data).
 
     \b
     Examples:
@@ -418,7 +441,13 @@ def score(
     names = _models(models)
     _output(json_path, "scores")
     _output(plot, "plot")
-    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
+    data = load_dataset(
+        dataset,
+        text_column=text_column,
+        label_column=label_column,
+        label_sep=label_sep,
+        allow_empty_labels=allow_empty_labels,
+    )
     options = Options(pooling=pooling, max_length=max_length, seed=seed, cache_dir=cache_dir)
     results = run_score(
         names,
@@ -435,7 +464,9 @@ def score(
         atomic_write_bytes(json_path, text.encode())
         mark_ours(json_path, "scores")
     if plot:
-        report.plot_layer_curves({r.model: r.scores.accuracy for r in results}, plot)
+        shown = report.probe_metrics(results[0].scores)[0]
+        curves = {r.model: getattr(r.scores, shown) for r in results}
+        report.plot_layer_curves(curves, plot, metric=shown)
 
 
 @cli.command()
@@ -462,6 +493,8 @@ def complementarity(
     dataset,
     text_column,
     label_column,
+    label_sep,
+    allow_empty_labels,
     split,
     layers,
     max_examples,
@@ -497,7 +530,13 @@ def complementarity(
         raise click.BadParameter("complementarity needs at least 2 models", param_hint="'-m'")
     _output(json_path, "complementarity")
     _output(plot, "plot")
-    data = load_dataset(dataset, text_column=text_column, label_column=label_column)
+    data = load_dataset(
+        dataset,
+        text_column=text_column,
+        label_column=label_column,
+        label_sep=label_sep,
+        allow_empty_labels=allow_empty_labels,
+    )
     chosen = None
     if layers:
         try:
@@ -611,12 +650,12 @@ def _search_options(func):
         ),
         click.option(
             "--metric",
-            type=click.Choice(METRICS),
-            default="accuracy",
-            show_default=True,
+            type=click.Choice(ALL_METRICS),
+            help="What the search maximises on validation (default: the task's, accuracy "
+            "for one label per text, micro_f1 for multi-label data; each task takes its own).",
         ),
         click.option(
-            "--multi-objective", is_flag=True, help="Accuracy vs latency; report the Pareto front."
+            "--multi-objective", is_flag=True, help="Metric vs latency; report the Pareto front."
         ),
         click.option(
             "--storage", help="Optuna storage URL (default: SQLite file in the output dir)."
@@ -735,7 +774,11 @@ def _run_search(kw: dict, *, full_report: bool):
     _say_ignored(kw, models)
     _writable(kw["output_dir"], "output folder")
     data = load_dataset(
-        kw["dataset"], text_column=kw["text_column"], label_column=kw["label_column"]
+        kw["dataset"],
+        text_column=kw["text_column"],
+        label_column=kw["label_column"],
+        label_sep=kw["label_sep"],
+        allow_empty_labels=kw["allow_empty_labels"],
     )
     fidelity = None if kw["exhaustive"] else Fidelity(screen_size=kw["screen_size"])
     options = Options(
@@ -793,8 +836,9 @@ def _run_search(kw: dict, *, full_report: bool):
     else:
         report.stages_table(prepared.stages, prepared.dropped)
         judged = report.judged_by(prepared.validation)
-        report.search_summary(result, kw["metric"], judged)
-        report.trials_table(result.trials, kw["metric"], judged=judged)
+        metric = prepared.options.metric  # the task's default when --metric is not given
+        report.search_summary(result, metric, judged)
+        report.trials_table(result.trials, metric, judged=judged)
         where = (
             str(kw["output_dir"])
             if kw["storage"] is None
@@ -818,11 +862,17 @@ def recommend(**kw) -> None:
     clearly below the best are dropped; the survivors' other rows are extracted up to
     their top-k layers only. --exhaustive extracts everything, as an exhaustive sweep would.
 
+    Multi-label data (a list of labels per text: a JSONL or Parquet list, or a CSV/TSV cell
+    joined by --label-sep) is searched on micro-F1 unless --metric says otherwise, each
+    label's decision threshold tuned on validation; --labels-per-class and --cv-folds are
+    single-label only.
+
     \b
     Examples:
       autolayer recommend                                   # demo set, installed zoo models + tfidf
       autolayer recommend -d ../shared/data/mr --models minilm,smollm2 --n-trials 40
       autolayer recommend -d data.csv --max-latency-ms 20 --max-models 3 --multi-objective
+      autolayer recommend -d topics.csv --label-sep ';'      # multi-label: "sports;health"
     """
     _run_search(kw, full_report=True)
 
@@ -901,6 +951,8 @@ def apply(
     dataset: str | None,
     text_column: str | None,
     label_column: str | None,
+    label_sep: str | None,
+    allow_empty_labels: bool,
     output: Path,
     overwrite: bool,
     all_rows: bool,
@@ -940,6 +992,8 @@ def apply(
         dataset or origin.get("source", "demo"),
         text_column=text_column or recorded.get("text_column", "text"),
         label_column=label_column or recorded.get("label_column", "label"),
+        label_sep=label_sep or recorded.get("label_sep"),
+        allow_empty_labels=allow_empty_labels or bool(recorded.get("allow_empty_labels")),
     )
     result = run_apply(
         loaded,
@@ -974,6 +1028,12 @@ def apply(
     "--text-column", help="Column of the texts in a table (default: the training data's)."
 )
 @click.option("--id-column", help="Column copied to each prediction (e.g. a row id).")
+@click.option(
+    "--label-sep",
+    metavar="TEXT",
+    help="Multi-label model: the separator of a text's labels in a CSV/TSV output "
+    "(default: the training data's, else ';'; ignored, with a warning, otherwise).",
+)
 @_overwrite_option
 @click.option(
     "--cache/--no-cache",
@@ -994,6 +1054,7 @@ def predict(
     output: Path | None,
     text_column: str | None,
     id_column: str | None,
+    label_sep: str | None,
     overwrite: bool,
     cache: bool | None,
     cache_dir: Path | None,
@@ -1003,13 +1064,16 @@ def predict(
     """Label new texts with a saved model (backbones run only up to their chosen layers).
 
     Each prediction keeps "row", the text's 0-based position in the input, so outputs
-    match inputs even where empty texts were skipped (with a warning).
+    match inputs even where empty texts were skipped (with a warning). A multi-label model
+    gives each text "labels" (a list; in CSV/TSV joined by --label-sep) instead of "label",
+    and every label's probability.
 
     \b
     Examples:
       autolayer predict mr-model/ -i reviews.txt -o predictions.jsonl
       autolayer predict mr-model/ -i reviews.csv --id-column review_id -o predictions.parquet
       autolayer predict mr-model/ -i reviews.txt | jq .label
+      autolayer predict topics-model/ -i news.txt -o topics.csv --label-sep '|'
     """
     if cache is False and cache_dir is not None:
         raise click.UsageError("--no-cache and --cache-dir contradict each other: pick one")
@@ -1028,6 +1092,7 @@ def predict(
         cache_dir=cache_dir,
         use_cache=bool(cache or cache_dir),
         trust_remote_code=trust_remote_code,
+        label_sep=label_sep,
     )
     if output is None:
         click.echo(prediction_lines(rows), nl=False)
@@ -1114,19 +1179,20 @@ def _in_cli_terms(exc: AutolayerError, args: list[str] | None) -> str:
     options of the command that ran (``max_train_samples`` → ``--max-train-samples``): the
     one table is that command's own options. A name it has no option for stays as it is.
     A code identifier (with ``_`` or ``=``) is the option at every mention; a plain word
-    only at its first, as later ones are prose ("--anchor 'x' is sparse: an anchor is…")."""
+    only at its first, as later ones are prose ("--anchor 'x' is sparse: an anchor is…").
+    An on/off option said as ``name=True`` is its bare flag."""
     command = cli.commands.get(_command(args) or "")
-    flags = {
-        p.name: max(p.opts, key=len)
-        for p in (command.params if command else ())
-        if isinstance(p, click.Option)
+    options = {
+        p.name: p for p in (command.params if command else ()) if isinstance(p, click.Option)
     }
     message = str(exc)
     for name in exc.params:
-        flag = flags.get(ALIASES.get(name, name))
-        if flag is not None:
+        option = options.get(ALIASES.get(name, name))
+        if option is not None:
             count = 0 if "_" in name or "=" in name else 1  # 0: every mention
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", flag, message, count=count)
+            said = re.escape(name) + ("(=True)?" if option.is_flag else "")
+            flag = max(option.opts, key=len)
+            message = re.sub(rf"(?<![\w-]){said}\b", flag, message, count=count)
     return message
 
 

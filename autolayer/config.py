@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+import numpy as np
 import yaml
 
 from autolayer.errors import ConfigError
@@ -27,6 +28,7 @@ from autolayer.task import make_task
 
 if TYPE_CHECKING:  # the heads load torch: not needed to read a config's names
     from autolayer.heads import Head
+    from autolayer.task import Task
 
 SCHEMA_VERSION = 2
 SCHEMAS = (1, 2)  # the versions read: schema 1 held the head's fields flat
@@ -67,6 +69,7 @@ class FusionConfig:
     head: HeadChoice
     label_names: tuple[str, ...]
     task: str = DEFAULT_TASK
+    task_params: dict = field(default_factory=dict)  # its fitted decision rule (thresholds)
     dataset: dict = field(default_factory=dict)
     metric: str = "accuracy"
     seed: int = 0
@@ -79,15 +82,22 @@ class FusionConfig:
         data = asdict(self)
         data["models"] = [asdict(m) for m in self.models]
         data["label_names"] = list(self.label_names)
+        if not self.task_params:  # a task that tunes nothing: written as before this field
+            del data["task_params"]
         return {"schema_version": data.pop("schema_version"), **data}
 
+    def make_task(self) -> Task:
+        """This config's task, deciding by its fitted rule (``task_params``)."""
+        return make_task(self.task, self.task_params)
+
     def make_head(self) -> Head:
-        """An unfitted head of this config's kind and parameters, for its task and metric
-        (the parameters fix its training: ``epochs`` as given, no early stopping)."""
+        """An unfitted head of this config's kind and parameters, for its task (with its
+        fitted rule) and metric (the parameters fix its training: ``epochs`` as given, no
+        early stopping)."""
         from autolayer.heads import make_head
 
         return make_head(
-            self.head.kind, self.head.params, task=make_task(self.task), metric=self.metric
+            self.head.kind, self.head.params, task=self.make_task(), metric=self.metric
         )
 
     def save(self, path: str | Path) -> Path:
@@ -147,7 +157,7 @@ def from_dict(data: object, where: str = "config") -> FusionConfig:
         )
     known = _field_names(FusionConfig)
     if version == 1:
-        known = (known - {"task"}) | set(SCHEMA1_HEAD)
+        known = (known - {"task", "task_params"}) | set(SCHEMA1_HEAD)
     _no_unknown_keys(data, known, where, _schema1_hint if version == 2 else "")
     models = _require(data, "models", list, where)
     if not models:
@@ -157,13 +167,15 @@ def from_dict(data: object, where: str = "config") -> FusionConfig:
     labels = _require(data, "label_names", list, where)
     if len(labels) < 2:
         raise ConfigError(f"{where}: label_names must list at least 2 classes")
+    task = _require(data, "task", str, where) if "task" in data else DEFAULT_TASK
     config = FusionConfig(
         models=choices,
         head=_checked_head(head, choices, where),
         label_names=tuple(str(x) for x in labels),
-        task=_require(data, "task", str, where) if "task" in data else DEFAULT_TASK,
+        task=task,
+        task_params=_require(data, "task_params", dict, where) if "task_params" in data else {},
         dataset=dict(data.get("dataset") or {}),
-        metric=str(data.get("metric", "accuracy")),
+        metric=str(data["metric"]) if "metric" in data else _task(task, where).default_metric,
         seed=_bounded(data, "seed", SEED, where, default=0),
         validation=dict(data.get("validation") or {}),
         cost=dict(data.get("cost") or {}),
@@ -256,12 +268,24 @@ def _checked_head(head: HeadChoice, models: tuple[ModelChoice, ...], where: str)
     return HeadChoice(head.kind, params)
 
 
-def _check_task(config: FusionConfig, where: str) -> None:
-    """The task is registered, and the metric is one of its metrics."""
+def _task(name: str, where: str, params: dict | None = None) -> Task:
+    """The registered task ``name`` with ``params``; refused naming the file."""
     try:
-        task = make_task(config.task)
+        return make_task(name, params)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_task(config: FusionConfig, where: str) -> None:
+    """The task is registered and takes its ``task_params``, which fit the config's labels
+    (a threshold per label), and the metric is one of its metrics: a rule edited out of
+    step with ``label_names`` is refused when the file is read, not at the first
+    prediction."""
+    task = _task(config.task, where, config.task_params)
+    try:
+        task.decide(np.full((1, len(config.label_names)), 0.5))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: task_params: {exc}") from None
     if config.metric not in task.metrics:
         raise ConfigError(
             f"{where}: metric must be one of {list(task.metrics)}, got {config.metric!r}"

@@ -54,14 +54,15 @@ class Fidelity:
         """Whether screening saves anything: the sample is smaller than the training rows."""
         return self.screen_size is not None and self.screen_size < n_train
 
-    def check(self, n_train: int, n_classes: int) -> None:
-        """A screen too small to cross-validate is an error naming the limit, before work."""
+    def check(self, n_train: int, n_classes: int, noun: str = "classes") -> None:
+        """A screen too small to cross-validate is an error naming the limit, before work
+        (``noun``: what the data's targets are, classes or, multi-label, labels)."""
         if not self.screens(n_train):
             return
         least = n_classes * self.n_folds
         if self.screen_size < least:
             raise ConfigError(
-                f"screen_size {self.screen_size} is too small to screen: {n_classes} classes "
+                f"screen_size {self.screen_size} is too small to screen: {n_classes} {noun} "
                 f"× {self.n_folds} folds need at least {least} rows (or pass fidelity=None)",
                 params=("screen_size", "fidelity=None"),
             )

@@ -1,8 +1,10 @@
-"""Many multinomial logistic regressions fitted at once: one per layer (and per CV fold).
+"""Many logistic regressions fitted at once: one per layer (and per CV fold).
 
 Each minimises the objective of sklearn's ``LogisticRegression``, so a fit agrees with the
-usual reference. The solver is an L-BFGS vectorised over the batch, each member with its own
-curvature history, step and stopping test, preconditioned by an inverse ridge matrix.
+usual reference: multinomial for class indices, or one independent binary (sigmoid)
+regression per label for a multi-label indicator target. The solver is an L-BFGS vectorised
+over the batch, each member with its own curvature history, step and stopping test,
+preconditioned by an inverse ridge matrix.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ def fit_logistic(
     tol: float = TOL,
     max_iter: int = MAX_ITER,
 ) -> torch.Tensor:
-    """Multinomial logistic regression for every layer at once → weights [L, K, D+1] float64.
+    """Logistic regression for every layer at once → weights [L, K, D+1] float64.
 
     ``x`` [L, n, D+1] holds standardised features plus a last constant column (the intercept,
-    unpenalised); ``y`` [n] class indices. Minimises, per layer, the mean cross-entropy plus
-    alpha/(2n)·‖W‖²: the objective of sklearn's ``LogisticRegression(C=1/alpha)``, so the
-    fit agrees with the usual reference. With two classes the penalty is doubled, because
-    softmax weights [w/2, −w/2] carry half the squared norm of sklearn's single binary
-    vector w.
+    unpenalised); ``y`` [n] class indices (multinomial), or a float indicator [n, K]
+    (multi-label: K independent binary regressions, each sklearn's objective on its column,
+    so no penalty doubling; probabilities are the sigmoid of ``x @ W^T``). Minimises, per
+    layer, the mean cross-entropy plus alpha/(2n)·‖W‖²: the objective of sklearn's
+    ``LogisticRegression(C=1/alpha)``, so the fit agrees with the usual reference. With two
+    classes (softmax) the penalty is doubled, because softmax weights [w/2, −w/2] carry half
+    the squared norm of sklearn's single binary vector w.
 
     Solver: L-BFGS run independently per layer (and per CV fold) but vectorised over them,
     preconditioned by the inverse ridge matrix (XᵀX/n + alpha/n·I)⁻¹. Embedding features
@@ -48,7 +52,8 @@ def fit_logistic(
     """
     train = torch.ones(x.shape[1], 1, dtype=torch.bool, device=x.device)
     scale = torch.ones(x.shape[0], 1, x.shape[2], dtype=torch.float64, device=x.device)
-    return fit_logistic_folds(x, y, train, alpha, scale, int(y.max()) + 1, tol, max_iter)[:, 0]
+    n_outputs = y.shape[1] if y.ndim == 2 else int(y.max()) + 1
+    return fit_logistic_folds(x, y, train, alpha, scale, n_outputs, tol, max_iter)[:, 0]
 
 
 def fit_logistic_folds(
@@ -65,18 +70,22 @@ def fit_logistic_folds(
     [L, F, K, P] float64, for ``x`` [L, N, P] prepared as for :func:`fit_logistic`,
     ``train`` [N, F] row masks and ``scale`` [L, F, P], each fold's factor on the penalty of
     each feature (its standard deviation when the fold standardises on its own rows).
+    ``n_classes`` is the number of outputs K: the classes, or an indicator ``y``'s columns.
 
     All folds share one pass over the features: a held-out row weighs 0 in its fold's mean."""
     n_layers, _, n_features = x.shape
     n_train = train.sum(0).double()  # [F]
     strength = resolved_alpha(alpha) / n_train
-    strength = strength * (2.0 if n_classes == 2 else 1.0)  # see fit_logistic
+    sigmoid = y.ndim == 2
+    strength = strength * (2.0 if n_classes == 2 and not sigmoid else 1.0)  # see fit_logistic
     penalty = strength[None, :, None] * scale.square()  # [L, F, P]
     penalty[..., -1] = 0.0  # the intercept
     inverse = ridge_preconditioner(x, penalty.mean(1))
-    onehot = torch.nn.functional.one_hot(y, n_classes).to(x.dtype)
+    target = y if sigmoid else torch.nn.functional.one_hot(y, n_classes)
     weight = (train / n_train).to(x.dtype)  # [N, F]: each fold's mean over its own rows
-    objective = _Objective(x, onehot, weight, penalty.reshape(-1, 1, n_features), inverse)
+    objective = _Objective(
+        x, target.to(x.dtype), weight, penalty.reshape(-1, 1, n_features), inverse, sigmoid
+    )
     start = torch.zeros(n_layers * train.shape[1], n_classes, n_features, dtype=torch.float64)
     weights = _lbfgs(objective, start.to(x.device), tol, max_iter)
     return weights.view(n_layers, -1, n_classes, n_features)
@@ -117,10 +126,12 @@ def _row_sample(x: torch.Tensor) -> torch.Tensor:
 class _Objective:
     """Penalised mean cross-entropy of every (layer, fold), its gradient and preconditioner.
 
-    ``x`` [L, N, P] features, ``onehot`` [N, K] targets, ``weight`` [N, F] each row's weight
-    in each fold's mean (0 when held out), ``penalty`` [L·F, 1, P] per-feature L2 strength,
-    ``inverse`` [L, P, P] ≈ (XᵀX/n + diag(penalty))⁻¹, applied as one batched matrix
-    product (much cheaper than triangular solves). Weights are [L·F, K, P], class-major, so
+    ``x`` [L, N, P] features, ``target`` [N, K] one-hot classes under a softmax (or, with
+    ``sigmoid``, a 0/1 indicator: independent binary regressions, their cross-entropies
+    summed), ``weight`` [N, F] each row's weight in each fold's mean (0 when held out),
+    ``penalty`` [L·F, 1, P] per-feature L2 strength, ``inverse`` [L, P, P] ≈ (XᵀX/n +
+    diag(penalty))⁻¹, applied as one batched matrix product (much cheaper than triangular
+    solves). Weights are [L·F, K, P], class-major, so
     both products with ``x`` read it in its stored order (several times faster on CPU than
     [L, P, K]), and all folds of a layer share one pass over its features.
     """
@@ -128,24 +139,33 @@ class _Objective:
     def __init__(
         self,
         x: torch.Tensor,
-        onehot: torch.Tensor,
+        target: torch.Tensor,
         weight: torch.Tensor,
         penalty: torch.Tensor,
         inverse: torch.Tensor,
+        sigmoid: bool = False,
     ) -> None:
-        self.x, self.onehot, self.weight = x, onehot, weight
-        self.penalty, self.inverse = penalty, inverse
+        self.x, self.target, self.weight = x, target, weight
+        self.penalty, self.inverse, self.sigmoid = penalty, inverse, sigmoid
+        # the L-BFGS's first step: Newton's at W = 0, where the Hessian is XᵀX/n over K
+        # (softmax) or over 4 (sigmoid, p(1 - p) = 1/4)
+        self.newton_scale = 4.0 if sigmoid else float(target.shape[1])
 
     def __call__(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss [L·F] and gradient [L·F, K, P] (float64) at ``weights`` [L·F, K, P]."""
         n_layers, n, n_features = self.x.shape
-        n_folds, n_classes = self.weight.shape[1], self.onehot.shape[1]
+        n_folds, n_classes = self.weight.shape[1], self.target.shape[1]
         blocks = weights.view(n_layers, n_folds * n_classes, n_features).to(self.x.dtype)
-        log_prob = (self.x @ blocks.mT).view(n_layers, n, n_folds, n_classes).log_softmax(-1)
-        target = self.onehot[:, None, :]
-        nll = -((log_prob * target).sum(-1).double() * self.weight).sum(1)  # [L, F]
+        logits = (self.x @ blocks.mT).view(n_layers, n, n_folds, n_classes)
+        target = self.target[:, None, :]
+        if self.sigmoid:  # -log sigmoid(±z) = softplus(z) - y·z
+            cells, prob = torch.nn.functional.softplus(logits) - logits * target, logits.sigmoid()
+        else:
+            log_prob = logits.log_softmax(-1)
+            cells, prob = -log_prob * target, log_prob.exp()
+        nll = (cells.sum(-1).double() * self.weight).sum(1)  # [L, F]
         loss = nll.flatten() + 0.5 * (self.penalty * weights.square()).sum((1, 2))
-        resid = (log_prob.exp() - target) * self.weight[..., None]
+        resid = (prob - target) * self.weight[..., None]
         grad = resid.view(n_layers, n, n_folds * n_classes).mT @ self.x
         return loss, grad.double().view_as(weights) + self.penalty * weights
 
@@ -161,7 +181,7 @@ def _lbfgs(objective: _Objective, weights: torch.Tensor, tol: float, max_iter: i
     decreases its loss any more (float32 round-off)."""
     loss, grad = objective(weights)
     history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    scale = torch.full_like(loss, float(weights.shape[1]))  # K: Newton step at W = 0
+    scale = torch.full_like(loss, objective.newton_scale)
     stalled = torch.zeros_like(loss, dtype=torch.bool)
     for _ in range(max_iter):
         active = (grad.abs().amax((1, 2)) > tol) & ~stalled

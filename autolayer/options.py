@@ -8,14 +8,17 @@ features that were pooled ``last``, nor report one metric under the name of anot
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from numbers import Integral, Real
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from autolayer.errors import ConfigError
-from autolayer.metrics import METRICS
-from autolayer.task import DEFAULT, TASKS
+from autolayer.metrics import ALL_METRICS
+from autolayer.task import TASKS
+
+if TYPE_CHECKING:
+    from autolayer.task import Task
 
 POOLINGS = ("mean", "last", "cls")
 
@@ -88,14 +91,16 @@ MAX_LENGTH = Interval(int, 2)  # tokens per text
 class Options:
     """Feature, validation and hardware settings shared by every stage.
 
-    ``pooling`` and ``max_length`` define the features (and the cache key); ``metric``,
+    ``pooling`` and ``max_length`` define the features (and the cache key); ``metric``
+    (None: the task's default, micro-F1 for multi-label, accuracy otherwise),
     ``seed`` and ``validation_size`` how configurations are compared, or ``cv_folds``
     instead of a carved validation split: k-fold cross-validation over the training rows,
     for few labels, where a carved split would hold one or two texts per class, and then
     ``anchor``, the model whose last layer (linear head) is recommended unless a searched
     configuration beats it clearly (``"auto"``: the pool's largest sentence encoder; see
     :mod:`autolayer.anchor`); ``task`` what a target is (a name of
-    :data:`autolayer.task.TASKS`; None: single-label classification); ``device``,
+    :data:`autolayer.task.TASKS`; None: the data's own, single- or multi-label: both are
+    named once the options meet the data, by :meth:`for_task`); ``device``,
     ``threads`` and ``cache_dir`` where the work runs and is kept, and
     ``trust_remote_code`` whether a model's own code from the hub may run (they never
     change a result, so a study does not compare them: the features are keyed by the
@@ -105,7 +110,7 @@ class Options:
 
     pooling: str = "mean"
     max_length: int = 256
-    metric: str = "accuracy"
+    metric: str | None = None
     seed: int = 0
     validation_size: float = 0.2
     cv_folds: int | None = None
@@ -119,16 +124,34 @@ class Options:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             _invalid("pooling", f"must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
-        if self.metric not in METRICS:
-            _invalid("metric", f"must be one of {', '.join(METRICS)}; got {self.metric!r}")
+        if self.metric is not None and self.metric not in ALL_METRICS:
+            _invalid("metric", f"must be one of {', '.join(ALL_METRICS)}; got {self.metric!r}")
         if self.anchor is not None and (not isinstance(self.anchor, str) or not self.anchor):
             _invalid("anchor", f"must be a model name, 'auto' or 'none'; got {self.anchor!r}")
-        object.__setattr__(self, "task", _task_name(self.task))
+        if self.task is not None and (not isinstance(self.task, str) or self.task not in TASKS):
+            _invalid("task", f"must be one of {', '.join(TASKS)}; got {self.task!r}")
         if not isinstance(self.trust_remote_code, bool):
             _invalid("trust_remote_code", f"must be True or False; got {self.trust_remote_code!r}")
         for name, interval in NUMBERS.items():
             value = interval.check(name, getattr(self, name), optional=name in OPTIONAL)
             object.__setattr__(self, name, value)  # a plain number, for the study's JSON
+
+    def for_task(self, task: Task) -> Options:
+        """These options for ``task`` (the one the data calls for): its name, and the
+        metric given or else the task's default, so studies and configs record names,
+        never None (an old single-label study, "accuracy", resumes as it was). A metric
+        the task does not score is refused, naming those it does, and so is another
+        task than the one these options name."""
+        if self.task not in (None, task.name):
+            _invalid("task", f"is {self.task!r} here but {task.name!r} for the data")
+        metric = self.metric or task.default_metric
+        if metric not in task.metrics:
+            _invalid(
+                "metric",
+                f"must be one of the {task.name.replace('_', '-')} metrics "
+                f"({', '.join(task.metrics)}); got {metric!r}",
+            )
+        return replace(self, task=task.name, metric=metric)
 
     def extraction(self) -> dict:
         """Keyword arguments of :func:`autolayer.extraction.embed_texts`."""
@@ -158,15 +181,6 @@ NUMBERS = {
     "threads": Interval(int, 1),
 }
 OPTIONAL = ("cv_folds", "threads")
-
-
-def _task_name(task: object) -> str:
-    """The registered task ``task`` names (None: single-label classification)."""
-    if task is None:
-        return DEFAULT
-    if not isinstance(task, str) or task not in TASKS:
-        _invalid("task", f"must be one of {', '.join(TASKS)}; got {task!r}")
-    return task
 
 
 def _invalid(name: str, problem: str) -> None:

@@ -35,6 +35,7 @@ from autolayer.candidates import (
     anchor_budget,
     dataset_of,
     embed,
+    for_data,
     pair_estimates,
     prepare,
     resolve_models,
@@ -55,6 +56,7 @@ from autolayer.selection import (
     INFEASIBLE,
     OVER_BUDGET,
     REPEAT,
+    TASK_PARAMS,
     SearchResult,
     TrialSummary,
 )
@@ -185,6 +187,7 @@ def score(
     check_pretrained(sources, "score")
     models = list(sources)
     data = dataset_of(dataset)
+    options, _ = for_data(data, options)
     labels = data.split(split).labels
     check_folds(len(labels), n_folds)
     out = []
@@ -196,12 +199,14 @@ def score(
             "max_examples": max_examples,
             "device": options.device,
             "class_names": data.label_names,
+            "metric": options.metric,
         }
         run = probe_layers(X, labels, seed=options.seed, **probe)
         stability = None
         if max_examples is not None and max_examples < len(labels):
             other = probe_layers(X, labels, seed=options.seed + 1, **probe)
-            stability = rank_agreement(run.accuracy, other.accuracy)
+            metric = options.metric  # the ranking compared: by the metric it ranks by
+            stability = rank_agreement(getattr(run, metric), getattr(other, metric))
         out.append(ModelScores(model, emb.meta["n_hidden_states"], run, stability))
     return out
 
@@ -234,6 +239,7 @@ def complementarity(
     check_pretrained(sources, "complementarity")
     models = list(sources)
     data = dataset_of(dataset)
+    options, _ = for_data(data, options)
     labels = data.split(split).labels
     rows = np.arange(len(labels))
     if len(rows) > max_examples:
@@ -258,6 +264,7 @@ def complementarity(
                 max_examples=PROBE_ROWS,
                 device=options.device,
                 class_names=data.label_names,
+                metric=options.metric,
             )
             chosen.append(probe.best_layer)
     at_layers = {m: arrays[m][:, layer] for m, layer in zip(models, chosen, strict=True)}
@@ -369,6 +376,7 @@ def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: s
         head=HeadChoice(trial.head, params),
         label_names=tuple(context["label_names"]),
         task=context.get("task", DEFAULT_TASK),
+        task_params=trial.attrs.get(TASK_PARAMS, {}),
         dataset=context["dataset"],
         metric=context["metric"],
         seed=context["seed"],
@@ -480,12 +488,15 @@ def restrict(
     turns on cross-validation (``min(5, labels_per_class)`` folds unless
     ``options.cv_folds`` is set): with a few labels, no validation split can be spared.
     It also sets the anchor to ``"auto"`` unless ``options.anchor`` is set: a few labels
-    cannot pick a layer reliably, so a default has to be beaten clearly."""
+    cannot pick a layer reliably, so a default has to be beaten clearly. The options come
+    back resolved for the data (:func:`for_data`: its task and metric named, few-label
+    mode refused on multi-label data), before a study is named or anything extracted."""
     if max_train_samples is not None and labels_per_class is not None:
         raise ConfigError(
             "give max_train_samples or labels_per_class, not both",
             params=("max_train_samples", "labels_per_class"),
         )
+    options, _ = for_data(data, options)
     if max_train_samples is not None:
         data = data.subsample(max_train_samples, seed=options.seed)
     if labels_per_class is not None:

@@ -4,18 +4,31 @@
 :class:`~autolayer.classifier.FusionTextClassifier` loaded from its folder, and writes one
 row per text (its position, the label, each class's probability) as JSONL, CSV, TSV or
 Parquet, by extension, atomically and marked as autolayer's (so that a re-run may replace it).
+A multi-label model gives each text its ``labels`` instead: a list in JSONL and Parquet, the
+labels joined by a separator in CSV and TSV (whose cells hold text only).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import NamedTuple
 
-from autolayer.classifier import FusionTextClassifier
+import numpy as np
+
+from autolayer.classifier import MULTI_LABEL, FusionTextClassifier
 from autolayer.errors import ConfigError, DataError
 from autolayer.files import atomic_write, atomic_write_bytes, check_output, mark_ours, same_file
 
+logger = logging.getLogger("autolayer")
+
 PREDICTION_FORMATS = (".jsonl", ".csv", ".tsv", ".parquet")
+LABEL_SEP = ";"
+"""How a CSV or TSV cell joins a text's labels, unless said otherwise."""
+RESERVED = ("row", "text", "label", "probabilities")
+"""The fields of a prediction, which an id column must not overwrite (a multi-label
+model's predictions have "labels" in place of "label")."""
 
 
 def check_prediction_output(output: Path, input_path: Path, *, overwrite: bool = False) -> None:
@@ -73,6 +86,7 @@ def predict_file(
     cache_dir: str | Path | None = None,
     use_cache: bool = False,
     trust_remote_code: bool = False,
+    label_sep: str | None = None,
 ) -> list[dict]:
     """Label every text of ``input_path``; write them to ``output`` (format by extension)
     when given, and return the rows. A table's texts are read from ``text_column``, by
@@ -86,15 +100,16 @@ def predict_file(
     ``$AUTOLAYER_HOME/embeddings``): new texts are seldom labelled twice, so a cache would
     only grow by an entry per input, and a read-only one would stop prediction.
     ``trust_remote_code`` runs the code a backbone ships with (as apply did to train it).
+
+    A multi-label model's rows hold ``labels``, the list of a text's labels, in place of
+    ``label``; CSV and TSV join them with ``label_sep`` (default: the one the training data
+    was read with, else ";").
     """
     from autolayer.device import resolve_device
 
-    if id_column in ("row", "text", "label", "probabilities"):
-        raise ConfigError(
-            f"id_column {id_column!r} would overwrite the predictions' own {id_column!r} field; "
-            "rename that column in the input",
-            params=("id_column",),
-        )
+    _check_id_column(id_column, RESERVED)
+    if label_sep == "":
+        raise ConfigError("label_sep must not be empty", params=("label_sep",))
     if output is not None:
         output = Path(output)
         check_prediction_output(output, Path(input_path), overwrite=overwrite)
@@ -106,29 +121,94 @@ def predict_file(
         use_cache=use_cache,
         trust_remote_code=trust_remote_code,
     )
+    classes = [str(c) for c in estimator.classes_]
+    sep = _label_sep(estimator, label_sep)
+    multi = estimator.head_.task.name == MULTI_LABEL
+    table = output is not None and output.suffix.lower() in (".csv", ".tsv")
+    if multi:
+        _check_id_column(id_column, ("labels",))
+        if table:
+            _check_sep(classes, sep)
+    if label_sep is not None and not (multi and table):
+        _say_unused_sep(label_sep, multi, output)
     inputs = _read_texts(estimator, input_path, text_column, id_column)
     proba = estimator.predict_proba(list(inputs.texts))
-    classes = [str(c) for c in estimator.classes_]
-    labels = [str(c) for c in estimator.decide(proba)]
+    decided = _decided(estimator.decide(proba), classes)
     rows = []
     for i, (text, ps) in enumerate(zip(inputs.texts, proba, strict=True)):
         row = {"row": inputs.rows[i]}
         if id_column is not None:
             row[id_column] = inputs.ids[i]
-        row.update(
-            text=text,
-            label=labels[i],
-            probabilities={c: float(p) for c, p in zip(classes, ps, strict=True)},
-        )
+        row["text"] = text
+        row["labels" if decided.multi else "label"] = decided.labels[i]
+        row["probabilities"] = {c: float(p) for c, p in zip(classes, ps, strict=True)}
         rows.append(row)
     if output is not None:
-        write_predictions(rows, output)
+        write_predictions(rows, output, label_sep=sep)
     return rows
 
 
-def _flat(row: dict) -> dict:
-    """A prediction row with one ``p_<class>`` column per class, for tables."""
+class _Decided(NamedTuple):
+    labels: list  # one label per text, or a list of labels per text
+    multi: bool
+
+
+def _decided(decided: np.ndarray, classes: list[str]) -> _Decided:
+    """The classifier's decisions by name: a label per text, or (an indicator ``[N, K]``)
+    the list of each text's labels, in the classes' order."""
+    if decided.ndim == 2:
+        return _Decided([[classes[k] for k in np.flatnonzero(r)] for r in decided], multi=True)
+    return _Decided([str(c) for c in decided], multi=False)
+
+
+def _label_sep(estimator, label_sep: str | None) -> str:
+    """The separator given, else the one the training data's labels were joined by."""
+    if label_sep is not None:
+        return label_sep
+    origin = estimator._config().dataset.get("origin") or {}
+    return origin.get("label_sep") or LABEL_SEP
+
+
+def _say_unused_sep(label_sep: str, multi: bool, output: Path | None) -> None:
+    """Warn (once: one call per run) that a separator given joins nothing, rather than
+    refuse: the predictions are still the ones asked for, and a script that always passes
+    one may label with single-label models or write JSONL too."""
+    kind = "JSONL" if output is None else output.suffix.lstrip(".").upper()
+    why = (
+        f"a {kind} output keeps each text's labels as a list"
+        if multi
+        else "the model gives one label per text"
+    )
+    logger.warning("the label separator %r is ignored: %s (it joins CSV/TSV cells)", label_sep, why)
+
+
+def _check_id_column(id_column: str | None, fields: tuple[str, ...]) -> None:
+    if id_column in fields:
+        raise ConfigError(
+            f"id_column {id_column!r} would overwrite the predictions' own {id_column!r} field; "
+            "rename that column in the input",
+            params=("id_column",),
+        )
+
+
+def _check_sep(classes: list[str], sep: str) -> None:
+    """A multi-label table's cell joins labels by ``sep``: a label holding it could not be
+    told apart from two, so it is refused before any work."""
+    holding = next((c for c in classes if sep in c), None)
+    if holding is not None:
+        raise ConfigError(
+            f"label {holding!r} holds the label separator {sep!r}, so a table's joined "
+            "labels would be ambiguous; pass another label_sep",
+            params=("label_sep",),
+        )
+
+
+def _flat(row: dict, label_sep: str = LABEL_SEP) -> dict:
+    """A prediction row with one ``p_<class>`` column per class, for tables; a text's
+    labels joined by ``label_sep`` (CSV, TSV) or kept as a list (``None``: Parquet)."""
     out = {k: v for k, v in row.items() if k != "probabilities"}
+    if "labels" in out and label_sep is not None:
+        out["labels"] = label_sep.join(out["labels"])
     out.update({f"p_{c}": p for c, p in row["probabilities"].items()})
     return out
 
@@ -138,20 +218,21 @@ def prediction_lines(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def write_predictions(rows: list[dict], output: Path) -> None:
+def write_predictions(rows: list[dict], output: Path, *, label_sep: str = LABEL_SEP) -> None:
     """Write in the format the extension names: JSONL, CSV, TSV or Parquet (atomically),
-    with the proof that autolayer wrote it (so that a re-run may replace it)."""
-    _write_table(rows, output)
+    with the proof that autolayer wrote it (so that a re-run may replace it). A CSV or TSV
+    joins each text's labels (multi-label) by ``label_sep``."""
+    _write_table(rows, output, label_sep)
     mark_ours(output, "predictions")
 
 
-def _write_table(rows: list[dict], output: Path) -> None:
+def _write_table(rows: list[dict], output: Path, label_sep: str) -> None:
     suffix = output.suffix.lower()
     if suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist([_flat(r) for r in rows])
+        table = pa.Table.from_pylist([_flat(r, None) for r in rows])
         atomic_write(output, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
         return
     if suffix in (".csv", ".tsv"):
@@ -159,7 +240,7 @@ def _write_table(rows: list[dict], output: Path) -> None:
         import io
 
         buffer = io.StringIO()
-        flat = [_flat(r) for r in rows]
+        flat = [_flat(r, label_sep) for r in rows]
         writer = csv.DictWriter(
             buffer,
             fieldnames=list(flat[0]),

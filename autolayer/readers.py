@@ -5,19 +5,21 @@ Each format (JSONL, JSON, CSV, TSV, Parquet; TXT for unlabelled texts) is read i
 the chosen columns' values as found, and where each row sits in the file, so that
 `autolayer.data` can validate them and name the offending line or row. Errors here are about
 the source itself (no such file, an unknown extension, malformed JSON, a missing column) and
-cite the file, the line and the option naming the column.
+cite the file, the line and the option naming the column. A label may be a list (multi-label
+data: JSON lists, Parquet lists, a hub `Sequence`), read as found.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,17 +52,22 @@ SPLIT_ORDER = ("train", "validation", "test")
 _SHOWN_POSITIONS = 5
 # `name`, `org/name`, optionally `:config`; anything else that does not exist is a missing path.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?")
+# The default label column → the column read instead when a source lacks it: multi-label sets
+# name theirs "labels" (Reuters, the hub's go_emotions...).
+_LABEL_FALLBACKS = {"label": "labels"}
 
 
 @dataclass(frozen=True)
 class Columns:
     """The columns a reader picks: the texts and optionally one more, read into `Raw.labels`
     (the labels, or the ids of `autolayer.data.read_inputs`). Errors cite each column by the
-    option that names it, so a wrong name is a one-step fix."""
+    option that names it, so a wrong name is a one-step fix. `fallback` is read instead of
+    `other` by a source that lacks `other` but has it (see `resolved`)."""
 
     text: str
     other: str | None = None
     other_option: str = "label_column"
+    fallback: str | None = None
 
     def options(self) -> dict[str, str]:
         """Option name → column name, texts first."""
@@ -68,6 +75,15 @@ class Columns:
         if self.other is not None:
             named[self.other_option] = self.other
         return named
+
+    def resolved(self, found: Collection[str]) -> Columns:
+        """The columns to read from a source whose columns are `found`: `fallback` in place of
+        a missing `other` (never the texts); without a fallback either way, so every split
+        reads one column."""
+        fallback = self.fallback
+        if fallback not in (None, self.text) and self.other not in found and fallback in found:
+            return replace(self, other=self.fallback, fallback=None)
+        return replace(self, fallback=None)
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,7 @@ class Raw:
     texts: list[Any]
     labels: list[Any]  # or ids; None each when `Columns.other` is None
     positions: list[int]
+    column: str | None = None  # the column read into `labels` (a fallback, when one was read)
 
     def where(self, indices: Sequence[int]) -> str:
         """Name the first few offending rows so the user can find them in their file."""
@@ -100,8 +117,11 @@ def demo_path() -> Path:
 def read_spec(
     spec: str | os.PathLike[str], text_column: str, label_column: str
 ) -> tuple[str, dict[str, Raw]]:
-    """Resolve `spec` to a name and raw splits: demo, folder, file, then hub id."""
-    columns = Columns(text_column, label_column)
+    """Resolve `spec` to a name and raw splits: demo, folder, file, then hub id.
+
+    A source lacking the default label column "label" but having "labels" is read from
+    "labels" (every split: the train split's choice); `Raw.column` says which was read."""
+    columns = Columns(text_column, label_column, fallback=_LABEL_FALLBACKS.get(label_column))
     if isinstance(spec, str) and spec == "demo":
         return "demo", _read_folder(demo_path(), columns)
     path = Path(spec).expanduser()
@@ -110,7 +130,7 @@ def read_spec(
     if path.is_file():
         return path.stem, {"train": read_file(path, columns)}
     if isinstance(spec, str) and not _looks_like_path(spec):
-        return spec, _read_hub(spec, text_column, label_column)
+        return spec, _read_hub(spec, columns)
     raise DataError(
         f"no such file or folder: {str(path)!r}; give 'demo', a file or folder ({_formats()}) "
         "or a Hugging Face dataset id"
@@ -131,8 +151,13 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _read_folder(folder: Path, columns: Columns) -> dict[str, Raw]:
-    """Read train.<ext> and any test/validation file beside it, train first."""
-    return {split: read_file(path, columns) for split, path in split_files(folder).items()}
+    """Read train.<ext> and any test/validation file beside it, train first: the others read
+    the label column train did."""
+    raws: dict[str, Raw] = {}
+    for split, path in split_files(folder).items():
+        raws[split] = read_file(path, columns)
+        columns = replace(columns, other=raws[split].column, fallback=None)
+    return raws
 
 
 def split_files(folder: Path) -> dict[str, Path]:
@@ -197,6 +222,18 @@ def _read_lines(path: Path, columns: Columns) -> Raw:
     return Raw(str(path), "line", lines, [None] * len(lines), list(range(1, len(lines) + 1)))
 
 
+def _resolve_records(
+    records: Iterable[tuple[int, Any]], columns: Columns
+) -> tuple[Iterable[tuple[int, Any]], Columns]:
+    """Settle `columns` on the first record (a JSON file has no header), putting it back."""
+    records = iter(records)
+    first = next(records, None)
+    if first is None:
+        return (), columns.resolved(())
+    found = first[1] if isinstance(first[1], dict) else ()
+    return itertools.chain([first], records), columns.resolved(found)
+
+
 def _read_jsonl(path: Path, columns: Columns) -> Raw:
     """JSON Lines: one object per line; blank lines are skipped."""
     return _from_records(str(path), "line", _jsonl_records(path, _decode(path)), columns)
@@ -232,6 +269,7 @@ def _from_records(
     source: str, unit: str, records: Iterable[tuple[int, Any]], columns: Columns
 ) -> Raw:
     """Pick the columns out of JSON objects, naming the record that lacks one."""
+    records, columns = _resolve_records(records, columns)
     wanted = columns.options().values()
     texts, labels, positions = [], [], []
     for position, record in records:
@@ -244,7 +282,7 @@ def _from_records(
         texts.append(record[columns.text])
         labels.append(None if columns.other is None else record[columns.other])
         positions.append(position)
-    return Raw(source, unit, texts, labels, positions)
+    return Raw(source, unit, texts, labels, positions, columns.other)
 
 
 def _read_csv(path: Path, columns: Columns, *, delimiter: str) -> Raw:
@@ -253,7 +291,8 @@ def _read_csv(path: Path, columns: Columns, *, delimiter: str) -> Raw:
     try:
         header = next(reader, None)
         if header is None:
-            return Raw(str(path), "line", [], [], [])
+            return Raw(str(path), "line", [], [], [], columns.other)
+        columns = columns.resolved(header)
         _require_columns(str(path), header, columns)
         text_at = header.index(columns.text)
         other_at = None if columns.other is None else header.index(columns.other)
@@ -271,7 +310,7 @@ def _read_csv(path: Path, columns: Columns, *, delimiter: str) -> Raw:
             positions.append(reader.line_num)
     except csv.Error as err:
         raise DataError(f"{path} line {reader.line_num}: malformed CSV ({err})") from None
-    return Raw(str(path), "line", texts, labels, positions)
+    return Raw(str(path), "line", texts, labels, positions, columns.other)
 
 
 def _read_parquet(path: Path, columns: Columns) -> Raw:
@@ -282,6 +321,7 @@ def _read_parquet(path: Path, columns: Columns) -> Raw:
 
     try:
         parquet = pq.ParquetFile(path)
+        columns = columns.resolved(parquet.schema_arrow.names)
         _require_columns(str(path), parquet.schema_arrow.names, columns)
         table = parquet.read(columns=list(columns.options().values()))
     except pa.ArrowException as err:
@@ -290,11 +330,12 @@ def _read_parquet(path: Path, columns: Columns) -> Raw:
     labels = (
         [None] * len(texts) if columns.other is None else table.column(columns.other).to_pylist()
     )
-    return Raw(str(path), "row index", texts, labels, list(range(len(texts))))
+    return Raw(str(path), "row index", texts, labels, list(range(len(texts))), columns.other)
 
 
-def _read_hub(spec: str, text_column: str, label_column: str) -> dict[str, Raw]:
-    """Load `name[:config]` with `datasets`, keeping train/test/validation splits."""
+def _read_hub(spec: str, columns: Columns) -> dict[str, Raw]:
+    """Load `name[:config]` with `datasets`, keeping train/test/validation splits; the label
+    column is settled on the train split."""
     import datasets
 
     name, _, config = spec.partition(":")
@@ -312,14 +353,17 @@ def _read_hub(spec: str, text_column: str, label_column: str) -> dict[str, Raw]:
             f"hub ({type(err).__name__}: {_first_line(err)}); "
             f"local files ({_formats()}) are accepted"
         ) from err
+    splits = {hub: _SPLIT_ALIASES.get(hub.lower()) for hub in loaded}
+    train = next((loaded[hub] for hub, split in splits.items() if split == "train"), None)
+    columns = columns.resolved(() if train is None else train.column_names)
     raws: dict[str, Raw] = {}
     for hub_split, table in loaded.items():
-        split = _SPLIT_ALIASES.get(hub_split.lower())
+        split = splits[hub_split]
         if split is None:
             continue
         if split in raws:
             raise DataError(f"{spec!r}: several hub splits map to {split!r}; keep one")
-        raw = _hub_split(table, f"{spec!r} split {hub_split!r}", text_column, label_column)
+        raw = _hub_split(table, f"{spec!r} split {hub_split!r}", columns)
         if split != "train" and all(label is None for label in raw.labels):
             _log.warning("%s has no labels (all -1); skipped", raw.source)
             continue
@@ -329,17 +373,24 @@ def _read_hub(spec: str, text_column: str, label_column: str) -> dict[str, Raw]:
     return raws
 
 
-def _hub_split(table: Any, source: str, text_column: str, label_column: str) -> Raw:
-    """Convert one `datasets.Dataset`; ClassLabel ids become their names, -1 (unlabelled) None."""
+def _hub_split(table: Any, source: str, columns: Columns) -> Raw:
+    """Convert one `datasets.Dataset`; ClassLabel ids become their names, -1 (unlabelled) None,
+    and so do the ids in a list of them (a `Sequence`/`List` of ClassLabel: multi-label),
+    where -1 is dropped."""
     import datasets
 
-    _require_columns(source, table.column_names, Columns(text_column, label_column))
-    texts = list(table[text_column])
-    labels = list(table[label_column])
-    feature = table.features[label_column]
+    _require_columns(source, table.column_names, columns)
+    texts = list(table[columns.text])
+    labels = list(table[columns.other])
+    feature = table.features[columns.other]
+    inner = getattr(feature, "feature", None)  # a Sequence/List's item type
     if isinstance(feature, datasets.ClassLabel):
         labels = [None if label is None or label < 0 else feature.names[label] for label in labels]
-    return Raw(source, "row index", texts, labels, list(range(len(texts))))
+    elif isinstance(inner, datasets.ClassLabel):
+        labels = [
+            None if ids is None else [inner.names[i] for i in ids if i >= 0] for ids in labels
+        ]
+    return Raw(source, "row index", texts, labels, list(range(len(texts))), columns.other)
 
 
 def _require_columns(source: str, found: Sequence[str], columns: Columns) -> None:

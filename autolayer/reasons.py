@@ -65,10 +65,11 @@ def _no_better_than_majority(prepared: Prepared, score: float) -> list[str]:
     """Say so when the chosen score does not beat always answering the majority class: on
     a few labels the anchor can stand at a CV accuracy below it (and does better on test
     than the trial that scored higher: ``studies/results/fewshot``), which a reader would
-    otherwise take for a broken result."""
-    if prepared.options.metric != "accuracy":
-        return []
+    otherwise take for a broken result. Single-label only: label sets have no majority
+    class (and no plain accuracy)."""
     judged = prepared.y_train if prepared.folds else prepared.y_val
+    if prepared.options.metric != "accuracy" or judged.ndim != 1:
+        return []
     majority = float(np.bincount(judged).max() / len(judged))
     if score > majority:
         return []

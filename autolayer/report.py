@@ -94,15 +94,33 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def layer_table(title: str, accuracy, std, f1, offered=(), tried=()) -> None:
-    """Probe accuracy per layer; the best and the last layer marked, and the layers the
-    search was offered: "searched" when a trained trial used them, "offered" when none did
-    (the search stopped early, after the anchor for one)."""
+METRIC_NAMES = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "micro_f1": "micro-F1",
+    "samples_f1": "samples-F1",
+    "subset_accuracy": "subset accuracy",
+}
+"""How a metric is named in a sentence (a plug-in task's metric keeps its own name)."""
+
+
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
+
+
+def layer_table(
+    title: str, accuracy, std, f1, offered=(), tried=(), names=("accuracy", "macro_f1")
+) -> None:
+    """Probe accuracy per layer (or the metric ``names`` says first, with its std, then
+    a second one); the best and the last layer marked, and the layers the search was
+    offered: "searched" when a trained trial used them, "offered" when none did (the
+    search stopped early, after the anchor for one)."""
     n = len(accuracy)
     order = np.argsort(-np.asarray(accuracy), kind="stable")
     rank = {int(layer): i + 1 for i, layer in enumerate(order)}
     table = Table(title=title)
-    for column in ("layer", "depth", "accuracy %", "± std", "macro-F1 %", "rank", ""):
+    first, second = (f"{metric_name(m)} %" for m in names)
+    for column in ("layer", "depth", first, "± std", second, "rank", ""):
         table.add_column(column, justify="right")
     for layer in range(n):
         marks = [
@@ -122,6 +140,29 @@ def layer_table(title: str, accuracy, std, f1, offered=(), tried=()) -> None:
             style="bold green" if layer == order[0] else None,
         )
     console.print(table)
+
+
+def probe_metrics(scores) -> tuple[str, str]:
+    """The probe metrics a layer table shows: accuracy and macro-F1 for single labels (as
+    ever), else the metric the probe ranked layers by, then macro-F1 (or micro-F1)."""
+    if "micro_f1" not in scores.metrics:  # single labels
+        return "accuracy", "macro_f1"
+    return scores.metric, "macro_f1" if scores.metric != "macro_f1" else "micro_f1"
+
+
+def _probe_table(scores, model: str, how: str, **marks) -> str:
+    """A model's probe layer table, titled with the metric shown first (``how``: how the
+    probe was validated); returns that metric."""
+    names = probe_metrics(scores)
+    layer_table(
+        f"{model}: linear-probe {metric_name(names[0])} per layer {how}",
+        getattr(scores, names[0]),
+        getattr(scores, f"{names[0]}_std"),
+        getattr(scores, names[1]),
+        names=names,
+        **marks,
+    )
+    return names[0]
 
 
 def cka_table(names, matrix: np.ndarray, title: str) -> None:
@@ -367,11 +408,10 @@ def recommendation(rec, output_dir) -> None:
     """The full recommend report: rankings, CKA, trials, the choice and why."""
     tried = _tried(rec.search.trials)
     for r in rec.reports:
-        layer_table(
-            f"{r.model}: linear-probe accuracy per layer (CV on search-train)",
-            r.scores.accuracy,
-            r.scores.accuracy_std,
-            r.scores.macro_f1,
+        _probe_table(
+            r.scores,
+            r.model,
+            "(CV on search-train)",
             offered=r.searched,
             tried=tried.get(r.model, set()),
         )
@@ -396,8 +436,11 @@ def recommendation(rec, output_dir) -> None:
     for reason in rec.reasons:
         console.print(f"  • {escape(reason)}")
     stages_table(rec.stages, rec.dropped)
+    shown = probe_metrics(rec.reports[0].scores)[0] if rec.reports else "accuracy"
     plot_layer_curves(
-        {r.model: r.scores.accuracy for r in rec.reports}, Path(output_dir) / "layers.png"
+        {r.model: getattr(r.scores, shown) for r in rec.reports},
+        Path(output_dir) / "layers.png",
+        metric=shown,
     )
     files = ["recommendation.yaml", "layers.png"]
     if len(rec.cka_names) > 1:
@@ -428,19 +471,26 @@ def exported(config, output) -> None:
 
 
 def apply_result(result) -> None:
+    """Test metrics (the config's first, in bold) and the per-class, or per-label,
+    precision, recall and F1."""
     if result.accuracy is None:
         console.print(
             f"trained on {result.n_train} texts (no test split: nothing held out, no test "
             f"metrics); saved {escape(str(result.directory))}"
         )
         return
+    multi = result.task == "multi_label"
+    shown = result.metrics if multi else {"accuracy": result.accuracy, "macro_f1": result.macro_f1}
+    (first, value), *rest = shown.items()
+    others = ", ".join(f"{metric_name(m)} {100 * v:.2f}%" for m, v in rest)
     console.print(
-        f"test accuracy [bold]{100 * result.accuracy:.2f}%[/], "
-        f"macro-F1 {100 * result.macro_f1:.2f}% ({result.n_test} test texts; "
-        f"trained on {result.n_train}); saved {escape(str(result.directory))}"
+        f"test {metric_name(first)} [bold]{100 * value:.2f}%[/], {others} "
+        f"({result.n_test} test texts; trained on {result.n_train}); "
+        f"saved {escape(str(result.directory))}"
     )
-    table = Table(title="per-class test metrics")
-    for column in ("class", "precision", "recall", "F1", "support"):
+    kind = "label" if multi else "class"
+    table = Table(title=f"per-{kind} test metrics")
+    for column in (kind, "precision", "recall", "F1", "support"):
         table.add_column(column, justify="right")
     for name, metrics in result.per_class.items():
         table.add_row(
@@ -466,9 +516,9 @@ def _pyplot():
     return plt
 
 
-def plot_layer_curves(curves: dict[str, np.ndarray], path) -> None:
-    """Probe accuracy vs relative depth, one line per model (name → accuracy per layer);
-    the best (★) and the last (○) layer marked."""
+def plot_layer_curves(curves: dict[str, np.ndarray], path, metric: str = "accuracy") -> None:
+    """Probe accuracy (or ``metric``) vs relative depth, one line per model (name → its
+    values per layer); the best (★) and the last (○) layer marked."""
     plt = _pyplot()
     if plt is None:
         return
@@ -482,7 +532,7 @@ def plot_layer_curves(curves: dict[str, np.ndarray], path) -> None:
         ax.plot(depth[-1], acc[-1], marker="o", markersize=8, mfc="none", color=line.get_color())
         ax.annotate(f"{best}", (depth[best], acc[best]), textcoords="offset points", xytext=(4, 6))
     ax.set_xlabel("relative depth (layer / last layer)")
-    ax.set_ylabel("linear-probe accuracy % (CV)")
+    ax.set_ylabel(f"linear-probe {metric_name(metric)} % (CV)")
     ax.set_title("layer curves: ★ best layer, ○ last layer")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -538,15 +588,10 @@ def plot_cka(result, path) -> None:
 def score_tables(results) -> None:
     for result in results:
         s = result.scores
-        layer_table(
-            f"{result.model}: linear-probe accuracy per layer "
-            f"({s.n_folds}-fold CV, n={s.n_examples})",
-            s.accuracy,
-            s.accuracy_std,
-            s.macro_f1,
-        )
+        shown = _probe_table(s, result.model, f"({s.n_folds}-fold CV, n={s.n_examples})")
         best, last = result.best_layer, result.last_layer
-        gap = 100 * (s.accuracy[best] - s.accuracy[last])
+        values = getattr(s, shown)
+        gap = 100 * (values[best] - values[last])
         line = f"best layer {best}/{last} (depth {best / max(last, 1):.2f}), {gap:+.1f} pt vs last"
         if result.rank_stability is not None:
             line += f"; subsample rank stability (Spearman ρ) {result.rank_stability:.2f}"

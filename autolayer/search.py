@@ -30,7 +30,7 @@ from autolayer.anchor import HEAD as ANCHOR_HEAD
 from autolayer.anchor import is_anchor, unbeatable
 from autolayer.budgets import Budget
 from autolayer.errors import ConfigError, DivergedError
-from autolayer.heads import cross_validate, head_class, make_head
+from autolayer.heads import Head, cross_validate, head_class, make_head
 from autolayer.options import Options
 from autolayer.selection import (
     BASELINE,
@@ -38,6 +38,7 @@ from autolayer.selection import (
     LIMITS,
     REPEAT,
     SURPLUS,
+    TASK_PARAMS,
     UNBEATABLE,
     VAL_ROWS,
     SearchResult,
@@ -149,6 +150,9 @@ class _Objective:
             # the one-standard-error rule's n; not "n_rows", which the anchor's rules read
             # as every held-out row of a cross-validation
             trial.set_user_attr(VAL_ROWS, len(self.y_val))
+            tuned = self._tuned(head, chosen, layers)
+            if tuned:
+                trial.set_user_attr(TASK_PARAMS, tuned)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", epochs_run)
         trial.set_user_attr("train_seconds", result.train_seconds)
@@ -157,6 +161,18 @@ class _Objective:
         if self.multi_objective:
             return result.best_val_metric, cost.latency_ms
         return result.best_val_metric
+
+    def _tuned(self, head: Head, chosen: Sequence[Candidate], layers: Sequence[int]) -> dict:
+        """The decision rule of the trial's task fitted on its head's validation
+        probabilities (a multi-label task's thresholds), as the config records it: the
+        trial's value stays the untuned task's score, comparable across trials, and the
+        exported head decides by the fitted rule. Empty for a task that tunes nothing
+        (single-label: no prediction spent, nothing stored, so its studies are as before)."""
+        if type(self.task).tuned is Task.tuned:
+            return {}
+        val = [c.features(layer, "val") for c, layer in zip(chosen, layers, strict=True)]
+        proba = head.predict_proba(val)
+        return self.task.tuned(proba, self.y_val, self.options.metric).params()
 
 
 def _suggest_head(trial: optuna.Trial, space: Space, chosen: Sequence[Candidate]) -> str:
@@ -419,7 +435,8 @@ def run_search(
     ``folds`` (held-out rows of ``y_train``, one array per fold) judge every trial by
     cross-validation instead of ``y_val`` (see :func:`autolayer.heads.cross_validate`).
     """
-    budget, space, options = budget or Budget(), space or Space(), options or Options()
+    budget, space = budget or Budget(), space or Space()
+    options = (options or Options()).for_task(task)
     objective = _Objective(
         candidates, y_train, y_val, budget, space, options, task, multi_objective, heartbeat, folds
     )

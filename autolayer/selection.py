@@ -27,6 +27,7 @@ BASELINE = "baseline"  # a simple baseline's trial, outside the trial budget
 VAL_ROWS = "val_rows"  # the validation rows a trial was judged on (none under folds)
 UNBEATABLE = "anchor_unbeatable"  # study attribute: the search stopped after the anchor
 LIMITS = "budget_limits"  # study attribute: the limits of the latest run's budget
+TASK_PARAMS = "task_params"  # the task's decision rule fitted on validation (thresholds)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ def test_make_head_builds_the_configs_head_for_its_task_and_metric():
             {"head": {"kind": "mlp", "params": {"patience": 10**12}}},
             "c.yaml: head.params: field 'patience' must be an integer in [1, 1000]",
         ),
-        ({"task": "multi_label"}, "task must be one of single_label; got 'multi_label'"),
+        ({"task": "regression"}, "task must be one of single_label, multi_label; got 'regression'"),
         ({"task": 3}, "field 'task' must be text; got 3"),
         ({"metric": "auc"}, "metric must be one of ['accuracy', 'macro_f1'], got 'auc'"),
     ],

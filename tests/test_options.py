@@ -64,13 +64,18 @@ def test_bad_options_are_one_line_config_errors(field, value, named):
 def test_an_unknown_task_names_the_registered_ones():
     with pytest.raises(ConfigError) as caught:
         Options(task="regression")
-    assert str(caught.value) == "task must be one of single_label; got 'regression'"
+    assert str(caught.value) == "task must be one of single_label, multi_label; got 'regression'"
 
 
-def test_the_task_is_single_label_unless_named_and_a_result_depends_on_it():
-    assert Options().task == Options(task="single_label").task == "single_label"
-    assert Options() == Options(task="single_label")
-    assert Options().results()["task"] == "single_label"
+def test_the_task_and_metric_are_the_datas_unless_named_and_a_result_depends_on_them():
+    from autolayer.task import make_task
+
+    single, multi = make_task("single_label"), make_task("multi_label")
+    assert Options().for_task(single) == Options(task="single_label").for_task(single)
+    assert Options().for_task(single).results()["task"] == "single_label"
+    assert Options().for_task(single).metric == "accuracy"
+    assert Options().for_task(multi).results()["metric"] == "micro_f1"
+    assert Options().for_task(multi) != Options().for_task(single)
 
 
 def test_trust_remote_code_changes_no_result():

@@ -76,11 +76,11 @@ class Head(ABC):
     files: ClassVar[tuple[str, ...]] = (WEIGHTS_FILE, CONFIG_FILE)
 
     def __init__(
-        self, params: Mapping[str, Any], *, task: Task | None = None, metric: str = "accuracy"
+        self, params: Mapping[str, Any], *, task: Task | None = None, metric: str | None = None
     ) -> None:
         self.params = dict(params)
         self.task = task if task is not None else make_task()
-        self.metric = metric
+        self.metric = self.task.default_metric if metric is None else metric
 
     def clone(self) -> Head:
         """An unfitted copy with the same constructor arguments (as ``sklearn.clone``):
@@ -218,7 +218,7 @@ class Head(ABC):
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``head.safetensors`` (tensors) and ``head.json`` (kind, parameters, input
-        widths, outputs, task), each atomically."""
+        widths, outputs, task and its parameters, e.g. fitted thresholds), each atomically."""
         from safetensors.torch import save_file
 
         from autolayer.files import atomic_write
@@ -237,6 +237,8 @@ class Head(ABC):
             "task": self.task.name,
             "metric": self.metric,
         }
+        if self.task.params():  # single-label has none: its file is as before they existed
+            record["task_params"] = self.task.params()
         text = json.dumps(record, indent=2) + "\n"
         atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(text))
 
@@ -372,12 +374,13 @@ def make_head(
     params: Mapping[str, Any],
     *,
     task: Task | None = None,
-    metric: str = "accuracy",
+    metric: str | None = None,
 ) -> Head:
     """An unfitted head of ``kind``, its parameters checked (:meth:`Head.check_params`)
-    and ``metric`` one of the task's."""
+    and ``metric`` one of the task's (None: the task's default metric)."""
     cls = head_class(kind)
     task = task if task is not None else make_task()
+    metric = task.default_metric if metric is None else metric
     if metric not in task.metrics:
         raise ConfigError(f"metric must be one of {list(task.metrics)}, got {metric!r}")
     return cls(cls.check_params(params), task=task, metric=metric)
@@ -388,7 +391,9 @@ def load_head(directory: str | os.PathLike) -> Head:
 
     A missing file is a wrong folder (ConfigError); files that do not parse, disagree or
     hold non-finite weights were damaged after autolayer wrote them (CacheError, exit 4).
-    ``head.json`` of schema 1 (flat MLP fields and ``head``: its kind) is read too."""
+    The task is rebuilt with its recorded parameters (a multi-label head's thresholds; none
+    before they were recorded). ``head.json`` of schema 1 (flat MLP fields and ``head``: its
+    kind) is read too."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -401,8 +406,8 @@ def load_head(directory: str | os.PathLike) -> Head:
         head = make_head(
             record["kind"],
             record["params"],
-            task=make_task(record.get("task")),
-            metric=record.get("metric", "accuracy"),
+            task=make_task(record.get("task"), record.get("task_params")),
+            metric=record.get("metric"),
         )
         head.input_dims_ = [int(d) for d in record["input_dims"]]
         head.sparse_ = [bool(s) for s in record["sparse"]]

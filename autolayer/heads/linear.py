@@ -10,6 +10,10 @@ the baseline a practitioner fits: scikit-learn's ``LinearSVC`` (one-vs-rest, squ
 its C chosen by cross-validation, its decision values turned into probabilities by a
 temperature fitted on held-out rows. Dense blocks beside a sparse one are standardised and
 divided by ``sqrt(D_i)``: unit mean norm, like TF-IDF rows, so one C suits both.
+
+A multi-label target (an indicator ``[N, K]``) gets K independent binary classifiers: K
+logistic regressions on dense features, K ``LinearSVC`` (one-vs-rest) on sparse ones, their
+decision values times one fitted scale as the logits of the task's sigmoid.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ SPARSE_TOL = 1e-3  # liblinear's stopping tolerance (sklearn's default 1e-4)
 TEMPERATURES = (1e-2, 1e2)  # the bounds of the fitted temperature
 ABSENT = -30.0  # dense path: the bias of a class never seen in training (it never wins)
 ABSENT_MARGIN = 1e4  # sparse path: an absent class's bias, this far below the lowest present
+# (multi-label, both paths: the bias of a label no training row has, or every row has)
 
 
 def svm(c: float) -> LinearSVC:
@@ -133,7 +138,9 @@ class LinearHead(Untuned, NetHead):
         f = fitting
         with seeded(f.seed, f.device) as device:
             x, y = self._start(f.train, f.target, device)
-            if any(self.sparse_):
+            if any(self.sparse_) and f.target.ndim == 2:
+                self._solve_sparse_labels(f.train, x, f.target, f.seed)
+            elif any(self.sparse_):
                 self._solve_sparse(f.train, x, f.target, f.seed)
             else:
                 self._solve(x, y)
@@ -147,7 +154,8 @@ class LinearHead(Untuned, NetHead):
     @torch.no_grad()
     def _solve(self, x: list[Tensor], y: Tensor) -> None:
         """Logistic regression on the standardised features (sklearn's, its L2 penalty
-        chosen by CV on the training rows) set as the Linear's weights."""
+        chosen by CV on the training rows) set as the Linear's weights; for a multi-label
+        target, one binary regression per label."""
         from autolayer.logistic import fit_logistic
         from autolayer.probe import chosen_alpha
 
@@ -165,6 +173,8 @@ class LinearHead(Untuned, NetHead):
         net.head.bias.fill_(ABSENT)  # a class never seen never wins
         net.head.weight[:k] = weights[:, :-1].to(net.head.weight.dtype)
         net.head.bias[:k] = weights[:, -1].to(net.head.bias.dtype)
+        if y.ndim == 2:
+            pin_constant_labels(net.head.weight, net.head.bias, y.cpu().numpy())
 
     @torch.no_grad()
     def _solve_sparse(
@@ -193,6 +203,65 @@ class LinearHead(Untuned, NetHead):
         index = torch.as_tensor(classes, device=device)
         net.head.weight[index] = torch.as_tensor(t * weights, dtype=torch.float32, device=device)
         net.head.bias[index] = torch.as_tensor(t * bias, dtype=torch.float32, device=device)
+
+    @torch.no_grad()
+    def _solve_sparse_labels(
+        self, train: Sequence[Any], x: list[Tensor | SparseRows], y: np.ndarray, seed: int
+    ) -> None:
+        """Multi-label: a ``LinearSVC`` per label (one-vs-rest) on the net's features, C by
+        CV on the task's strata among ``SPARSE_CS`` on ``self.metric``, then one scale T
+        minimising the binary cross-entropy of ``sigmoid(T · decision)`` on the chosen C's
+        out-of-fold decisions. The Linear holds ``T · coef`` and ``T · intercept``: a label
+        is above 0.5 exactly where its SVM decides it. T is one for all labels (not one
+        per label, which a label of a few positives would fit to noise): the task's
+        per-label thresholds are what adapts to each label.
+
+        The folds are the probe's for multi-label strata (:func:`autolayer.probe.folds`,
+        ``SPARSE_FOLDS`` of them, rare strata pooled). Without a label that has
+        ``SPARSE_FOLDS`` positive and negative rows, no fold could judge C: C = 1, T = 1."""
+        from autolayer.probe import folds
+
+        design = self._design(train, x)
+        truth = np.asarray(y) > 0.5
+        self.C_, self.temperature_ = 1.0, 1.0
+        positives = truth.sum(axis=0)
+        if ((positives >= SPARSE_FOLDS) & (len(truth) - positives >= SPARSE_FOLDS)).any():
+            splits = folds(self.task.strata(y), SPARSE_FOLDS, seed, shrink=False)
+            self.C_, held_out, fitted = self._chosen_c_labels(design, truth, splits)
+            self.temperature_ = _scale(held_out[fitted], truth[fitted])
+        weights, bias, fitted = _one_vs_rest(self.C_, design, truth)
+        net, t = self.net_, self.temperature_
+        net.head.weight.copy_(torch.as_tensor(t * weights, dtype=torch.float32))
+        net.head.bias.copy_(torch.as_tensor(t * bias, dtype=torch.float32))
+        pin_constant_labels(net.head.weight, net.head.bias, truth)
+
+    def _chosen_c_labels(
+        self, design: sp.csr_matrix, truth: np.ndarray, splits: list[np.ndarray]
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """The C of ``SPARSE_CS`` whose out-of-fold decisions score best by ``self.metric``
+        (the untuned task's score of their sigmoid, as a trial was scored: a refit with
+        tuned thresholds chooses the same C; the first of the best: the smaller), its
+        out-of-fold decisions ``[N, K]``, and where they come from a fitted SVM (not a
+        label its fold's training rows all have or all lack) ``[N, K]``."""
+        from scipy.special import expit
+
+        task = self.task.untuned()
+        every = np.arange(len(truth))
+        kept = [np.setdiff1d(every, te) for te in splits]
+        folds = [(design[tr], truth[tr], te) for tr, te in zip(kept, splits, strict=True)]
+        runs, scores = [], []
+        for c in SPARSE_CS:
+            held_out = np.empty(truth.shape)
+            fitted = np.empty(truth.shape, dtype=bool)
+            for train_x, train_y, te in folds:
+                weights, bias, ok = _one_vs_rest(c, train_x, train_y)
+                held_out[te] = design[te] @ weights.T + bias
+                fitted[te] = ok
+            runs.append((held_out, fitted))
+            proba = expit(held_out)
+            scores.append(task.score(proba, truth.astype(np.float32), self.metric))
+        best = int(np.argmax(scores))
+        return SPARSE_CS[best], *runs[best]
 
     def _design(self, train: Sequence[Any], x: list[Tensor | SparseRows]) -> sp.csr_matrix:
         """The SVM's features ``[N, ΣD_i]``: what the net reads, as one sparse matrix."""
@@ -224,7 +293,7 @@ class LinearHead(Untuned, NetHead):
             proba = np.zeros((len(y), self.n_outputs_))
             proba[np.arange(len(y)), classes[held_out.argmax(axis=1)]] = 1.0
             runs.append(held_out)
-            scores.append(self.task.score(proba, y, self.metric))
+            scores.append(self.task.untuned().score(proba, y, self.metric))
         best = int(np.argmax(scores))
         return SPARSE_CS[best], runs[best]
 
@@ -240,18 +309,68 @@ def _fitted(
     becomes ``(-s/2, s/2)``, whose softmax is ``sigmoid(s)``; a single class, zeros (it
     always wins). Not converging within the iteration budget is tolerated (an estimate, as
     the probe's), not warned about."""
-    from sklearn.exceptions import ConvergenceWarning
-
     if len(classes) < 2:
         return np.zeros((1, design.shape[1])), np.zeros(1)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(design, y)
+    _quiet_fit(model, design, y)
     weights, bias = model.coef_, model.intercept_
     if len(classes) == 2:
         weights, bias = np.vstack([-weights, weights]) / 2, np.array([-bias[0], bias[0]]) / 2
     return weights, bias
+
+
+def _quiet_fit(model: LinearSVC, design: sp.csr_matrix, y: np.ndarray) -> None:
+    """``model.fit(design, y)``, not converging within the iteration budget tolerated."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(design, y)
+
+
+def _one_vs_rest(
+    c: float, design: sp.csr_matrix, truth: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One binary :func:`svm` at ``c`` per label column of ``truth`` ``[N, K]`` (bool):
+    weights ``[K, D]``, bias ``[K]``, and which labels were fitted ``[K]``
+    (:func:`autolayer.probe.one_vs_rest`: a constant label gets zero weights, bias ±1)."""
+    from autolayer.probe import one_vs_rest
+
+    def fit(x: sp.csr_matrix, column: np.ndarray) -> LinearSVC:
+        model = svm(c)
+        _quiet_fit(model, x, column)
+        return model
+
+    return one_vs_rest(fit, design, truth)
+
+
+def pin_constant_labels(weight: Tensor, bias: Tensor, truth: np.ndarray) -> None:
+    """A label no training row has (every row has) gets zero ``weight`` and ``bias``
+    ``-ABSENT_MARGIN`` (``+ABSENT_MARGIN``), in place: its probability is 0 (1) on any row,
+    and it is never the most probable label of a row none reaches (the task's
+    ``empty="top"``)."""
+    truth = np.asarray(truth) > 0.5
+    for k in np.flatnonzero(~truth.any(axis=0)):
+        weight[k] = 0.0
+        bias[k] = -ABSENT_MARGIN
+    for k in np.flatnonzero(truth.all(axis=0)):
+        weight[k] = 0.0
+        bias[k] = ABSENT_MARGIN
+
+
+def _scale(decisions: np.ndarray, truth: np.ndarray) -> float:
+    """The T in ``TEMPERATURES`` minimising the mean binary cross-entropy of
+    ``sigmoid(T · decisions)`` against ``truth`` (bool, same shape); 1 without any."""
+    from scipy.optimize import minimize_scalar
+
+    if not decisions.size:
+        return 1.0
+    sign = np.where(truth, -1.0, 1.0)
+
+    def nll(log_t: float) -> float:
+        return float(np.mean(np.logaddexp(0.0, sign * math.exp(log_t) * decisions)))
+
+    bounds = tuple(math.log(t) for t in TEMPERATURES)
+    return math.exp(minimize_scalar(nll, bounds=bounds, method="bounded").x)
 
 
 def _temperature(scores: np.ndarray, labels: np.ndarray) -> float:

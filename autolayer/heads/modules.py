@@ -253,9 +253,11 @@ class NetHead(Head):
         return x, torch.tensor(target, device=device)
 
     def _score(self, inputs: Sequence[Tensor | SparseRows], target: np.ndarray) -> float:
-        """``self.metric`` of the task's decisions on ``inputs`` against ``target``."""
+        """``self.metric`` of the task's decisions on ``inputs`` against ``target``, by the
+        untuned task (:meth:`autolayer.task.Task.untuned`): it judges a fit (early stopping,
+        the score a fit reports) as it was judged before a rule was tuned on its output."""
         proba = self.task.proba(batched_logits(self.net_, inputs)).cpu().numpy()
-        return self.task.score(proba, target, self.metric)
+        return self.task.untuned().score(proba, target, self.metric)
 
     def _proba(self, inputs: Sequence[Any]) -> np.ndarray:
         device = torch.device("cpu")

@@ -168,7 +168,7 @@ def recommend_arm(data, models, options: Options, space: Space, n_trials: int, r
             "params": rec.config.head.params,
         },
         "cost": rec.config.cost,  # latency_ms, memory_mb (per text), params, fused_dim
-        "val_accuracy": rec.config.validation.get(options.metric),
+        "val_accuracy": rec.config.validation.get(rec.config.metric),
         "test_accuracy": applied.accuracy,
         "late_chosen": rec.config.head.kind == "late",
         "baseline_chosen": next((_label(t) for t in baselines if _same(t, chosen)), None),

@@ -69,7 +69,7 @@ def recommend_arm(
             "models": [[m.spec, m.layer] for m in rec.config.models],
             "operator": rec.config.head.params.get("operator"),
         },
-        "val_accuracy": rec.config.validation.get(options.metric),
+        "val_accuracy": rec.config.validation.get(rec.config.metric),
     }
     if apply:
         applied = autolayer.apply(rec.config, data, root / "model", cache_dir=options.cache_dir)

@@ -117,7 +117,7 @@ def autolayer_arm(
     return {
         "cpu_seconds": seconds,
         "test_accuracy": result.accuracy,
-        "cv_accuracy": rec.config.validation[options.metric],
+        "cv_accuracy": rec.config.validation[rec.config.metric],
         "config": " + ".join(f"{m.spec}:{m.layer}" for m in rec.config.models) + f" ({head})",
         "why": rec.search.why,
         "baselines": layer_baselines(drawn, models, options),
