@@ -215,7 +215,8 @@ class MultiLabel(Task):
     def tuned(self, proba: np.ndarray, target: np.ndarray, metric: str) -> MultiLabel:
         """A rule fitted on validation rows for ``metric``: the best global threshold, then,
         label by label (most positives first), the threshold that maximises that label's F1
-        if ``metric`` on these rows does not drop with it. A label's best F1 is not the
+        if ``metric`` on these rows rises with it (a tie keeps the global one: a per-label
+        threshold that changes nothing on validation is a guess on test). A label's best F1 is not the
         metric's best (subset accuracy wants every label of a row right at once): adopting
         them all lost to the global threshold on most random validation sets. Labels with
         fewer than ``MIN_POSITIVES`` positives among ``target`` keep the global one."""
@@ -236,7 +237,7 @@ class MultiLabel(Task):
             trial = thresholds.copy()
             trial[k] = own[k]
             value = MultiLabel(trial.tolist(), self.empty).score(proba, target, metric)
-            if value >= best:
+            if value > best:
                 thresholds, best = trial, value
         return MultiLabel(thresholds.tolist(), self.empty)
 
