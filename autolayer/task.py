@@ -216,9 +216,9 @@ class MultiLabel(Task):
         """A rule fitted on validation rows for ``metric``: the best global threshold, then,
         label by label (most positives first), the threshold that maximises that label's F1
         if ``metric`` on these rows rises with it (a tie keeps the global one: a per-label
-        threshold that changes nothing on validation is a guess on test). A label's best F1 is not the
-        metric's best (subset accuracy wants every label of a row right at once): adopting
-        them all lost to the global threshold on most random validation sets. Labels with
+        threshold that changes nothing on validation is a guess on test). A label's best F1
+        is not the metric's best (subset accuracy wants every label of a row right at once):
+        adopting them all lost to the global threshold on most random validation sets. Labels with
         fewer than ``MIN_POSITIVES`` positives among ``target`` keep the global one."""
         import torch
 
