@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from autolayer.files import (
     replace_folder,
     temp_dir,
 )
+from autolayer.metrics import MULTI_LABEL_METRICS
 from autolayer.sources import SourceRecord, resolve_spec
 from autolayer.task import DEFAULT as SINGLE_LABEL
 
@@ -144,7 +146,10 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
 
         ``y`` is one label per text, or, for a multi-label config, a list of labels per
         text (as scikit-learn's ``MultiLabelBinarizer`` takes them) or a 0/1 indicator
-        matrix ``[N, K]`` (its columns are then the classes ``"0"`` .. ``"K-1"``)."""
+        matrix ``[N, K]`` (its columns are then the classes ``"0"`` .. ``"K-1"``). A text
+        may have no label (an empty list, an all-zero row: "none of these"), as
+        scikit-learn's multi-label estimators take it; reading a dataset file refuses one
+        unless allowed, as there it is more often a mistake."""
         texts = _as_texts(X)
         _as_target(y, len(texts), self._config())  # checked before the long embedding
         return self.fit_sources(texts).fit_embedded(self.embed(texts), y)
@@ -453,14 +458,15 @@ def _as_target(y, n_texts: int, config: FusionConfig) -> tuple[np.ndarray, np.nd
 def _fitted_rule(config: FusionConfig, classes: np.ndarray) -> FusionConfig:
     """The config, without its fitted decision rule (per-label thresholds) when the classes
     are not the labels it was fitted for (data of another label set): the task's defaults
-    decide then, and a warning says so."""
+    decide then, and a ``UserWarning`` says so (a warning, not a log line, so that a
+    caller fitting indicator matrices on purpose can filter it)."""
     if not config.task_params or [str(c) for c in classes] == list(config.label_names):
         return config
-    logger.warning(
+    warnings.warn(
         "the config's task_params were fitted for its label_names, not for these labels "
-        "(%s): deciding by the %s task's defaults",
-        ", ".join(map(str, classes[:5])),
-        config.task,
+        f"({', '.join(map(str, classes[:5]))}): deciding by the {config.task} task's defaults",
+        UserWarning,
+        stacklevel=4,  # the caller of fit (fit → fit_embedded → here)
     )
     return replace(config, task_params={})
 
@@ -529,7 +535,7 @@ def multi_label_metrics(truth: np.ndarray, predicted: np.ndarray, sample_weight=
     its ``sample_weight`` when given."""
     import torch
 
-    from autolayer.metrics import MULTI_LABEL_METRICS, score
+    from autolayer.metrics import score
 
     weight = None
     if sample_weight is not None:
@@ -545,14 +551,14 @@ class ApplyResult:
     """Test metrics of the final classifier and where it was saved."""
 
     directory: Path
-    accuracy: float | None  # None: the dataset had no test split (multi-label: subset accuracy)
+    accuracy: float | None  # None: no test split, or a multi-label task (see metrics)
     macro_f1: float | None
     per_class: dict  # class (multi-label: label) → precision, recall, f1-score, support
     n_train: int
     n_test: int
     warnings: tuple[str, ...]
     task: str = SINGLE_LABEL
-    metrics: dict = field(default_factory=dict)  # every test metric, the config's first
+    metrics: dict = field(default_factory=dict)  # multi-label: each test metric, config's first
 
 
 def split_features(
@@ -683,9 +689,29 @@ def apply(
     directory = estimator.save(output, overwrite=overwrite)
     metrics["n_train"] = len(labels)
     if config.task != SINGLE_LABEL:  # single-label metrics.json is written as it always was
-        metrics["task"] = config.task
+        metrics = {"task": config.task, **metrics}
     atomic_write_bytes(directory / METRICS_FILE, json.dumps(metrics, indent=1).encode())
-    return ApplyResult(directory=directory, warnings=tuple(notes), **metrics)
+    return _apply_result(directory, tuple(notes), metrics)
+
+
+def _apply_result(directory: Path, notes: tuple[str, ...], written: dict) -> ApplyResult:
+    """The result of apply from what metrics.json says: its keys as they are for single
+    labels; a multi-label file's metrics (under their own names: no "accuracy", which would
+    be subset accuracy) gathered into ``metrics``."""
+    if "per_label" not in written:
+        return ApplyResult(directory=directory, warnings=notes, **written)
+    scores = {m: v for m, v in written.items() if m in MULTI_LABEL_METRICS}
+    return ApplyResult(
+        directory=directory,
+        accuracy=None,
+        macro_f1=written["macro_f1"],
+        per_class=written["per_label"],
+        n_train=written["n_train"],
+        n_test=written["n_test"],
+        warnings=notes,
+        task=written["task"],
+        metrics=scores if written["n_test"] else {},
+    )
 
 
 def _as_drawn(config: FusionConfig, data, all_rows: bool = False) -> tuple[object, list[str]]:
@@ -722,6 +748,9 @@ def _test_metrics(estimator, config, data, cache_dir, device) -> dict:
     """Metrics on the test split (``None`` without one): accuracy, macro-F1 and per-class
     precision, recall and F1; for a multi-label task, micro-, macro- and samples-F1 and
     subset accuracy (the config's metric first) and the same per label."""
+    if "test" not in data.splits and config.task == MULTI_LABEL:
+        unmeasured = _first(dict.fromkeys(MULTI_LABEL_METRICS), config.metric)
+        return {**unmeasured, "per_label": {}, "n_test": 0}
     if "test" not in data.splits:
         return {"accuracy": None, "macro_f1": None, "per_class": {}, "n_test": 0}
     features = split_features(
@@ -760,23 +789,34 @@ def _first(metrics: dict, metric: str) -> dict:
 
 
 def _multi_label_test(estimator, config, truth: list, predicted: np.ndarray) -> dict:
-    """Multi-label test metrics and a per-label table, in classification_report's keys."""
-    from sklearn.metrics import precision_recall_fscore_support
-
+    """Multi-label test metrics under their own names (the config's first), then each
+    label's row (classification_report's keys, and how often it was predicted)."""
     truth = estimator.binarize(truth)
     metrics = _first(multi_label_metrics(truth, predicted), config.metric)
-    columns = precision_recall_fscore_support(truth, predicted, average=None, zero_division=0)
-    keys = ("precision", "recall", "f1-score", "support")
-    per_label = {
-        str(name): {k: float(v[i]) for k, v in zip(keys, columns, strict=True)}
-        for i, name in enumerate(estimator.classes_)
-    }
+    per_label = label_table(truth, predicted, [str(c) for c in estimator.classes_])
+    return {**metrics, "per_label": per_label, "n_test": len(truth)}
+
+
+def label_table(truth: np.ndarray, predicted: np.ndarray, names: list[str]) -> dict:
+    """Each label's precision, recall, F1, support and predicted count, from indicators
+    ``[N, K]``. A ratio with nothing to divide by is ``None``, not 0: precision without
+    predictions, recall without support, F1 with neither; so the labels whose F1 is a
+    number are exactly those macro-F1 averages (:mod:`autolayer.metrics`)."""
+    t, p = np.asarray(truth, dtype=bool), np.asarray(predicted, dtype=bool)
+    tp, support, decided = (t & p).sum(0), t.sum(0), p.sum(0)
+
+    def ratio(num: int, den: int) -> float | None:
+        return float(num / den) if den else None
+
     return {
-        "metrics": metrics,
-        "accuracy": metrics["subset_accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "per_class": per_label,
-        "n_test": len(truth),
+        name: {
+            "precision": ratio(tp[k], decided[k]),
+            "recall": ratio(tp[k], support[k]),
+            "f1-score": ratio(2 * tp[k], support[k] + decided[k]),
+            "support": int(support[k]),
+            "predicted": int(decided[k]),
+        }
+        for k, name in enumerate(names)
     }
 
 

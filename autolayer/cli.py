@@ -1066,7 +1066,8 @@ def predict(
     Each prediction keeps "row", the text's 0-based position in the input, so outputs
     match inputs even where empty texts were skipped (with a warning). A multi-label model
     gives each text "labels" (a list; in CSV/TSV joined by --label-sep) instead of "label",
-    and every label's probability.
+    every label's probability, and "fallback": true when no label reached its threshold and
+    the text got its most probable one.
 
     \b
     Examples:

@@ -10,7 +10,7 @@ reports the first problem in one line; files of schema 1 (flat head fields) stil
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -268,10 +268,13 @@ def _checked_head(head: HeadChoice, models: tuple[ModelChoice, ...], where: str)
     return HeadChoice(head.kind, params)
 
 
-def _task(name: str, where: str, params: dict | None = None) -> Task:
-    """The registered task ``name`` with ``params``; refused naming the file."""
+def _task(
+    name: str, where: str, params: dict | None = None, labels: Sequence[str] | None = None
+) -> Task:
+    """The registered task ``name`` with ``params`` (a bad per-label one named by its label
+    in ``labels``); refused naming the file."""
     try:
-        return make_task(name, params)
+        return make_task(name, params, labels)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -281,7 +284,7 @@ def _check_task(config: FusionConfig, where: str) -> None:
     (a threshold per label), and the metric is one of its metrics: a rule edited out of
     step with ``label_names`` is refused when the file is read, not at the first
     prediction."""
-    task = _task(config.task, where, config.task_params)
+    task = _task(config.task, where, config.task_params, config.label_names)
     try:
         task.decide(np.full((1, len(config.label_names)), 0.5))
     except ConfigError as exc:

@@ -55,7 +55,10 @@ __all__ = [
 _log = logging.getLogger("autolayer")
 
 _EMPTY_POLICIES = ("drop", "error")
-_SHOWN_LABELS = 5  # unknown labels named in an error
+_SHOWN_LABELS = 5  # unknown labels named in an error, or labels in a warning
+_SHOWN_TRAIN_LABELS = 10  # train labels an unknown-label error lists
+_LIST_SEPARATORS = (";", "|", ",")  # what joins a label list in a CSV/TSV cell
+_JOINED_SHARE = 0.05  # the share of train rows with joined labels that warns of a list column
 
 _INTEGER = re.compile(r"-?\d+")
 _WHOLE_DECIMAL = re.compile(r"(-?\d+)\.0+")  # "1.0": how CSV exports write the label 1
@@ -188,7 +191,7 @@ class LabelledDataset:
         if present.size >= 2:
             self._warn_unvalidated(train, val)
             return
-        missing = ", ".join(repr(self.label_names[c]) for c in np.flatnonzero(val == 0))
+        missing = _capped([repr(self.label_names[c]) for c in np.flatnonzero(val == 0)])
         carve = (
             "; or remove it, and a stratified validation split is carved from train"
             if (train > 1).sum() >= 2
@@ -203,11 +206,12 @@ class LabelledDataset:
 
     def _warn_unvalidated(self, train: np.ndarray, val: np.ndarray) -> None:
         """Warn, with counts, about classes of train (counts ``train``) that the validation
-        split (counts ``val``) lacks: its scores say nothing about them."""
+        split (counts ``val``) lacks: its scores say nothing about them. The first few of
+        each list are named: a run repeats the warning, and 90 labels make it a page."""
         missing = np.flatnonzero((val == 0) & (train > 0))
         if missing.size == 0:
             return
-        named = ", ".join(f"{self.label_names[c]!r} ({train[c]} in train)" for c in missing)
+        named = _capped([f"{self.label_names[c]!r} ({train[c]} in train)" for c in missing])
         _log.warning(
             "dataset %r: the validation split has no example of %s %s; configurations are "
             "judged on the others only (%s)",
@@ -218,8 +222,8 @@ class LabelledDataset:
         )
 
     def _counts(self, counts: np.ndarray) -> str:
-        """``'a': 3, 'b': 1``: each class present and its number of rows."""
-        return ", ".join(f"{self.label_names[c]!r}: {counts[c]}" for c in np.flatnonzero(counts))
+        """``'a': 3, 'b': 1``: each class present (the first few) and its number of rows."""
+        return _capped([f"{self.label_names[c]!r}: {counts[c]}" for c in np.flatnonzero(counts)])
 
     def subsample(self, size: int, *, split: str = "train", seed: int = 0) -> LabelledDataset:
         """A copy whose ``split`` keeps ``size`` rows, stratified and seeded.
@@ -610,12 +614,14 @@ def _assemble(name: str, raws: dict[str, Raw], rules: _Rules) -> LabelledDataset
     """Validate every split against the train labels and fingerprint the result."""
     cleaned = {split: _clean(raws[split], rules) for split in SPLIT_ORDER if split in raws}
     train = cleaned["train"]
+    if not train.multi:
+        _warn_joined(raws["train"].source, train.labels)
     label_names = _label_names(raws["train"].source, _every_label(train), train.multi)
     splits = {}
     for split, rows in cleaned.items():
         if rows.multi != train.multi:
             raise DataError(_kind_mismatch(raws[split].source, rows.multi))
-        _check_known(raws[split].source, _every_label(rows), label_names)
+        _check_known(raws[split].source, _every_label(rows), label_names, train.multi)
         _warn_conflicts(raws[split].source, rows.texts, rows.labels)
         splits[split] = _make_split(rows.texts, _targets(rows, label_names), label_names)
     summary = {"label_names": label_names, "splits": {s: v.fingerprint for s, v in splits.items()}}
@@ -655,15 +661,63 @@ def _warn_conflicts(source: str, texts: list[str], labels: list[Any]) -> None:
         )
 
 
-def _check_known(source: str, labels: list[str], label_names: tuple[str, ...]) -> None:
-    """A label unseen in train can never be predicted, so it points to a mislabelled file."""
+def _check_known(source: str, labels: list[str], label_names: tuple[str, ...], multi: bool) -> None:
+    """A label unseen in train can never be predicted, so it points to a mislabelled file,
+    or (single-label, "acq;crude") to label lists read without `label_sep`."""
     unknown = sorted(set(labels) - set(label_names))
-    if unknown:
-        shown = ", ".join(repr(label) for label in unknown[:_SHOWN_LABELS])
-        raise DataError(
-            f"{source}: labels not in the train split: {shown}; "
-            f"train labels: {', '.join(label_names)}"
+    if not unknown:
+        return
+    shown = _capped([repr(label) for label in unknown])
+    known = _capped(list(label_names), _SHOWN_TRAIN_LABELS)
+    message = f"{source}: labels not in the train split: {shown}; train labels: {known}"
+    joined = None if multi else next(filter(None, map(_joined_by, unknown)), None)
+    if joined is None:
+        raise DataError(message)
+    raise DataError(
+        f"{message}; if labels are lists joined by {joined!r}, pass label_sep {joined!r}",
+        params=("label_sep",),
+    )
+
+
+def _warn_joined(source: str, labels: list[str]) -> None:
+    """Warn when many single labels look like lists joined by a separator ("acq;crude"):
+    read without `label_sep`, multi-label CSV/TSV data would silently train on each
+    combination as a class of its own. A few such labels are common in ordinary data
+    ("R&D, sales"), so only a share of rows warns."""
+    counts: dict[str, list[str]] = {}
+    for label in labels:
+        sep = _joined_by(label)
+        if sep is not None:
+            counts.setdefault(sep, []).append(label)
+    if not counts:
+        return
+    sep, joined = max(counts.items(), key=lambda item: len(item[1]))
+    if len(joined) >= max(2, _JOINED_SHARE * len(labels)):
+        _log.warning(
+            "%s: labels look like lists joined by %r (e.g. %r): for multi-label data pass "
+            "label_sep=%r (--label-sep %r on the command line)",
+            source,
+            sep,
+            joined[0],
+            sep,
+            sep,
         )
+
+
+def _joined_by(label: str) -> str | None:
+    """The first of `_LIST_SEPARATORS` that splits ``label`` into two or more non-blank
+    parts, or None."""
+    for sep in _LIST_SEPARATORS:
+        if sum(bool(part.strip()) for part in label.split(sep)) >= 2:
+            return sep
+    return None
+
+
+def _capped(items: list[str], shown: int = _SHOWN_LABELS) -> str:
+    """``items`` joined by commas, the first ``shown`` of them and how many more: a message
+    stays one readable line with 90 labels."""
+    more = f", … and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def _label_names(source: str, labels: list[str], multi: bool) -> tuple[str, ...]:

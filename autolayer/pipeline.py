@@ -577,7 +577,8 @@ def recommend(
             heartbeat=heartbeat,
         )
         trained = result.trained or 0
-        searched = StageCost("search", time.process_time() - started, 0, f"{trained} heads trained")
+        heads = f"{trained} head{'s' * (trained != 1)} trained"
+        searched = StageCost("search", time.process_time() - started, 0, heads)
         context = study_context(prepared, space)
         config = trial_config(result.best, context, result.study_name, result.storage)
         mark_ours(config.save(Path(output_dir) / RECOMMENDATION), "recommendation")

@@ -5,7 +5,8 @@
 row per text (its position, the label, each class's probability) as JSONL, CSV, TSV or
 Parquet, by extension, atomically and marked as autolayer's (so that a re-run may replace it).
 A multi-label model gives each text its ``labels`` instead: a list in JSONL and Parquet, the
-labels joined by a separator in CSV and TSV (whose cells hold text only).
+labels joined by a separator in CSV and TSV (whose cells hold text only), and ``fallback``:
+whether the text got its most probable label only because none reached its threshold.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ LABEL_SEP = ";"
 """How a CSV or TSV cell joins a text's labels, unless said otherwise."""
 RESERVED = ("row", "text", "label", "probabilities")
 """The fields of a prediction, which an id column must not overwrite (a multi-label
-model's predictions have "labels" in place of "label")."""
+model's predictions have "labels" in place of "label", and "fallback")."""
 
 
 def check_prediction_output(output: Path, input_path: Path, *, overwrite: bool = False) -> None:
@@ -103,7 +104,8 @@ def predict_file(
 
     A multi-label model's rows hold ``labels``, the list of a text's labels, in place of
     ``label``; CSV and TSV join them with ``label_sep`` (default: the one the training data
-    was read with, else ";").
+    was read with, else ";"). Their ``fallback`` is true for a text none of whose labels
+    reached its threshold, given its most probable label (the ``empty: top`` rule).
     """
     from autolayer.device import resolve_device
 
@@ -126,14 +128,14 @@ def predict_file(
     multi = estimator.head_.task.name == MULTI_LABEL
     table = output is not None and output.suffix.lower() in (".csv", ".tsv")
     if multi:
-        _check_id_column(id_column, ("labels",))
+        _check_id_column(id_column, ("labels", "fallback"))
         if table:
             _check_sep(classes, sep)
     if label_sep is not None and not (multi and table):
         _say_unused_sep(label_sep, multi, output)
     inputs = _read_texts(estimator, input_path, text_column, id_column)
     proba = estimator.predict_proba(list(inputs.texts))
-    decided = _decided(estimator.decide(proba), classes)
+    decided = _decided(estimator, proba, classes)
     rows = []
     for i, (text, ps) in enumerate(zip(inputs.texts, proba, strict=True)):
         row = {"row": inputs.rows[i]}
@@ -141,6 +143,8 @@ def predict_file(
             row[id_column] = inputs.ids[i]
         row["text"] = text
         row["labels" if decided.multi else "label"] = decided.labels[i]
+        if decided.multi:
+            row["fallback"] = decided.fallback[i]
         row["probabilities"] = {c: float(p) for c, p in zip(classes, ps, strict=True)}
         rows.append(row)
     if output is not None:
@@ -151,14 +155,31 @@ def predict_file(
 class _Decided(NamedTuple):
     labels: list  # one label per text, or a list of labels per text
     multi: bool
+    fallback: list[bool]  # multi-label: the text's labels all fell below their thresholds
 
 
-def _decided(decided: np.ndarray, classes: list[str]) -> _Decided:
+def _decided(estimator: FusionTextClassifier, proba: np.ndarray, classes: list[str]) -> _Decided:
     """The classifier's decisions by name: a label per text, or (an indicator ``[N, K]``)
-    the list of each text's labels, in the classes' order."""
-    if decided.ndim == 2:
-        return _Decided([[classes[k] for k in np.flatnonzero(r)] for r in decided], multi=True)
-    return _Decided([str(c) for c in decided], multi=False)
+    the list of each text's labels, in the classes' order, and which texts got theirs by
+    the fallback rather than a threshold."""
+    decided = estimator.decide(proba)
+    if decided.ndim == 1:
+        return _Decided([str(c) for c in decided], multi=False, fallback=[])
+    labels = [[classes[k] for k in np.flatnonzero(r)] for r in decided]
+    return _Decided(labels, multi=True, fallback=fell_back(estimator, proba, decided).tolist())
+
+
+def fell_back(
+    estimator: FusionTextClassifier, proba: np.ndarray, decided: np.ndarray
+) -> np.ndarray:
+    """Bool ``[N]``: the texts a multi-label model gave its most probable label because no
+    label reached its threshold (``empty: top``), told by deciding again with ``empty:
+    none``, which leaves those texts without a label: a reader may want to review them."""
+    from autolayer.task import make_task
+
+    task = estimator.head_.task
+    strict = make_task(task.name, {**task.params(), "empty": "none"}).decide(proba)
+    return np.asarray(decided).any(1) & ~np.asarray(strict).any(1)
 
 
 def _label_sep(estimator, label_sep: str | None) -> str:

@@ -166,7 +166,16 @@ def _probe_table(scores, model: str, how: str, **marks) -> str:
 
 
 def cka_table(names, matrix: np.ndarray, title: str) -> None:
-    table = Table(title=title)
+    """Model × model CKA; a model with no value at all (a sparse source such as TF-IDF,
+    which CKA on dense features leaves out) shows "—", and the caption says why."""
+    skipped = [n for n, row in zip(names, matrix, strict=True) if np.isnan(row).all()]
+    caption = None
+    if skipped:
+        caption = (
+            f"—: no CKA for {', '.join(skipped)}: sparse features (TF-IDF: a bag of words, "
+            "no layers); CKA here compares dense ones"
+        )
+    table = Table(title=title, caption=caption)
     table.add_column("")
     for name in names:
         table.add_column(name, justify="right")
@@ -473,13 +482,13 @@ def exported(config, output) -> None:
 def apply_result(result) -> None:
     """Test metrics (the config's first, in bold) and the per-class, or per-label,
     precision, recall and F1."""
-    if result.accuracy is None:
+    if not result.n_test:
         console.print(
             f"trained on {result.n_train} texts (no test split: nothing held out, no test "
             f"metrics); saved {escape(str(result.directory))}"
         )
         return
-    multi = result.task == "multi_label"
+    multi = bool(result.metrics)
     shown = result.metrics if multi else {"accuracy": result.accuracy, "macro_f1": result.macro_f1}
     (first, value), *rest = shown.items()
     others = ", ".join(f"{metric_name(m)} {100 * v:.2f}%" for m, v in rest)
@@ -488,11 +497,15 @@ def apply_result(result) -> None:
         f"({result.n_test} test texts; trained on {result.n_train}); "
         f"saved {escape(str(result.directory))}"
     )
-    kind = "label" if multi else "class"
-    table = Table(title=f"per-{kind} test metrics")
-    for column in (kind, "precision", "recall", "F1", "support"):
+    (label_table if multi else class_table)(result.per_class)
+
+
+def class_table(per_class: dict) -> None:
+    """classification_report's rows: each class's precision, recall, F1 and support."""
+    table = Table(title="per-class test metrics")
+    for column in ("class", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="right")
-    for name, metrics in result.per_class.items():
+    for name, metrics in per_class.items():
         table.add_row(
             escape(name),
             f"{metrics['precision']:.3f}",
@@ -501,6 +514,32 @@ def apply_result(result) -> None:
             str(int(metrics["support"])),
         )
     console.print(table)
+
+
+def label_table(per_label: dict) -> None:
+    """Every label's precision, recall, F1, support and predicted count; "—" where a ratio
+    has nothing to divide by (``None``), so the F1 column's numbers are the ones macro-F1
+    averages, which the caption says."""
+    averaged = sum(m["f1-score"] is not None for m in per_label.values())
+    caption = (
+        f"macro-F1 averages the F1 of all {averaged} labels (each has test support or predictions)"
+        if averaged == len(per_label)
+        else f"macro-F1 averages the F1 of the {averaged} of {len(per_label)} labels with test "
+        "support or predictions"
+    )
+    if any(None in (m["precision"], m["recall"]) for m in per_label.values()):
+        caption += "; —: nothing to divide by (precision: no predictions, recall: no support)"
+    table = Table(title="per-label test metrics", caption=caption)
+    for column in ("label", "precision", "recall", "F1", "support", "predicted"):
+        table.add_column(column, justify="right")
+    for name, m in per_label.items():
+        cells = (_ratio(m["precision"]), _ratio(m["recall"]), _ratio(m["f1-score"]))
+        table.add_row(escape(name), *cells, str(m["support"]), str(m["predicted"]))
+    console.print(table)
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _pyplot():

@@ -47,6 +47,12 @@ class Task:
                 f"task {self.name!r} takes no parameters; got {', '.join(sorted(params))}"
             )
 
+    @classmethod
+    def from_params(cls, params: dict, labels: Sequence[str] | None = None) -> Task:
+        """The task ``params`` (what :meth:`params` recorded) describe; ``labels``, the
+        names it decides, lets an error name the label of a bad per-label value."""
+        return cls(**params)
+
     def params(self) -> dict:
         """What rebuilds this task with :func:`make_task` (JSON; a config records it)."""
         return {}
@@ -111,10 +117,14 @@ TASKS = Registry("task")
 register_task = TASKS.register  # class decorator: @register_task("name")
 
 
-def make_task(name: str | None = None, params: dict | None = None) -> Task:
+def make_task(
+    name: str | None = None, params: dict | None = None, labels: Sequence[str] | None = None
+) -> Task:
     """The task registered as ``name`` (None: single-label classification) with ``params``
-    (what :meth:`Task.params` recorded; None: the defaults)."""
-    return TASKS.find(DEFAULT if name is None else name, params=("task",))(**(params or {}))
+    (what :meth:`Task.params` recorded; None: the defaults). ``labels``: the label names it
+    decides, named in the error about a bad per-label parameter."""
+    task = TASKS.find(DEFAULT if name is None else name, params=("task",))
+    return task.from_params(params or {}, labels)
 
 
 @register_task(DEFAULT)
@@ -143,11 +153,24 @@ class MultiLabel(Task):
         empty: str = "top",
         **unknown: object,
     ) -> None:
-        super().__init__(**unknown)
+        if unknown:
+            raise ConfigError(
+                f"task_params: unknown key {sorted(unknown)[0]!r}; {self.name} takes "
+                "threshold, empty"
+            )
         if empty not in EMPTY_POLICIES:
-            raise ConfigError(f"empty must be one of {', '.join(EMPTY_POLICIES)}; got {empty!r}")
+            raise ConfigError(
+                f"task_params: empty must be one of {', '.join(EMPTY_POLICIES)}; got "
+                f"{_shown(empty)}"
+            )
         self.threshold = _checked_threshold(threshold)
         self.empty = empty
+
+    @classmethod
+    def from_params(cls, params: dict, labels: Sequence[str] | None = None) -> MultiLabel:
+        """The rule ``params`` record, a bad threshold named by its label in ``labels``."""
+        _checked_threshold(params.get("threshold"), labels)
+        return cls(**params)
 
     def params(self) -> dict:
         return {"threshold": self.threshold, "empty": self.empty}
@@ -289,19 +312,35 @@ def _decided(proba: np.ndarray, threshold: float | np.ndarray, empty: str) -> np
     return decided
 
 
-def _checked_threshold(threshold: object) -> float | list[float] | None:
-    """A threshold in (0, 1), a non-empty list of them (one per label), or None."""
+def _checked_threshold(
+    threshold: object, labels: Sequence[str] | None = None
+) -> float | list[float] | None:
+    """A threshold in (0, 1), a non-empty list of them (one per label), or None. A bad one
+    in a list is named by its index (and its label, from ``labels`` when they match): a
+    list of 90 thresholds is no message."""
     if threshold is None:
         return None
-    scalar = _is_probability(threshold)
-    values = [threshold] if scalar else threshold
-    if not scalar and not (isinstance(values, list | tuple) and values):
-        values = [None]
-    if not all(_is_probability(v) for v in values):
+    if _is_probability(threshold):
+        return float(threshold)
+    if not isinstance(threshold, list | tuple) or not threshold:
         raise ConfigError(
-            f"threshold must be a number in (0, 1) or a list of them; got {threshold!r}"
+            f"task_params: threshold = {_shown(threshold)}; it must be a number in (0, 1) or "
+            "a non-empty list of them (one per label)"
         )
-    return float(threshold) if scalar else [float(v) for v in values]
+    bad = next((i for i, value in enumerate(threshold) if not _is_probability(value)), None)
+    if bad is not None:
+        label = f" (label {labels[bad]!r})" if labels is not None and bad < len(labels) else ""
+        raise ConfigError(
+            f"task_params: threshold[{bad}] = {_shown(threshold[bad])}{label}; each must be a "
+            "number in (0, 1)"
+        )
+    return [float(value) for value in threshold]
+
+
+def _shown(value: object, width: int = 40) -> str:
+    """``value``'s repr, cut to ``width`` characters: an error names it on one short line."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _is_probability(value: object) -> bool:

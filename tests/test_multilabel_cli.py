@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_recommend_apply_predict_give_label_sets_and_per_label_probabilities(
     assert "per-label test metrics" in words
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["task"] == "multi_label" and metrics["n_test"] == len(_rows("test"))
-    assert list(metrics["metrics"])[0] == "micro_f1" and set(metrics["per_class"]) == set(_names())
+    assert list(metrics)[1] == "micro_f1" and set(metrics["per_label"]) == set(_names())
 
     test = _rows("test")
     (tmp_path / "new.txt").write_text("".join(row["text"] + "\n" for row in test))
@@ -78,9 +79,9 @@ def test_recommend_apply_predict_give_label_sets_and_per_label_probabilities(
     truth = _indicator([row["labels"] for row in test])
     decided = _indicator([p["labels"] for p in predicted])
     micro = f1_score(truth, decided, average="micro")
-    assert metrics["metrics"]["micro_f1"] == pytest.approx(micro)
+    assert metrics["micro_f1"] == pytest.approx(micro)
     per_label = precision_recall_fscore_support(truth, decided, zero_division=0)
-    assert [metrics["per_class"][n]["f1-score"] for n in _names()] == pytest.approx(per_label[2])
+    assert [metrics["per_label"][n]["f1-score"] for n in _names()] == pytest.approx(per_label[2])
 
     code, _, err = run(
         capsys, "predict", tmp_path / "model", "-i", tmp_path / "new.txt",
@@ -89,7 +90,7 @@ def test_recommend_apply_predict_give_label_sets_and_per_label_probabilities(
     assert code == 0, err
     with open(tmp_path / "pred.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0]) == ["row", "text", "labels", *(f"p_{n}" for n in _names())]
+    assert list(table[0]) == ["row", "text", "labels", "fallback", *(f"p_{n}" for n in _names())]
     assert [r["labels"].split("|") if r["labels"] else [] for r in table] == [
         p["labels"] for p in predicted
     ]
@@ -285,3 +286,92 @@ def test_predict_warns_that_a_label_separator_joins_nothing(
     assert code == 0, err
     said = "a JSONL output keeps each text's labels" if multi else "one label per text"
     assert caplog.text.count("label separator '|' is ignored") == 1 and said in caplog.text
+
+
+def test_the_per_label_table_shows_what_macro_f1_averages(capsys, monkeypatch):
+    """A label neither true nor predicted has no F1 ("—", None in metrics.json), so the
+    F1 column's numbers average to the macro-F1 printed above it; precision without
+    predictions and recall without support are "—" too; the caption says what is averaged."""
+    from autolayer import report
+    from autolayer.classifier import label_table, multi_label_metrics
+
+    monkeypatch.setenv("COLUMNS", "200")
+    truth = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]], dtype=np.uint8)
+    predicted = np.array([[1, 0, 0, 0], [1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=np.uint8)
+    table = label_table(truth, predicted, ["a", "b", "never", "wrong"])
+    assert table["never"] == {
+        "precision": None, "recall": None, "f1-score": None, "support": 0, "predicted": 0
+    }  # fmt: skip
+    assert table["wrong"]["f1-score"] == 0.0 and table["wrong"]["recall"] is None
+    assert table["b"]["predicted"] == 1 and table["a"]["support"] == 3
+    numbers = [row["f1-score"] for row in table.values() if row["f1-score"] is not None]
+    assert np.mean(numbers) == pytest.approx(multi_label_metrics(truth, predicted)["macro_f1"])
+    expected = precision_recall_fscore_support(truth, predicted, zero_division=0)[2]
+    assert [table[n]["f1-score"] for n in ("a", "b", "wrong")] == pytest.approx(expected[[0, 1, 3]])
+
+    report.label_table(table)
+    out = capsys.readouterr().out
+    never = next(line for line in out.splitlines() if "never" in line)
+    assert [c.strip() for c in re.split("[│┃|]", never) if c.strip()] == [
+        "never", "—", "—", "—", "0", "0"
+    ]  # fmt: skip
+    words = " ".join(out.split())
+    assert "predicted" in words and "averages the F1 of the 3 of 4 labels" in words
+
+
+def test_a_multi_label_metrics_json_names_each_metric_and_has_no_accuracy(home, tmp_path):
+    from autolayer.classifier import apply
+
+    config = _tfidf_config(metric="macro_f1")
+    result = apply(config, str(DATA), tmp_path / "m")
+    written = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert list(written) == [
+        "task", "macro_f1", "micro_f1", "samples_f1", "subset_accuracy", "per_label",
+        "n_test", "n_train",
+    ]  # fmt: skip
+    assert "accuracy" not in written and result.accuracy is None
+    assert result.metrics == {m: written[m] for m in list(written)[1:5]}
+    assert result.per_class == written["per_label"] and set(written["per_label"]) == set(_names())
+    assert all("predicted" in row for row in written["per_label"].values())
+
+
+def test_refitting_on_other_labels_warns_as_a_user_warning_and_empty_rows_fit(home):
+    """Thresholds fitted for the config's labels do not carry to an indicator's columns: a
+    catchable UserWarning, not a log line. A row with no label is a valid indicator row."""
+    rows = _rows("train")
+    texts, target = [r["text"] for r in rows], _indicator([r["labels"] for r in rows])
+    target[0] = 0  # "none of these"
+    rule = {"threshold": [0.9, 0.2, 0.5, 0.7], "empty": "none"}
+    model = FusionTextClassifier(_tfidf_config(task_params=rule))
+    with pytest.warns(UserWarning, match="task_params were fitted for its label_names"):
+        model.fit(texts, target)
+    assert model.head_.task.params()["threshold"] is None  # the task's defaults decide
+    assert model.predict(texts).shape == target.shape
+
+
+@pytest.mark.parametrize("output", ["p.jsonl", "p.csv", "p.parquet"])
+def test_predict_flags_texts_given_their_top_label_by_the_fallback(home, tmp_path, output):
+    import pyarrow.parquet as pq
+
+    from autolayer.predictions import predict_file
+
+    rows = _rows("train")
+    rule = {"threshold": [0.6, 0.6, 0.6, 0.6], "empty": "top"}
+    model = FusionTextClassifier(_tfidf_config(task_params=rule))
+    model.fit([r["text"] for r in rows], [r["labels"] for r in rows]).save(tmp_path / "m")
+    texts = [r["text"] for r in _rows("test")] + ["nothing learnt here", "zzz qqq"]
+    (tmp_path / "in.txt").write_text("".join(t + "\n" for t in texts))
+    got = predict_file(tmp_path / "m", tmp_path / "in.txt", tmp_path / output)
+    below = (np.asarray([list(r["probabilities"].values()) for r in got]) < 0.6).all(1)
+    assert below.any() and not below.all()  # both kinds of row are checked
+    assert [r["fallback"] for r in got] == below.tolist()
+    assert all(len(r["labels"]) == 1 for r, fell in zip(got, below, strict=True) if fell)
+    if output.endswith(".csv"):
+        with open(tmp_path / output, newline="") as f:
+            written = [r["fallback"] == "True" for r in csv.DictReader(f)]
+    elif output.endswith(".parquet"):
+        written = pq.read_table(tmp_path / output).column("fallback").to_pylist()
+    else:
+        lines = (tmp_path / output).read_text().splitlines()
+        written = [json.loads(line)["fallback"] for line in lines]
+    assert written == below.tolist()

@@ -4,7 +4,6 @@ splits and samples that keep rare labels."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,8 @@ import pytest
 from autolayer.data import binarize, load_dataset
 from autolayer.errors import ConfigError, DataError
 from autolayer.sampling import covering_rows, rarest_label
+from tests.conftest import write_jsonl
+from tests.test_data import data_error, write_csv
 
 TOY = Path(__file__).parent / "data" / "multilabel"
 
@@ -25,28 +26,6 @@ ROWS = [
     {"text": "chip robot vote", "labels": ["tech", "politics"]},
     {"text": "team vote chip", "labels": ["sports", "politics", "tech"]},
 ]
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def data_error(spec: Any, **kwargs: Any) -> str:
-    """Load `spec` expecting a DataError; return its message after checking it is one line."""
-    with pytest.raises(DataError) as caught:
-        load_dataset(spec, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 def folder_of(tmp_path: Path, train: list[dict], test: list[dict] | None = None) -> Path:
@@ -378,3 +357,101 @@ def test_binarize_orders_columns_by_label_names_and_names_an_unknown_label() -> 
     assert indicator.tolist() == [[0, 1, 0], [1, 0, 1], [0, 0, 0]]
     with pytest.raises(DataError, match="^y: label 'd' is not one of the 3 labels"):
         binarize([["a", "d"]], ["a", "b", "c"], "y")
+
+
+# --- label lists read without label_sep, long label lists in messages -------------------------
+
+
+def joined_rows(n: int, joined_every: int) -> list[dict]:
+    """``n`` single-label CSV rows; every ``joined_every``-th holds labels joined by ";"."""
+    return [
+        {"text": f"text {i}", "label": "acq;crude" if i % joined_every == 0 else f"c{i % 3}"}
+        for i in range(n)
+    ]
+
+
+def test_joined_labels_read_without_label_sep_warn_once_naming_the_option(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_csv(tmp_path / "d.csv", joined_rows(40, 10))  # 4 of 40 rows: 10 %
+    with caplog.at_level(logging.WARNING, logger="autolayer"):
+        assert load_dataset(path).task == "single_label"
+    warned = [r.getMessage() for r in caplog.records if "look like lists" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0]
+    assert "labels look like lists joined by ';' (e.g. 'acq;crude')" in warned[0]
+    assert "label_sep=';'" in warned[0] and "--label-sep ';'" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="autolayer"):
+        assert load_dataset(path, label_sep=";").task == "multi_label"
+    assert "look like lists" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["pos", "neg", "R&D;", " ;x"],  # ordinary labels, a separator with one part only
+        ["a|b", "c", *"cdefghijklmnopqrstuvwxyz"],  # one joined row: too few to warn
+        ["a,b", "d,e", *["c"] * 19, *["f"] * 20],  # 2 of 41 rows: < 5 %
+    ],
+)
+def test_ordinary_labels_give_no_joined_labels_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, labels: list[str]
+) -> None:
+    rows = [{"text": f"t{i}", "label": label} for i, label in enumerate(labels)]
+    with caplog.at_level(logging.WARNING, logger="autolayer"):
+        load_dataset(write_csv(tmp_path / "d.csv", rows))
+    assert "look like lists" not in caplog.text
+
+
+def test_an_unknown_joined_label_error_is_short_and_offers_label_sep(tmp_path: Path) -> None:
+    folder = tmp_path / "set"
+    folder.mkdir()
+    train = [{"text": f"t{i}", "label": f"topic{i:02d}"} for i in range(30)]
+    test = [{"text": f"u{i}", "label": f"topic{i:02d};topic{i + 1:02d}"} for i in range(8)]
+    write_csv(folder / "train.csv", train)
+    write_csv(folder / "test.csv", test)
+    with pytest.raises(DataError) as caught:
+        load_dataset(folder)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert "labels not in the train split: 'topic00;topic01', " in message
+    assert "'topic04;topic05', … and 3 more; " in message
+    assert "train labels: topic00, topic01," in message and "topic09, … and 20 more" in message
+    assert message.endswith("; if labels are lists joined by ';', pass label_sep ';'")
+    assert caught.value.params == ("label_sep",)
+
+
+def test_an_unknown_ordinary_label_error_keeps_its_message(tmp_path: Path) -> None:
+    folder = tmp_path / "set"
+    folder.mkdir()
+    write_csv(folder / "train.csv", [{"text": "a", "label": "pos"}, {"text": "b", "label": "neg"}])
+    write_csv(folder / "test.csv", [{"text": "c", "label": "neutral"}])
+    message = data_error(folder)
+    assert message.endswith(": labels not in the train split: 'neutral'; train labels: neg, pos")
+    with pytest.raises(DataError) as caught:
+        load_dataset(folder)
+    assert caught.value.params == ()
+
+
+def test_a_joined_label_in_a_list_gives_no_label_sep_hint(tmp_path: Path) -> None:
+    test = [{"text": "flu", "labels": ["sports", "health;care"]}]
+    message = data_error(folder_of(tmp_path, ROWS, test))
+    assert "labels not in the train split: 'health;care'" in message
+    assert "label_sep" not in message
+
+
+def test_labels_absent_from_validation_are_capped_in_the_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = [f"l{i:02d}" for i in range(20)]
+    train = [{"text": f"t{i} {n}", "labels": [n, "common"]} for i, n in enumerate(names * 2)]
+    validation = [{"text": f"v{i}", "labels": ["common", n]} for i, n in enumerate(names[:9])]
+    folder = folder_of(tmp_path, train)
+    write_jsonl(folder / "validation.jsonl", validation)
+    with caplog.at_level(logging.WARNING, logger="autolayer"):
+        load_dataset(folder).check_validation()
+    (warned,) = [r.getMessage() for r in caplog.records if "no example of" in r.getMessage()]
+    assert "\n" not in warned and len(warned) < 300, warned
+    assert "no example of label 'l09' (2 in train), 'l10' (2 in train)," in warned
+    assert "'l13' (2 in train), … and 6 more;" in warned
+    assert "('common': 9, 'l00': 1, 'l01': 1, 'l02': 1, 'l03': 1, … and 5 more)" in warned

@@ -125,6 +125,18 @@ def test_task_params_a_task_does_not_take_are_refused_in_one_line(tmp_path, tiny
     assert str(caught.value) == "c.yaml: task_params: 3 thresholds for 2 labels"
     with pytest.raises(ConfigError, match="threshold"):
         from_dict({**multi, "task_params": {"threshold": "high"}}, "c.yaml")
+    with pytest.raises(ConfigError) as caught:  # one bad value of a list: named by its label
+        from_dict({**multi, "task_params": {"threshold": [0.3, 1.5]}}, "c.yaml")
+    label = multi["label_names"][1]
+    assert str(caught.value) == (
+        f"c.yaml: task_params: threshold[1] = 1.5 (label {label!r}); each must be a number in "
+        "(0, 1)"
+    )
+    with pytest.raises(ConfigError) as caught:
+        from_dict({**multi, "task_params": {"foo": 1}}, "c.yaml")
+    assert str(caught.value) == (
+        "c.yaml: task_params: unknown key 'foo'; multi_label takes threshold, empty"
+    )
 
 
 def test_a_config_without_a_metric_takes_its_tasks_default(tmp_path, tiny_models):

@@ -91,11 +91,37 @@ def test_multi_label_parameters_are_checked_and_rebuild_the_task() -> None:
     assert make_task("multi_label").params() == {"threshold": None, "empty": "top"}
     with pytest.raises(ConfigError, match="empty must be one of top, none; got 'all'"):
         MultiLabel(empty="all")
-    for bad in (1.5, 0, [0.5, "x"], [], "0.5", True):
-        with pytest.raises(ConfigError, match="threshold must be"):
+    for bad in (1.5, 0, [], "0.5", True, {"a": 0.5}):
+        with pytest.raises(ConfigError, match=r"^task_params: threshold = .*; it must be a"):
             MultiLabel(threshold=bad)
-    with pytest.raises(ConfigError, match="takes no parameters; got bogus"):
-        make_task("multi_label", {"bogus": 1})
+    with pytest.raises(ConfigError) as caught:
+        make_task("multi_label", {"bogus": 1, "empty": "top"})
+    assert str(caught.value) == (
+        "task_params: unknown key 'bogus'; multi_label takes threshold, empty"
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"), [(1.5, "1.5"), (-0.1, "-0.1"), (float("nan"), "nan"), ("abc", "'abc'")]
+)
+def test_a_bad_threshold_in_a_list_is_named_by_index_and_label(bad: object, shown: str) -> None:
+    """One bad value of 90 thresholds is named alone, not the whole list."""
+    thresholds = [0.5] * 90
+    thresholds[3] = bad
+    with pytest.raises(ConfigError) as caught:
+        MultiLabel(threshold=thresholds)
+    each = "; each must be a number in (0, 1)"
+    assert str(caught.value) == f"task_params: threshold[3] = {shown}{each}"
+    labels = [f"l{i}" for i in range(90)]
+    with pytest.raises(ConfigError) as caught:
+        make_task("multi_label", {"threshold": thresholds}, labels)
+    assert str(caught.value) == f"task_params: threshold[3] = {shown} (label 'l3'){each}"
+
+
+def test_a_long_bad_threshold_value_is_cut_short() -> None:
+    with pytest.raises(ConfigError) as caught:
+        MultiLabel(threshold="x" * 500)
+    assert len(str(caught.value)) < 150 and "…" in str(caught.value)
 
 
 def test_the_target_is_a_float_indicator_and_its_width_the_outputs() -> None:
