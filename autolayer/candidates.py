@@ -36,6 +36,7 @@ from autolayer.heads import head_class
 from autolayer.metrics import MULTI_LABEL_METRICS
 from autolayer.options import Options
 from autolayer.probe import LayerScores
+from autolayer.rungs import Ladder
 from autolayer.search import anchor_can_stop
 from autolayer.sources import SourceRecord, resolve_spec
 from autolayer.space import SEPARATOR, Candidate, LayerCost, Space, split_models
@@ -121,6 +122,7 @@ class Prepared:
     folds: tuple[np.ndarray, ...] = ()  # held-out rows of y_train: cross-validation
     pool: tuple[str, ...] = ()  # the models asked for, whatever the skip or screen kept
     sources: Mapping[str, SourceRecord] = field(default_factory=dict)  # the pool's, by name
+    rungs: Ladder | None = None  # the samples of y_train a trial climbs (autolayer.rungs)
 
 
 def resolve_options(options: Options | None, settings: dict) -> Options:
@@ -341,6 +343,9 @@ def prepare(
 
         folds = tuple(stratified_folds(rows.strata, options.cv_folds, options.seed))
         validation["cv_folds"] = len(folds)
+    rungs = None
+    if fidelity is not None and fidelity.rungs is not None and not folds:
+        rungs = fidelity.rungs.ladder(rows.y_train, rows.strata, options.seed)
     return Prepared(
         data,
         options,
@@ -356,6 +361,7 @@ def prepare(
         folds,
         pool,
         sources,
+        rungs,
     )
 
 

@@ -141,8 +141,9 @@ class FusionTextClassifier(ClassifierMixin, BaseEstimator):
         return out
 
     def fit(self, X, y) -> FusionTextClassifier:
-        """Fit the sources that learn (TF-IDF) on ``X``, embed it, and train the head for
-        the config's number of epochs.
+        """Fit the sources that learn (TF-IDF) on ``X``, embed it, and train the head as
+        the config says (the MLP: its ``epochs``, or early-stopped on its own held-out
+        ``validation_fraction`` of the rows).
 
         ``y`` is one label per text, or, for a multi-label config, a list of labels per
         text (as scikit-learn's ``MultiLabelBinarizer`` takes them) or a 0/1 indicator

@@ -709,9 +709,19 @@ def _search_options(func):
             "are extracted, for the models that survive only.",
         ),
         click.option(
+            "--rung-rows",
+            default=1000,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Training rows of the search's first rung: each trial's head trains on this "
+            "many, then 3× as many while among the best third of its rung, up to all rows "
+            "(none below 3× this many training rows).",
+        ),
+        click.option(
             "--exhaustive",
             is_flag=True,
-            help="No screen: every layer of every model on every training row.",
+            help="No screen and no rungs: every layer of every model, and every trial's head, "
+            "on every training row.",
         ),
         click.option(
             "--cache-dir",
@@ -735,8 +745,10 @@ def _say_ignored(kw: dict, models: list[str] | None) -> None:
 
     given = click.get_current_context().get_parameter_source
     log = logging.getLogger("autolayer")
-    if kw["exhaustive"] and given("screen_size") is ParameterSource.COMMANDLINE:
-        log.warning("--screen-size is ignored with --exhaustive (every training row is extracted)")
+    for name in ("screen_size", "rung_rows"):
+        if kw["exhaustive"] and given(name) is ParameterSource.COMMANDLINE:
+            flag = "--" + name.replace("_", "-")
+            log.warning("%s is ignored with --exhaustive (every training row is used)", flag)
     if given("top_k") is not ParameterSource.COMMANDLINE:
         return
     trust = kw["trust_remote_code"]
@@ -761,6 +773,7 @@ def _run_search(kw: dict, *, full_report: bool):
     from autolayer.data import load_dataset
     from autolayer.fidelity import Fidelity
     from autolayer.options import Options
+    from autolayer.rungs import Rungs
     from autolayer.space import Space
     from autolayer.study import default_study_name, resumed_pool
 
@@ -780,7 +793,9 @@ def _run_search(kw: dict, *, full_report: bool):
         label_sep=kw["label_sep"],
         allow_empty_labels=kw["allow_empty_labels"],
     )
-    fidelity = None if kw["exhaustive"] else Fidelity(screen_size=kw["screen_size"])
+    fidelity = None
+    if not kw["exhaustive"]:
+        fidelity = Fidelity(screen_size=kw["screen_size"], rungs=Rungs(min_rows=kw["rung_rows"]))
     options = Options(
         pooling=kw["pooling"],
         max_length=kw["max_length"],
@@ -860,7 +875,10 @@ def recommend(**kw) -> None:
 
     Every model is screened on --screen-size training rows (every layer, probed); models
     clearly below the best are dropped; the survivors' other rows are extracted up to
-    their top-k layers only. --exhaustive extracts everything, as an exhaustive sweep would.
+    their top-k layers only. Each trial's head trains on --rung-rows training rows first,
+    and on more (3× per rung, up to all) only while among the best third of the trials
+    on its rung. --exhaustive extracts everything and trains every head on every row, as an
+    exhaustive sweep would.
 
     Multi-label data (a list of labels per text: a JSONL or Parquet list, or a CSV/TSV cell
     joined by --label-sep) is searched on micro-F1 unless --metric says otherwise, each

@@ -92,8 +92,8 @@ class FusionConfig:
 
     def make_head(self) -> Head:
         """An unfitted head of this config's kind and parameters, for its task (with its
-        fitted rule) and metric (the parameters fix its training: ``epochs`` as given, no
-        early stopping)."""
+        fitted rule) and metric (the parameters fix its training: the MLP's ``epochs`` as
+        given, or at most those, stopped early on its ``validation_fraction`` of the rows)."""
         from autolayer.heads import make_head
 
         return make_head(

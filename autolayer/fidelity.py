@@ -15,6 +15,8 @@ Extracting every layer of every candidate model on every training text costs mod
    train.
 3. **Complete**: the remaining training and validation rows, for survivors only, and only
    up to their deepest kept layer (the backbone is cut there).
+4. **Search on rungs of rows**: trial heads train on samples of the search-train rows and
+   only the promising ones on all (see :mod:`autolayer.rungs`).
 
 Each stage records its CPU seconds and the texts × layers its backbones computed.
 """
@@ -31,24 +33,29 @@ import numpy as np
 from autolayer.complementarity import PairEstimate
 from autolayer.errors import ConfigError
 from autolayer.probe import LayerScores
+from autolayer.rungs import Rungs
 
 
 @dataclass(frozen=True)
 class Fidelity:
     """How much to screen before completing: ``screen_size`` training rows per model
     (``None``: exhaustive, every row of every model), models within ``z`` standard errors
-    of the leader survive, and the ``keep_at_least`` best always do."""
+    of the leader survive, and the ``keep_at_least`` best always do; and on which rungs of
+    rows the search ranks its trials (``rungs``; ``None``: every trial on every row)."""
 
     screen_size: int | None = 2000
     z: float = 2.0
     keep_at_least: int = 2
     n_folds: int = 5
+    rungs: Rungs | None = Rungs()  # noqa: RUF009 - frozen, so a shared default is safe
 
     def __post_init__(self) -> None:
         if self.screen_size is not None and self.screen_size < 1:
             raise ConfigError(f"screen_size must be >= 1; got {self.screen_size}")
         if self.z < 0 or self.keep_at_least < 1:
             raise ConfigError("z must be >= 0 and keep_at_least >= 1")
+        if self.rungs is not None and not isinstance(self.rungs, Rungs):
+            raise ConfigError(f"rungs must be a Rungs or None; got {self.rungs!r}")
 
     def screens(self, n_train: int) -> bool:
         """Whether screening saves anything: the sample is smaller than the training rows."""

@@ -339,6 +339,7 @@ def search(
         first=_anchor_trial(prepared, space)
         + (guided_trials(prepared.candidates, prepared.pairs, space) if guide else []),
         folds=prepared.folds,
+        rungs=prepared.rungs,
     )
 
 
@@ -354,8 +355,8 @@ def _anchor_trial(prepared: Prepared, space: Space) -> list[dict]:
 
 def trial_config(trial: TrialSummary, context: dict, study_name: str, storage: str) -> FusionConfig:
     """Build the exportable config of one trial from its parameters and the study context:
-    the head's parameters as its class makes them final (the MLP: the epochs its early
-    stopping chose, no patience)."""
+    the head's parameters as its class makes them final (the MLP: early stopping on a
+    held-out share of the final head's rows; under cross-validation, the epochs it chose)."""
     models = []
     for name, layer in zip(trial.models, trial.layers, strict=True):
         info = context["models"][name]

@@ -293,7 +293,27 @@ def search_summary(result, metric: str = "metric", judged: str = "val") -> None:
         console.print(f"note: {escape(note)}")
     if len(best.values) > 1:
         pareto_table(result.pareto, metric, judged)
+    rungs_table(result.trials, metric, judged)
     baselines_table(result, metric, judged)
+
+
+def rungs_table(trials, metric: str = "metric", judged: str = "val") -> None:
+    """The rungs of rows the study's trials climbed (none: every trial on every row):
+    rows, trials trained there, their CPU seconds, the best value there."""
+    from autolayer.rungs import climbed
+    from autolayer.selection import RUNGS
+
+    rungs = climbed(t.attrs[RUNGS] for t in trials if RUNGS in t.attrs)
+    if not rungs:
+        return
+    table = Table(title="rungs of rows: each trial trains on more rows while among the best")
+    for column in ("train rows", "trials", "CPU s", f"best {judged} {metric} %"):
+        table.add_column(column, justify="right")
+    for rung in rungs:
+        table.add_row(
+            f"{rung.rows:,}", str(rung.trials), f"{rung.cpu_seconds:.1f}", _pct(rung.best)
+        )
+    console.print(table)
 
 
 def baselines_table(result, metric: str = "metric", judged: str = "val") -> None:

@@ -32,11 +32,13 @@ from autolayer.budgets import Budget
 from autolayer.errors import ConfigError, DivergedError
 from autolayer.heads import Head, cross_validate, head_class, make_head
 from autolayer.options import Options
+from autolayer.rungs import Ladder
 from autolayer.selection import (
     BASELINE,
     INFEASIBLE,
     LIMITS,
     REPEAT,
+    RUNGS,
     SURPLUS,
     TASK_PARAMS,
     UNBEATABLE,
@@ -84,8 +86,10 @@ class _Objective:
         multi_objective: bool,
         wait: float = 30.0,
         folds: Sequence[np.ndarray] = (),
+        rungs: Ladder | None = None,
     ) -> None:
         self.wait = wait
+        self.rungs = rungs.rows if rungs is not None else ()
         self.by_name = {c.name: c for c in candidates}
         self.names = list(self.by_name)
         self.choices = subsets(self.names, budget.max_models)
@@ -137,15 +141,24 @@ class _Objective:
             trial.set_user_attr("fold_scores", list(result.fold_scores))
             trial.set_user_attr("n_rows", sum(len(fold) for fold in self.folds))  # held out
         else:
+            val = [c.features(layer, "val") for c, layer in zip(chosen, layers, strict=True)]
+            climbs = self.climbs(baseline)
+            if climbs:
+                self._climb(trial, head, train, val)  # raises TrialPruned below the top
+            started = time.process_time()
             result = head.fit(
                 train,
                 self.y_train,
-                [c.features(layer, "val") for c, layer in zip(chosen, layers, strict=True)],
+                val,
                 self.y_val,
                 seed=seed,
-                on_epoch=None if self.multi_objective or baseline else _pruning_hook(trial),
+                on_epoch=None
+                if self.multi_objective or baseline or climbs
+                else _pruning_hook(trial),
                 n_outputs=self.n_outputs,
             )
+            if climbs:
+                _record_rung(trial, len(self.y_train), result.best_val_metric, started)
             epochs_run = len(result.history)
             # the one-standard-error rule's n; not "n_rows", which the anchor's rules read
             # as every held-out row of a cross-validation
@@ -156,11 +169,35 @@ class _Objective:
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", epochs_run)
         trial.set_user_attr("train_seconds", result.train_seconds)
-        if not (self.multi_objective or baseline) and trial.should_prune():
+        if not (self.multi_objective or baseline or self.climbs(baseline)) and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epochs_run - 1}")
         if self.multi_objective:
             return result.best_val_metric, cost.latency_ms
         return result.best_val_metric
+
+    def climbs(self, baseline: bool) -> bool:
+        """Whether a trial climbs the rungs of rows: not a baseline (it must see every row,
+        outside the budget), not under cross-validation or two objectives."""
+        return bool(self.rungs) and not (baseline or self.folds or self.multi_objective)
+
+    def _climb(self, trial: optuna.Trial, head: Head, train: list, val: list) -> None:
+        """Fit a copy of ``head`` on each rung's rows below the top, report its validation
+        metric at step = the rung's rows, and stop the trial where the successive-halving
+        pruner says it is not among the rung's best (see :mod:`autolayer.rungs`)."""
+        for rows in self.rungs:
+            started = time.process_time()
+            fit = head.clone().fit(
+                [x[rows] for x in train],
+                self.y_train[rows],
+                val,
+                self.y_val,
+                seed=self.options.seed,
+                n_outputs=self.n_outputs,
+            )
+            _record_rung(trial, len(rows), fit.best_val_metric, started)
+            trial.report(fit.best_val_metric, len(rows))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at {len(rows)} rows")
 
     def _tuned(self, head: Head, chosen: Sequence[Candidate], layers: Sequence[int]) -> dict:
         """The decision rule of the trial's task fitted on its head's validation
@@ -173,6 +210,12 @@ class _Objective:
         val = [c.features(layer, "val") for c, layer in zip(chosen, layers, strict=True)]
         proba = head.predict_proba(val)
         return self.task.tuned(proba, self.y_val, self.options.metric).params()
+
+
+def _record_rung(trial: optuna.Trial, rows: int, value: float, started: float) -> None:
+    """Add a rung to the trial's record: ``[rows, validation metric, CPU seconds]``."""
+    done = trial.user_attrs.get(RUNGS, [])
+    trial.set_user_attr(RUNGS, [*done, [rows, value, time.process_time() - started]])
 
 
 def _suggest_head(trial: optuna.Trial, space: Space, chosen: Sequence[Candidate]) -> str:
@@ -196,7 +239,8 @@ def _same_settings(trial: optuna.Trial, budget: Budget) -> int | None:
     of finitely many settings. The linear head has none to vary, so TPE often proposes one
     again (6 of 10 trials on a latency budget that allowed little else); training it twice
     would only spend the budget."""
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    state = optuna.trial.TrialState  # pruned: on a rung of rows, it would be again
+    states = (state.COMPLETE, state.RUNNING, state.PRUNED)
     done = trial.study.get_trials(deepcopy=False, states=states)
     same = (t for t in done if t.number < trial.number and t.params == trial.params)
     return next((t.number for t in same if counts(t.user_attrs, budget, baselines=True)), None)
@@ -412,6 +456,7 @@ def run_search(
     identity: dict | None = None,
     first: Sequence[dict] = (),
     folds: Sequence[np.ndarray] = (),
+    rungs: Ladder | None = None,
 ) -> SearchResult:
     """Run (or resume) the study and return its trials, best first by ``options.metric``
     (the heads seeded by ``options.seed``), for ``task`` (the one
@@ -434,11 +479,24 @@ def run_search(
     :func:`_requeue`).
     ``folds`` (held-out rows of ``y_train``, one array per fold) judge every trial by
     cross-validation instead of ``y_val`` (see :func:`autolayer.heads.cross_validate`).
+    ``rungs`` (samples of ``y_train``'s rows) make a trial train on each before all of
+    them, stopped where it is not among its rung's best (see :mod:`autolayer.rungs`); with
+    ``prune`` the pruner is then successive halving over rows instead of the epochs' median.
     """
     budget, space = budget or Budget(), space or Space()
     options = (options or Options()).for_task(task)
     objective = _Objective(
-        candidates, y_train, y_val, budget, space, options, task, multi_objective, heartbeat, folds
+        candidates,
+        y_train,
+        y_val,
+        budget,
+        space,
+        options,
+        task,
+        multi_objective,
+        heartbeat,
+        folds,
+        rungs if prune else None,
     )
     check_feasible(candidates, budget, space, objective.n_outputs, len(y_train))
     directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
@@ -449,11 +507,11 @@ def run_search(
         "search space": space_signature(candidates, objective.choices, space),
     }
     opened = make_storage(storage, heartbeat)
-    pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
-        if prune
-        else optuna.pruners.NopPruner()
-    )
+    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+    if objective.rungs:
+        pruner = rungs.pruner()
+    elif prune:
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
     sampler = TrialSeededTPE(options.seed)
     study, created = _create_or_load(opened, study_name, sampler, pruner, directions)
     if not created:

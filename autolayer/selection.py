@@ -28,6 +28,7 @@ VAL_ROWS = "val_rows"  # the validation rows a trial was judged on (none under f
 UNBEATABLE = "anchor_unbeatable"  # study attribute: the search stopped after the anchor
 LIMITS = "budget_limits"  # study attribute: the limits of the latest run's budget
 TASK_PARAMS = "task_params"  # the task's decision rule fitted on validation (thresholds)
+RUNGS = "rungs"  # [rows, validation metric, CPU seconds] of each rung a trial trained on
 
 
 @dataclass(frozen=True)

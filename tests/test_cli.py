@@ -155,7 +155,7 @@ def test_options_a_run_ignores_are_said_once(
     code, _, err = run(capsys, *args, "--screen-size", 10, "--top-k", 9)
     assert code != 0 and "Traceback" not in err
     assert said() == [
-        "--screen-size is ignored with --exhaustive (every training row is extracted)",
+        "--screen-size is ignored with --exhaustive (every training row is used)",
         f"--top-k 9 is more than the layers of {tiny_models['bert']} (5): all are offered",
     ]
     code, _, err = run(capsys, *args, "--top-k", 5)  # all of them, exactly; no screen size

@@ -203,10 +203,10 @@ def test_mlp_suggests_the_operator_only_among_several_models() -> None:
     assert MLPHead.suggest(alone, space(), ["a"]) == {**expected, "operator": "concat"}
 
 
-def test_mlp_final_params_train_the_chosen_epochs_and_describe_says_its_shape() -> None:
+def test_mlp_final_params_stop_on_held_out_rows_and_describe_says_its_shape() -> None:
     params = make_head("mlp", {"operator": "sum", "width": 256}).params
     final = MLPHead.final_params(params, {"best_epoch": 6, "epochs_run": 15})
-    assert final == params | {"epochs": 7}
+    assert final == params | {"validation_fraction": 0.1}  # see tests/test_final_fit.py
     assert MLPHead.n_configurations(space()) is None
     assert MLPHead.describe(params, 2) == "fused by sum, width 256"
     assert MLPHead.describe(params, 1) == "width 256"

@@ -55,7 +55,7 @@ class Fitting:
 
     train: Sequence[Any]  # one [N, D_i] array (or sparse matrix) per model
     target: np.ndarray  # the task's target of the train rows
-    val: Sequence[Any] | None  # None: the final fit, on every row, for the set epochs
+    val: Sequence[Any] | None  # None: the final fit, on every row, as the params say
     val_target: np.ndarray | None
     seed: int = 0
     device: Any = None  # None: CUDA when present, else the CPU
@@ -166,7 +166,8 @@ class Head(ABC):
     ) -> HeadFit:
         """Fit on ``train`` (one ``[N, D_i]`` array or sparse matrix per model), judged on
         ``val`` by ``self.metric`` after each epoch (None: the final fit, on every row, for
-        the parameters' number of epochs). ``on_epoch`` may stop training (Optuna pruning);
+        the parameters' number of epochs, or stopped on rows it holds out itself: the MLP's
+        ``validation_fraction``). ``on_epoch`` may stop training (Optuna pruning);
         ``stop_early=False`` runs every epoch (cross-validation reads the whole curve)."""
         import time
 

@@ -4,12 +4,14 @@ standardised, projected to a common width ``d`` by Linear+ReLU, the ``m`` projec
 fused by one operator (:mod:`autolayer.fusion`), and an MLP gives the task's logits.
 
 Trained by AdamW on shuffled mini-batches (and Adam on the touched rows of a sparse
-source's table), with early stopping on the validation metric.
+source's table), with early stopping on the validation metric; the final head, which has no
+validation split, holds out ``validation_fraction`` of its own rows to stop on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +32,7 @@ from autolayer.heads.modules import (
     to_tensor,
 )
 from autolayer.options import Interval
+from autolayer.sampling import stratified_rows
 
 if TYPE_CHECKING:
     import optuna
@@ -47,6 +50,12 @@ DEFAULTS: dict[str, Any] = {
     "patience": 10,  # epochs without a strictly better validation metric
     "weight_decay": 0.0,
 }
+# Fields checked when given but not added by check_params, and what their absence means: a
+# config written before one existed reads back as it was written, and trains as it did.
+OPTIONAL: dict[str, Any] = {
+    "validation_fraction": 0.0,  # the final fit's held-out share; 0: exactly `epochs` epochs
+}
+FINAL_HOLD_OUT = 0.1  # scikit-learn's MLPClassifier(early_stopping=True) default
 GUIDE_LR = 1e-3  # the learning rate of guided first trials (see MLPHead.guided)
 PRIOR_FLOOR = 1e-3  # multi-label: a label's prior is clipped to [it, 1 - it] (_prior_bias)
 BOUNDS = {
@@ -58,6 +67,7 @@ BOUNDS = {
     "epochs": Interval(int, 1, 1000),
     "patience": Interval(int, 1, 1000),
     "weight_decay": Interval(float, 0, 1e3),
+    "validation_fraction": Interval(float, 0, 0.5, closed="left"),
 }
 
 
@@ -102,14 +112,17 @@ class MLPHead(NetHead):
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any], where: str = "head") -> dict[str, Any]:
-        unknown = sorted(str(k) for k in params if k not in DEFAULTS)
+        known = DEFAULTS.keys() | OPTIONAL.keys()
+        unknown = sorted(str(k) for k in params if k not in known)
         if unknown:
             raise ConfigError(
                 f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(DEFAULTS))}"
+                f"known: {', '.join(sorted(known))}"
             )
         checked = {**DEFAULTS, **params}
         for key, interval in BOUNDS.items():
+            if key not in checked:  # an optional field not given
+                continue
             value = checked[key]
             if not interval.holds(value):
                 raise ConfigError(f"{where}: {interval.refusal(key, value)}")
@@ -165,9 +178,17 @@ class MLPHead(NetHead):
 
     @classmethod
     def final_params(cls, params: Mapping[str, Any], fit: Mapping[str, Any]) -> dict[str, Any]:
-        """The final head trains, on every row, the epochs the trial's early stopping
-        chose (its patience is kept, unused: there is no validation to stop on)."""
-        return {**params, "epochs": int(fit["best_epoch"]) + 1}
+        """How the final head, trained on every row, knows when to stop.
+
+        A trial judged on a validation split may have trained on a sample of the rows
+        (issue 31), so its best epoch says little about all of them: the final head holds
+        out ``FINAL_HOLD_OUT`` of its rows and stops on them itself (up to the space's
+        ``epochs``, with the trial's patience). A cross-validated trial (few labels,
+        ``fold_scores`` in ``fit``) has no rows to spare: the final head trains the epochs
+        all folds preferred (its patience unused)."""
+        if "fold_scores" in fit:
+            return {**params, "epochs": int(fit["best_epoch"]) + 1}
+        return {**params, "validation_fraction": FINAL_HOLD_OUT}
 
     @classmethod
     def guided(cls, space: Any, chosen: Sequence[Any]) -> dict[str, Any]:
@@ -189,10 +210,11 @@ class MLPHead(NetHead):
         return f"fused by {params['operator']}, {width}" if n_models > 1 else width
 
     def _fit(self, fitting: Fitting) -> HeadFit:
-        """Without ``val`` (the final fit on every row) it trains exactly ``epochs`` epochs
-        and keeps the last weights, its history the training metric; with ``val`` the best
-        epoch's weights are restored."""
-        f = fitting
+        """With ``val``, or without it and a ``validation_fraction`` (the final fit then
+        holds those rows out, see :meth:`_held_out`), the best epoch's weights on them are
+        restored. Without either it trains exactly ``epochs`` epochs and keeps the last
+        weights, its history the training metric."""
+        f = self._held_out(fitting)
         with seeded(f.seed, f.device) as device:
             x, y = self._start(f.train, f.target, device)
             if y.ndim == 2:
@@ -208,6 +230,25 @@ class MLPHead(NetHead):
             )
         self.net_.cpu().eval()
         return HeadFit(best_epoch, history[best_epoch], history, 0.0, n_learned(self.net_))
+
+    def _held_out(self, f: Fitting) -> Fitting:
+        """The final fit (no ``val``) with ``validation_fraction`` of its rows moved to
+        ``val``, as scikit-learn's ``MLPClassifier(early_stopping=True)`` does; ``f``
+        unchanged when the fraction is 0 or there are no rows to spare."""
+        fraction = self.params.get("validation_fraction", OPTIONAL["validation_fraction"])
+        if f.val is not None or fraction == 0:
+            return f
+        held = held_out_rows(self.task.strata(f.target), fraction, f.seed)
+        if not len(held):
+            return f
+        keep = np.setdiff1d(np.arange(len(f.target)), held)
+        return replace(
+            f,
+            train=[x[keep] for x in f.train],
+            target=f.target[keep],
+            val=[x[held] for x in f.train],
+            val_target=f.target[held],
+        )
 
     def _epochs(
         self,
@@ -273,6 +314,28 @@ class MLPHead(NetHead):
 
     def _diverged_hint(self) -> str:
         return f"; lower lr (it is {self.params['lr']:g})"
+
+
+def held_out_rows(strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of about ``fraction`` of the rows (at least 1), stratified by
+    ``strata`` (one per row: a class, or a multi-label row's rarest label) and seeded.
+
+    One seeded row of each stratum is never held out, so every class (every rarest-label
+    stratum) keeps a training row: a class seen only in the held-out rows could not be
+    learned, only missed. The rest are drawn by :func:`~autolayer.sampling.stratified_rows`,
+    one row of each stratum first when there are enough to hold out, so the stopping
+    metric sees every class it can. Empty (nothing held out: the fit trains its ``epochs``
+    on every row) when no stratum has two rows, e.g. a single row.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(strata))
+    _, first = np.unique(strata[order], return_index=True)
+    spare = np.setdiff1d(np.arange(len(strata)), order[first])
+    size = min(max(1, round(fraction * len(strata))), len(spare))
+    if size == len(spare):  # none, or all of them: nothing to draw
+        return spare
+    per_class = int(size >= len(np.unique(strata[spare])))
+    return spare[stratified_rows(strata[spare], size, seed, per_class=per_class)]
 
 
 @torch.no_grad()

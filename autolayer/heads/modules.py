@@ -23,6 +23,12 @@ from autolayer.errors import CacheError
 from autolayer.heads.base import Head
 
 EVAL_BATCH = 4096  # rows per forward pass when nothing is learned
+# A head with fewer learned dense parameters than this fits on one torch thread (the caller's
+# count is restored after). studies/bench/head_threads.py, 2 cores, a job on the other one:
+# with both threads an MLP head of 165k to 8.1M parameters took 1.5x to 60x as long as with
+# one (each parallel op waits for the thread the other job delays); one thread was never
+# slower, for the linear head too. Larger heads were not measured: they keep the count.
+ONE_THREAD_BELOW = 10_000_000
 
 
 class _Standardised(nn.Module):
@@ -199,14 +205,28 @@ def n_learned(net: nn.Module) -> int:
 def seeded(seed: int, device: str | torch.device | None) -> Iterator[torch.device]:
     """The resolved device, with torch's global RNG (and that device's, on CUDA) seeded
     inside and restored after: a fit leaves the caller's random state untouched, and on
-    CPU the same inputs and seed give identical results."""
+    CPU the same inputs and seed give identical results. The caller's torch thread count is
+    restored after too, also on an error: :meth:`NetHead._start` lowers it for a small
+    head."""
     device = resolve_device(device)
     forked = []
     if device.type == "cuda":
         forked = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=forked):
-        torch.manual_seed(seed)
-        yield device
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=forked):
+            torch.manual_seed(seed)
+            yield device
+    finally:
+        torch.set_num_threads(threads)
+
+
+def head_threads(n_parameters: int) -> int:
+    """Torch threads for fitting a head of ``n_parameters`` learned dense scalars on the
+    CPU: one below :data:`ONE_THREAD_BELOW`, else the current count (never more: a
+    ``--threads`` choice stays an upper bound). A small head's ops are short, and when
+    another job holds a core each parallel op waits for the thread it delays."""
+    return 1 if n_parameters < ONE_THREAD_BELOW else torch.get_num_threads()
 
 
 def to_tensor(array: Any, device: torch.device) -> Tensor | SparseRows:
@@ -244,8 +264,13 @@ class NetHead(Head):
         self, train: Sequence[Any], target: np.ndarray, device: torch.device
     ) -> tuple[list[Tensor | SparseRows], Tensor]:
         """Build ``net_``, standardised on ``train`` and on ``device``; return ``train``
-        and ``target`` as tensors there."""
+        and ``target`` as tensors there. On the CPU, the fit's torch threads are set to
+        :func:`head_threads` of its parameters (inside :func:`seeded`, which restores
+        them); a sparse table is a buffer, not counted: its rows are gathered, not
+        multiplied."""
         self.net_ = self._build()
+        if device.type == "cpu":
+            torch.set_num_threads(head_threads(sum(p.numel() for p in self.net_.parameters())))
         standardise(self.net_.projections, train)
         self.net_.to(device)
         x = [to_tensor(array, device) for array in train]

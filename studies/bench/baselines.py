@@ -52,6 +52,7 @@ from autolayer.budgets import Budget
 from autolayer.fidelity import Fidelity
 from autolayer.options import Options
 from autolayer.probe import probe_layers
+from autolayer.rungs import climbed
 from autolayer.space import Space
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,10 +138,18 @@ def old_space(options: Options) -> Space:
     return Space(heads=("mlp",), baselines=False)
 
 
-def recommend_arm(data, models, options: Options, space: Space, n_trials: int, root: Path) -> dict:
+def recommend_arm(
+    data,
+    models,
+    options: Options,
+    space: Space,
+    n_trials: int,
+    root: Path,
+    fidelity: Fidelity = Fidelity(),  # noqa: B008 - frozen
+) -> dict:
     """One multi-fidelity recommend in ``space`` from the shared cache, applied on test,
     in a clean folder ``root`` (a half-finished study of an interrupted run would resume
-    and hide part of the search's CPU)."""
+    and hide part of the search's CPU); ``fidelity`` as ``recommend`` takes it."""
     shutil.rmtree(root, ignore_errors=True)
     start, wall = time.process_time(), time.perf_counter()
     rec = pipeline.recommend(
@@ -150,7 +159,7 @@ def recommend_arm(data, models, options: Options, space: Space, n_trials: int, r
         output_dir=root / "out",
         budget=Budget(n_trials=n_trials),
         space=space,
-        fidelity=Fidelity(),
+        fidelity=fidelity,
     )
     cpu, wall = time.process_time() - start, time.perf_counter() - wall
     applied = autolayer.apply(rec.config, data, root / "model", cache_dir=options.cache_dir)
@@ -177,6 +186,12 @@ def recommend_arm(data, models, options: Options, space: Space, n_trials: int, r
         "baselines": [_trial(t) for t in baselines],
         "trained": rec.search.trained,
         "trials": [_trial(t) for t in rec.search.trials],
+        "rungs": [
+            dataclasses.asdict(r)
+            for r in climbed(
+                t.attrs[selection.RUNGS] for t in rec.search.trials if selection.RUNGS in t.attrs
+            )
+        ],
     }
 
 
