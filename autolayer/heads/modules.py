@@ -25,9 +25,10 @@ from autolayer.heads.base import Head
 EVAL_BATCH = 4096  # rows per forward pass when nothing is learned
 # A head with fewer learned dense parameters than this fits on one torch thread (the caller's
 # count is restored after). studies/bench/head_threads.py, 2 cores, a job on the other one:
-# with both threads an MLP head of 165k to 8.1M parameters took 1.5x to 60x as long as with
-# one (each parallel op waits for the thread the other job delays); one thread was never
-# slower, for the linear head too. Larger heads were not measured: they keep the count.
+# an epoch of an MLP head of 165k to 8.1M parameters took 4x to 140x as long on both threads
+# as on one (each parallel op waits for the thread the job delays), and on one thread 0.5x
+# to 1.1x its time without the job; a linear head (20,000 rows x 1,024) took 2x as long on
+# both. Larger heads were not measured: they keep the caller's count.
 ONE_THREAD_BELOW = 10_000_000
 
 
