@@ -38,6 +38,7 @@ from autolayer.selection import (
     INFEASIBLE,
     LIMITS,
     REPEAT,
+    RUNG_ROWS,
     RUNGS,
     SURPLUS,
     TASK_PARAMS,
@@ -531,6 +532,7 @@ def run_search(
         _requeue(study, first, budget, baselines)
     for note in space_notes(candidates, objective.choices, space):
         logger.warning(note)
+    _check_rungs(study, [len(rows) for rows in objective.rungs])
     finite = finite_configurations(candidates, objective.choices, space)
     before, drawn_before = trained_count(study, budget)
     if not created:  # said before any trial: a re-run does not start afresh
@@ -564,6 +566,28 @@ def run_search(
         + _stop_notes(study, budget, after, time.monotonic() - started, finite, drawn_before),
         trained=after - before,
     )
+
+
+def _check_rungs(study: optuna.Study, sizes: list[int]) -> None:
+    """Record the rung sizes a study's trials climb, and say when a resumed run's differ
+    (another ``--rung-rows``, or none): its trials' rung values are then compared with
+    values of heads trained on other rows. Trials that reached every row compare as ever."""
+    stored = study.user_attrs.get(RUNG_ROWS)
+    if stored is not None and stored != sizes and sizes:
+        logger.warning(
+            "study %r ranked its trials on rungs of %s rows, this run on %s: a rung's "
+            "values now compare heads trained on different rows (pass another study name "
+            "to rank on these rungs alone)",
+            study.study_name,
+            _rows_list(stored),
+            _rows_list(sizes),
+        )
+    if sizes and stored != sizes:
+        study.set_user_attr(RUNG_ROWS, sizes)
+
+
+def _rows_list(sizes: list[int]) -> str:
+    return ", ".join(f"{size:,}" for size in sizes)
 
 
 def _create_or_load(

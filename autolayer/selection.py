@@ -29,6 +29,7 @@ UNBEATABLE = "anchor_unbeatable"  # study attribute: the search stopped after th
 LIMITS = "budget_limits"  # study attribute: the limits of the latest run's budget
 TASK_PARAMS = "task_params"  # the task's decision rule fitted on validation (thresholds)
 RUNGS = "rungs"  # [rows, validation metric, CPU seconds] of each rung a trial trained on
+RUNG_ROWS = "rung_rows"  # study attribute: the rung sizes its latest run with rungs climbed
 
 
 @dataclass(frozen=True)

@@ -216,3 +216,30 @@ def test_cli_exhaustive_ignores_rung_rows_and_says_so(
     said = [r.getMessage() for r in caplog.records]
     assert "--rung-rows is ignored with --exhaustive (every training row is used)" in said
     assert "rungs of rows" not in out
+
+
+def test_a_resumed_study_on_other_rungs_says_so(tmp_path, caplog):
+    space = Space(heads=("mlp",), max_epochs=2, patience=1)
+    candidates, y, y_val = _separable(240, 90)
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+
+    def search(min_rows: int, n_trials: int) -> None:
+        run_search(
+            candidates,
+            y,
+            y_val,
+            task=make_task(),
+            storage=storage,
+            study_name="r",
+            budget=Budget(n_trials=n_trials),
+            space=space,
+            rungs=Rungs(min_rows=min_rows, factor=2).ladder(y, y, seed=0),
+        )
+
+    search(30, 2)
+    search(30, 3)
+    assert "ranked its trials on rungs" not in caplog.text
+    search(40, 4)
+    assert "ranked its trials on rungs of 30, 60, 120 rows, this run on 40, 80" in caplog.text
+    study = optuna.load_study(study_name="r", storage=storage)
+    assert study.user_attrs["rung_rows"] == [40, 80]
