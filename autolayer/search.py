@@ -240,7 +240,7 @@ def _same_settings(trial: optuna.Trial, budget: Budget) -> int | None:
     of finitely many settings. The linear head has none to vary, so TPE often proposes one
     again (6 of 10 trials on a latency budget that allowed little else); training it twice
     would only spend the budget."""
-    state = optuna.trial.TrialState  # pruned: on a rung of rows, it would be again
+    state = optuna.trial.TrialState  # pruned on a rung: its rung value would be the same
     states = (state.COMPLETE, state.RUNNING, state.PRUNED)
     done = trial.study.get_trials(deepcopy=False, states=states)
     same = (t for t in done if t.number < trial.number and t.params == trial.params)
@@ -509,7 +509,7 @@ def run_search(
     }
     opened = make_storage(storage, heartbeat)
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
-    if objective.rungs:
+    if objective.climbs(baseline=False):
         pruner = rungs.pruner()
     elif prune:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)

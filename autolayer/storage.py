@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 
 from autolayer.errors import ConfigError
-from autolayer.selection import INFEASIBLE, REPEAT, SURPLUS
+from autolayer.selection import INFEASIBLE, REPEAT, RUNGS, SURPLUS
 
 
 def make_storage(url: str, heartbeat: float = 30.0) -> optuna.storages.BaseStorage:
@@ -98,16 +98,25 @@ def missing_sqlite_file(url: str) -> str | None:
 
 class _RetryUndecided(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a dead worker's trial, without the marks of what that attempt
-    decided (surplus, repeat, infeasible) or of who ran it. Optuna copies the attributes
-    into the retry; a copied surplus mark would leave the retry's trained head uncounted,
-    and the study would train one more than its budget."""
+    decided (surplus, repeat, infeasible, the rungs it climbed and the successive-halving
+    pruner's record of them) or of who ran it. Optuna copies the attributes into the retry;
+    a copied surplus mark would leave the retry's trained head uncounted, and the study
+    would train one more than its budget; copied rungs would be climbed twice in its record
+    and skipped by the pruner, which reads a rung it holds as passed."""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trial = copy.copy(trial)
-        decided = (SURPLUS, REPEAT, INFEASIBLE, "worker")
+        decided = (SURPLUS, REPEAT, INFEASIBLE, RUNGS, "worker")
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in decided}
-        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != WORKER}
+        trial.system_attrs = {
+            k: v
+            for k, v in trial.system_attrs.items()
+            if k != WORKER and not k.startswith(PRUNER_RUNG)
+        }
         super().__call__(study, trial)
+
+
+PRUNER_RUNG = "completed_rung_"  # Optuna's successive halving: a rung's value, by its index
 
 
 # System attribute of a running trial: its worker, as :func:`this_worker` describes it

@@ -400,8 +400,7 @@ def _stored(study, params: dict, **attrs) -> None:
 
 def test_a_trial_stored_before_head_params_exports_the_head_it_trained():
     """Trials of older studies recorded only the searched operator, width and lr (the rest
-    in the study's context): their export holds the numbers they trained with (the final
-    head stops on its own held-out rows, issue 31: the most epochs, not the trial's)."""
+    in the study's context): their export holds the numbers it always held."""
     from autolayer.config import HeadChoice
     from autolayer.pipeline import trial_config
     from autolayer.selection import summary
@@ -415,10 +414,9 @@ def test_a_trial_stored_before_head_params_exports_the_head_it_trained():
     context = study.user_attrs["context"]
     heads = [trial_config(summary(t, context), context, "s", "mem").head for t in study.trials]
     fixed = {"hidden": 64, "dropout": 0.2, "batch_size": 100, "patience": 10, "weight_decay": 0}
-    fixed |= {"epochs": 120, "validation_fraction": 0.1}
     assert heads == [
-        HeadChoice("mlp", {"operator": "sum", "width": 512, **fixed, "lr": 2e-3}),
-        HeadChoice("mlp", {"operator": "concat", "width": 256, **fixed, "lr": 1e-3}),
+        HeadChoice("mlp", {"operator": "sum", "width": 512, **fixed, "lr": 2e-3, "epochs": 7}),
+        HeadChoice("mlp", {"operator": "concat", "width": 256, **fixed, "lr": 1e-3, "epochs": 1}),
         HeadChoice("linear", {}),
     ]
     assert [(t.operator, t.width) for t in collect(study, "mem").trials] == [
@@ -438,4 +436,8 @@ def test_a_trial_exports_its_recorded_head_params_made_final():
     _stored(study, {"models": "a", "layer:a": 2}, head_params=recorded, best_epoch=3)
     config = trial_config(summary(study.trials[0]), _context(), "s", "mem")
     assert config.head.kind == "mlp" and config.task == "single_label"
-    assert config.head.params == {**recorded, "validation_fraction": 0.1}  # stops on its own
+    assert config.head.params == {**recorded, "epochs": 4}  # patience kept, unused
+    # a trial judged on enough validation rows: the final head stops on its own (issue 31)
+    _stored(study, {"models": "a", "layer:a": 3}, head_params=recorded, best_epoch=3, val_rows=500)
+    config = trial_config(summary(study.trials[1]), _context(), "s", "mem")
+    assert config.head.params == {**recorded, "validation_fraction": 0.1}

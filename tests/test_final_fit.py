@@ -13,7 +13,7 @@ from scipy.sparse import csr_matrix
 from autolayer.config import FusionConfig, HeadChoice, ModelChoice, load_config
 from autolayer.errors import ConfigError
 from autolayer.heads import Head, make_head
-from autolayer.heads.mlp import FINAL_HOLD_OUT, MLPHead, held_out_rows
+from autolayer.heads.mlp import FINAL_HOLD_OUT, MIN_VAL_ROWS, MLPHead, held_out_rows
 from autolayer.task import MultiLabel, make_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -143,10 +143,13 @@ def test_a_multi_label_sparse_fit_stops_on_its_held_out_rows_too() -> None:
 
 def test_final_params_hold_out_rows_after_a_validation_trial_and_keep_cv_epochs() -> None:
     params = mlp(epochs=120, patience=10).params
-    validated = MLPHead.final_params(params, {"best_epoch": 6, "epochs_run": 17})
+    validated = MLPHead.final_params(params, {"best_epoch": 6, "val_rows": MIN_VAL_ROWS})
     assert validated == {**params, "validation_fraction": FINAL_HOLD_OUT}
     crossed = MLPHead.final_params(params, {"best_epoch": 6, "fold_scores": [0.8, 0.9]})
     assert crossed == {**params, "epochs": 7}
+    # validated on too few rows to stop on a tenth of them: the epochs carry over
+    few = MLPHead.final_params(params, {"best_epoch": 6, "val_rows": MIN_VAL_ROWS - 1})
+    assert few == {**params, "epochs": 7}
     assert MLPHead.check_params(validated) == validated
 
 

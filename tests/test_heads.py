@@ -205,7 +205,7 @@ def test_mlp_suggests_the_operator_only_among_several_models() -> None:
 
 def test_mlp_final_params_stop_on_held_out_rows_and_describe_says_its_shape() -> None:
     params = make_head("mlp", {"operator": "sum", "width": 256}).params
-    final = MLPHead.final_params(params, {"best_epoch": 6, "epochs_run": 15})
+    final = MLPHead.final_params(params, {"best_epoch": 6, "epochs_run": 15, "val_rows": 900})
     assert final == params | {"validation_fraction": 0.1}  # see tests/test_final_fit.py
     assert MLPHead.n_configurations(space()) is None
     assert MLPHead.describe(params, 2) == "fused by sum, width 256"

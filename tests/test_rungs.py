@@ -56,8 +56,8 @@ def test_rung_samples_are_nested_stratified_and_seeded():
 def test_multi_label_rungs_keep_every_label():
     rng = np.random.default_rng(0)
     target = (rng.random((600, 12)) < 0.1).astype(np.uint8)
-    target[0, 11], target[:, 11] = 1, 0  # one row holds the rarest label
-    target[0, 11] = 1
+    target[:, 11] = 0
+    target[0, 11] = 1  # one row holds the rarest label
     strata = make_task("multi_label").strata(target)
     ladder = Rungs(min_rows=40, factor=2).ladder(target, strata, seed=0)
     assert [len(r) for r in ladder.rows] == [40, 80, 160]
@@ -134,11 +134,25 @@ def test_trials_climb_rungs_and_only_the_best_reach_all_rows(tmp_path):
 
 
 def test_a_trial_that_reached_all_rows_scores_as_a_full_rows_trial(tmp_path):
-    """The top rung is the full-rows trial itself: the same head, seed and rows give the
-    same validation value as training that configuration on all rows from the start."""
+    """The top rung is the full-rows trial itself: the same configuration and seed score
+    the same, trained on all rows from the start by a search without rungs, or by hand."""
     space = Space(heads=("mlp",), max_epochs=4, patience=2)
-    result, candidates, y, y_val, _ = _climbing_search(tmp_path, 6, space)
+    result, candidates, y, y_val, storage = _climbing_search(tmp_path, 6, space)
     [top, *_] = [t for t in result.trials if t.state == "COMPLETE" and RUNGS in t.attrs]
+    params = optuna.load_study(study_name="r", storage=storage).trials[top.number].params
+    full = run_search(
+        candidates,
+        y,
+        y_val,
+        task=make_task(),
+        storage=storage,
+        study_name="full",
+        budget=Budget(n_trials=1),
+        space=space,
+        first=[params],
+    )
+    [again] = [t for t in full.trials if t.state == "COMPLETE"]
+    assert RUNGS not in again.attrs and again.value == top.value
     by_name = {c.name: c for c in candidates}
     chosen = [by_name[m] for m in top.models]
     train = [c.features(layer, "train") for c, layer in zip(chosen, top.layers, strict=True)]
@@ -148,14 +162,35 @@ def test_a_trial_that_reached_all_rows_scores_as_a_full_rows_trial(tmp_path):
     assert fit.best_val_metric == top.value
 
 
+def test_two_objectives_and_cross_validation_never_climb(tmp_path):
+    """Optuna prunes single objectives only, and cross-validation has no rows to spare."""
+    candidates, y, y_val = _separable(240, 90)
+    ladder = Rungs(min_rows=30, factor=2).ladder(y, y, seed=0)
+    settings = {"task": make_task(), "budget": Budget(n_trials=3), "rungs": ladder}
+    settings |= {"storage": f"sqlite:///{tmp_path / 'r.db'}"}
+    space = Space(heads=("mlp",), max_epochs=2, patience=1)
+    both = run_search(
+        candidates, y, y_val, study_name="mo", space=space, multi_objective=True, **settings
+    )
+    folds = [np.arange(i, 240, 3) for i in range(3)]
+    crossed = run_search(
+        candidates, y, y_val, study_name="cv", space=space, folds=folds, **settings
+    )
+    for result in (both, crossed):
+        trained = [t for t in result.trials if t.state == "COMPLETE"]
+        assert trained and not any(RUNGS in t.attrs for t in result.trials)
+
+
 def test_a_study_on_rungs_resumes(tmp_path):
     space = Space(heads=("mlp",), max_epochs=3, patience=2)
     _climbing_search(tmp_path, 4, space)
+    first = len(optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path / 'r.db'}").trials)
     result, *_, storage = _climbing_search(tmp_path, 7, space)
     study = optuna.load_study(study_name="r", storage=storage)
     assert trained_count(study)[0] == 7
-    # the second run's trials were ranked on the rungs the first run's reached
-    assert sum(t.state == "PRUNED" and RUNGS in t.attrs for t in result.trials) >= 1
+    # the second run's trials were judged on rung 0 beside the first run's
+    ranked = [t for t in study.trials if "completed_rung_0" in t.system_attrs]
+    assert any(t.number < first for t in ranked) and any(t.number >= first for t in ranked)
 
 
 def test_prepare_builds_rungs_only_with_fidelity_and_enough_rows(home, tiny_dataset, models):

@@ -10,7 +10,7 @@ import pytest
 
 from autolayer import search
 from autolayer.errors import ConfigError
-from autolayer.selection import INFEASIBLE, REPEAT, SURPLUS, trained_count
+from autolayer.selection import INFEASIBLE, REPEAT, RUNGS, SURPLUS, trained_count
 from autolayer.storage import WORKER, make_storage, this_worker
 from tests.conftest import one_error_line, run, write_jsonl
 
@@ -33,6 +33,26 @@ def test_a_dead_workers_trial_is_retried_without_what_it_had_decided(tmp_path, m
     assert again.number == retry.number
     study.tell(again, 0.9)
     assert trained_count(study) == (1, 1)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_retried_trial_climbs_its_rungs_afresh(tmp_path):
+    """A dead worker's trial had climbed a rung: its retry keeps neither the record nor the
+    successive-halving pruner's mark, or the rung would be counted twice and skipped."""
+    storage = make_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=1)
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=10, reduction_factor=2)
+    study = optuna.create_study(storage=storage, direction="maximize", pruner=pruner)
+    trial = study.ask()
+    trial.suggest_categorical("models", ["m"])
+    trial.set_user_attr(RUNGS, [[10, 0.7, 1.0]])
+    trial.report(0.7, 10)
+    assert not trial.should_prune()  # the pruner recorded the rung: completed_rung_0
+    [stale] = study.get_trials()
+    assert any(k.startswith("completed_rung_") for k in stale.system_attrs)
+    storage.get_heartbeat_stale_trial_callback()(study, stale)
+    [retry] = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert RUNGS not in retry.user_attrs
+    assert not any(k.startswith("completed_rung_") for k in retry.system_attrs)
 
 
 def test_workers_creating_one_sqlite_storage_together_retry(tmp_path, monkeypatch):

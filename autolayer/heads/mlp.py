@@ -56,6 +56,9 @@ OPTIONAL: dict[str, Any] = {
     "validation_fraction": 0.0,  # the final fit's held-out share; 0: exactly `epochs` epochs
 }
 FINAL_HOLD_OUT = 0.1  # scikit-learn's MLPClassifier(early_stopping=True) default
+# a trial validated on fewer rows carries its epoch count over: its final head's held-out
+# tenth of train + validation would be under about a hundred rows, too few to stop on
+MIN_VAL_ROWS = 200
 GUIDE_LR = 1e-3  # the learning rate of guided first trials (see MLPHead.guided)
 PRIOR_FLOOR = 1e-3  # multi-label: a label's prior is clipped to [it, 1 - it] (_prior_bias)
 BOUNDS = {
@@ -180,13 +183,14 @@ class MLPHead(NetHead):
     def final_params(cls, params: Mapping[str, Any], fit: Mapping[str, Any]) -> dict[str, Any]:
         """How the final head, trained on every row, knows when to stop.
 
-        A trial judged on a validation split may have trained on a sample of the rows
-        (issue 31), so its best epoch says little about all of them: the final head holds
-        out ``FINAL_HOLD_OUT`` of its rows and stops on them itself (up to the space's
-        ``epochs``, with the trial's patience). A cross-validated trial (few labels,
-        ``fold_scores`` in ``fit``) has no rows to spare: the final head trains the epochs
-        all folds preferred (its patience unused)."""
-        if "fold_scores" in fit:
+        It trains on more rows than any trial (train + validation) and, once trials rank
+        on samples of rows, the search's protocol and the final fit are two things: so it
+        stops by itself, on ``FINAL_HOLD_OUT`` of its own rows (up to the trial's
+        ``epochs``, with its patience). Where that share would be too few rows to judge an
+        epoch by (a trial validated on fewer than ``MIN_VAL_ROWS``, or cross-validated: few
+        labels, ``fold_scores`` in ``fit``), it trains the epochs the trial's early
+        stopping chose (its patience unused), as before."""
+        if "fold_scores" in fit or fit.get("val_rows", 0) < MIN_VAL_ROWS:
             return {**params, "epochs": int(fit["best_epoch"]) + 1}
         return {**params, "validation_fraction": FINAL_HOLD_OUT}
 
