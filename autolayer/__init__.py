@@ -22,6 +22,8 @@ _LAZY = {
     "recommend": "autolayer.pipeline",
     "Budget": "autolayer.budgets",
     "Space": "autolayer.space",
+    "Fidelity": "autolayer.fidelity",
+    "Rungs": "autolayer.rungs",
     "load_config": "autolayer.config",
     "apply": "autolayer.classifier",
     "FusionTextClassifier": "autolayer.classifier",

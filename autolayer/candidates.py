@@ -36,7 +36,7 @@ from autolayer.heads import head_class
 from autolayer.metrics import MULTI_LABEL_METRICS
 from autolayer.options import Options
 from autolayer.probe import LayerScores
-from autolayer.rungs import Ladder
+from autolayer.rungs import Ladder, Rungs
 from autolayer.search import anchor_can_stop
 from autolayer.sources import SourceRecord, resolve_spec
 from autolayer.space import SEPARATOR, Candidate, LayerCost, Space, split_models
@@ -346,6 +346,7 @@ def prepare(
     rungs = None
     if fidelity is not None and fidelity.rungs is not None and not folds:
         rungs = fidelity.rungs.ladder(rows.y_train, rows.strata, options.seed)
+        _say_no_rungs(fidelity.rungs, len(rows.y_train), rungs)
     return Prepared(
         data,
         options,
@@ -363,6 +364,19 @@ def prepare(
         sources,
         rungs,
     )
+
+
+def _say_no_rungs(rungs: Rungs, n_train: int, ladder: Ladder | None) -> None:
+    """Say why a search that could have sampled rows will not: rows for a first rung, too
+    few to save anything by it (a smaller set is searched on every row without a word)."""
+    if ladder is None and n_train >= rungs.min_rows:
+        logger.warning(
+            "no rungs of rows: %s search-train rows (the training rows less the validation "
+            "split) are fewer than %d × %s; every trial trains on all of them",
+            f"{n_train:,}",
+            rungs.factor,
+            f"{rungs.min_rows:,}",
+        )
 
 
 def anchor_budget(budget: Budget, space: Space, multi_objective: bool = False) -> Budget | None:

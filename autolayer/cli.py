@@ -715,7 +715,8 @@ def _search_options(func):
             type=click.IntRange(min=1),
             help="Training rows of the search's first rung: each trial's head trains on this "
             "many, then 3× as many while among the best third of its rung, up to all rows "
-            "(none below 3× this many training rows).",
+            "(no rungs below 3× this many search-train rows: the training rows less the "
+            "validation split).",
         ),
         click.option(
             "--exhaustive",

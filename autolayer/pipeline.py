@@ -56,6 +56,7 @@ from autolayer.selection import (
     INFEASIBLE,
     OVER_BUDGET,
     REPEAT,
+    RUNGS,
     TASK_PARAMS,
     SearchResult,
     TrialSummary,
@@ -461,6 +462,8 @@ def _untrained(trial: TrialSummary) -> str:
         return f" (infeasible: {trial.attrs[INFEASIBLE]})"
     if REPEAT in trial.attrs:
         return f" (a repeat of trial {trial.attrs[REPEAT]})"
+    if trial.state == "PRUNED" and trial.attrs.get(RUNGS):
+        return f" (pruned at {trial.attrs[RUNGS][-1][0]:,} rows: never trained on all of them)"
     return ""
 
 

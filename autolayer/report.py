@@ -306,7 +306,7 @@ def rungs_table(trials, metric: str = "metric", judged: str = "val") -> None:
     rungs = climbed(t.attrs[RUNGS] for t in trials if RUNGS in t.attrs)
     if not rungs:
         return
-    table = Table(title="rungs of rows: each trial trains on more rows while among the best")
+    table = Table(title="rungs of rows: a trial trains on more while among its rung's best")
     for column in ("train rows", "trials", "CPU s", f"best {judged} {metric} %"):
         table.add_column(column, justify="right")
     for rung in rungs:

@@ -32,7 +32,7 @@ from autolayer.budgets import Budget
 from autolayer.errors import ConfigError, DivergedError
 from autolayer.heads import Head, cross_validate, head_class, make_head
 from autolayer.options import Options
-from autolayer.rungs import Ladder
+from autolayer.rungs import Ladder, Rungs
 from autolayer.selection import (
     BASELINE,
     INFEASIBLE,
@@ -508,6 +508,11 @@ def run_search(
         "search space": space_signature(candidates, objective.choices, space),
     }
     opened = make_storage(storage, heartbeat)
+    if rungs is not None and prune and multi_objective:
+        logger.warning(
+            "no rungs of rows with two objectives (Optuna prunes single objectives only): "
+            "every trial trains on all rows"
+        )
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if objective.climbs(baseline=False):
         pruner = rungs.pruner()
@@ -532,7 +537,9 @@ def run_search(
         _requeue(study, first, budget, baselines)
     for note in space_notes(candidates, objective.choices, space):
         logger.warning(note)
-    _check_rungs(study, [len(rows) for rows in objective.rungs])
+    if objective.climbs(baseline=False):
+        kept = _study_rungs(study, rungs, y_train, task, options.seed)
+        objective.rungs, study.pruner = kept.rows, kept.pruner()
     finite = finite_configurations(candidates, objective.choices, space)
     before, drawn_before = trained_count(study, budget)
     if not created:  # said before any trial: a re-run does not start afresh
@@ -568,22 +575,30 @@ def run_search(
     )
 
 
-def _check_rungs(study: optuna.Study, sizes: list[int]) -> None:
-    """Record the rung sizes a study's trials climb, and say when a resumed run's differ
-    (another ``--rung-rows``, or none): its trials' rung values are then compared with
-    values of heads trained on other rows. Trials that reached every row compare as ever."""
+def _study_rungs(
+    study: optuna.Study, ladder: Ladder, y_train: np.ndarray, task: Task, seed: int
+) -> Ladder:
+    """The rungs a run climbs: the study's own, recorded by the run that first climbed in
+    it. A resumed run or another worker with another ``--rung-rows`` keeps them, and says
+    so: the successive-halving pruner compares a rung's values by the rung's index, so
+    values of heads trained on other rows would be ranked together (a smaller first rung
+    would lose every comparison, a larger one win them)."""
+    wanted = {"sizes": [len(rows) for rows in ladder.rows], "factor": ladder.factor}
     stored = study.user_attrs.get(RUNG_ROWS)
-    if stored is not None and stored != sizes and sizes:
-        logger.warning(
-            "study %r ranked its trials on rungs of %s rows, this run on %s: a rung's "
-            "values now compare heads trained on different rows (pass another study name "
-            "to rank on these rungs alone)",
-            study.study_name,
-            _rows_list(stored),
-            _rows_list(sizes),
-        )
-    if sizes and stored != sizes:
-        study.set_user_attr(RUNG_ROWS, sizes)
+    if stored is None:
+        study.set_user_attr(RUNG_ROWS, wanted)
+        return ladder
+    if stored == wanted:
+        return ladder
+    logger.warning(
+        "study %r ranks its trials on rungs of %s rows; this run keeps them (not %s): pass "
+        "another study name to rank on these",
+        study.study_name,
+        _rows_list(stored["sizes"]),
+        _rows_list(wanted["sizes"]),
+    )
+    kept = Rungs(min_rows=stored["sizes"][0], factor=stored["factor"])
+    return kept.ladder(y_train, task.strata(y_train), seed) or ladder
 
 
 def _rows_list(sizes: list[int]) -> str:

@@ -253,7 +253,9 @@ def test_cli_exhaustive_ignores_rung_rows_and_says_so(
     assert "rungs of rows" not in out
 
 
-def test_a_resumed_study_on_other_rungs_says_so(tmp_path, caplog):
+def test_a_resumed_study_keeps_its_rungs_and_says_so(tmp_path, caplog):
+    """The pruner compares a rung's values by the rung's index: a run with other rungs
+    would rank heads trained on other rows together, so it keeps the study's."""
     space = Space(heads=("mlp",), max_epochs=2, patience=1)
     candidates, y, y_val = _separable(240, 90)
     storage = f"sqlite:///{tmp_path / 'r.db'}"
@@ -273,8 +275,49 @@ def test_a_resumed_study_on_other_rungs_says_so(tmp_path, caplog):
 
     search(30, 2)
     search(30, 3)
-    assert "ranked its trials on rungs" not in caplog.text
-    search(40, 4)
-    assert "ranked its trials on rungs of 30, 60, 120 rows, this run on 40, 80" in caplog.text
+    assert "ranks its trials on rungs" not in caplog.text
+    search(40, 5)
+    assert "ranks its trials on rungs of 30, 60, 120 rows; this run keeps them (not 40, 80)" in (
+        caplog.text
+    )
     study = optuna.load_study(study_name="r", storage=storage)
-    assert study.user_attrs["rung_rows"] == [40, 80]
+    assert study.user_attrs["rung_rows"] == {"sizes": [30, 60, 120], "factor": 2}
+    climbed_rows = {r[0] for t in study.trials for r in t.user_attrs.get(RUNGS, [])}
+    assert climbed_rows <= {30, 60, 120, 240} and 30 in climbed_rows
+
+
+def test_rungs_off_for_too_few_rows_or_two_objectives_are_said(
+    home, tmp_path, tiny_dataset, models, caplog
+):
+    names = models.split(",")
+    few = Fidelity(screen_size=None, rungs=Rungs(min_rows=20))
+    prepared = pipeline.prepare(str(tiny_dataset), names, top_k=1, fidelity=few)
+    assert prepared.rungs is None and 20 <= len(prepared.y_train) < 60
+    assert f"no rungs of rows: {len(prepared.y_train)} search-train rows" in caplog.text
+    caplog.clear()
+    pipeline.prepare(str(tiny_dataset), names, top_k=1, fidelity=Fidelity(screen_size=None))
+    assert "no rungs" not in caplog.text  # fewer rows than a first rung: nothing to say
+    candidates, y, y_val = _separable(240, 90)
+    run_search(
+        candidates,
+        y,
+        y_val,
+        task=make_task(),
+        storage=f"sqlite:///{tmp_path / 'r.db'}",
+        study_name="mo",
+        budget=Budget(n_trials=1),
+        space=Space(heads=("mlp",), max_epochs=1),
+        multi_objective=True,
+        rungs=Rungs(min_rows=30, factor=2).ladder(y, y, seed=0),
+    )
+    assert "no rungs of rows with two objectives" in caplog.text
+
+
+def test_exporting_a_trial_pruned_on_a_rung_says_where(tmp_path):
+    space = Space(heads=("mlp",), max_epochs=3, patience=2)
+    result, *_, storage = _climbing_search(tmp_path, 8, space)
+    [pruned, *_] = [t for t in result.trials if t.state == "PRUNED" and RUNGS in t.attrs]
+    rows = pruned.attrs[RUNGS][-1][0]
+    optuna.load_study(study_name="r", storage=storage).set_user_attr("context", {"made": 1})
+    with pytest.raises(ConfigError, match=f"pruned at {rows} rows: never trained on all"):
+        pipeline.export(storage, "r", pruned.number)
