@@ -536,11 +536,12 @@ def recommend(
 ) -> Recommendation:
     """screen → select → complete → search; writes ``recommendation.yaml`` in ``output_dir``.
 
-    Multi-fidelity by default (``fidelity=None``: every layer of every model on every row,
-    as an exhaustive sweep would). ``max_train_samples`` caps the training split (a
-    stratified, seeded sample); ``labels_per_class`` keeps that many seeded labels of
-    every class instead (few-label mode: configurations are then judged by
-    ``min(5, labels_per_class)``-fold cross-validation over the draw unless
+    Multi-fidelity by default: a screen, and trials ranked on rungs of rows (see
+    :mod:`autolayer.rungs`; ``fidelity=None``: every layer of every model on every row,
+    and every trial on every row, as an exhaustive sweep would). ``max_train_samples``
+    caps the training split (a stratified, seeded sample); ``labels_per_class`` keeps that
+    many seeded labels of every class instead (few-label mode: configurations are then
+    judged by ``min(5, labels_per_class)``-fold cross-validation over the draw unless
     ``cv_folds`` says otherwise). ``options`` (or keyword ``settings``: ``seed=1``,
     ``max_length=128``…) as in :func:`prepare`. An ``output_dir`` whose recommendation was
     made for other data is refused before any work unless ``overwrite`` (its study database

@@ -206,23 +206,14 @@ def test_prepare_builds_rungs_only_with_fidelity_and_enough_rows(home, tiny_data
     assert pipeline.prepare(str(tiny_dataset), names, top_k=1, fidelity=coarse).rungs is None
 
 
+def _search(capsys, tmp_path, tiny_dataset, model, *args):
+    """``autolayer search`` of the MLP head on one tiny model, first rung 8 rows."""
+    common = ["-d", tiny_dataset, "--models", model, "--rung-rows", 8, "--heads", "mlp"]
+    return run(capsys, "search", *common, *args, "-o", tmp_path / "out")
+
+
 def test_cli_search_reports_its_rungs(capsys, home, tmp_path, tiny_dataset, tiny_models):
-    code, out, err = run(
-        capsys,
-        "search",
-        "-d",
-        tiny_dataset,
-        "--models",
-        tiny_models["bert"],
-        "--rung-rows",
-        "8",
-        "--n-trials",
-        "4",
-        "--heads",
-        "mlp",
-        "-o",
-        tmp_path / "out",
-    )
+    code, out, err = _search(capsys, tmp_path, tiny_dataset, tiny_models["bert"], "--n-trials", 4)
     assert code == 0, err
     assert "rungs of rows" in out and "train rows" in out
 
@@ -230,23 +221,8 @@ def test_cli_search_reports_its_rungs(capsys, home, tmp_path, tiny_dataset, tiny
 def test_cli_exhaustive_ignores_rung_rows_and_says_so(
     capsys, caplog, home, tmp_path, tiny_dataset, tiny_models
 ):
-    code, out, err = run(
-        capsys,
-        "search",
-        "-d",
-        tiny_dataset,
-        "--models",
-        tiny_models["bert"],
-        "--rung-rows",
-        "8",
-        "--exhaustive",
-        "--n-trials",
-        "2",
-        "--heads",
-        "mlp",
-        "-o",
-        tmp_path / "out",
-    )
+    args = ("--exhaustive", "--n-trials", 2)
+    code, out, err = _search(capsys, tmp_path, tiny_dataset, tiny_models["bert"], *args)
     assert code == 0, err
     said = [r.getMessage() for r in caplog.records]
     assert "--rung-rows is ignored with --exhaustive (every training row is used)" in said

@@ -245,12 +245,9 @@ def load_data(name: str, args: argparse.Namespace):
     return data
 
 
-def run(args: argparse.Namespace) -> None:
-    """Run the arms missing from the JSON, writing it after each."""
-    data = load_data(args.set, args)
-    work = args.work_dir / args.set
-    options = Options(max_length=SETS[args.set]["max_length"], cache_dir=work / "cache")
-    settings = {
+def run_settings(args: argparse.Namespace, options: Options) -> dict:
+    """What a run's JSON was made with: a resumed run must match it."""
+    return {
         "models": args.models,
         "n_trials": args.n_trials,
         "max_length": options.max_length,
@@ -258,10 +255,25 @@ def run(args: argparse.Namespace) -> None:
         "smoke_train_samples": args.max_train_samples,
         "max_test_samples": args.max_test_samples,
     }
-    path = args.json or RESULTS / f"baselines-{args.set}.json"
+
+
+def read_results(path: Path, settings: dict) -> dict:
+    """The arms already in ``path`` (none if it does not exist), refused when they were run
+    with other settings."""
     results = json.loads(path.read_text()) if path.exists() else {}
     if results.get("settings", settings) != settings:
         raise SystemExit(f"{path} was run with other settings: {results['settings']}")
+    return results
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the arms missing from the JSON, writing it after each."""
+    data = load_data(args.set, args)
+    work = args.work_dir / args.set
+    options = Options(max_length=SETS[args.set]["max_length"], cache_dir=work / "cache")
+    settings = run_settings(args, options)
+    path = args.json or RESULTS / f"baselines-{args.set}.json"
+    results = read_results(path, settings)
     results.update(
         dataset=args.set,
         n_train=len(data.split("train")),

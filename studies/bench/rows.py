@@ -27,7 +27,17 @@ import argparse
 import json
 from pathlib import Path
 
-from baselines import MODELS, RESULTS, SETS, load_data, new_space, recommend_arm, timed
+from baselines import (
+    MODELS,
+    RESULTS,
+    SETS,
+    load_data,
+    new_space,
+    read_results,
+    recommend_arm,
+    run_settings,
+    timed,
+)
 
 from autolayer.fidelity import Fidelity
 from autolayer.options import Options
@@ -40,18 +50,9 @@ def run(args: argparse.Namespace) -> None:
     data = load_data(args.set, args)
     work = args.work_dir / args.set
     options = Options(max_length=SETS[args.set]["max_length"], cache_dir=work / "cache")
-    settings = {
-        "models": args.models,
-        "n_trials": args.n_trials,
-        "max_length": options.max_length,
-        "max_train_samples": SETS[args.set].get("max_train_samples"),
-        "smoke_train_samples": args.max_train_samples,
-        "max_test_samples": args.max_test_samples,
-    }
+    settings = run_settings(args, options)
     path = args.json or RESULTS / f"rows-{args.set}.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    if results.get("settings", settings) != settings:
-        raise SystemExit(f"{path} was run with other settings: {results['settings']}")
+    results = read_results(path, settings)
     results.update(dataset=args.set, n_train=len(data.split("train")), settings=settings)
     for name, fidelity in ARMS.items():
         if name in results:
