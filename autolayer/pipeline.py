@@ -462,7 +462,7 @@ def _untrained(trial: TrialSummary) -> str:
         return f" (infeasible: {trial.attrs[INFEASIBLE]})"
     if REPEAT in trial.attrs:
         return f" (a repeat of trial {trial.attrs[REPEAT]})"
-    if trial.state == "PRUNED" and trial.attrs.get(RUNGS):
+    if trial.attrs.get(RUNGS) and trial.state == "PRUNED":
         return f" (pruned at {trial.attrs[RUNGS][-1][0]:,} rows: never trained on all of them)"
     return ""
 
