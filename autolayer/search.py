@@ -513,10 +513,9 @@ def run_search(
             "no rungs of rows with two objectives (Optuna prunes single objectives only): "
             "every trial trains on all rows"
         )
-    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
-    if objective.climbs(baseline=False):
-        pruner = rungs.pruner()
-    elif prune:
+    climbing = objective.climbs(baseline=False)
+    pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()  # climbing: set below
+    if prune and not climbing:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5)
     sampler = TrialSeededTPE(options.seed)
     study, created = _create_or_load(opened, study_name, sampler, pruner, directions)
@@ -537,7 +536,7 @@ def run_search(
         _requeue(study, first, budget, baselines)
     for note in space_notes(candidates, objective.choices, space):
         logger.warning(note)
-    if objective.climbs(baseline=False):
+    if climbing:  # the study's own rungs, known once it is open
         kept = _study_rungs(study, rungs, y_train, task, options.seed)
         objective.rungs, study.pruner = kept.rows, kept.pruner()
     finite = finite_configurations(candidates, objective.choices, space)
