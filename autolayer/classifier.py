@@ -559,6 +559,7 @@ class ApplyResult:
     n_test: int
     warnings: tuple[str, ...]
     task: str = SINGLE_LABEL
+    n_held_out: int = 0  # of n_train: held out by the head to stop early, not trained on
     metrics: dict = field(default_factory=dict)  # multi-label: each test metric, config's first
 
 
@@ -689,6 +690,8 @@ def apply(
     metrics = _test_metrics(estimator, config, data, cache_dir, device)
     directory = estimator.save(output, overwrite=overwrite)
     metrics["n_train"] = len(labels)
+    if held_out := getattr(estimator.head_, "held_out_", 0):  # else the file is as it was
+        metrics["n_held_out"] = held_out
     if config.task != SINGLE_LABEL:  # single-label metrics.json is written as it always was
         metrics = {"task": config.task, **metrics}
     atomic_write_bytes(directory / METRICS_FILE, json.dumps(metrics, indent=1).encode())
@@ -709,6 +712,7 @@ def _apply_result(directory: Path, notes: tuple[str, ...], written: dict) -> App
         per_class=written["per_label"],
         n_train=written["n_train"],
         n_test=written["n_test"],
+        n_held_out=written.get("n_held_out", 0),
         warnings=notes,
         task=written["task"],
         metrics=scores if written["n_test"] else {},

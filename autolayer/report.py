@@ -502,9 +502,12 @@ def exported(config, output) -> None:
 def apply_result(result) -> None:
     """Test metrics (the config's first, in bold) and the per-class, or per-label,
     precision, recall and F1."""
+    trained = f"trained on {result.n_train - result.n_held_out} texts" + (
+        f", {result.n_held_out} held out to stop early" if result.n_held_out else ""
+    )
     if not result.n_test:
         console.print(
-            f"trained on {result.n_train} texts (no test split: nothing held out, no test "
+            f"{trained} (no test split: none kept to test on, no test "
             f"metrics); saved {escape(str(result.directory))}"
         )
         return
@@ -514,7 +517,7 @@ def apply_result(result) -> None:
     others = ", ".join(f"{metric_name(m)} {100 * v:.2f}%" for m, v in rest)
     console.print(
         f"test {metric_name(first)} [bold]{100 * value:.2f}%[/], {others} "
-        f"({result.n_test} test texts; trained on {result.n_train}); "
+        f"({result.n_test} test texts; {trained}); "
         f"saved {escape(str(result.directory))}"
     )
     (label_table if multi else class_table)(result.per_class)

@@ -13,7 +13,7 @@ from autolayer.config import load_config
 from autolayer.errors import ConfigError, DataError
 from autolayer.predictions import predict_file
 from autolayer.sources import SOURCES, FeatureSource
-from tests.conftest import one_error_line, run, write_jsonl
+from tests.conftest import TINY_HEAD, one_error_line, run, write_config, write_jsonl
 
 # What apply saves for a transformer's features (no TF-IDF fitted).
 NEURAL_MODEL_FILES = [
@@ -183,3 +183,17 @@ def test_apply_repeats_the_capped_sample_the_recommendation_was_made_on(
     assert "trained on every row; the config was chosen on its sample of 24" in caplog.text
     assert "made on other data" not in caplog.text
     assert json.loads((tmp_path / "all" / "metrics.json").read_text())["n_train"] == 40
+
+
+def test_apply_says_the_rows_an_mlp_held_out_to_stop_early(
+    capsys, tmp_path, home, tiny_models, tiny_dataset
+):
+    """A head that holds out a tenth of its rows to stop on trains on the rest: apply says
+    so, and writes how many into metrics.json (a head that holds none out writes no key)."""
+    head = {"kind": "mlp", "params": {**TINY_HEAD, "validation_fraction": 0.1}}
+    held = write_config(tmp_path / "held", tiny_models["bert"], head=head)
+    code, out, err = run(capsys, "apply", held, "-d", tiny_dataset, "-o", tmp_path / "m")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["n_held_out"] == 4  # a tenth of the 40 training rows
+    assert f"trained on {metrics['n_train'] - 4} texts, 4 held out to stop early" in out

@@ -240,11 +240,13 @@ class MLPHead(NetHead):
         ``val``, as scikit-learn's ``MLPClassifier(early_stopping=True)`` does; ``f``
         unchanged when the fraction is 0 or there are no rows to spare."""
         fraction = self.params.get("validation_fraction", OPTIONAL["validation_fraction"])
+        self.held_out_ = 0  # said by apply: these rows stop the fit, they do not train it
         if f.val is not None or fraction == 0:
             return f
         held = held_out_rows(self.task.strata(f.target), fraction, f.seed)
         if not len(held):
             return f
+        self.held_out_ = len(held)
         keep = np.setdiff1d(np.arange(len(f.target)), held)
         return replace(
             f,
