@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autolayer.selection import BASELINE, collect, counts
+from autolayer.selection import BASELINE, RUNG_ROWS, RUNGS, collect, counts
 from autolayer.storage import WORKER
 from tests.conftest import REPO, WORDS, write_jsonl
 
@@ -65,7 +65,7 @@ def workload(tmp_path_factory, tiny_models) -> dict:
     return {"data": root / "data", "cache": root / "cache", "models": models, "root": root}
 
 
-def _worker(workload: dict, storage: str, study: str, out: Path) -> subprocess.Popen:
+def _worker(workload: dict, storage: str, study: str, out: Path, *extra: str) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
@@ -89,6 +89,7 @@ def _worker(workload: dict, storage: str, study: str, out: Path) -> subprocess.P
         str(workload["cache"]),
         "-o",
         str(out),
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     return subprocess.Popen(
@@ -144,11 +145,24 @@ def _assert_consistent(study: optuna.Study) -> None:
 
 
 def test_two_workers_share_one_study(postgres_url, workload, tmp_path):
+    """Two workers climbing rungs of rows (1,600 search-train rows: rungs of 200 and 600,
+    then all) share one study: one pruner's view of every trial's rungs, whoever ran it."""
     study_name = f"two-workers-{uuid.uuid4().hex[:8]}"
-    workers = [_worker(workload, postgres_url, study_name, tmp_path / f"w{i}") for i in range(2)]
+    workers = [
+        _worker(workload, postgres_url, study_name, tmp_path / f"w{i}", "--rung-rows", "200")
+        for i in range(2)
+    ]
     outputs = [_finish(w) for w in workers]
     study = _load(postgres_url, study_name)
     _assert_consistent(study)
+    assert study.user_attrs[RUNG_ROWS]["sizes"] == [200, 600]
+    climbed = [t for t in _trained(study) if not t.user_attrs.get(BASELINE)]
+    assert climbed and all(t.user_attrs[RUNGS][0][0] == 200 for t in climbed)
+    # a trial pruned on a rung stopped there; one that finished climbed every rung first
+    for t in climbed:
+        rows = [r[0] for r in t.user_attrs[RUNGS]]
+        complete = t.state == optuna.trial.TrialState.COMPLETE
+        assert rows == [200, 600, 1600] if complete else rows in ([200], [200, 600])
     # Both took part (trained, or waited for the other's last trials): which one trains
     # how many is up to the scheduler.
     by_worker = {
