@@ -307,6 +307,9 @@ def table(path: Path) -> str:
         line(f"TF-IDF + SVM (C = {r['tfidf_svm']['C']:g}, tuned)", r["tfidf_svm"]["test"])
         line("TF-IDF + SVM (C = 1)", r["tfidf_svm"]["untuned_test"])
     for model, m in r.get("layers", {}).get("by_model", {}).items():
+        if m["best_layer"] == len(m["curve"]) - 1:
+            line(f"{model} L{m['best_layer']} (best by probe = last) + LR", m["best"])
+            continue
         line(f"{model} L{m['best_layer']} (best by probe) + LR", m["best"])
         line(f"{model} last layer + LR", m["last"])
     if "recommend" in r:
@@ -317,9 +320,33 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def plot(path: Path, out: Path) -> None:
+    """Each model's layer curve (probe micro-F1 on the search-train rows) against relative
+    depth, so encoders of 7 states and decoders of 31 share one axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = json.loads(path.read_text())["layers"]["by_model"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for model, m in curves.items():
+        curve = np.asarray(m["curve"])
+        depth = np.arange(len(curve)) / (len(curve) - 1)
+        ax.plot(depth, curve, marker=".", label=f"{model} (best L{m['best_layer']})")
+    ax.set_xlabel("hidden state / last (0 = embeddings)")
+    ax.set_ylabel(f"probe {METRIC.replace('_', '-')}")
+    ax.set_title("Reuters-21578: layer curves, 3-fold probe on search-train rows")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", action="store_true", help="print the table and stop")
+    parser.add_argument("--plot", type=Path, help="draw the layer curves into this PNG and stop")
     parser.add_argument("--work-dir", type=Path, default=Path("/work/bench-work"))
     parser.add_argument("--json", type=Path, help="default: results/reuters.json")
     parser.add_argument("--n-trials", type=int, default=30)
@@ -334,6 +361,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         print(table(args.json or RESULTS / "reuters.json"))
+    elif args.plot:
+        plot(args.json or RESULTS / "reuters.json", args.plot)
     else:
         run(args)
 
