@@ -24,7 +24,7 @@ import click
 
 from autolayer.errors import AutolayerError
 from autolayer.metrics import ALL_METRICS
-from autolayer.options import POOLINGS
+from autolayer.options import ENGINES, POOLINGS
 
 EPILOG_EXTRACT = """\b
 Examples:
@@ -123,6 +123,29 @@ _trust_option = click.option(
 _overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace --output even if autolayer did not write it."
 )
+
+
+def _engine_options(func):
+    """``--engine``, ``--ray-address`` and ``--ray-actors``: where an extraction's missing
+    chunks are computed, which never changes the features (see autolayer.engine)."""
+    func = click.option(
+        "--ray-actors",
+        type=click.IntRange(min=1),
+        help="Ray actors (default: one per CPU of the cluster, or per GPU).",
+    )(func)
+    func = click.option(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray on this machine).",
+    )(func)
+    return click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default="local",
+        show_default=True,
+        help="Where extraction runs: here, or on Ray actors writing into the same cache "
+        "(pip install 'autolayer[ray]'; the cache folder must be reachable from every node).",
+    )(func)
 
 
 def _pooling_options(func):
@@ -299,6 +322,7 @@ def zoo_install(aliases: tuple[str, ...]) -> None:
 )
 @_device_option()
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
+@_engine_options
 @click.option(
     "--cache-dir", type=click.Path(path_type=Path), help="Default: $AUTOLAYER_HOME/embeddings."
 )
@@ -317,6 +341,9 @@ def extract(
     max_tokens: int,
     device: str,
     threads: int | None,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int | None,
     cache_dir: Path | None,
     output: Path | None,
     overwrite: bool,
@@ -352,6 +379,9 @@ def extract(
         threads=threads,
         cache_dir=cache_dir,
         trust_remote_code=trust_remote_code,
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
     )
     with progress.progress_bar(f"{model} · {source}", len(texts)) as advance:
         embeddings = embed_texts(
@@ -404,6 +434,7 @@ def _models(value: str | None) -> list[str] | None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write scores as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Write the layer curves as PNG.")
 @click.option("--cache-dir", type=click.Path(path_type=Path))
+@_engine_options
 def score(
     models,
     dataset,
@@ -420,6 +451,9 @@ def score(
     json_path,
     plot,
     cache_dir,
+    engine,
+    ray_address,
+    ray_actors,
 ) -> None:
     """Rank every layer of each model by cross-validated linear-probe accuracy (micro-F1
     on multi-label data).
@@ -448,7 +482,15 @@ def score(
         label_sep=label_sep,
         allow_empty_labels=allow_empty_labels,
     )
-    options = Options(pooling=pooling, max_length=max_length, seed=seed, cache_dir=cache_dir)
+    options = Options(
+        pooling=pooling,
+        max_length=max_length,
+        seed=seed,
+        cache_dir=cache_dir,
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
+    )
     results = run_score(
         names,
         data,
@@ -488,6 +530,7 @@ def score(
 @click.option("--json", "json_path", type=click.Path(path_type=Path))
 @click.option("--plot", type=click.Path(path_type=Path), help="Write heatmaps as PNG.")
 @click.option("--cache-dir", type=click.Path(path_type=Path))
+@_engine_options
 def complementarity(
     models,
     dataset,
@@ -504,6 +547,9 @@ def complementarity(
     json_path,
     plot,
     cache_dir,
+    engine,
+    ray_address,
+    ray_actors,
 ) -> None:
     """Which models are worth fusing: each pair's predicted gain, and linear CKA.
 
@@ -550,7 +596,14 @@ def complementarity(
     result = run_cka(
         names,
         data,
-        options=Options(pooling=pooling, max_length=max_length, cache_dir=cache_dir),
+        options=Options(
+            pooling=pooling,
+            max_length=max_length,
+            cache_dir=cache_dir,
+            engine=engine,
+            ray_address=ray_address,
+            ray_actors=ray_actors,
+        ),
         split=split,
         layers=chosen,
         max_examples=max_examples,
@@ -733,7 +786,7 @@ def _search_options(func):
     ]
     for option in reversed(options):
         func = option(func)
-    return _dataset_options(_pooling_options(func))
+    return _dataset_options(_pooling_options(_engine_options(func)))
 
 
 def _say_ignored(kw: dict, models: list[str] | None) -> None:
@@ -806,6 +859,9 @@ def _run_search(kw: dict, *, full_report: bool):
         anchor=kw["anchor"],
         cache_dir=kw["cache_dir"],
         trust_remote_code=kw["trust_remote_code"],
+        engine=kw["engine"],
+        ray_address=kw["ray_address"],
+        ray_actors=kw["ray_actors"],
     )
     data, options = pipeline.restrict(
         data,

@@ -5,7 +5,9 @@ source's identity, the texts' fingerprint, pooling, max_length and dtype, and st
 the chunked, atomic cache, so a repeated call does no model work and an interrupted one
 resumes at its first unfinished chunk. Texts are processed longest first (by the source's
 own measure of work, tokens for a transformer) in fixed chunks, so the rows of each chunk,
-and hence the resumed result, are the same bit for bit.
+and hence the resumed result, are the same bit for bit. Which chunks are missing is decided
+here, under the entry's lock; where they are computed, in this process or on Ray actors, is
+an engine's business (:mod:`autolayer.engine`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from autolayer.cache import CacheEntry
 from autolayer.device import resolve_device, set_threads
+from autolayer.engine import Engine, Run, make_engine
 from autolayer.errors import ConfigError
 from autolayer.options import MAX_LENGTH, POOLINGS
 from autolayer.sources import FeatureSource, make_source, normalise_layers
@@ -97,6 +100,9 @@ def embed_texts(
     progress: Progress | None = None,
     source: str = "texts",
     rows: Sequence[int] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> Embeddings:
     """Pooled embeddings of the chosen (default: all) states of ``model`` for ``texts``, or
     for the ``rows`` of it only.
@@ -111,6 +117,10 @@ def embed_texts(
     texts are extracted and cached as texts of their own. With ``use_cache=False`` the
     features are computed in memory and the cache is neither read nor written (texts seen
     once, such as new texts to label, would only fill it; a read-only cache is no problem).
+    ``engine`` says where the missing chunks are computed: "local" (here) or "ray" (on Ray
+    actors of the cluster at ``ray_address``, ``ray_actors`` of them, ``threads`` each:
+    see :mod:`autolayer.engine`); the features are the same either way (without the cache
+    they are computed here: there are no chunks to share out).
     """
     from autolayer import zoo
     from autolayer.data import text_fingerprint
@@ -120,6 +130,7 @@ def embed_texts(
     MAX_LENGTH.check("max_length", max_length)
     if min(batch_size, max_tokens, chunk_size) < 1:
         raise ConfigError("batch_size, max_tokens and chunk_size must be >= 1")
+    chunk_engine = make_engine(engine, ray_address, ray_actors, threads)
     set_threads(threads)
     feature_source = (
         model
@@ -138,7 +149,7 @@ def embed_texts(
     max_length = feature_source.max_length(max_length)
     device = str(resolve_device(device))
     work = {"pooling": pooling, "max_length": max_length, "device": device}
-    run = _Run(feature_source, wanted, batch_size, max_tokens, work)
+    run = Run(feature_source, wanted, batch_size, max_tokens, work)
     base = {"model": name, "source": source, "n_hidden_states": n_states}
     if not use_cache:
         chosen = texts if rows is None else [texts[i] for i in rows]
@@ -165,7 +176,7 @@ def embed_texts(
         hit = entry.load()
         if hit is not None:
             return _from_cache(hit, wanted, name, base)
-        return _extract_into(entry, run, texts, chunk_size, progress, base)
+        return _extract_into(entry, run, texts, chunk_size, progress, base, chunk_engine)
 
 
 def _entries(
@@ -214,35 +225,18 @@ def _from_cache(
     )
 
 
-@dataclass(frozen=True)
-class _Run:
-    """One source at chosen layers, with its batching and feature settings."""
-
-    source: FeatureSource
-    layers: tuple[int, ...]
-    batch_size: int
-    max_tokens: int
-    work: dict  # pooling, max_length, device
-
-    def embed(self, texts: Sequence[str], progress: Progress | None) -> np.ndarray:
-        return self.source.embed(
-            texts,
-            self.layers,
-            batch_size=self.batch_size,
-            max_tokens=self.max_tokens,
-            progress=progress,
-            **self.work,
-        )
-
-
 def _extract_into(
     entry: CacheEntry,
-    run: _Run,
+    run: Run,
     texts: Sequence[str],
     chunk_size: int,
     progress: Progress | None,
     base: dict,
+    engine: Engine,
 ) -> Embeddings:
+    """Fill ``entry`` (held locked) with the features of ``texts``: the chunks already on
+    disk kept, the missing ones computed by ``engine``, each one's time recorded as it
+    finishes (a resumed run still knows what a text costs), then assembled."""
     lengths = run.source.lengths(texts, run.work["max_length"])
     order = np.argsort(-lengths, kind="stable")  # longest first
     n, width = len(texts), run.source.width
@@ -250,21 +244,21 @@ def _extract_into(
     entry.start_chunks({"chunk_size": chunk_size, "rows": n})
     _say_resumed(entry, chunk_size, n)
     timing = entry.chunk_timing()  # this run's chunks and those of the runs it resumes
+    missing = []
     for index, start in enumerate(range(0, n, chunk_size)):
         rows = order[start : start + chunk_size]
-        if entry.read_chunk(index, (len(rows), len(run.layers), width)) is not None:
-            if progress:
-                progress(len(rows))
-            continue
-        if computed == 0:
-            run.source.preload(run.layers, run.work["device"])  # once, and not timed
-        started = time.perf_counter()
-        chunk = run.embed([texts[r] for r in rows], progress)
-        took = time.perf_counter() - started
-        entry.write_chunk(index, chunk)
-        timing[str(index)] = [len(rows), took]
+        if entry.read_chunk(index, (len(rows), len(run.layers), width)) is None:
+            missing.append((index, [texts[r] for r in rows]))
+        elif progress:
+            progress(len(rows))
+
+    def done(index: int, rows: int, took: float) -> None:
+        nonlocal seconds, computed
+        timing[str(index)] = [rows, took]
         entry.write_chunk_timing(timing)
-        seconds, computed = seconds + took, computed + len(rows)
+        seconds, computed = seconds + took, computed + rows
+
+    engine.compute(entry, run, missing, progress, done)
     timed_rows = sum(n_rows for n_rows, _ in timing.values())
     timed_seconds = sum(took for _, took in timing.values())
     meta = {
@@ -287,7 +281,7 @@ def _say_resumed(entry: CacheEntry, chunk_size: int, n: int) -> None:
 
 
 def _embed_in_memory(
-    run: _Run, texts: Sequence[str], progress: Progress | None, base: dict
+    run: Run, texts: Sequence[str], progress: Progress | None, base: dict
 ) -> Embeddings:
     """The features of ``texts`` computed in one go, without the cache (``use_cache=False``)."""
     lengths = run.source.lengths(texts, run.work["max_length"])
@@ -299,7 +293,7 @@ def _embed_in_memory(
     return Embeddings(array, run.layers, base["model"], {**meta, "cached": False})
 
 
-def _run_meta(run: _Run, base: dict, lengths: np.ndarray, seconds: float, computed: int) -> dict:
+def _run_meta(run: Run, base: dict, lengths: np.ndarray, seconds: float, computed: int) -> dict:
     """What an extraction records with its features: the source and settings, the tokens,
     and the seconds the ``computed`` rows took (embedding only)."""
     return {

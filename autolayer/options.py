@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from autolayer.task import Task
 
 POOLINGS = ("mean", "last", "cls")
+ENGINES = ("local", "ray")  # where extraction's chunks are computed (autolayer.engine)
+RUNNERS = ("engine", "ray_address", "ray_actors")  # how extraction runs, never what it gives
 
 
 class Interval(NamedTuple):
@@ -105,7 +107,10 @@ class Options:
     ``trust_remote_code`` whether a model's own code from the hub may run (they never
     change a result, so a study does not compare them: the features are keyed by the
     weights' identity, and without the permission such a model fails to load rather than
-    loading another way).
+    loading another way). ``engine`` says where extraction's chunks are computed: "local"
+    (here) or "ray" (on Ray actors: ``ray_address``, None for ``RAY_ADDRESS`` if set, else
+    a local Ray; ``ray_actors``, None for one per ``threads`` CPUs of the cluster, or per
+    GPU); like the device, it never changes a result (see :mod:`autolayer.engine`).
     """
 
     pooling: str = "mean"
@@ -120,6 +125,9 @@ class Options:
     threads: int | None = None
     cache_dir: Path | None = None
     trust_remote_code: bool = False
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_actors: int | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -130,6 +138,15 @@ class Options:
             _invalid("anchor", f"must be a model name, 'auto' or 'none'; got {self.anchor!r}")
         if self.task is not None and (not isinstance(self.task, str) or self.task not in TASKS):
             _invalid("task", f"must be one of {', '.join(TASKS)}; got {self.task!r}")
+        if self.engine not in ENGINES:
+            _invalid("engine", f"must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        if self.ray_address is not None and (
+            not isinstance(self.ray_address, str) or not self.ray_address
+        ):
+            _invalid(
+                "ray_address",
+                f"must be host:port, ray://host:port or auto; got {self.ray_address!r}",
+            )
         if not isinstance(self.trust_remote_code, bool):
             _invalid("trust_remote_code", f"must be True or False; got {self.trust_remote_code!r}")
         for name, interval in NUMBERS.items():
@@ -162,12 +179,15 @@ class Options:
             "threads": self.threads,
             "cache_dir": self.cache_dir,
             "trust_remote_code": self.trust_remote_code,
+            "engine": self.engine,
+            "ray_address": self.ray_address,
+            "ray_actors": self.ray_actors,
         }
 
     def results(self) -> dict:
         """The settings a result depends on (stored in studies and configs), as JSON."""
         data = asdict(self)
-        for key in ("device", "threads", "cache_dir", "trust_remote_code"):
+        for key in ("device", "threads", "cache_dir", "trust_remote_code", *RUNNERS):
             data.pop(key)
         return data
 
@@ -179,8 +199,9 @@ NUMBERS = {
     "validation_size": Interval(float, 0, 1, closed="neither"),
     "cv_folds": Interval(int, 2),
     "threads": Interval(int, 1),
+    "ray_actors": Interval(int, 1),
 }
-OPTIONAL = ("cv_folds", "threads")
+OPTIONAL = ("cv_folds", "threads", "ray_actors")
 
 
 def _invalid(name: str, problem: str) -> None:
