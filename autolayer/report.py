@@ -58,11 +58,13 @@ def layer_summary(embeddings) -> None:
     means every text looks the same at that layer (a sign of a pooling problem).
     """
     meta = embeddings.meta
-    source = "cache hit" if meta.get("cached") else f"computed in {meta.get('seconds', 0):.1f} s"
+    # seconds of embedding summed over the processes that did it (Ray's actors run side by
+    # side): a model's throughput per process, not the wall time, which the bar shows
+    source = "cache hit" if meta.get("cached") else f"{meta.get('seconds', 0):.1f} s of embedding"
     n = embeddings.array.shape[0]
     speed = ""
     if not meta.get("cached") and meta.get("seconds"):
-        speed = f", {meta['computed_rows'] / meta['seconds']:.1f} texts/s"
+        speed = f", {meta['computed_rows'] / meta['seconds']:.1f} texts/s per process"
     console.print(
         f"[bold]{embeddings.model}[/] on {meta.get('source')}: "
         f"array {list(embeddings.array.shape)} ({meta.get('pooling')} pooling), {source}{speed}"
