@@ -131,7 +131,7 @@ def _engine_options(func):
     func = click.option(
         "--ray-actors",
         type=click.IntRange(min=1),
-        help="Ray actors (default: one per CPU of the cluster, or per GPU).",
+        help="Ray actors (default: the cluster's CPUs // threads per actor, or one per GPU).",
     )(func)
     func = click.option(
         "--ray-address",
@@ -144,7 +144,9 @@ def _engine_options(func):
         default="local",
         show_default=True,
         help="Where extraction runs: here, or on Ray actors writing into the same cache "
-        "(pip install 'autolayer[ray]'; the cache folder must be reachable from every node).",
+        "(pip install 'autolayer[ray]'; the cache folder must be the same path on every node). "
+        "With ray, threads are per actor (default 1; extract's --threads), and per-text "
+        "latency is measured on the actors.",
     )(func)
 
 

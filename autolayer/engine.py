@@ -24,10 +24,15 @@ two core actors ready in 0.8 s; a 4-item ``ray.data`` ``map_batches`` over 2 act
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import os
+import signal
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +52,15 @@ logger = logging.getLogger("autolayer")
 Chunk = tuple[int, list[str]]  # a missing chunk: its index and its texts, in processing order
 Done = Callable[[int, int, float], None]  # a chunk finished: index, rows, seconds embedding
 RETRIES = 3  # restarts of a dead actor, and retries of the call it was running
-CONNECT_SECONDS = 5.0  # to reach a cluster's address before Ray, which retries for minutes
+CONNECT_SECONDS = 5.0  # to reach a cluster's address and hear it answer, before Ray
+# For the actors to be placed and started: one Ray cannot place (its CPUs or GPU held by
+# other work) would never run the chunks handed to it, and Ray's own warning is silenced.
+READY_SECONDS = 120.0
+# What makes a spec resolve (zoo aliases, the hub cache, offline mode) the same on workers.
+PASSED_ENV = ("AUTOLAYER_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 MISSING_RAY = "engine 'ray' needs Ray: pip install 'autolayer[ray]'"
+GRPC_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+SETTINGS = 4  # the HTTP/2 frame type a gRPC server answers the greeting with
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,8 @@ class Run:
     work: dict  # pooling, max_length, device
 
     def embed(self, texts: Sequence[str], progress: Progress | None) -> np.ndarray:
+        """The features of ``texts`` with the run's settings: the one call that computes a
+        chunk, here or on an actor, which is why a chunk is the same either way."""
         return self.source.embed(
             texts,
             self.layers,
@@ -144,51 +158,64 @@ class _Job:
 
 
 class _ChunkActor:
-    """A Ray actor's state: the source rebuilt from its spec and loaded once (again after a
-    restart), then one chunk embedded and written per call."""
+    """A Ray actor's state: the source rebuilt from its spec, its weights loaded at the first
+    call (again after a restart), then one chunk embedded and written per call.
+
+    The weights are not loaded here: the driver waits for every actor to be constructed
+    (placed by Ray) within :data:`READY_SECONDS`, which a large model's download must not
+    count against."""
 
     def __init__(self, job: _Job, threads: int) -> None:
         from autolayer.sources import make_source
 
         self.entry = CacheEntry(Path(job.root), job.fields)
+        self.host = socket.gethostname()
+        self.loaded = False
         self.error: AutolayerError | OSError | None = None
         try:  # kept for the first call: an error there reaches the driver as itself
             set_threads(threads)
             source = make_source(job.spec, trust_remote_code=job.trust_remote_code)
             if source.identity != job.identity:
                 raise ModelError(
-                    f"{job.spec} on {socket.gethostname()} is not the model the driver "
+                    f"{job.spec} on {self.host} is not the model the driver "
                     f"has (identity {source.identity}, not {job.identity})"
                 )
             self.run = Run(source, job.layers, job.batch_size, job.max_tokens, job.work)
-            source.preload(job.layers, job.work["device"])
         except (AutolayerError, OSError) as exc:
             self.error = exc
 
-    def embed(self, index: int, texts: list[str]) -> tuple[int, int, float]:
+    def embed(self, index: int, texts: list[str]) -> tuple[int, int, float, str]:
+        """Chunk ``index`` (``texts``) embedded and written into the entry; returns it with
+        its rows, the seconds embedding (the weights' loading not counted, as in the local
+        path) and this host, which the driver names if it cannot see the chunk."""
         if self.error is not None:
             raise self.error
+        if not self.loaded:
+            self.run.source.preload(self.run.layers, self.run.work["device"])
+            self.loaded = True
         started = time.perf_counter()
         chunk = self.run.embed(texts, None)
         took = time.perf_counter() - started
         self.entry.write_chunk(index, chunk)
-        return index, len(texts), took
+        return index, len(texts), took, self.host
 
 
 class RayEngine:
     """Chunks computed by Ray actors, ``threads`` CPU threads each (and one GPU each when
-    the device is CUDA), ``actors`` of them (None: the cluster's CPUs // ``threads``, or
-    one per GPU; never more than the chunks to compute).
+    the device is CUDA), ``actors`` of them (None: as many as the cluster's nodes have room
+    for, ``threads`` CPUs each, or one per GPU; never more than the chunks to compute).
 
-    ``address`` is the cluster's (None: ``RAY_ADDRESS`` if set, else a local Ray sized to
-    this machine). Ray is joined (or started) at the first chunk to compute, not before, so
-    a cached extraction costs nothing; a Ray this process started stays up until it exits
-    (a search extracts many entries), and one already initialised is used as it is, never
-    shut down. Every node must reach the cache folder at the same path.
+    ``address`` is the cluster's (None: ``RAY_ADDRESS`` if set, else a Ray on this
+    machine: the one ``ray start`` runs here, or a new one of this process's CPUs). Ray is
+    joined (or started) at the first chunk to compute, not before, so a cached extraction
+    costs nothing (not even importing Ray); a Ray this process started stays up until it
+    exits (a search extracts many entries), and one already initialised is used as it is,
+    never shut down. Every node must reach the cache folder at the same path.
     """
 
     def __init__(self, address: str | None = None, actors: int | None = None, threads: int = 1):
-        _import_ray()
+        if importlib.util.find_spec("ray") is None:  # importing Ray takes seconds
+            raise ConfigError(MISSING_RAY, params=("engine",))
         self.address = address
         self.actors = Interval(int, 1).check("ray_actors", actors, optional=True)
         self.threads = threads
@@ -214,11 +241,15 @@ class RayEngine:
         ray = self._connect()
         from ray.util import ActorPool
 
-        actors = self._start_actors(ray, entry, run, len(chunks))
+        gpu = run.work["device"].startswith("cuda")
+        count = min(self._room(ray, gpu), len(chunks))
+        actors: list = []
         try:
-            pool = ActorPool(actors)
+            self._start_actors(ray, entry, run, gpu, count, actors)
+            pool = ActorPool(_ready(ray, actors, self.threads))
             results = pool.map_unordered(lambda actor, item: actor.embed.remote(*item), chunks)
-            for index, rows, took in _unwrapped(ray, results):
+            for index, rows, took, host in _unwrapped(ray, results):
+                check_visible(entry, index, host)
                 done(index, rows, took)
                 if progress:
                     progress(rows)
@@ -228,62 +259,154 @@ class RayEngine:
 
     def _connect(self):
         """Ray, joined or started unless this process already did: a cluster's address is
-        tried first, as Ray itself would retry an unreachable one for minutes."""
-        ray = _import_ray()
+        tried first, as Ray itself would retry an unreachable one for minutes. The process's
+        SIGTERM handler is kept: ``ray.init`` replaces it with one that exits at once,
+        bypassing the CLI's, which says what was kept and fails the running trial (Ray
+        leaves SIGINT alone; Ray's processes still stop at exit, by its atexit hook)."""
+        import ray
+
         if ray.is_initialized():
             return ray
         address = self.address or os.environ.get("RAY_ADDRESS")
+        named = "ray_address" if self.address else "RAY_ADDRESS"
         quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+        if address:
+            _check_reachable(address, named)
         try:
-            if address:
-                _check_reachable(address, "ray_address" if self.address else "RAY_ADDRESS")
-                ray.init(address=address, ignore_reinit_error=True, **quiet)
-            else:
-                ray.init(
-                    num_cpus=os.cpu_count(),
-                    include_dashboard=False,
-                    ignore_reinit_error=True,
-                    **quiet,
-                )
-        except ConnectionError as exc:
+            with _sigterm_kept():
+                if address:
+                    ray.init(address=address, **quiet)
+                else:  # Ray sizes it to the CPUs this process may use, or joins `ray start`
+                    ray.init(include_dashboard=False, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"join Ray at {address} ({named})" if address else "start a local Ray"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(
-                f"cannot join Ray at {address}: {exc}", params=("ray_address",)
+                f"cannot {where}: {first[:300]}{_auth_hint()}", params=(named,) if address else ()
             ) from None
         return ray
 
-    def _start_actors(self, ray, entry: CacheEntry, run: Run, n_chunks: int) -> list:
-        """The actors, named by entry and number (``ray list actors`` shows what they do)."""
-        gpu = run.work["device"].startswith("cuda")
+    def _room(self, ray, gpu: bool) -> int:
+        """How many actors to start: ``actors`` (default: all there is room for), refused in
+        one line if no node can hold even one, as Ray would wait for it forever."""
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        cpus = [int(node.get("CPU", 0)) for node in nodes]
+        gpus = [int(node.get("GPU", 0)) for node in nodes]
+        if gpu and not any(gpus):
+            raise ConfigError(
+                "the device is CUDA but no node of the Ray cluster has a GPU",
+                params=("device",),
+            )
+        if self.threads > max(cpus, default=0):
+            raise ConfigError(
+                f"threads is {self.threads} per Ray actor, more than any node of the "
+                f"cluster has (at most {max(cpus, default=0)} CPUs)",
+                params=("threads",),
+            )
+        fits = [c // self.threads for c in cpus]  # an actor's CPUs are on one node
+        room = sum(min(f, g) for f, g in zip(fits, gpus, strict=True)) if gpu else sum(fits)
+        if self.actors and self.actors > room:
+            logger.warning(
+                "ray_actors is %d but the Ray cluster has room for %d actors of %d threads"
+                "%s: starting %d",
+                self.actors,
+                room,
+                self.threads,
+                " and a GPU" if gpu else "",
+                room,
+            )
+        return max(1, min(self.actors or room, room))
+
+    def _start_actors(
+        self, ray, entry: CacheEntry, run: Run, gpu: bool, count: int, actors: list
+    ) -> None:
+        """``count`` actors, appended to ``actors`` as each is created (so the caller kills
+        those made if a later one fails). Named by entry, run and number: ``ray list
+        actors`` shows what they do, and a killed driver's leftovers never clash."""
         work = {**run.work, "device": "cuda"} if gpu else run.work  # Ray picks the GPU
         job = _Job(
-            spec=run.source.spec,
+            spec=_portable(run.source.spec),
             trust_remote_code=run.source.trust_remote_code,
             identity=run.source.identity,
             layers=run.layers,
             batch_size=run.batch_size,
             max_tokens=run.max_tokens,
             work=work,
-            root=str(entry.directory.parent),
+            root=str(entry.directory.parent.resolve()),  # actors run in another folder
             fields=entry.fields,
         )
+        env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
+        options = {"runtime_env": {"env_vars": env}} if env else {}
         remote = ray.remote(_ChunkActor)
-        count = min(self.actors or self._default_actors(ray, gpu), n_chunks)
-        return [
-            remote.options(
-                name=f"autolayer-{entry.key}-{number}",
-                num_cpus=self.threads,
-                num_gpus=1 if gpu else 0,
-                max_restarts=RETRIES,
-                max_task_retries=RETRIES,
-            ).remote(job, self.threads)
-            for number in range(count)
-        ]
+        tag = uuid.uuid4().hex[:8]
+        for number in range(count):
+            actors.append(
+                remote.options(
+                    name=f"autolayer-{entry.key}-{tag}-{number}",
+                    num_cpus=self.threads,
+                    num_gpus=1 if gpu else 0,
+                    max_restarts=RETRIES,
+                    max_task_retries=RETRIES,
+                    **options,
+                ).remote(job, self.threads)
+            )
 
-    def _default_actors(self, ray, gpu: bool) -> int:
-        resources = ray.cluster_resources()
-        if gpu:
-            return max(1, int(resources.get("GPU", 0)))
-        return max(1, int(resources.get("CPU", 1)) // self.threads)
+
+def check_visible(entry: CacheEntry, index: int, host: str) -> None:
+    """Refuse a chunk an actor wrote that this machine cannot see: the cache folder is not
+    the same (shared) folder on every node, and the entry would never finish here."""
+    if not entry.chunk_path(index).exists():
+        raise ConfigError(
+            f"chunk {index} was written on host {host} into {entry.directory}, which this "
+            "machine does not see: the cache folder must be the same path on every node",
+            params=("cache_dir",),
+        )
+
+
+def _ready(ray, actors: list, threads: int) -> list:
+    """The actors Ray placed and started within :data:`READY_SECONDS` (the others are left
+    to the caller to kill): those the pool may hand chunks, as one never placed would hold
+    its chunk for ever. None: the cluster is busy, said in one line."""
+    calls = [actor.__ray_ready__.remote() for actor in actors]
+    finished, _ = ray.wait(calls, num_returns=len(calls), timeout=READY_SECONDS)
+    for _ in _unwrapped(ray, (ray.get(call) for call in finished)):
+        pass  # an actor that failed to start: its error, in one line
+    ready = [actor for actor, call in zip(actors, calls, strict=True) if call in finished]
+    if 0 < len(ready) < len(actors):
+        logger.warning(
+            "%d of %d Ray actors started within %.0f s (the cluster is busy): going on with those",
+            len(ready),
+            len(actors),
+            READY_SECONDS,
+        )
+    if not ready:
+        raise AutolayerError(
+            f"the Ray cluster has no room for an actor of {threads} CPUs: none started "
+            f"within {READY_SECONDS:.0f} s (its CPUs are busy with other work)"
+        )
+    return ready
+
+
+@contextlib.contextmanager
+def _sigterm_kept():
+    """The process's SIGTERM handler as it was before the block (in the main thread: only
+    it can set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _portable(spec: str) -> str:
+    """``spec`` as an actor elsewhere can read it: a local folder or file by its absolute
+    path (actors run in the raylet's folder, not the driver's); a zoo alias or a hub id as
+    it is."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 def can_rebuild(source: FeatureSource) -> bool:
@@ -313,23 +436,28 @@ def _unwrapped(ray, results):
         ) from None
 
 
-def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(MISSING_RAY, params=("engine",)) from None
-    return ray
+def _auth_hint() -> str:
+    """Why a cluster that answered may still refuse this driver: ``ray start`` turns token
+    authentication on by default from Ray 2.59, and a driver without ``RAY_AUTH_MODE`` set
+    is refused, which Ray reports only in its own log lines."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    return (
+        " (a cluster started by `ray start` may require token authentication: set "
+        "RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN off its head node: `ray get-auth-token`)"
+    )
 
 
 def _check_reachable(address: str, named: str) -> None:
     """A one-line error unless ``address`` (``host:port``, or ``ray://host:port``) takes a
-    connection; ``auto`` (a cluster on this machine) is left to Ray, which fails fast."""
+    connection and answers as Ray does (:func:`_speaks_grpc`); ``auto`` (a cluster on this
+    machine) is left to Ray, which fails fast."""
     where = address.removeprefix("ray://")
     if where in ("auto", "local"):
         return
     host, _, port = where.rpartition(":")
     try:
-        socket.create_connection((host or "localhost", int(port)), CONNECT_SECONDS).close()
+        connection = socket.create_connection((host or "localhost", int(port)), CONNECT_SECONDS)
     except ValueError:
         raise ConfigError(
             f"{named} must be host:port (or ray://host:port); got {address!r}", params=(named,)
@@ -339,3 +467,31 @@ def _check_reachable(address: str, named: str) -> None:
             f"cannot reach the Ray cluster at {address} ({named}): {exc.strerror or exc}",
             params=(named,),
         ) from None
+    with connection:
+        if not _speaks_grpc(connection):
+            raise ConfigError(
+                f"{address} ({named}) takes connections but does not answer as Ray "
+                f"(a gRPC server) within {CONNECT_SECONDS:.0f} s",
+                params=(named,),
+            )
+
+
+def _speaks_grpc(connection: socket.socket) -> bool:
+    """Whether the server answers a gRPC client's greeting (HTTP/2's preface and an empty
+    SETTINGS frame) with a SETTINGS frame, as Ray's GCS and client server do at once:
+    something else on the port (a web server, a silent one) would have ``ray.init`` retry
+    for many minutes, which Ray's own timeout variables do not bound. With TLS
+    (``RAY_USE_TLS``) the handshake comes first, so the check is left to Ray."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return True
+    head = b""
+    try:
+        connection.sendall(GRPC_HELLO)
+        while len(head) < 9:  # a frame's header: length (3 bytes), type, flags, stream
+            part = connection.recv(9 - len(head))
+            if not part:
+                break
+            head += part
+    except OSError:  # a timeout, or the connection closed
+        return False
+    return len(head) == 9 and head[3] == SETTINGS

@@ -110,7 +110,8 @@ class Options:
     loading another way). ``engine`` says where extraction's chunks are computed: "local"
     (here) or "ray" (on Ray actors: ``ray_address``, None for ``RAY_ADDRESS`` if set, else
     a local Ray; ``ray_actors``, None for one per ``threads`` CPUs of the cluster, or per
-    GPU); like the device, it never changes a result (see :mod:`autolayer.engine`).
+    GPU; both need engine "ray"); like the device, it never changes a result (see
+    :mod:`autolayer.engine`).
     """
 
     pooling: str = "mean"
@@ -147,6 +148,9 @@ class Options:
                 "ray_address",
                 f"must be host:port, ray://host:port or auto; got {self.ray_address!r}",
             )
+        for name in ("ray_address", "ray_actors"):
+            if self.engine != "ray" and getattr(self, name) is not None:
+                _invalid(name, "needs engine 'ray'")
         if not isinstance(self.trust_remote_code, bool):
             _invalid("trust_remote_code", f"must be True or False; got {self.trust_remote_code!r}")
         for name, interval in NUMBERS.items():

@@ -2,8 +2,10 @@
 
 The tiny encoder's chunks are computed by Ray actors into the cache entry the local path
 writes: the same array bit for bit (one thread each side), resumable and fault tolerant
-(an actor killed mid-run, the driver killed and run again), and a clear line when Ray is
-missing or its address cannot be reached. Chunks of 8 rows over 40 texts: 5 chunks.
+(an actor killed mid-run, the driver killed and run again), a recommend whose extraction
+runs on Ray, and a clear line when Ray is missing, its address cannot be reached, no node
+has room for an actor, or a chunk is written where the driver cannot see it. Chunks of 8
+rows over 40 texts: 5 chunks.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+import ray
 import torch
 
+from autolayer import engine
 from autolayer import extraction as ex
 from autolayer.errors import ConfigError
 from autolayer.options import Options
@@ -33,7 +38,8 @@ SETTINGS = {"chunk_size": CHUNK, "batch_size": BATCH, "threads": 1}
 DEADLINE = 120.0  # seconds the killed driver may take to reach its first chunk
 
 # The driver that is killed: it joins the module's Ray, and stops for good once it has
-# recorded its first finished chunk, so the kill finds at least one chunk on disk.
+# recorded its first finished chunk, so the kill finds at least one chunk on disk. It says
+# whether its SIGTERM handler is still its own once Ray is joined (ray.init replaces it).
 DRIVER = """\
 import json, os, signal, sys
 
@@ -42,11 +48,21 @@ from autolayer import cache, extraction
 write_timing = cache.CacheEntry.write_chunk_timing
 
 
+def own(signum, frame):
+    sys.exit(3)
+
+
 def stop_after_first_chunk(self, timing):
     write_timing(self, timing)
-    open(os.environ["PAUSED"], "w").close()
+    paused = os.environ["PAUSED"]
+    with open(paused + ".tmp", "w") as out:
+        out.write(f"own SIGTERM handler: {signal.getsignal(signal.SIGTERM) is own}")
+    os.replace(paused + ".tmp", paused)
     while True:
         signal.pause()
+
+
+signal.signal(signal.SIGTERM, own)
 
 
 cache.CacheEntry.write_chunk_timing = stop_after_first_chunk
@@ -61,10 +77,11 @@ extraction.embed_texts(
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A Ray of 2 CPUs for the module's tests, shut down after them (unless it was up)."""
-    ray = pytest.importorskip("ray")
+    """A Ray of 2 CPUs for the module's tests, shut down after them (unless it was up);
+    pytest's SIGTERM handler is kept, as the engine keeps the CLI's."""
     ours = not ray.is_initialized()
     if ours:
+        sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(
             num_cpus=2,
             include_dashboard=False,
@@ -72,6 +89,7 @@ def local_ray():
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
+        signal.signal(signal.SIGTERM, sigterm)
     yield ray
     if ours:
         ray.shutdown()
@@ -92,11 +110,11 @@ def reference(tiny_models, tmp_path_factory) -> np.ndarray:
 @pytest.fixture()
 def no_model_here(monkeypatch):
     """This process (the driver) may tokenize but not run a model: the actors do."""
+    monkeypatch.setattr(tr.Backbone, "forward_pooled", _refuse)
 
-    def refuse(self, *args, **kwargs):
-        raise AssertionError("the driver ran the model")
 
-    monkeypatch.setattr(tr.Backbone, "forward_pooled", refuse)
+def _refuse(self, *args, **kwargs):
+    raise AssertionError("the driver ran the model")
 
 
 def _autolayer_actors(ray) -> list[str]:
@@ -104,18 +122,11 @@ def _autolayer_actors(ray) -> list[str]:
 
 
 def test_ray_fills_the_entry_the_local_path_reads_with_the_same_array(
-    local_ray, tiny_models, reference, tmp_path, capsys, monkeypatch, one_thread, no_model_here
+    local_ray, tiny_models, reference, tmp_path, one_thread, no_model_here
 ):
     model, cache = str(tiny_models["bert"]), tmp_path / "cache"
-    dataset = write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in TEXTS])
-    monkeypatch.setitem(ex.embed_texts.__kwdefaults__, "chunk_size", CHUNK)
-    code, _, err = run(
-        capsys,
-        *("extract", "-m", model, "-d", dataset, "--batch-size", BATCH, "--threads", 1),
-        *("--engine", "ray", "--ray-actors", 2, "--cache-dir", cache, "-o", tmp_path / "x.npy"),
-    )
-    assert code == 0, err
-    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), reference)
+    emb = ex.embed_texts(model, TEXTS, cache_dir=cache, engine="ray", ray_actors=2, **SETTINGS)
+    np.testing.assert_array_equal(emb.array, reference)
     assert _autolayer_actors(local_ray) == []  # none outlives its extraction
 
     seen = []  # a later local call: a cache hit (the driver runs no model)
@@ -150,7 +161,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_its_chunk_retried(
 
 
 def test_a_killed_driver_run_again_resumes_at_its_missing_chunks(
-    local_ray, tiny_models, reference, tmp_path, caplog, one_thread
+    local_ray, tiny_models, reference, tmp_path, caplog, capsys, monkeypatch, one_thread
 ):
     model, cache, paused = str(tiny_models["bert"]), tmp_path / "cache", tmp_path / "paused"
     address = local_ray.get_runtime_context().gcs_address
@@ -169,16 +180,27 @@ def test_a_killed_driver_run_again_resumes_at_its_missing_chunks(
         while not paused.exists() and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert paused.exists(), log.read_text()[-2000:]
+        assert paused.read_text() == "own SIGTERM handler: True"
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     [entry] = cache.iterdir()
     assert not (entry / "meta.json").exists() and list((entry / "chunks").glob("*.npy"))
 
-    emb = ex.embed_texts(model, TEXTS, cache_dir=cache, engine="ray", ray_actors=1, **SETTINGS)
+    # run again from the command line: `extract --engine ray` resumes, with the same array
+    dataset = write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in TEXTS])
+    monkeypatch.setitem(ex.embed_texts.__kwdefaults__, "chunk_size", CHUNK)
+    monkeypatch.setattr(tr.Backbone, "forward_pooled", _refuse)  # the actors run the model
+    code, _, err = run(
+        capsys,
+        *("extract", "-m", model, "-d", dataset, "--batch-size", BATCH, "--threads", 1),
+        *("--engine", "ray", "--ray-actors", 1, "--cache-dir", cache, "-o", tmp_path / "x.npy"),
+    )
+    assert code == 0, err
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming")]
-    assert len(said) == 1 and 0 < emb.meta["computed_rows"] < len(TEXTS)
-    np.testing.assert_array_equal(emb.array, reference)
+    assert len(said) == 1 and f"of {len(TEXTS)} rows already embedded" in said[0]
+    assert not said[0].startswith(f"resuming cache entry {entry}: {len(TEXTS)} of")
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), reference)
 
 
 class _Counts(FeatureSource):
@@ -194,7 +216,6 @@ class _Counts(FeatureSource):
 
 
 def test_a_source_no_actor_can_rebuild_is_embedded_here(tmp_path, caplog):
-    pytest.importorskip("ray")
     emb = ex.embed_texts(_Counts("words"), TEXTS, cache_dir=tmp_path, engine="ray", chunk_size=8)
     assert emb.array[:, 0, 0].tolist() == [len(t.split()) for t in TEXTS]
     assert "embedded here, not on Ray" in caplog.text
@@ -216,7 +237,6 @@ def test_ray_missing_is_one_line(tiny_models, tiny_dataset, tmp_path, capsys, mo
 def test_an_unreachable_address_is_one_line_naming_it(
     tiny_models, tiny_dataset, tmp_path, capsys, monkeypatch
 ):
-    ray = pytest.importorskip("ray")
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as a new process would be
     monkeypatch.setattr(ray, "init", _never)
     model, nowhere = str(tiny_models["bert"]), "127.0.0.1:1"
@@ -231,6 +251,15 @@ def test_an_unreachable_address_is_one_line_naming_it(
     monkeypatch.setenv("RAY_ADDRESS", nowhere)
     with pytest.raises(ConfigError, match=rf"at {nowhere} \(RAY_ADDRESS\)"):
         ex.embed_texts(model, TEXTS, cache_dir=tmp_path, engine="ray")
+    with socket.socket() as mute:  # takes connections (the kernel's backlog), never answers
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        silent = f"127.0.0.1:{mute.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", silent)
+        monkeypatch.setattr(engine, "CONNECT_SECONDS", 0.2)
+        said = rf"^{silent} \(RAY_ADDRESS\) takes connections but does not answer as Ray"
+        with pytest.raises(ConfigError, match=said):
+            ex.embed_texts(model, TEXTS, cache_dir=tmp_path, engine="ray")
 
 
 def _never(*args, **kwargs):
@@ -245,11 +274,13 @@ def test_where_extraction_runs_is_no_setting_of_a_result():
     with pytest.raises(ConfigError, match="engine must be one of local, ray"):
         Options(engine="spark")
     with pytest.raises(ConfigError, match="ray_actors must be an integer >= 1"):
-        Options(ray_actors=0)
+        Options(engine="ray", ray_actors=0)
+    for name, value in (("ray_address", "head:6379"), ("ray_actors", 2)):
+        with pytest.raises(ConfigError, match=rf"^{name} needs engine 'ray'$"):
+            Options(**{name: value})
 
 
 def test_a_cached_extraction_never_starts_ray(tiny_models, reference, tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
     model = str(tiny_models["bert"])
     threads = torch.get_num_threads()
     try:
@@ -261,3 +292,101 @@ def test_a_cached_extraction_never_starts_ray(tiny_models, reference, tmp_path, 
         torch.set_num_threads(threads)
     assert hit.meta["cached"]
     np.testing.assert_array_equal(hit.array, reference)
+
+
+def test_ray_init_keeps_the_sigterm_handler_and_its_failure_is_one_line(monkeypatch):
+    """``ray.init`` installs a SIGTERM handler that exits at once (bypassing the CLI's,
+    which fails the running trial and says what was kept): joining Ray keeps the one set
+    before, whether it succeeds or not; a refusal (Ray's ValueError when joining a `ray
+    start` of this machine with settings of its own) is one line naming what was tried."""
+
+    def ray_init(failure: Exception | None):
+        def init(*args, **kwargs):
+            signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))  # what Ray does
+            if failure is not None:
+                raise failure
+
+        return init
+
+    def ours(signum, frame):
+        raise AssertionError("not called")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        monkeypatch.setattr(ray, "init", ray_init(None))
+        engine.RayEngine()._connect()
+        assert signal.getsignal(signal.SIGTERM) is ours
+        monkeypatch.setattr(ray, "init", ray_init(ValueError("num_cpus must not be given\n…")))
+        with pytest.raises(
+            ConfigError, match=r"^cannot start a local Ray: num_cpus must not be given$"
+        ):
+            engine.RayEngine()._connect()
+        assert signal.getsignal(signal.SIGTERM) is ours
+        monkeypatch.setattr(ray, "init", ray_init(ConnectionError("no cluster")))
+        with pytest.raises(
+            ConfigError, match=r"^cannot join Ray at auto \(ray_address\): no cluster$"
+        ):
+            engine.RayEngine(address="auto")._connect()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_threads_no_node_has_is_refused_in_one_line_before_any_actor(
+    local_ray, tiny_models, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(engine.RayEngine, "_start_actors", _never)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(ConfigError, match=r"^threads is 3 per Ray actor, more than any node"):
+            ex.embed_texts(
+                str(tiny_models["bert"]), TEXTS, cache_dir=tmp_path, engine="ray", threads=3
+            )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_chunk_the_driver_cannot_see_is_one_line_naming_host_and_folder(
+    local_ray, tiny_models, tmp_path, monkeypatch, one_thread
+):
+    """As if the cache folder were not shared: the chunk an actor wrote is not there."""
+    seen = engine.check_visible
+
+    def elsewhere(entry, index, host):
+        entry.chunk_path(index).unlink()
+        seen(entry, index, host)
+
+    monkeypatch.setattr(engine, "check_visible", elsewhere)
+    with pytest.raises(ConfigError) as raised:
+        ex.embed_texts(
+            str(tiny_models["bert"]),
+            TEXTS,
+            cache_dir=tmp_path,
+            engine="ray",
+            ray_actors=1,
+            **SETTINGS,
+        )
+    [entry] = tmp_path.iterdir()
+    assert str(raised.value).startswith(f"chunk 0 was written on host {socket.gethostname()} ")
+    assert str(raised.value).endswith(
+        f"into {entry}, which this machine does not see: the cache folder must be the same "
+        "path on every node"
+    )
+
+
+def test_a_recommend_whose_extraction_runs_on_ray_fills_the_local_cache(
+    local_ray, tiny_models, tiny_dataset, home, tmp_path, capsys, one_thread, no_model_here
+):
+    """End to end: every extraction of a recommend on Ray (the driver runs no model), and a
+    later local recommend finds all of them in the cache (it runs no model either)."""
+    cache, model = tmp_path / "cache", str(tiny_models["bert"])
+    common = ("recommend", "-d", tiny_dataset, "--models", model, "--n-trials", 2)
+    common += ("--max-length", 12, "--cache-dir", cache)
+    code, _, err = run(
+        capsys, *common, "--engine", "ray", "--ray-actors", 1, "-o", tmp_path / "ray"
+    )
+    assert code == 0, err
+    assert list(cache.iterdir())
+    code, _, err = run(capsys, *common, "-o", tmp_path / "local")
+    assert code == 0, err
