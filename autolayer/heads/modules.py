@@ -28,9 +28,8 @@ EVAL_BATCH = 4096  # rows per forward pass when nothing is learned
 # an epoch of an MLP head of 165k to 8.1M parameters took 4x to 140x as long on both threads
 # as on one (each parallel op waits for the thread the job delays), and on one thread 0.5x
 # to 1.1x its time without the job; a linear head (20,000 rows x 1,024) took 2x as long on
-# both. Larger heads were not measured: they keep the caller's count. Measured beside this
-# machine's background benchmark (load 1.8-3.9): not on an idle machine, where a second
-# thread may pay for heads of a few million parameters.
+# both. Larger heads were not measured: they keep the caller's count. On an idle machine a
+# second thread made an epoch 1.1x to 1.7x faster: the price of never exploding beside a job.
 ONE_THREAD_BELOW = 10_000_000
 
 
