@@ -86,6 +86,18 @@ class Run:
             **self.work,
         )
 
+    def write(
+        self, entry: CacheEntry, index: int, texts: Sequence[str], progress: Progress | None
+    ) -> float:
+        """Chunk ``index`` of ``entry`` (``texts``) embedded and written atomically, here
+        or on an actor alike; the seconds embedding it (what a prediction pays per text:
+        loading the weights is not counted, nor the write)."""
+        started = time.perf_counter()
+        chunk = self.embed(texts, progress)
+        took = time.perf_counter() - started
+        entry.write_chunk(index, chunk)
+        return took
+
 
 class Engine(Protocol):
     """Computes an extraction's missing chunks into its cache entry."""
@@ -134,11 +146,7 @@ class LocalEngine:
         for number, (index, texts) in enumerate(chunks):
             if number == 0:
                 run.source.preload(run.layers, run.work["device"])  # once, and not timed
-            started = time.perf_counter()
-            chunk = run.embed(texts, progress)
-            took = time.perf_counter() - started
-            entry.write_chunk(index, chunk)
-            done(index, len(texts), took)
+            done(index, len(texts), run.write(entry, index, texts, progress))
 
 
 @dataclass(frozen=True)
@@ -193,11 +201,7 @@ class _ChunkActor:
         if not self.loaded:
             self.run.source.preload(self.run.layers, self.run.work["device"])
             self.loaded = True
-        started = time.perf_counter()
-        chunk = self.run.embed(texts, None)
-        took = time.perf_counter() - started
-        self.entry.write_chunk(index, chunk)
-        return index, len(texts), took, self.host
+        return index, len(texts), self.run.write(self.entry, index, texts, None), self.host
 
 
 class RayEngine:
