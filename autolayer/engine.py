@@ -17,9 +17,9 @@ texts embedded with the same settings.
 Ray core actors, not Ray Data: a chunk is already the unit of work and of checkpoint, so
 Ray's scheduling (an ``ActorPool``), fault tolerance (``max_restarts`` and
 ``max_task_retries``: a killed actor is restarted and its call retried) and object transfer
-are all that is needed, and no scheduler of autolayer's own. Measured on a 2-core machine:
-two core actors ready in 0.8 s; a 4-item ``ray.data`` ``map_batches`` over 2 actors took
-7.9 s and printed its own progress output.
+are all that is needed, and no scheduler of autolayer's own. Measured on a 2-core machine
+(``studies/bench/ray_startup.py``): two core actors ready in 0.8 s; a 4-item ``ray.data``
+``map_batches`` over 2 actors took 7.9–8.7 s and printed its own progress output.
 """
 
 from __future__ import annotations
